@@ -1,0 +1,72 @@
+# sendry-sync: `make` builds ./sendry-sync; `make check` runs every test suite.
+#
+#   make            build ./sendry-sync
+#   make check      unit tests, SQL tests, end-to-end tests (plain build, then ASan/UBSan)
+#   make demo       the whole flow on a throwaway PostgreSQL and a fake Sendry
+#   make bench      performance figures (printed, never pass/fail)
+#   make valgrind   a --once run under valgrind, failing on any leak
+
+CC      ?= cc
+PYTHON  ?= /usr/bin/python3
+PKGS     = libpq libcurl json-c
+WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 $(WARN) -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS))
+LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lev -lm
+SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+
+SRCS     = src/config.c src/log.c src/backoff.c src/sendry.c src/http.c src/db.c src/outbox.c src/main.c
+HDRS     = $(wildcard src/*.h)
+GEN      = build/install_sql.c
+
+all: sendry-sync
+
+build/install_sql.c: sql/install.sql
+	@mkdir -p build
+	@{ echo '/* Generated from sql/install.sql by the Makefile. */'; \
+	   echo 'const char sendry_install_sql[] = {'; \
+	   od -An -v -tx1 $< | sed 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	   echo '0x00};'; } > $@.tmp && mv $@.tmp $@
+
+sendry-sync: $(SRCS) $(HDRS) $(GEN)
+	$(CC) $(CFLAGS) -Isrc -o $@ $(SRCS) $(GEN) $(LDFLAGS) $(LDLIBS)
+
+# The same binary with AddressSanitizer and UndefinedBehaviorSanitizer.
+sendry-sync-asan: $(SRCS) $(HDRS) $(GEN)
+	$(CC) $(CFLAGS) $(SAN) -O1 -Isrc -o $@ $(SRCS) $(GEN) $(LDFLAGS) $(LDLIBS)
+
+# Unit tests: pure modules linked into small test binaries, under the sanitizers.
+UNIT_SRCS = src/config.c src/log.c src/backoff.c src/sendry.c
+build/unit_test: tests/unit/unit_test.c $(UNIT_SRCS) $(HDRS)
+	@mkdir -p build
+	$(CC) $(CFLAGS) $(SAN) -Isrc -o $@ tests/unit/unit_test.c $(UNIT_SRCS) $(LDFLAGS) $(LDLIBS)
+
+check-unit: build/unit_test
+	./build/unit_test
+
+check-sql:
+	$(PYTHON) tests/pgharness.py run -- sh tests/sql/run.sh
+
+check-e2e: sendry-sync
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/
+
+check-asan: sendry-sync-asan
+	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py
+
+check: all check-unit check-sql check-e2e check-asan
+	@echo "make check: all suites passed"
+
+valgrind: sendry-sync
+	SENDRY_SYNC_VALGRIND=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py -k once_valgrind
+
+demo: sendry-sync
+	$(PYTHON) tests/pgharness.py run -- sh contrib/demo.sh
+
+bench: sendry-sync
+	sh tests/sql_bench.sh
+	$(PYTHON) tests/bench_backfill.py
+
+clean:
+	rm -rf build sendry-sync sendry-sync-asan
+
+.PHONY: all check check-unit check-sql check-e2e check-asan valgrind demo bench clean

@@ -1,0 +1,414 @@
+#include "db.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+enum db_state {
+    DB_DISCONNECTED,   /* waiting for the reconnect timer */
+    DB_CONNECTING,     /* PQconnectPoll in progress */
+    DB_LISTENING,      /* LISTEN sent, waiting for its result */
+    DB_READY           /* idle, or running `running` */
+};
+
+struct query {
+    char *sql;
+    int nparams;
+    char **params;
+    db_result_cb cb;
+    void *arg;
+    struct query *next;
+};
+
+struct db {
+    struct ev_loop *loop;
+    char *conninfo;
+    char *listen_sql;
+    struct db_callbacks cbs;
+    enum db_state state;
+    PGconn *conn;
+    ev_io io;
+    int io_events;
+    ev_timer retry;          /* reconnect after backoff */
+    ev_timer deadline;       /* connection attempt timeout */
+    double backoff;
+    bool flushing;
+    struct query *head, *tail;
+    struct query *running;   /* sent, results not all read */
+    PGresult *result;        /* the last result of `running` */
+    char err[512];
+};
+
+#define CONNECT_TIMEOUT 15.0
+#define BACKOFF_MIN 0.25
+#define BACKOFF_MAX 30.0
+
+static void on_io(struct ev_loop *loop, ev_io *w, int revents);
+static void connect_start(struct db *db);
+
+static void query_free(struct query *q)
+{
+    if (!q)
+        return;
+    for (int i = 0; i < q->nparams; i++)
+        free(q->params[i]);
+    free(q->params);
+    free(q->sql);
+    free(q);
+}
+
+/* (Re-)arms the watcher on the connection's current socket: the socket may change
+ * between PQconnectPoll calls, and only ev_io_set tells libev about a new one. */
+static void arm(struct db *db, int events)
+{
+    int fd = PQsocket(db->conn);
+    if (ev_is_active(&db->io) && db->io.fd == fd && db->io_events == events)
+        return;
+    ev_io_stop(db->loop, &db->io);
+    if (fd < 0)
+        return;
+    ev_io_set(&db->io, fd, events);
+    db->io_events = events;
+    ev_io_start(db->loop, &db->io);
+}
+
+static void set_error(struct db *db, const char *prefix)
+{
+    const char *msg = db->conn ? PQerrorMessage(db->conn) : "out of memory";
+    snprintf(db->err, sizeof db->err, "%s%s", prefix, msg && *msg ? msg : "connection lost");
+    size_t n = strlen(db->err);
+    while (n > 0 && (db->err[n - 1] == '\n' || db->err[n - 1] == ' '))
+        db->err[--n] = '\0';
+    for (char *p = db->err; *p; p++)
+        if (*p == '\n')
+            *p = ' ';
+}
+
+static void schedule_reconnect(struct db *db)
+{
+    double jitter = 0.5 + (double)(rand() % 1000) / 2000.0;   /* 0.5 .. 1.0 */
+    double delay = db->backoff * jitter;
+    db->backoff = db->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : db->backoff * 2;
+    ev_timer_stop(db->loop, &db->retry);
+    ev_timer_set(&db->retry, delay, 0.);
+    ev_timer_start(db->loop, &db->retry);
+    log_info("db: reconnecting in %.1f s", delay);
+}
+
+/* Drops the connection: stop the watcher before PQfinish (the fd number may be reused
+ * by the next socket), fail the query in flight, keep the queue for the next one. */
+static void lost(struct db *db, const char *why)
+{
+    bool was_up = db->state == DB_READY || db->state == DB_LISTENING;
+    if (why)
+        set_error(db, why);
+    log_error("db: %s", db->err);
+    ev_io_stop(db->loop, &db->io);
+    ev_timer_stop(db->loop, &db->deadline);
+    if (db->conn)
+        PQfinish(db->conn);
+    db->conn = NULL;
+    db->state = DB_DISCONNECTED;
+    db->flushing = false;
+    PQclear(db->result);
+    db->result = NULL;
+    struct query *q = db->running;
+    db->running = NULL;
+    if (q) {
+        if (q->cb)
+            q->cb(NULL, q->arg);
+        query_free(q);
+    }
+    if (was_up && db->cbs.disconnected)
+        db->cbs.disconnected(db->cbs.ud);
+    if (db->state == DB_DISCONNECTED && !ev_is_active(&db->retry))
+        schedule_reconnect(db);
+}
+
+static void flush(struct db *db)
+{
+    int r = PQflush(db->conn);
+    if (r < 0) {
+        lost(db, "send failed: ");
+        return;
+    }
+    db->flushing = r == 1;
+    arm(db, EV_READ | (db->flushing ? EV_WRITE : 0));
+}
+
+/* Sends the next queued query if the connection is free. */
+static void pump(struct db *db)
+{
+    if (db->state != DB_READY || db->running || !db->head)
+        return;
+    struct query *q = db->head;
+    db->head = q->next;
+    if (!db->head)
+        db->tail = NULL;
+    q->next = NULL;
+    db->running = q;
+    if (!PQsendQueryParams(db->conn, q->sql, q->nparams, NULL, (const char *const *)q->params, NULL,
+                           NULL, 0)) {
+        lost(db, "could not send query: ");
+        return;
+    }
+    flush(db);
+}
+
+static void drain_notifies(struct db *db)
+{
+    bool any = false;
+    PGnotify *n;
+    while (db->conn && (n = PQnotifies(db->conn))) {
+        any = true;
+        PQfreemem(n);
+    }
+    if (any && db->cbs.notified)
+        db->cbs.notified(db->cbs.ud);
+}
+
+static void on_listen_done(struct db *db, PGresult *res)
+{
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        snprintf(db->err, sizeof db->err, "LISTEN failed: %s", PQresultErrorMessage(res));
+        lost(db, NULL);
+        return;
+    }
+    db->state = DB_READY;
+    db->backoff = BACKOFF_MIN;
+    log_info("db: connected (server %d, LISTEN sendry_outbox)", PQserverVersion(db->conn));
+    if (db->cbs.connected)
+        db->cbs.connected(db->cbs.ud);
+}
+
+/* Reads whatever results are complete; a NULL from PQgetResult ends a query. */
+static void read_results(struct db *db)
+{
+    while (db->conn && (db->running || db->state == DB_LISTENING) && !PQisBusy(db->conn)) {
+        PGresult *res = PQgetResult(db->conn);
+        if (res) {
+            PQclear(db->result);
+            db->result = res;
+            continue;
+        }
+        res = db->result;
+        db->result = NULL;
+        if (db->state == DB_LISTENING) {
+            on_listen_done(db, res);
+        } else {
+            struct query *q = db->running;
+            db->running = NULL;
+            if (q->cb)
+                q->cb(res, q->arg);
+            query_free(q);
+        }
+        PQclear(res);
+    }
+}
+
+static void on_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    struct db *db = w->data;
+
+    if (db->state == DB_CONNECTING) {
+        switch (PQconnectPoll(db->conn)) {
+        case PGRES_POLLING_FAILED:
+            lost(db, "connect failed: ");
+            return;
+        case PGRES_POLLING_READING:
+            arm(db, EV_READ);
+            return;
+        case PGRES_POLLING_WRITING:
+            arm(db, EV_WRITE);
+            return;
+        case PGRES_POLLING_OK:
+            break;
+        default:
+            return;
+        }
+        ev_timer_stop(db->loop, &db->deadline);
+        if (PQsetnonblocking(db->conn, 1) != 0) {
+            lost(db, "PQsetnonblocking: ");
+            return;
+        }
+        db->state = DB_LISTENING;
+        if (!PQsendQuery(db->conn, db->listen_sql)) {
+            lost(db, "could not send LISTEN: ");
+            return;
+        }
+        flush(db);
+        return;
+    }
+
+    if ((revents & EV_WRITE) && db->flushing) {
+        flush(db);
+        if (!db->conn)
+            return;
+    }
+    if (revents & EV_READ) {
+        if (!PQconsumeInput(db->conn)) {
+            lost(db, "");
+            return;
+        }
+        read_results(db);
+        if (!db->conn)
+            return;
+        /* Any read can absorb notifications, and PQnotifies itself never reads. */
+        drain_notifies(db);
+        if (!db->conn)
+            return;
+        if (PQstatus(db->conn) == CONNECTION_BAD) {
+            lost(db, "");
+            return;
+        }
+    }
+    pump(db);
+}
+
+static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    connect_start(w->data);
+}
+
+static void on_deadline(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct db *db = w->data;
+    snprintf(db->err, sizeof db->err, "connect timed out after %.0f s", CONNECT_TIMEOUT);
+    lost(db, NULL);
+}
+
+static void notice_processor(void *arg, const char *message)
+{
+    (void)arg;
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", message);
+    size_t n = strlen(buf);
+    while (n > 0 && buf[n - 1] == '\n')
+        buf[--n] = '\0';
+    log_info("db: %s", buf);
+}
+
+static void connect_start(struct db *db)
+{
+    /* Our defaults first: values in DATABASE_URL (expanded from dbname) override them.
+     * Keepalives notice a dead server while the connection is idle. */
+    const char *keys[] = {"fallback_application_name", "keepalives", "keepalives_idle",
+                          "keepalives_interval", "keepalives_count", "dbname", NULL};
+    const char *vals[] = {"sendry-sync", "1", "30", "10", "3", db->conninfo, NULL};
+    db->conn = PQconnectStartParams(keys, vals, 1);
+    if (!db->conn || PQstatus(db->conn) == CONNECTION_BAD) {
+        lost(db, "connect failed: ");
+        return;
+    }
+    PQsetNoticeProcessor(db->conn, notice_processor, db);
+    db->state = DB_CONNECTING;
+    ev_timer_set(&db->deadline, CONNECT_TIMEOUT, 0.);
+    ev_timer_start(db->loop, &db->deadline);
+    arm(db, EV_WRITE);
+}
+
+struct db *db_new(struct ev_loop *loop, const char *conninfo, const char *channel,
+                  struct db_callbacks cbs)
+{
+    struct db *db = calloc(1, sizeof *db);
+    if (!db)
+        return NULL;
+    db->loop = loop;
+    db->cbs = cbs;
+    db->conninfo = strdup(conninfo);
+    size_t n = strlen(channel) + 16;
+    db->listen_sql = malloc(n);
+    if (!db->conninfo || !db->listen_sql) {
+        free(db->conninfo);
+        free(db->listen_sql);
+        free(db);
+        return NULL;
+    }
+    snprintf(db->listen_sql, n, "LISTEN %s", channel);
+    db->backoff = BACKOFF_MIN;
+    ev_init(&db->io, on_io);
+    db->io.data = db;
+    ev_init(&db->retry, on_retry);
+    db->retry.data = db;
+    ev_init(&db->deadline, on_deadline);
+    db->deadline.data = db;
+    return db;
+}
+
+void db_start(struct db *db)
+{
+    connect_start(db);
+}
+
+void db_free(struct db *db)
+{
+    if (!db)
+        return;
+    ev_io_stop(db->loop, &db->io);
+    ev_timer_stop(db->loop, &db->retry);
+    ev_timer_stop(db->loop, &db->deadline);
+    if (db->conn)
+        PQfinish(db->conn);
+    PQclear(db->result);
+    query_free(db->running);
+    while (db->head) {
+        struct query *q = db->head;
+        db->head = q->next;
+        query_free(q);
+    }
+    free(db->conninfo);
+    free(db->listen_sql);
+    free(db);
+}
+
+bool db_query(struct db *db, const char *sql, int nparams, const char *const *params,
+              db_result_cb cb, void *arg)
+{
+    struct query *q = calloc(1, sizeof *q);
+    if (!q)
+        return false;
+    q->sql = strdup(sql);
+    q->params = nparams ? calloc((size_t)nparams, sizeof *q->params) : NULL;
+    q->nparams = nparams;
+    q->cb = cb;
+    q->arg = arg;
+    if (!q->sql || (nparams && !q->params)) {
+        q->nparams = 0;
+        query_free(q);
+        return false;
+    }
+    for (int i = 0; i < nparams; i++) {
+        if (params[i] && !(q->params[i] = strdup(params[i]))) {
+            query_free(q);
+            return false;
+        }
+    }
+    if (db->tail)
+        db->tail->next = q;
+    else
+        db->head = q;
+    db->tail = q;
+    pump(db);
+    return true;
+}
+
+bool db_connected(const struct db *db)
+{
+    return db->state == DB_READY;
+}
+
+bool db_idle(const struct db *db)
+{
+    return db->state == DB_READY && !db->running && !db->head;
+}
+
+const char *db_last_error(const struct db *db)
+{
+    return db->err;
+}

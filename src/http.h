@@ -1,0 +1,62 @@
+/* http: HTTP requests on libcurl's multi-socket interface, driven by a libev loop
+ * (the pattern of curl's docs/examples/evhiperfifo.c). Never blocks.
+ *
+ * A request is created with http_request_new(), filled, then started with
+ * http_start(); its done callback runs once, from the loop, with the result, after
+ * which the request belongs to the callback (free it with http_request_free()). */
+#ifndef SENDRY_HTTP_H
+#define SENDRY_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <ev.h>
+
+struct http;
+struct http_request;
+
+typedef void (*http_done_cb)(struct http_request *req, void *arg);
+
+struct http_request {
+    /* filled by the caller */
+    char method[8];
+    char *url;              /* owned */
+    char *body;             /* owned, may be NULL */
+    http_done_cb done;
+    void *arg;
+    /* results, valid in the done callback */
+    bool transport_ok;      /* false: no HTTP response (network error, timeout) */
+    long status;
+    char error[256];        /* curl's error text when !transport_ok */
+    char *response;         /* NUL-terminated, owned; at most HTTP_MAX_RESPONSE bytes */
+    size_t response_len;
+    char retry_after[64];   /* Retry-After header value, "" if none */
+    double elapsed;         /* seconds */
+    /* private */
+    void *easy;
+    struct http *owner;
+    struct http_request *next, *prev;
+};
+
+#define HTTP_MAX_RESPONSE (1024 * 1024)
+
+/* Creates the client: api_key goes into every Authorization header; timeout in s. */
+struct http *http_new(struct ev_loop *loop, const char *api_key, double timeout);
+void http_free(struct http *h);    /* aborts what is in flight without callbacks */
+
+struct http_request *http_request_new(const char *method, char *url_owned, char *body_owned);
+void http_request_free(struct http_request *req);
+
+/* Starts the request. Returns false (and does not call done) if it could not start. */
+bool http_start(struct http *h, struct http_request *req);
+
+/* Aborts every request in flight; each gets its done callback with transport_ok false
+ * and error "aborted". */
+void http_abort_all(struct http *h);
+
+int http_in_flight(const struct http *h);
+
+/* "sendry-sync/<version>" */
+const char *http_user_agent(void);
+
+#endif

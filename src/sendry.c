@@ -1,0 +1,239 @@
+#include "sendry.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+#include <time.h>
+
+char *sendry_normalize_email(const char *email)
+{
+    if (!email)
+        return NULL;
+    while (*email && isspace((unsigned char)*email))
+        email++;
+    size_t len = strlen(email);
+    while (len > 0 && isspace((unsigned char)email[len - 1]))
+        len--;
+    char *out = malloc(len + 1);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < len; i++)
+        out[i] = (char)tolower((unsigned char)email[i]);
+    out[len] = '\0';
+    return out;
+}
+
+/* Sendry's limits: names up to 200 characters, metadata values up to 1000. Cut at a
+ * UTF-8 character boundary. */
+static json_object *limited_string(const char *s, size_t max_chars)
+{
+    size_t chars = 0, i = 0;
+    while (s[i]) {
+        if (((unsigned char)s[i] & 0xC0) != 0x80) {
+            if (chars == max_chars)
+                break;
+            chars++;
+        }
+        i++;
+    }
+    return json_object_new_string_len(s, (int)i);
+}
+
+json_object *sendry_contact(const struct row *r)
+{
+    json_object *c = json_object_new_object();
+    if (!c)
+        return NULL;
+    json_object_object_add(c, "email", json_object_new_string(r->email));
+    json_object *p = r->payload;
+    if (p && json_object_is_type(p, json_type_object)) {
+        static const char *const names[] = {"first_name", "last_name"};
+        for (size_t i = 0; i < 2; i++) {
+            json_object *v;
+            if (json_object_object_get_ex(p, names[i], &v) && json_object_is_type(v, json_type_string) &&
+                json_object_get_string_len(v) > 0)
+                json_object_object_add(c, names[i], limited_string(json_object_get_string(v), 200));
+        }
+        json_object *meta;
+        if (json_object_object_get_ex(p, "metadata", &meta) && json_object_is_type(meta, json_type_object)) {
+            /* Sendry takes string values only: a number or boolean from a hand-written
+             * backfill becomes its JSON text; null and nested values are dropped. */
+            json_object *m = json_object_new_object();
+            json_object_object_foreach(meta, key, val) {
+                enum json_type t = json_object_get_type(val);
+                if (t == json_type_string)
+                    json_object_object_add(m, key, limited_string(json_object_get_string(val), 1000));
+                else if (t == json_type_int || t == json_type_double || t == json_type_boolean)
+                    json_object_object_add(m, key, json_object_new_string(
+                        json_object_to_json_string_ext(val, JSON_C_TO_STRING_PLAIN)));
+            }
+            json_object_object_add(c, "metadata", m);
+        }
+    }
+    /* Never "unsubscribed": an upsert must not re-subscribe someone who opted out. */
+    return c;
+}
+
+static char *dup_json(json_object *o)
+{
+    const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    char *out = s ? strdup(s) : NULL;
+    json_object_put(o);
+    return out;
+}
+
+char *sendry_import_body(struct row *const *rows, size_t n, const char *audience_id)
+{
+    json_object *body = json_object_new_object();
+    json_object *contacts = json_object_new_array_ext((int)n);
+    if (!body || !contacts) {
+        json_object_put(body);
+        json_object_put(contacts);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++)
+        json_object_array_add(contacts, sendry_contact(rows[i]));
+    json_object_object_add(body, "contacts", contacts);
+    json_object_object_add(body, "audience_id", json_object_new_string(audience_id));
+    return dup_json(body);
+}
+
+char *sendry_contact_body(const struct row *r, const char *audience_id)
+{
+    json_object *c = sendry_contact(r);
+    if (!c)
+        return NULL;
+    json_object_object_add(c, "audience_id", json_object_new_string(audience_id));
+    return dup_json(c);
+}
+
+enum outcome sendry_classify(bool transport_ok, long status, bool audience_request)
+{
+    if (!transport_ok)
+        return OUTCOME_RETRY;
+    if (status >= 200 && status < 300)
+        return OUTCOME_SENT;
+    switch (status) {
+    case 401:
+    case 402:
+    case 403:
+        return OUTCOME_STOP;
+    case 404:
+        return audience_request ? OUTCOME_STOP : OUTCOME_INVALID;
+    case 408:
+        return OUTCOME_RETRY;
+    case 429:
+        return OUTCOME_RATE_LIMITED;
+    default:
+        break;
+    }
+    if (status >= 500 || status < 200)
+        return OUTCOME_RETRY;   /* 5xx, and 1xx/0 that should never end a request */
+    if (status >= 300 && status < 400)
+        return OUTCOME_INVALID; /* a redirect we do not follow: the URL is wrong */
+    return OUTCOME_INVALID;
+}
+
+const char *outcome_name(enum outcome o)
+{
+    switch (o) {
+    case OUTCOME_SENT: return "sent";
+    case OUTCOME_RETRY: return "retry";
+    case OUTCOME_RATE_LIMITED: return "rate_limited";
+    case OUTCOME_INVALID: return "invalid";
+    case OUTCOME_STOP: return "stop";
+    }
+    return "?";
+}
+
+static void copy_string_field(json_object *obj, const char *key, char *buf, size_t size)
+{
+    json_object *v;
+    if (size && json_object_object_get_ex(obj, key, &v) && json_object_is_type(v, json_type_string))
+        snprintf(buf, size, "%s", json_object_get_string(v));
+}
+
+static void copy_number_field(json_object *obj, const char *key, double *out)
+{
+    json_object *v;
+    if (!out || !json_object_object_get_ex(obj, key, &v))
+        return;
+    if (json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double))
+        *out = json_object_get_double(v);
+    else if (json_object_is_type(v, json_type_string)) {
+        char *end;
+        double d = strtod(json_object_get_string(v), &end);
+        if (end != json_object_get_string(v) && *end == '\0')
+            *out = d;
+    }
+}
+
+void sendry_parse_error(const char *body, size_t len, char *code, size_t code_size,
+                        char *message, size_t message_size, double *retry_after)
+{
+    if (!body || len == 0)
+        return;
+    json_tokener *tok = json_tokener_new();
+    if (!tok)
+        return;
+    json_object *root = json_tokener_parse_ex(tok, body, (int)len);
+    json_tokener_free(tok);
+    if (!root || !json_object_is_type(root, json_type_object)) {
+        json_object_put(root);
+        return;
+    }
+    json_object *err;
+    json_object *src = root;
+    if (json_object_object_get_ex(root, "error", &err)) {
+        if (json_object_is_type(err, json_type_object))
+            src = err;
+        else if (json_object_is_type(err, json_type_string))
+            snprintf(message, message_size, "%s", json_object_get_string(err));
+    }
+    copy_string_field(src, "code", code, code_size);
+    copy_string_field(src, "message", message, message_size);
+    copy_number_field(src, "retry_after", retry_after);
+    json_object *details;
+    if (json_object_object_get_ex(src, "details", &details) && json_object_is_type(details, json_type_object))
+        copy_number_field(details, "retry_after", retry_after);
+    json_object_put(root);
+}
+
+double sendry_retry_after(const char *header, double now)
+{
+    if (!header)
+        return -1;
+    while (*header == ' ' || *header == '\t')
+        header++;
+    if (!*header)
+        return -1;
+    char *end;
+    double secs = strtod(header, &end);
+    if (end != header) {
+        while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
+            end++;
+        if (*end == '\0')
+            return secs < 0 ? 0 : secs;
+    }
+    /* An HTTP-date: "Sun, 06 Nov 1994 08:49:37 GMT". */
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    char mon[4] = {0};
+    int day, year, h, m, s;
+    const char *comma = strchr(header, ',');
+    if (!comma || sscanf(comma + 1, " %d %3s %d %d:%d:%d", &day, mon, &year, &h, &m, &s) != 6)
+        return -1;
+    const char *pos = strstr(months, mon);
+    if (!pos || strlen(mon) != 3)
+        return -1;
+    tm.tm_mday = day;
+    tm.tm_mon = (int)(pos - months) / 3;
+    tm.tm_year = year - 1900;
+    tm.tm_hour = h;
+    tm.tm_min = m;
+    tm.tm_sec = s;
+    double when = (double)timegm(&tm);
+    return when > now ? when - now : 0;
+}

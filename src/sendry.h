@@ -1,0 +1,60 @@
+/* sendry: what the Sendry API expects and what its answers mean (see
+ * ../shared/docs/sendry-api.md). Pure functions: request bodies, response classes,
+ * error bodies, Retry-After. No I/O. */
+#ifndef SENDRY_SENDRY_H
+#define SENDRY_SENDRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <json-c/json.h>
+
+/* One outbox row as the worker holds it while delivering. */
+struct row {
+    long long id;
+    char *email;            /* owned; normalised (trimmed, lower-case) */
+    json_object *payload;   /* owned reference; may be NULL */
+    int attempts;           /* including the current one */
+    int max_attempts;
+};
+
+/* Body of POST /v1/contacts/import for rows[0..n): {"contacts":[...],"audience_id":...}.
+ * Returns a malloc'd string (caller frees) or NULL on allocation failure. */
+char *sendry_import_body(struct row *const *rows, size_t n, const char *audience_id);
+
+/* Body of POST /v1/contacts for one row, with audience_id. Caller frees. */
+char *sendry_contact_body(const struct row *r, const char *audience_id);
+
+/* The contact object for one row: email, first_name, last_name, metadata (every value a
+ * string; others are converted), never `unsubscribed`. New reference, or NULL. */
+json_object *sendry_contact(const struct row *r);
+
+/* Trims ASCII whitespace and lower-cases; returns a malloc'd copy. */
+char *sendry_normalize_email(const char *email);
+
+enum outcome {
+    OUTCOME_SENT,          /* 2xx */
+    OUTCOME_RETRY,         /* network error, timeout, 408, 5xx: back off, count the attempt */
+    OUTCOME_RATE_LIMITED,  /* 429: pause everything, do not count the attempt */
+    OUTCOME_INVALID,       /* 400, 404 (not the audience), 409, 422, other 4xx: fail the row(s) */
+    OUTCOME_STOP           /* 401, 402, 403, unknown audience: stop sending, keep rows pending */
+};
+
+/* Classifies a finished request. transport_ok is false for network errors and
+ * timeouts. audience_request: a 404 means the configured audience is unknown. */
+enum outcome sendry_classify(bool transport_ok, long status, bool audience_request);
+
+const char *outcome_name(enum outcome o);
+
+/* Error details from a response body in either documented shape:
+ * {"error":{"code","message","retry_after"}} or {"statusCode","code","message"}.
+ * Fields not found are left untouched (set them to defaults first). code and message
+ * are copied into the caller's buffers; *retry_after is set when the body has one. */
+void sendry_parse_error(const char *body, size_t len, char *code, size_t code_size,
+                        char *message, size_t message_size, double *retry_after);
+
+/* Seconds to wait from a Retry-After header value: delta-seconds or an HTTP-date
+ * (relative to `now`, Unix seconds). Returns -1 if the value is not understood. */
+double sendry_retry_after(const char *header, double now);
+
+#endif
