@@ -1,0 +1,1037 @@
+#!/usr/bin/python3
+"""Fake Sendry HTTP API for the sendry-sync tests, demo and benchmark.
+
+Standard library only (Python 3.11).  Usable two ways:
+
+* as a module (pytest)::
+
+      fs = FakeSendry(api_key="sn_test_fake", audience_id="aud_test")
+      fs.start()
+      ...  # point the worker at fs.url
+      fs.wait_for(lambda f: len(f.contacts) == 3)
+      fs.stop()
+
+* as a CLI (shell demo / bench scripts)::
+
+      /usr/bin/python3 tests/fake_sendry.py --port-file /tmp/port [--rate-limit 100/10 | --no-rate-limit]
+
+  The CLI prints ``fake-sendry listening on http://127.0.0.1:PORT`` and serves
+  until SIGTERM/SIGINT.  Scripts drive it through the unauthenticated
+  ``/_control/...`` endpoints (see ``FakeSendry._control``).
+
+Implemented endpoints (behaviour follows /work/shared/docs/sendry-api.md):
+
+    GET    /v1/audiences/{id}
+    POST   /v1/audiences/{id}/contacts          {contact_ids:[...]} -> {added}
+    DELETE /v1/audiences/{id}/contacts/{cid}
+    POST   /v1/contacts/import                  upsert by e-mail, <= 1000 items
+    POST   /v1/contacts                         create (upsert by e-mail in the fake)
+    GET    /v1/contacts/by-email?email=[&audience_id=]
+    PATCH  /v1/contacts/by-email?email=
+    GET    /v1/contacts/{id}
+    PUT    /v1/contacts/{id}
+    DELETE /v1/contacts/{id}
+    GET    /v1/unsubscribes?limit=&cursor=[&email=&list_id=]
+    GET    /v1/suppression?limit=&cursor=[&email=]
+
+Every request goes through these checks, in order: record, drop_next, delay,
+auth (401 / 403 for a read-only key on writes), per-key rate limit, fail_next,
+fail_fraction, then the endpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import collections
+import datetime
+import http
+import json
+import math
+import os
+import random
+import re
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+__all__ = ["FakeSendry", "main"]
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+MAX_IMPORT = 1000
+MAX_NAME_LEN = 200
+MAX_METADATA_VALUE_LEN = 1000
+SUPPRESSION_REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
+
+DEFAULT_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    402: "payment_required",
+    403: "forbidden",
+    404: "not_found",
+    408: "request_timeout",
+    409: "conflict",
+    422: "validation_error",
+    429: "rate_limited",
+}
+
+
+def default_error_code(status: int) -> str:
+    if status in DEFAULT_ERROR_CODES:
+        return DEFAULT_ERROR_CODES[status]
+    return "internal_error" if status >= 500 else "error"
+
+
+def error_body(status, code=None, message=None, shape="nested", retry_after_body=None):
+    """Build an error body in one of the two documented shapes."""
+    code = code or default_error_code(status)
+    if message is None:
+        try:
+            message = http.HTTPStatus(status).phrase
+        except ValueError:
+            message = "Error"
+    if shape == "flat":
+        # Legacy shape (D-old docs). The docs don't say where retry_after goes
+        # in this shape; we put it in details.
+        details = {}
+        if retry_after_body is not None:
+            details["retry_after"] = retry_after_body
+        return {"statusCode": status, "code": code, "message": message, "details": details}
+    err = {"code": code, "message": message}
+    if retry_after_body is not None:
+        err["retry_after"] = retry_after_body
+    return {"error": err}
+
+
+def now_iso() -> str:
+    """Current time as ISO-8601 UTC, e.g. 2026-05-11T10:00:00.123Z."""
+    return (
+        datetime.datetime.now(datetime.timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+class ApiError(Exception):
+    """Raised by endpoint code; turned into a nested error response."""
+
+    def __init__(self, status, message, code=None):
+        super().__init__(message)
+        self.status = status
+        self.code = code or default_error_code(status)
+        self.message = message
+
+
+def _encode_cursor(index: int) -> str:
+    return base64.urlsafe_b64encode(f"idx:{index}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("idx:"):
+            raise ValueError(cursor)
+        index = int(raw[4:])
+        if index < 0:
+            raise ValueError(cursor)
+        return index
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(422, f"Invalid cursor {cursor!r}") from None
+
+
+def _n_contacts(body) -> int:
+    """How many contacts a request body carries (for request summaries)."""
+    if isinstance(body, dict):
+        contacts = body.get("contacts")
+        if isinstance(contacts, list):
+            return len(contacts)
+        if "email" in body:
+            return 1
+    return 0
+
+
+def _parse_json(raw: bytes):
+    """Return (parsed, ok). An empty body parses as (None, True)."""
+    if not raw:
+        return None, True
+    try:
+        return json.loads(raw.decode("utf-8")), True
+    except (UnicodeDecodeError, ValueError):
+        return None, False
+
+
+# --------------------------------------------------------------------------
+# HTTP plumbing
+# --------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True  # lets stop()/start() rebind the same port
+    request_queue_size = 128
+
+    def __init__(self, address, handler, fake):
+        self.fake = fake
+        self._conns = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def server_bind(self):
+        # HTTPServer.server_bind calls socket.getfqdn(), which can stall on a
+        # reverse DNS lookup; we know the name already.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    # Track open (keep-alive) connections so stop() can cut them; otherwise
+    # their daemon threads would keep answering after the server "stopped".
+    def process_request(self, request, client_address):
+        with self._conns_lock:
+            self._conns.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
+
+    def close_all_connections(self):
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)) and not self.fake.verbose:
+            return  # clients hanging up are routine in fault tests
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every response has Content-Length
+    server_version = "FakeSendry/1.0"
+    sys_version = ""
+    disable_nagle_algorithm = True  # headers and body are separate writes
+    timeout = 120  # idle keep-alive connections eventually go away
+
+    def log_message(self, format, *args):  # noqa: A002 (stdlib signature)
+        if self.server.fake.verbose:
+            sys.stderr.write(f"fake-sendry: {self.address_string()} {format % args}\n")
+
+    def do_GET(self):
+        self._handle()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _read_body(self) -> bytes:
+        """Read the request body (Content-Length or chunked). ValueError if malformed."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while True:
+                line = self.rfile.readline(65537)
+                size = int(line.split(b";", 1)[0].strip(), 16)
+                if size == 0:
+                    # Skip trailers up to the blank line.
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(65537)  # CRLF after the chunk
+        length = int(self.headers.get("Content-Length") or 0)
+        if length < 0:
+            raise ValueError("negative Content-Length")
+        data = self.rfile.read(length) if length else b""
+        if len(data) != length:
+            raise ValueError("short body")
+        return data
+
+    def _send(self, status, obj, extra_headers=None):
+        data = json.dumps(obj).encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (extra_headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            self.close_connection = True
+
+    def _handle(self):
+        fake = self.server.fake
+        method = self.command
+        try:
+            raw = self._read_body()
+        except ValueError as exc:
+            # We can't find the next request on this connection; answer and close.
+            self.close_connection = True
+            self._send(400, error_body(400, message=f"Malformed request body: {exc}"))
+            return
+
+        split = urlsplit(self.path)
+        path = split.path
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+
+        if path == "/_control" or path.startswith("/_control/"):
+            try:
+                status, body = fake._control(method, path, query, raw)
+            except Exception:  # a bug in the fake: make it visible
+                traceback.print_exc()
+                status, body = 500, error_body(500, message="fake-sendry control error")
+            self._send(status, body)
+            return
+
+        parsed, json_ok = _parse_json(raw)
+        record = {
+            "method": method,
+            "path": path,
+            "query": query,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "json": parsed,
+            "status": None,
+            "time": time.monotonic(),
+        }
+        drop, delay = fake._begin(record)
+        if drop:
+            # Request fully read; hang up without a single byte of response.
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        if delay > 0:
+            fake._stopping.wait(delay)  # stop() cuts delays short
+
+        try:
+            status, body, headers = fake._respond(method, path, query, record["headers"], parsed, json_ok)
+        except Exception:
+            traceback.print_exc()
+            status, body, headers = 500, error_body(500, message="fake-sendry internal error"), {}
+        fake._finish(record, status)
+        self._send(status, body, headers)
+
+
+# --------------------------------------------------------------------------
+# The fake
+# --------------------------------------------------------------------------
+
+
+class FakeSendry:
+    """In-memory fake of the Sendry API with fault injection.
+
+    Public state (read freely from tests; mutated only under ``self._lock``):
+      requests  list of recorded request dicts (see module doc / brief)
+      contacts  dict lower-cased email -> contact dict (``audiences`` is a set)
+      stats     dict: str(status) -> count, plus "dropped"
+      delay_all seconds to sleep before every answer (plain attribute)
+    """
+
+    def __init__(
+        self,
+        api_key="sn_test_fake",
+        audience_id="aud_test",
+        rate_limit=(100, 10.0),
+        read_only_key=None,
+        port=0,
+        verbose=False,
+    ):
+        if rate_limit is not None:
+            n, window = rate_limit
+            if int(n) < 1 or float(window) <= 0:
+                raise ValueError(f"bad rate_limit {rate_limit!r}")
+            rate_limit = (int(n), float(window))
+        self.api_key = api_key
+        self.audience_id = audience_id
+        self.rate_limit = rate_limit
+        self.read_only_key = read_only_key
+        self.verbose = verbose
+        self.delay_all = 0.0
+
+        self._port_wanted = port
+        self._server = None
+        self._thread = None
+        self._stopping = threading.Event()
+        self._lock = threading.RLock()
+        self._audience_created_at = now_iso()
+        self.reset()
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def start(self):
+        """Start serving in a background thread. After a stop(), restarts on the same port."""
+        if self._server is not None:
+            raise RuntimeError("FakeSendry already started")
+        self._stopping.clear()
+        self._server = _Server(("127.0.0.1", self._port_wanted), _Handler, self)
+        self._port_wanted = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-sendry",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self):
+        """Stop serving and cut open connections (also wakes delayed requests)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        self._stopping.set()
+        server.shutdown()
+        server.server_close()
+        server.close_all_connections()
+        self._thread.join(timeout=5)
+        self._thread = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port_wanted
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # ---- test helpers ----------------------------------------------------
+
+    def reset(self):
+        """Forget everything: requests, contacts, faults, lists, rate counters, stats."""
+        with self._lock:
+            self.requests = []
+            self.contacts = {}
+            self._by_id = {}  # contact id -> the same dict as in self.contacts
+            self._next_contact = 1
+            self.unsubscribes = []
+            self._next_unsub = 1
+            self.suppressions = []
+            self.stats = {"dropped": 0}
+            self._rate = {}  # Authorization value -> deque of admitted times
+            self._faults = []  # fail_next entries, FIFO
+            self._drops = []  # [remaining, path_prefix]
+            self._delays = []  # [seconds, remaining]
+            self._fraction = 0.0
+            self._fraction_status = 503
+            self._rng = random.Random(1)
+            self._reject_re = None
+            self.delay_all = 0.0
+
+    def wait_for(self, predicate, timeout=10.0, message=None):
+        """Poll predicate(self) every 20 ms until truthy; return its value.
+
+        Raises AssertionError on timeout, with the last few requests for context.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate(self)
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                what = message or getattr(predicate, "__name__", repr(predicate))
+                recent = [
+                    f"{r['method']} {r['path']} -> {r['status']}" for r in self.requests[-10:]
+                ]
+                raise AssertionError(
+                    f"fake-sendry: timed out after {timeout}s waiting for {what}; "
+                    f"{len(self.requests)} requests, {len(self.contacts)} contacts; "
+                    f"last requests: {recent}"
+                )
+            time.sleep(0.02)
+
+    def requests_matching(self, method=None, path_prefix=None):
+        """Recorded requests filtered by method and/or path prefix."""
+        return [
+            r
+            for r in list(self.requests)
+            if (method is None or r["method"] == method)
+            and (path_prefix is None or r["path"].startswith(path_prefix))
+        ]
+
+    def contact_json(self, email):
+        """JSON form of a contact (audiences as a sorted list) or None."""
+        with self._lock:
+            c = self.contacts.get(email.lower())
+            return None if c is None else self._contact_json(c)
+
+    # ---- fault injection -------------------------------------------------
+
+    def fail_next(
+        self,
+        status,
+        count=1,
+        shape="nested",
+        retry_after=None,
+        retry_after_body=None,
+        code=None,
+        message=None,
+        path_prefix=None,
+    ):
+        """The next `count` (matching) requests get `status` with an error body."""
+        if shape not in ("nested", "flat"):
+            raise ValueError(f"shape must be 'nested' or 'flat', not {shape!r}")
+        status = int(status)
+        with self._lock:
+            self._faults.append(
+                {
+                    "status": status,
+                    "remaining": int(count),
+                    "shape": shape,
+                    "retry_after": retry_after,
+                    "retry_after_body": retry_after_body,
+                    "code": code or default_error_code(status),
+                    "message": message or f"Injected fault: {status}",
+                    "path_prefix": path_prefix,
+                }
+            )
+
+    def drop_next(self, count=1, path_prefix=None):
+        """The next `count` (matching) requests are read, then the socket is closed."""
+        with self._lock:
+            self._drops.append([int(count), path_prefix])
+
+    def delay_next(self, seconds, count=1):
+        """Sleep `seconds` before answering each of the next `count` requests."""
+        with self._lock:
+            self._delays.append([float(seconds), int(count)])
+
+    def fail_fraction(self, fraction, status=503, seed=1):
+        """Fail each write request with `status` with probability `fraction` (0 = off)."""
+        with self._lock:
+            self._fraction = float(fraction)
+            self._fraction_status = int(status)
+            self._rng = random.Random(seed)
+
+    def reject_emails(self, regex):
+        """Import/create requests with an email matching `regex` (re.search) get 422. None clears."""
+        with self._lock:
+            self._reject_re = re.compile(regex) if regex else None
+
+    def add_unsubscribe(self, email, reason=None, list_id=None):
+        with self._lock:
+            item = {
+                "id": f"unsub_{self._next_unsub}",
+                "email": email,
+                "list_id": list_id,
+                "reason": reason,
+                "created_at": now_iso(),
+            }
+            self._next_unsub += 1
+            self.unsubscribes.append(item)
+            return dict(item)
+
+    def add_suppression(self, email, reason="unsubscribe"):
+        with self._lock:
+            item = {"email": email, "reason": reason, "created_at": now_iso()}
+            self.suppressions.append(item)
+            return dict(item)
+
+    def set_unsubscribed(self, email, unsubscribed=True):
+        """Flip a contact's unsubscribed flag as Sendry would. KeyError if unknown."""
+        with self._lock:
+            c = self.contacts[email.lower()]
+            c["unsubscribed"] = bool(unsubscribed)
+            c["updated_at"] = now_iso()
+
+    # ---- request pipeline (called from handler threads) -------------------
+
+    def _count(self, key):
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+    def _begin(self, record):
+        """Record the request; return (drop?, delay seconds)."""
+        with self._lock:
+            self.requests.append(record)
+            for entry in self._drops:
+                if entry[1] is None or record["path"].startswith(entry[1]):
+                    entry[0] -= 1
+                    if entry[0] <= 0:
+                        self._drops.remove(entry)
+                    self._count("dropped")
+                    return True, 0.0
+            delay = float(self.delay_all or 0.0)
+            if self._delays:
+                entry = self._delays[0]
+                delay += entry[0]
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    self._delays.pop(0)
+            return False, delay
+
+    def _finish(self, record, status):
+        with self._lock:
+            record["status"] = status
+            self._count(str(status))
+
+    def _respond(self, method, path, query, headers, body, json_ok):
+        """Auth, rate limit, injected faults, then the endpoint. Returns (status, body, headers)."""
+        with self._lock:
+            auth = headers.get("authorization")
+            if auth is None:
+                return 401, error_body(401, message="Missing Authorization header"), {}
+            if auth == f"Bearer {self.api_key}":
+                read_only = False
+            elif self.read_only_key is not None and auth == f"Bearer {self.read_only_key}":
+                read_only = True
+            else:
+                return 401, error_body(401, message="Invalid API key"), {}
+            if read_only and method in WRITE_METHODS:
+                return 403, error_body(403, message="Insufficient API key scope"), {}
+
+            # Sliding window per key over admitted requests; 429s are not admitted.
+            if self.rate_limit is not None:
+                limit, window = self.rate_limit
+                times = self._rate.setdefault(auth, collections.deque())
+                now = time.monotonic()
+                while times and times[0] <= now - window:
+                    times.popleft()
+                if len(times) >= limit:
+                    retry = max(1, math.ceil(times[0] + window - now))
+                    return (
+                        429,
+                        error_body(429, message="Too many requests", retry_after_body=retry),
+                        {"Retry-After": str(retry)},
+                    )
+                times.append(now)
+
+            for fault in self._faults:
+                if fault["path_prefix"] is None or path.startswith(fault["path_prefix"]):
+                    fault["remaining"] -= 1
+                    if fault["remaining"] <= 0:
+                        self._faults.remove(fault)
+                    extra = {}
+                    if fault["retry_after"] is not None:
+                        extra["Retry-After"] = str(fault["retry_after"])
+                    return (
+                        fault["status"],
+                        error_body(
+                            fault["status"],
+                            fault["code"],
+                            fault["message"],
+                            fault["shape"],
+                            fault["retry_after_body"],
+                        ),
+                        extra,
+                    )
+
+            if (
+                self._fraction > 0
+                and method in WRITE_METHODS
+                and self._rng.random() < self._fraction
+            ):
+                st = self._fraction_status
+                return st, error_body(st, message=f"Injected random fault: {st}"), {}
+
+            try:
+                if method in WRITE_METHODS and not json_ok:
+                    raise ApiError(400, "Request body is not valid JSON")
+                status, out = self._route(method, path, query, body)
+                return status, out, {}
+            except ApiError as exc:
+                return exc.status, error_body(exc.status, exc.code, exc.message), {}
+
+    # ---- endpoints ---------------------------------------------------------
+
+    def _route(self, method, path, query, body):
+        if len(path) > 1 and path.endswith("/"):
+            path = path[:-1]
+        seg = [unquote(s) for s in path.split("/")[1:]]
+        n = len(seg)
+        if n >= 2 and seg[0] == "v1":
+            kind = seg[1]
+            if kind == "audiences":
+                if n == 3 and method == "GET":
+                    return 200, self._get_audience(seg[2])
+                if n == 4 and seg[3] == "contacts" and method == "POST":
+                    return 200, self._add_audience_members(seg[2], body)
+                if n == 5 and seg[3] == "contacts" and method == "DELETE":
+                    return 200, self._remove_audience_member(seg[2], seg[4])
+            elif kind == "contacts":
+                if n == 2 and method == "POST":
+                    return 200, self._create_contact(body)
+                if n == 3 and seg[2] == "import" and method == "POST":
+                    return 200, self._import(body)
+                if n == 3 and seg[2] == "by-email" and method == "GET":
+                    return 200, self._get_by_email(query)
+                if n == 3 and seg[2] == "by-email" and method == "PATCH":
+                    return 200, self._patch_by_email(query, body)
+                if n == 3 and seg[2] not in ("import", "by-email"):
+                    if method == "GET":
+                        return 200, self._contact_json(self._contact_by_id(seg[2]))
+                    if method == "PUT":
+                        return 200, self._update_contact(self._contact_by_id(seg[2]), body)
+                    if method == "DELETE":
+                        self._delete_contact(self._contact_by_id(seg[2]))
+                        return 200, {"deleted": True}
+            elif kind == "unsubscribes" and n == 2 and method == "GET":
+                items = self.unsubscribes
+                if query.get("email"):
+                    items = [u for u in items if u["email"].lower() == query["email"].lower()]
+                if "list_id" in query:
+                    items = [u for u in items if u["list_id"] == (query["list_id"] or None)]
+                return 200, self._paginate(items, query)
+            elif kind == "suppression" and n == 2 and method == "GET":
+                items = self.suppressions
+                if query.get("email"):
+                    items = [s for s in items if s["email"].lower() == query["email"].lower()]
+                return 200, self._paginate(items, query)
+        raise ApiError(404, f"Not found: {method} {path}")
+
+    def _get_audience(self, aid):
+        if aid != self.audience_id:
+            raise ApiError(404, "Audience not found")
+        members = sum(1 for c in self.contacts.values() if aid in c["audiences"])
+        return {
+            "id": aid,
+            "name": "Test audience",
+            "description": None,
+            "member_count": members,
+            "created_at": self._audience_created_at,
+            "updated_at": self._audience_created_at,
+        }
+
+    def _check_audience(self, aid):
+        if aid != self.audience_id:
+            raise ApiError(404, "Audience not found")
+
+    def _add_audience_members(self, aid, body):
+        self._check_audience(aid)
+        ids = body.get("contact_ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not 1 <= len(ids) <= 100:
+            raise ApiError(422, "contact_ids must be a list of 1-100 contact ids")
+        contacts = []
+        for cid in ids:
+            if cid not in self._by_id:
+                raise ApiError(404, f"Contact not found: {cid}")
+            contacts.append(self._by_id[cid])
+        added = 0
+        for c in contacts:
+            if aid not in c["audiences"]:
+                c["audiences"].add(aid)
+                added += 1
+        return {"added": added}
+
+    def _remove_audience_member(self, aid, cid):
+        self._check_audience(aid)
+        c = self._by_id.get(cid)
+        if c is None or aid not in c["audiences"]:
+            raise ApiError(404, "Contact not found in audience")
+        c["audiences"].discard(aid)
+        return {"deleted": True}
+
+    def _validate_fields(self, item, where, require_email, check_reject):
+        """422 on any invalid contact field. `where` prefixes messages, e.g. 'contacts[3].'."""
+        if not isinstance(item, dict):
+            raise ApiError(422, f"{where or 'body'} must be a JSON object")
+        if require_email or "email" in item:
+            email = item.get("email")
+            if not isinstance(email, str) or not EMAIL_RE.match(email):
+                raise ApiError(422, f"{where}email: invalid email address {email!r}")
+            if check_reject and self._reject_re is not None and self._reject_re.search(email):
+                raise ApiError(422, f"{where}email: email address {email!r} was rejected")
+        for name in ("first_name", "last_name"):
+            value = item.get(name)
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME_LEN):
+                raise ApiError(
+                    422, f"{where}{name}: must be a string of at most {MAX_NAME_LEN} characters"
+                )
+        meta = item.get("metadata")
+        if meta is not None:
+            if not isinstance(meta, dict):
+                raise ApiError(422, f"{where}metadata: must be an object")
+            for key, value in meta.items():
+                if not isinstance(value, str):
+                    raise ApiError(
+                        422,
+                        f"{where}metadata.{key}: must be a string, got {type(value).__name__}",
+                    )
+                if len(value) > MAX_METADATA_VALUE_LEN:
+                    raise ApiError(
+                        422,
+                        f"{where}metadata.{key}: longer than {MAX_METADATA_VALUE_LEN} characters",
+                    )
+        if "unsubscribed" in item and not isinstance(item["unsubscribed"], bool):
+            raise ApiError(422, f"{where}unsubscribed: must be a boolean")
+
+    def _audience_arg(self, body):
+        aid = body.get("audience_id")
+        if aid is None:
+            return None
+        if not isinstance(aid, str):
+            raise ApiError(422, "audience_id: must be a string")
+        self._check_audience(aid)
+        return aid
+
+    def _apply_fields(self, contact, item):
+        """Copy the fields present in `item` onto `contact` (never touches absent ones)."""
+        for name in ("email", "first_name", "last_name"):
+            if name in item:
+                contact[name] = item[name]
+        if "metadata" in item:
+            meta = item["metadata"]
+            contact["metadata"] = dict(meta) if meta is not None else None
+        if "unsubscribed" in item:
+            contact["unsubscribed"] = item["unsubscribed"]
+
+    def _upsert(self, item, audience_id, stamp):
+        """Create or update by lower-cased email. Returns (contact, created?)."""
+        key = item["email"].lower()
+        contact = self.contacts.get(key)
+        created = contact is None
+        if created:
+            contact = {
+                "id": f"ct_{self._next_contact}",
+                "email": item["email"],
+                "first_name": None,
+                "last_name": None,
+                "metadata": None,
+                "unsubscribed": False,
+                "audiences": set(),
+                "created_at": stamp,
+                "updated_at": stamp,
+            }
+            self._next_contact += 1
+            self.contacts[key] = contact
+            self._by_id[contact["id"]] = contact
+        self._apply_fields(contact, item)
+        contact["updated_at"] = stamp
+        if audience_id is not None:
+            contact["audiences"].add(audience_id)
+        return contact, created
+
+    def _import(self, body):
+        if not isinstance(body, dict):
+            raise ApiError(422, "Body must be a JSON object")
+        items = body.get("contacts")
+        if not isinstance(items, list) or not items:
+            raise ApiError(422, "contacts: must be a non-empty array")
+        if len(items) > MAX_IMPORT:
+            raise ApiError(422, f"contacts: at most {MAX_IMPORT} items allowed, got {len(items)}")
+        for i, item in enumerate(items):
+            self._validate_fields(item, f"contacts[{i}].", require_email=True, check_reject=True)
+        audience_id = self._audience_arg(body)
+        stamp = now_iso()
+        created = 0
+        for item in items:
+            _, was_created = self._upsert(item, audience_id, stamp)
+            created += was_created
+        return {"created": created, "updated": len(items) - created, "total": len(items)}
+
+    def _create_contact(self, body):
+        self._validate_fields(body, "", require_email=True, check_reject=True)
+        audience_id = self._audience_arg(body)
+        contact, _ = self._upsert(body, audience_id, now_iso())
+        return self._contact_json(contact)
+
+    def _contact_by_id(self, cid):
+        contact = self._by_id.get(cid)
+        if contact is None:
+            raise ApiError(404, "Contact not found")
+        return contact
+
+    def _find_by_email(self, query):
+        email = query.get("email")
+        if not email:
+            raise ApiError(422, "email: query parameter is required")
+        contact = self.contacts.get(email.lower())
+        aid = query.get("audience_id")
+        if contact is None or (aid and aid not in contact["audiences"]):
+            raise ApiError(404, "Contact not found")
+        return contact
+
+    def _get_by_email(self, query):
+        return self._contact_json(self._find_by_email(query))
+
+    def _patch_by_email(self, query, body):
+        return self._update_contact(self._find_by_email(query), body)
+
+    def _update_contact(self, contact, body):
+        """Partial update (PATCH by-email and PUT by id); re-keys on an email change."""
+        self._validate_fields(body, "", require_email=False, check_reject=False)
+        old_key = contact["email"].lower()
+        if "email" in body:
+            new_key = body["email"].lower()
+            if new_key != old_key:
+                if new_key in self.contacts:
+                    raise ApiError(409, f"A contact with email {body['email']!r} already exists")
+                del self.contacts[old_key]
+                self.contacts[new_key] = contact
+        self._apply_fields(contact, body)
+        contact["updated_at"] = now_iso()
+        return self._contact_json(contact)
+
+    def _delete_contact(self, contact):
+        self.contacts.pop(contact["email"].lower(), None)
+        self._by_id.pop(contact["id"], None)
+
+    @staticmethod
+    def _contact_json(contact):
+        out = dict(contact)
+        out["audiences"] = sorted(contact["audiences"])
+        if contact["metadata"] is not None:
+            out["metadata"] = dict(contact["metadata"])
+        out["properties"] = {}
+        return out
+
+    @staticmethod
+    def _paginate(items, query):
+        raw_limit = query.get("limit", "50")
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise ApiError(422, f"limit: must be an integer, got {raw_limit!r}") from None
+        if not 1 <= limit <= 100:
+            raise ApiError(422, f"limit: must be between 1 and 100, got {limit}")
+        start = _decode_cursor(query["cursor"]) if query.get("cursor") else 0
+        end = start + limit
+        has_more = end < len(items)
+        return {
+            "data": [dict(x) for x in items[start:end]],
+            "has_more": has_more,
+            "next_cursor": _encode_cursor(end) if has_more else None,
+        }
+
+    # ---- control API -------------------------------------------------------
+
+    def _control(self, method, path, query, raw):
+        """/_control/* for shell scripts: no auth, no rate limit, not recorded."""
+        name = path[len("/_control/"):].strip("/") if path.startswith("/_control/") else ""
+        body, ok = _parse_json(raw)
+        if not ok:
+            return 400, error_body(400, message="Request body is not valid JSON")
+        kwargs = body if isinstance(body, dict) else {}
+
+        if method == "GET":
+            with self._lock:
+                if name == "requests":
+                    if query.get("summary") in ("1", "true", "yes"):
+                        return 200, [
+                            {
+                                "method": r["method"],
+                                "path": r["path"],
+                                "status": r["status"],
+                                "n_contacts": _n_contacts(r["json"]),
+                            }
+                            for r in self.requests
+                        ]
+                    return 200, list(self.requests)
+                if name == "contacts":
+                    return 200, [self._contact_json(c) for c in self.contacts.values()]
+                if name == "stats":
+                    out = dict(self.stats)
+                    out["requests"] = len(self.requests)
+                    out["contacts"] = len(self.contacts)
+                    return 200, out
+                if name == "unsubscribes":
+                    return 200, list(self.unsubscribes)
+                if name == "suppression":
+                    return 200, list(self.suppressions)
+        elif method == "POST":
+            actions = {
+                "reset": lambda: self.reset(),
+                "fail_next": lambda: self.fail_next(**kwargs),
+                "drop_next": lambda: self.drop_next(**kwargs),
+                "delay_next": lambda: self.delay_next(**kwargs),
+                "delay_all": lambda: setattr(self, "delay_all", float(kwargs.get("seconds", 0))),
+                "fail_fraction": lambda: self.fail_fraction(**kwargs),
+                "reject_emails": lambda: self.reject_emails(kwargs.get("regex")),
+                "set_unsubscribed": lambda: self.set_unsubscribed(
+                    kwargs["email"], kwargs.get("unsubscribed", True)
+                ),
+                "add_unsubscribe": lambda: self.add_unsubscribe(**kwargs),
+                "add_suppression": lambda: self.add_suppression(**kwargs),
+            }
+            if name in actions:
+                try:
+                    result = actions[name]()
+                except KeyError as exc:
+                    return 404, error_body(404, message=f"Not found: {exc}")
+                except (TypeError, ValueError, re.error) as exc:
+                    return 400, error_body(400, message=str(exc))
+                return 200, result if isinstance(result, dict) else {"ok": True}
+        return 404, error_body(404, message=f"Unknown control endpoint: {method} {path}")
+
+
+# --------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------
+
+
+def _parse_rate(text):
+    """'100/10' -> (100, 10.0)."""
+    try:
+        n, window = text.split("/", 1)
+        return int(n), float(window)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N/SECONDS, e.g. 100/10, got {text!r}") from None
+
+
+def _write_atomically(path, text):
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)  # readers never see a partial file
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Fake Sendry HTTP API (127.0.0.1 only).")
+    p.add_argument("--port", type=int, default=0, help="port (default 0 = ephemeral)")
+    p.add_argument("--port-file", help="write the chosen port here (atomically)")
+    p.add_argument("--api-key", default="sn_test_fake")
+    p.add_argument("--read-only-key", default=None, help="key that may only read (writes -> 403)")
+    p.add_argument("--audience-id", default="aud_test")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--rate-limit", type=_parse_rate, default=(100, 10.0), metavar="N/SECONDS")
+    group.add_argument("--no-rate-limit", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    args = p.parse_args(argv)
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    # Install handlers before announcing the port, so a prompt SIGTERM is clean.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    fake = FakeSendry(
+        api_key=args.api_key,
+        audience_id=args.audience_id,
+        rate_limit=None if args.no_rate_limit else args.rate_limit,
+        read_only_key=args.read_only_key,
+        port=args.port,
+        verbose=args.verbose,
+    )
+    fake.start()
+    try:
+        if args.port_file:
+            _write_atomically(args.port_file, f"{fake.port}\n")
+        print(f"fake-sendry listening on {fake.url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

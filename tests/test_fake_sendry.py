@@ -1,0 +1,232 @@
+"""Self-tests for tests/fake_sendry.py (run: /usr/bin/python3 -m pytest tests/test_fake_sendry.py -q)."""
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fake_sendry import FakeSendry  # noqa: E402
+
+KEY = "sn_test_fake"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def call(base, method, path, body=None, key=KEY, timeout=10):
+    """Return (status, headers, parsed JSON body) without raising on HTTP errors."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method)
+    if key is not None:
+        req.add_header("Authorization", f"Bearer {key}")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.headers, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers, json.loads(err.read() or b"null")
+
+
+@pytest.fixture
+def fs():
+    fake = FakeSendry(api_key=KEY, audience_id="aud_test", rate_limit=None)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+def test_auth_401(fs):
+    status, _, body = call(fs.url, "GET", "/v1/audiences/aud_test", key=None)
+    assert status == 401 and body["error"]["code"] == "unauthorized"
+    status, _, _ = call(fs.url, "GET", "/v1/audiences/aud_test", key="sn_test_wrong")
+    assert status == 401
+    status, _, body = call(fs.url, "GET", "/v1/audiences/aud_test")
+    assert status == 200 and body["id"] == "aud_test" and body["member_count"] == 0
+    assert [r["status"] for r in fs.requests] == [401, 401, 200]
+    assert fs.requests[0]["headers"].get("authorization") is None
+
+
+def test_read_only_key_403():
+    with FakeSendry(rate_limit=None, read_only_key="sn_test_ro") as fake:
+        assert call(fake.url, "GET", "/v1/audiences/aud_test", key="sn_test_ro")[0] == 200
+        status, _, body = call(
+            fake.url, "POST", "/v1/contacts", {"email": "a@x.io"}, key="sn_test_ro"
+        )
+        assert status == 403 and body["error"]["message"] == "Insufficient API key scope"
+
+
+def test_import_upsert_counts(fs):
+    batch = [
+        {"email": "A@x.io", "first_name": "Ann", "metadata": {"supabase_user_id": "u1"}},
+        {"email": "b@x.io"},
+    ]
+    status, _, body = call(
+        fs.url, "POST", "/v1/contacts/import", {"contacts": batch, "audience_id": "aud_test"}
+    )
+    assert (status, body) == (200, {"created": 2, "updated": 0, "total": 2})
+    fs.set_unsubscribed("a@x.io", True)
+
+    # Second import: a updated (unsubscribed untouched since absent), c created.
+    batch = [{"email": "a@X.io", "last_name": "Lee"}, {"email": "c@x.io"}]
+    status, _, body = call(fs.url, "POST", "/v1/contacts/import", {"contacts": batch})
+    assert (status, body) == (200, {"created": 1, "updated": 1, "total": 2})
+    a = fs.contacts["a@x.io"]
+    assert (a["first_name"], a["last_name"], a["unsubscribed"]) == ("Ann", "Lee", True)
+    assert a["metadata"] == {"supabase_user_id": "u1"} and a["audiences"] == {"aud_test"}
+    assert fs.contacts["c@x.io"]["audiences"] == set()  # no audience_id given
+
+    status, _, body = call(fs.url, "GET", "/v1/contacts/by-email?email=A%40X.IO&audience_id=aud_test")
+    assert status == 200 and body["id"] == a["id"] and body["audiences"] == ["aud_test"]
+    assert call(fs.url, "GET", "/v1/contacts/by-email?email=c@x.io&audience_id=aud_test")[0] == 404
+    assert call(fs.url, "GET", "/v1/audiences/aud_test")[2]["member_count"] == 2
+    assert call(fs.url, "POST", "/v1/contacts/import/", {"contacts": [{"email": "d@x.io"}],
+                                                          "audience_id": "nope"})[0] == 404
+
+
+def test_import_validation_422(fs):
+    status, _, body = call(
+        fs.url, "POST", "/v1/contacts/import",
+        {"contacts": [{"email": "ok@x.io"}, {"email": "not-an-email"}]},
+    )
+    assert status == 422 and body["error"]["code"] == "validation_error"
+    assert "not-an-email" in body["error"]["message"]
+
+    status, _, body = call(
+        fs.url, "POST", "/v1/contacts/import",
+        {"contacts": [{"email": "ok@x.io", "metadata": {"n": 5}}]},
+    )
+    assert status == 422 and "metadata.n" in body["error"]["message"]
+    assert call(fs.url, "POST", "/v1/contacts/import", {"contacts": []})[0] == 422
+    assert fs.contacts == {}  # whole request rejected
+
+    fs.reject_emails(r"@blocked\.io$")
+    status, _, body = call(fs.url, "POST", "/v1/contacts", {"email": "x@blocked.io"})
+    assert status == 422 and "x@blocked.io" in body["error"]["message"]
+
+
+def test_bad_json_400(fs):
+    req = urllib.request.Request(
+        fs.url + "/v1/contacts", data=b"{nope", method="POST",
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)
+    assert info.value.code == 400
+    assert json.loads(info.value.read())["error"]["code"] == "bad_request"
+
+
+def test_rate_limit_429():
+    with FakeSendry(rate_limit=(3, 10.0)) as fake:
+        for _ in range(3):
+            assert call(fake.url, "GET", "/v1/audiences/aud_test")[0] == 200
+        status, headers, body = call(fake.url, "GET", "/v1/audiences/aud_test")
+        assert status == 429 and body["error"]["code"] == "rate_limited"
+        retry = int(headers["Retry-After"])
+        assert 1 <= retry <= 10 and body["error"]["retry_after"] == retry
+        assert fake.stats["429"] == 1
+
+
+def test_fail_next_shapes(fs):
+    fs.fail_next(503, retry_after=7, retry_after_body=7)
+    fs.fail_next(429, shape="flat", path_prefix="/v1/contacts")
+    status, headers, body = call(fs.url, "GET", "/v1/audiences/aud_test")
+    assert status == 503 and headers["Retry-After"] == "7"
+    assert body["error"]["code"] == "internal_error" and body["error"]["retry_after"] == 7
+    # The flat fault only matches /v1/contacts, so this one succeeds.
+    assert call(fs.url, "GET", "/v1/audiences/aud_test")[0] == 200
+    status, _, body = call(fs.url, "POST", "/v1/contacts", {"email": "a@x.io"})
+    assert status == 429
+    assert body == {"statusCode": 429, "code": "rate_limited", "message": body["message"],
+                    "details": {}}
+    assert call(fs.url, "POST", "/v1/contacts", {"email": "a@x.io"})[0] == 200
+    assert fs.stats["429"] == 1 and fs.stats["503"] == 1
+
+
+def test_drop_next(fs):
+    fs.drop_next()
+    with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+        call(fs.url, "POST", "/v1/contacts", {"email": "a@x.io"})
+    assert fs.requests[-1]["status"] is None and fs.stats["dropped"] == 1
+    assert fs.contacts == {}
+    assert call(fs.url, "POST", "/v1/contacts", {"email": "a@x.io"})[0] == 200
+
+
+def test_unsubscribe_pagination(fs):
+    for i in range(5):
+        fs.add_unsubscribe(f"u{i}@x.io", reason="link")
+    seen, cursor, pages = [], None, 0
+    while True:
+        path = "/v1/unsubscribes?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        status, _, body = call(fs.url, "GET", path)
+        assert status == 200
+        seen += [u["email"] for u in body["data"]]
+        pages += 1
+        if not body["has_more"]:
+            assert body["next_cursor"] is None
+            break
+        cursor = body["next_cursor"]
+    assert pages == 3 and seen == [f"u{i}@x.io" for i in range(5)]
+    assert call(fs.url, "GET", "/v1/unsubscribes?cursor=garbage!")[0] == 422
+    fs.add_suppression("s@x.io")
+    body = call(fs.url, "GET", "/v1/suppression")[2]
+    assert body["data"][0]["reason"] == "unsubscribe" and body["has_more"] is False
+
+
+def test_patch_by_email_rekeys(fs):
+    created = call(fs.url, "POST", "/v1/contacts", {"email": "old@x.io", "audience_id": "aud_test"})[2]
+    status, _, body = call(
+        fs.url, "PATCH", "/v1/contacts/by-email?email=OLD@x.io",
+        {"email": "new@x.io", "first_name": "N"},
+    )
+    assert status == 200 and body["id"] == created["id"] and body["email"] == "new@x.io"
+    assert "old@x.io" not in fs.contacts
+    assert fs.contacts["new@x.io"]["audiences"] == {"aud_test"}
+    assert call(fs.url, "PATCH", "/v1/contacts/by-email?email=old@x.io", {"first_name": "X"})[0] == 404
+    assert call(fs.url, "DELETE", f"/v1/contacts/{created['id']}")[2] == {"deleted": True}
+    assert call(fs.url, "GET", f"/v1/contacts/{created['id']}")[0] == 404
+
+
+def test_wait_for_timeout(fs):
+    with pytest.raises(AssertionError, match="timed out"):
+        fs.wait_for(lambda f: len(f.contacts) > 0, timeout=0.1)
+
+
+def test_cli_mode(tmp_path):
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "fake_sendry.py"), "--port-file", str(port_file),
+         "--no-rate-limit"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not port_file.exists():
+            assert proc.poll() is None, "fake-sendry exited early"
+            assert time.monotonic() < deadline, "port file never appeared"
+            time.sleep(0.02)
+        port = int(port_file.read_text())
+        base = f"http://127.0.0.1:{port}"
+        assert proc.stdout.readline().strip() == f"fake-sendry listening on {base}"
+
+        assert call(base, "POST", "/_control/fail_next", {"status": 500}, key=None)[0] == 200
+        assert call(base, "GET", "/v1/audiences/aud_test")[0] == 500
+        status, _, stats = call(base, "GET", "/_control/stats", key=None)
+        assert status == 200 and stats["500"] == 1 and stats["requests"] == 1
+        summary = call(base, "GET", "/_control/requests?summary=1", key=None)[2]
+        assert summary == [{"method": "GET", "path": "/v1/audiences/aud_test", "status": 500,
+                            "n_contacts": 0}]
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
