@@ -1,0 +1,292 @@
+/* Unit tests for the pure modules: payload building, response classes, error bodies,
+ * Retry-After, backoff, the token bucket, email masking and configuration.
+ * Built with the sanitizers by `make check-unit`. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backoff.h"
+#include "config.h"
+#include "log.h"
+#include "sendry.h"
+
+static int passed, failed;
+
+#define CHECK(cond)                                                                      \
+    do {                                                                                 \
+        if (cond)                                                                        \
+            passed++;                                                                    \
+        else {                                                                           \
+            failed++;                                                                    \
+            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);             \
+        }                                                                                \
+    } while (0)
+
+#define CHECK_STR(a, b)                                                                  \
+    do {                                                                                 \
+        const char *a_ = (a), *b_ = (b);                                                 \
+        if (a_ && b_ && strcmp(a_, b_) == 0)                                             \
+            passed++;                                                                    \
+        else {                                                                           \
+            failed++;                                                                    \
+            fprintf(stderr, "FAIL %s:%d: \"%s\" != \"%s\"\n", __FILE__, __LINE__,        \
+                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                             \
+        }                                                                                \
+    } while (0)
+
+static struct row *make_row(long long id, const char *email, const char *payload)
+{
+    struct row *r = calloc(1, sizeof *r);
+    r->id = id;
+    r->email = sendry_normalize_email(email);
+    r->payload = payload ? json_tokener_parse(payload) : NULL;
+    r->attempts = 1;
+    r->max_attempts = 5;
+    return r;
+}
+
+static void free_row(struct row *r)
+{
+    free(r->email);
+    json_object_put(r->payload);
+    free(r);
+}
+
+static void test_payload(void)
+{
+    struct row *a = make_row(1, "  Ada@Example.COM ",
+                             "{\"email\":\"ada@example.com\",\"first_name\":\"Ada\",\"last_name\":\"O'Brien \\\"Q\\\"\","
+                             "\"metadata\":{\"supabase_user_id\":\"u1\",\"signup_source\":\"supabase\",\"n\":42,"
+                             "\"b\":true,\"nested\":{\"x\":1},\"nul\":null},\"unsubscribed\":false}");
+    struct row *b = make_row(2, "zoe@example.com", "{\"first_name\":\"Zo\xc3\xab\"}");
+    struct row *c = make_row(3, "x@example.com", NULL);
+    CHECK_STR(a->email, "ada@example.com");
+
+    char *single = sendry_contact_body(a, "aud_1");
+    CHECK_STR(single, "{\"email\":\"ada@example.com\",\"first_name\":\"Ada\",\"last_name\":\"O'Brien \\\"Q\\\"\","
+                      "\"metadata\":{\"supabase_user_id\":\"u1\",\"signup_source\":\"supabase\",\"n\":\"42\","
+                      "\"b\":\"true\"},\"audience_id\":\"aud_1\"}");
+    CHECK(single && !strstr(single, "unsubscribed"));
+    free(single);
+
+    struct row *rows[] = {a, b, c};
+    char *batch = sendry_import_body(rows, 3, "aud_1");
+    json_object *o = json_tokener_parse(batch);
+    json_object *contacts, *aud;
+    CHECK(json_object_object_get_ex(o, "contacts", &contacts));
+    CHECK(json_object_array_length(contacts) == 3);
+    CHECK(json_object_object_get_ex(o, "audience_id", &aud));
+    CHECK_STR(json_object_get_string(aud), "aud_1");
+    json_object *c1 = json_object_array_get_idx(contacts, 1), *fn;
+    CHECK(json_object_object_get_ex(c1, "first_name", &fn));
+    CHECK_STR(json_object_get_string(fn), "Zo\xc3\xab");
+    json_object *c2 = json_object_array_get_idx(contacts, 2);
+    CHECK(json_object_object_length(c2) == 1); /* email only */
+    CHECK(!strstr(batch, "unsubscribed"));
+    json_object_put(o);
+    free(batch);
+
+    /* Names are cut at 200 characters, at a character boundary. */
+    char payload[2000] = "{\"first_name\":\"";
+    for (int i = 0; i < 300; i++)
+        strcat(payload, "\xc3\xab");
+    strcat(payload, "\"}");
+    struct row *d = make_row(4, "d@example.com", payload);
+    json_object *cd = sendry_contact(d);
+    CHECK(json_object_object_get_ex(cd, "first_name", &fn));
+    CHECK(json_object_get_string_len(fn) == 400);
+    json_object_put(cd);
+
+    free_row(a);
+    free_row(b);
+    free_row(c);
+    free_row(d);
+}
+
+static void test_classify(void)
+{
+    CHECK(sendry_classify(true, 200, true) == OUTCOME_SENT);
+    CHECK(sendry_classify(true, 204, true) == OUTCOME_SENT);
+    CHECK(sendry_classify(false, 0, true) == OUTCOME_RETRY);
+    CHECK(sendry_classify(true, 408, true) == OUTCOME_RETRY);
+    CHECK(sendry_classify(true, 500, true) == OUTCOME_RETRY);
+    CHECK(sendry_classify(true, 503, true) == OUTCOME_RETRY);
+    CHECK(sendry_classify(true, 429, true) == OUTCOME_RATE_LIMITED);
+    CHECK(sendry_classify(true, 400, true) == OUTCOME_INVALID);
+    CHECK(sendry_classify(true, 409, true) == OUTCOME_INVALID);
+    CHECK(sendry_classify(true, 422, true) == OUTCOME_INVALID);
+    CHECK(sendry_classify(true, 404, false) == OUTCOME_INVALID);
+    CHECK(sendry_classify(true, 404, true) == OUTCOME_STOP);
+    CHECK(sendry_classify(true, 401, true) == OUTCOME_STOP);
+    CHECK(sendry_classify(true, 402, true) == OUTCOME_STOP);
+    CHECK(sendry_classify(true, 403, true) == OUTCOME_STOP);
+}
+
+static void test_errors(void)
+{
+    char code[64], msg[128];
+    double ra;
+
+    const char *nested = "{\"error\":{\"code\":\"rate_limited\",\"message\":\"Slow down\",\"retry_after\":7}}";
+    code[0] = msg[0] = '\0';
+    ra = -1;
+    sendry_parse_error(nested, strlen(nested), code, sizeof code, msg, sizeof msg, &ra);
+    CHECK_STR(code, "rate_limited");
+    CHECK_STR(msg, "Slow down");
+    CHECK(ra == 7);
+
+    const char *flat = "{\"statusCode\":403,\"code\":\"insufficient_scope\",\"message\":\"needs full_access\",\"details\":{}}";
+    code[0] = msg[0] = '\0';
+    ra = -1;
+    sendry_parse_error(flat, strlen(flat), code, sizeof code, msg, sizeof msg, &ra);
+    CHECK_STR(code, "insufficient_scope");
+    CHECK_STR(msg, "needs full_access");
+    CHECK(ra == -1);
+
+    const char *junk = "<html>Bad Gateway</html>";
+    code[0] = msg[0] = '\0';
+    sendry_parse_error(junk, strlen(junk), code, sizeof code, msg, sizeof msg, &ra);
+    CHECK_STR(code, "");
+    CHECK_STR(msg, "");
+
+    /* Truncated body: no crash, nothing found. */
+    sendry_parse_error(nested, 10, code, sizeof code, msg, sizeof msg, &ra);
+
+    CHECK(sendry_retry_after("3", 0) == 3);
+    CHECK(sendry_retry_after(" 1.5 ", 0) == 1.5);
+    CHECK(sendry_retry_after("", 0) == -1);
+    CHECK(sendry_retry_after(NULL, 0) == -1);
+    CHECK(sendry_retry_after("soon", 0) == -1);
+    /* Sun, 06 Nov 1994 08:49:37 GMT = 784111777 */
+    CHECK(sendry_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784111770) == 7);
+    CHECK(sendry_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784111800) == 0);
+}
+
+static void test_backoff(void)
+{
+    CHECK(backoff_delay(1, 3600, 1, 0.5) == 0.5);
+    CHECK(backoff_delay(1, 3600, 3, 0.5) == 2.0);
+    CHECK(backoff_delay(1, 3600, 30, 0.5) == 1800);
+    CHECK(backoff_delay(1, 3600, 1000, 0.5) == 1800);
+    CHECK(backoff_delay(1, 10, 5, 0.0) == 0);
+    CHECK(backoff_delay(1, 10, 5, 1.0) < 10);
+
+    uint64_t seed = 42;
+    double lo = 1, hi = 0;
+    for (int i = 0; i < 10000; i++) {
+        double u = rand_unit(&seed);
+        lo = fmin(lo, u);
+        hi = fmax(hi, u);
+    }
+    CHECK(lo >= 0 && hi < 1);
+    CHECK(lo < 0.01 && hi > 0.99);
+
+    struct token_bucket b;
+    bucket_init(&b, 9, 9, 100.0);
+    int got = 0;
+    for (int i = 0; i < 20; i++)
+        if (bucket_take(&b, 100.0) == 0)
+            got++;
+    CHECK(got == 9);
+    double wait = bucket_take(&b, 100.0);
+    CHECK(wait > 0.1 && wait < 0.12);
+    CHECK(bucket_take(&b, 100.0 + 1.0 / 9 + 1e-9) == 0);
+    /* Over any 10 s, at most burst + 10 * rate = 99 requests: under Sendry's 100. */
+    bucket_init(&b, 9, 9, 0);
+    got = 0;
+    for (double t = 0; t < 10.0; t += 0.001)
+        while (bucket_take(&b, t) == 0)
+            got++;
+    CHECK(got <= 99);
+    struct token_bucket unl;
+    bucket_init(&unl, 0, 0, 0);
+    CHECK(bucket_take(&unl, 0) == 0);
+}
+
+static void test_mask(void)
+{
+    char buf[64];
+    mask_email("john@example.com", buf, sizeof buf);
+    CHECK_STR(buf, "j***@example.com");
+    mask_email("noatsign", buf, sizeof buf);
+    CHECK_STR(buf, "***");
+    mask_email("@x.com", buf, sizeof buf);
+    CHECK_STR(buf, "***");
+    mask_email("", buf, sizeof buf);
+    CHECK_STR(buf, "(none)");
+    mask_email(NULL, buf, sizeof buf);
+    CHECK_STR(buf, "(none)");
+}
+
+static void test_config(void)
+{
+    struct config cfg;
+    char err[256];
+    setenv("DATABASE_URL", "host=/tmp", 1);
+    setenv("SENDRY_API_KEY", "sn_test_secret", 1);
+    setenv("SENDRY_AUDIENCE_ID", "aud_1", 1);
+    unsetenv("SENDRY_API_KEY_FILE");
+    unsetenv("SENDRY_API_URL");
+
+    char *ok[] = {"sendry-sync", "--batch-size", "10", "--rate=0", "--mode", "single", "--once", NULL};
+    CHECK(config_load(&cfg, 7, ok, err, sizeof err));
+    CHECK(cfg.batch_size == 10 && cfg.rate == 0 && cfg.mode == MODE_SINGLE && cfg.once);
+    CHECK_STR(cfg.api_url, "https://api.sendry.online");
+    config_free(&cfg);
+
+    char *big[] = {"sendry-sync", "--batch-size", "1001", NULL};
+    CHECK(!config_load(&cfg, 3, big, err, sizeof err));
+    CHECK(strstr(err, "--batch-size") != NULL);
+    config_free(&cfg);
+
+    char *unknown[] = {"sendry-sync", "--frobnicate", NULL};
+    CHECK(!config_load(&cfg, 2, unknown, err, sizeof err));
+    CHECK(strstr(err, "--frobnicate") != NULL);
+    config_free(&cfg);
+
+    char *missing[] = {"sendry-sync", "--lease", NULL};
+    CHECK(!config_load(&cfg, 2, missing, err, sizeof err));
+    CHECK(strstr(err, "--lease needs a value") != NULL);
+    config_free(&cfg);
+
+    char *migrate[] = {"sendry-sync", "migrate", NULL};
+    unsetenv("SENDRY_API_KEY");
+    CHECK(config_load(&cfg, 2, migrate, err, sizeof err));
+    CHECK(cfg.command == CMD_MIGRATE);
+    config_free(&cfg);
+
+    char *run[] = {"sendry-sync", NULL};
+    CHECK(!config_load(&cfg, 1, run, err, sizeof err));
+    CHECK(strstr(err, "SENDRY_API_KEY") != NULL);
+    config_free(&cfg);
+
+    setenv("SENDRY_API_KEY", "sn_test_secret", 1);
+    setenv("SENDRY_API_URL", "ftp://example.com", 1);
+    CHECK(!config_load(&cfg, 1, run, err, sizeof err));
+    CHECK(strstr(err, "SENDRY_API_URL") != NULL);
+    CHECK(strstr(err, "sn_test_secret") == NULL);
+    config_free(&cfg);
+
+    setenv("SENDRY_API_URL", "http://127.0.0.1:1/", 1);
+    CHECK(config_load(&cfg, 1, run, err, sizeof err));
+    CHECK_STR(cfg.api_url, "http://127.0.0.1:1");
+    config_free(&cfg);
+
+    setenv("SENDRY_AUDIENCE_ID", "aud/../x", 1);
+    CHECK(!config_load(&cfg, 1, run, err, sizeof err));
+    CHECK(strstr(err, "SENDRY_AUDIENCE_ID") != NULL);
+    config_free(&cfg);
+}
+
+int main(void)
+{
+    test_payload();
+    test_classify();
+    test_errors();
+    test_backoff();
+    test_mask();
+    test_config();
+    printf("unit: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
