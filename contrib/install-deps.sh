@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs the Debian 12 packages that building, testing and the demo need.
+# Idempotent and non-interactive; run as root (or it uses sudo). Used by .ci/run.
+set -eu
+
+# Keep these lists in step with the Dockerfile (tests/test_packaging.py checks).
+BUILD_PACKAGES="gcc make pkg-config libc6-dev libpq-dev libcurl4-openssl-dev libjson-c-dev libev-dev"
+TEST_PACKAGES="postgresql-15 postgresql-client-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl python3 python3-pytest python3-psycopg valgrind curl"
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+missing=""
+for p in $BUILD_PACKAGES $TEST_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -z "$missing" ]; then
+    echo "install-deps: all packages present"
+    exit 0
+fi
+echo "install-deps: installing:$missing"
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
