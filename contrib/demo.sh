@@ -1,0 +1,88 @@
+#!/bin/sh
+# The whole flow on a throwaway database: run by `make demo` under tests/pgharness.py,
+# which starts a Supabase-shaped PostgreSQL and sets PGHOST/PGPORT/DATABASE_URL.
+# Installs the migration, starts a fake Sendry and the worker, signs up a few users,
+# shows what Sendry received and the outbox, then stops everything it started.
+set -eu
+cd "$(dirname "$0")/.."
+PY=/usr/bin/python3
+work=$(mktemp -d)
+fake_pid=""
+worker_pid=""
+cleanup() {
+    [ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null || true
+    [ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null && wait "$fake_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+step() { printf '\n== %s\n' "$*"; }
+
+# Waits up to $1 seconds for the SQL query $2 to return "t".
+wait_sql() {
+    deadline=$(( $(date +%s) + $1 ))
+    while [ "$(psql -X -A -t -c "$2")" != "t" ]; do
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            echo "demo: timed out waiting for: $2" >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+step "1. Install the migration (sendry-sync migrate, as role postgres like Supabase)"
+./sendry-sync migrate
+
+step "2. Start a fake Sendry on 127.0.0.1 and the worker"
+$PY tests/fake_sendry.py --port-file "$work/port" > "$work/fake.log" 2>&1 &
+fake_pid=$!
+deadline=$(( $(date +%s) + 10 ))
+until [ -s "$work/port" ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "demo: fake Sendry did not start" >&2; cat "$work/fake.log" >&2; exit 1; }
+    sleep 0.1
+done
+api="http://127.0.0.1:$(cat "$work/port")"
+echo "fake Sendry at $api"
+SENDRY_API_URL="$api" SENDRY_API_KEY=sn_test_fake SENDRY_AUDIENCE_ID=aud_test \
+    ./sendry-sync --poll-interval 2 > "$work/worker.log" 2>&1 &
+worker_pid=$!
+deadline=$(( $(date +%s) + 10 ))
+until grep -q "db: connected" "$work/worker.log"; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "demo: worker did not connect" >&2; cat "$work/worker.log" >&2; exit 1; }
+    sleep 0.1
+done
+sed 's/^/  worker | /' "$work/worker.log"
+
+step "3. Sign up users as GoTrue does (as supabase_auth_admin, with search_path auth)"
+psql -X -q -U supabase_auth_admin -v ON_ERROR_STOP=1 <<'SQL'
+INSERT INTO users (id, email, role, raw_user_meta_data, raw_app_meta_data, created_at, updated_at) VALUES
+  (gen_random_uuid(), 'ada@example.com', '', '{"first_name":"Ada","last_name":"Lovelace"}',
+   '{"provider":"email","providers":["email"]}', now(), now()),
+  (gen_random_uuid(), 'grace@example.com', '', '{"full_name":"Grace Brewster Hopper"}',
+   '{"provider":"github","providers":["github"]}', now(), now());
+INSERT INTO users (id, email, role, raw_user_meta_data, raw_app_meta_data, is_anonymous, created_at, updated_at)
+  VALUES (gen_random_uuid(), NULL, '', '{}', '{}', true, now(), now());
+INSERT INTO users (id, phone, role, raw_user_meta_data, raw_app_meta_data, created_at, updated_at)
+  VALUES (gen_random_uuid(), '15550001111', '', '{}', '{"provider":"phone"}', now(), now());
+SQL
+echo "signed up: ada@example.com, grace@example.com (OAuth), one anonymous user, one phone-only user"
+wait_sql 15 "select count(*) = 2 and bool_and(status = 'sent') from public.sendry_outbox" \
+    || { cat "$work/worker.log" >&2; exit 1; }
+
+step "4. What Sendry received"
+curl -s "$api/_control/requests" | $PY -c '
+import json, sys
+for r in json.load(sys.stdin):
+    print(r["method"], r["path"], "->", r["status"])
+    if r.get("json"):
+        print("  " + json.dumps(r["json"], indent=2, ensure_ascii=False).replace("\n", "\n  "))'
+
+step "5. The outbox"
+psql -X -c "select id, op, email, status, attempts, last_http_status, sent_at is not null as sent from public.sendry_outbox order by id"
+psql -X -c "select * from public.sendry_outbox_stats"
+
+step "6. Stop the worker (SIGTERM drains and exits 0)"
+kill -TERM "$worker_pid"
+wait "$worker_pid" && echo "worker exited 0"
+worker_pid=""
+tail -n 3 "$work/worker.log" | sed 's/^/  worker | /'
