@@ -1,0 +1,154 @@
+-- Every object sql/install.sql creates exists, with the shape DESIGN.md promises.
+-- Logged in as postgres (the role that ran the migration and owns the objects).
+BEGIN;
+SELECT plan(60);
+
+-- The outbox table and its columns (DESIGN.md: "columns at least").
+SELECT has_table('public', 'sendry_outbox', 'table public.sendry_outbox exists');
+SELECT col_type_is('public', 'sendry_outbox', 'id',               'bigint',                   'id is bigint');
+SELECT col_type_is('public', 'sendry_outbox', 'op',               'text',                     'op is text');
+SELECT col_type_is('public', 'sendry_outbox', 'user_id',          'uuid',                     'user_id is uuid');
+SELECT col_type_is('public', 'sendry_outbox', 'email',            'text',                     'email is text');
+SELECT col_type_is('public', 'sendry_outbox', 'payload',          'jsonb',                    'payload is jsonb');
+SELECT col_type_is('public', 'sendry_outbox', 'status',           'text',                     'status is text');
+SELECT col_type_is('public', 'sendry_outbox', 'attempts',         'integer',                  'attempts is integer');
+SELECT col_type_is('public', 'sendry_outbox', 'max_attempts',     'integer',                  'max_attempts is integer');
+SELECT col_type_is('public', 'sendry_outbox', 'next_attempt_at',  'timestamp with time zone', 'next_attempt_at is timestamptz');
+SELECT col_type_is('public', 'sendry_outbox', 'locked_by',        'text',                     'locked_by is text');
+SELECT col_type_is('public', 'sendry_outbox', 'locked_until',     'timestamp with time zone', 'locked_until is timestamptz');
+SELECT col_type_is('public', 'sendry_outbox', 'last_http_status', 'integer',                  'last_http_status is integer');
+SELECT col_type_is('public', 'sendry_outbox', 'last_error',       'text',                     'last_error is text');
+SELECT col_type_is('public', 'sendry_outbox', 'created_at',       'timestamp with time zone', 'created_at is timestamptz');
+SELECT col_type_is('public', 'sendry_outbox', 'updated_at',       'timestamp with time zone', 'updated_at is timestamptz');
+SELECT col_type_is('public', 'sendry_outbox', 'sent_at',          'timestamp with time zone', 'sent_at is timestamptz');
+
+SELECT col_is_pk('public', 'sendry_outbox', 'id', 'id is the primary key');
+SELECT is((SELECT attidentity::text FROM pg_attribute
+            WHERE attrelid = 'public.sendry_outbox'::regclass AND attname = 'id'),
+          'a', 'id is GENERATED ALWAYS AS IDENTITY');
+SELECT col_is_null('public', 'sendry_outbox', 'user_id', 'user_id is nullable (rows not tied to a user)');
+SELECT col_not_null('public', 'sendry_outbox', 'email', 'email is NOT NULL');
+SELECT col_default_is('public', 'sendry_outbox', 'op', 'upsert', 'op defaults to upsert');
+SELECT col_default_is('public', 'sendry_outbox', 'status', 'pending', 'status defaults to pending');
+
+-- CHECK constraints: a bad op or status is rejected with check_violation (23514),
+-- every allowed value is accepted.
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (op, email) VALUES ('merge', 'a@example.com')$$,
+                 '23514', NULL, 'op outside upsert|delete is a check violation');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (op, email) VALUES ('UPSERT', 'a@example.com')$$,
+                 '23514', NULL, 'op is case-sensitive');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (status, email) VALUES ('done', 'a@example.com')$$,
+                 '23514', NULL, 'status outside pending|processing|sent|failed is a check violation');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (status, email) VALUES ('', 'a@example.com')$$,
+                 '23514', NULL, 'empty status is a check violation');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (op, email) VALUES (NULL, 'a@example.com')$$,
+                 '23502', NULL, 'op may not be NULL');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (status, email) VALUES (NULL, 'a@example.com')$$,
+                 '23502', NULL, 'status may not be NULL');
+SELECT lives_ok($$INSERT INTO public.sendry_outbox (op, status, email)
+                  SELECT o, s, 'ok-' || o || '-' || s || '@example.com'
+                  FROM unnest(ARRAY['upsert', 'delete']) o,
+                       unnest(ARRAY['pending', 'processing', 'sent', 'failed']) s$$,
+                'every allowed op and status is accepted');
+SELECT is((SELECT count(*) FROM public.sendry_outbox WHERE email LIKE 'ok-%'), 8::bigint,
+          'all 8 op x status combinations were stored');
+
+-- The claimable index: on (next_attempt_at, id), partial, and its predicate holds for
+-- exactly the pending and processing rows (evaluated, not compared as text).
+SELECT has_index('public', 'sendry_outbox', 'sendry_outbox_claimable_idx',
+                 ARRAY['next_attempt_at', 'id'], 'index sendry_outbox_claimable_idx on (next_attempt_at, id)');
+SELECT isnt((SELECT indpred FROM pg_index
+              WHERE indexrelid = 'public.sendry_outbox_claimable_idx'::regclass)::text,
+            NULL, 'sendry_outbox_claimable_idx is a partial index');
+CREATE FUNCTION pg_temp.claimable_predicate_holds(s text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    pred text;
+    r boolean;
+BEGIN
+    SELECT pg_get_expr(indpred, indrelid) INTO pred
+      FROM pg_index WHERE indexrelid = 'public.sendry_outbox_claimable_idx'::regclass;
+    EXECUTE format('SELECT %s FROM (SELECT %L::text AS status) AS sendry_outbox', pred, s) INTO r;
+    RETURN coalesce(r, false);
+END
+$$;
+SELECT is(ARRAY(SELECT s FROM unnest(ARRAY['pending', 'processing', 'sent', 'failed', 'other']) s
+                 WHERE pg_temp.claimable_predicate_holds(s) ORDER BY s),
+          ARRAY['pending', 'processing'],
+          'the claimable index predicate covers pending and processing only');
+
+-- The stats view.
+SELECT has_view('public', 'sendry_outbox_stats', 'view public.sendry_outbox_stats exists');
+SELECT columns_are('public', 'sendry_outbox_stats',
+                   ARRAY['pending', 'due', 'processing', 'sent', 'failed', 'oldest_due_age', 'failed_last_hour'],
+                   'sendry_outbox_stats has the documented columns');
+SELECT col_type_is('public', 'sendry_outbox_stats', 'pending', 'bigint', 'stats.pending is bigint');
+SELECT col_type_is('public', 'sendry_outbox_stats', 'oldest_due_age', 'interval', 'stats.oldest_due_age is interval');
+SELECT ok((SELECT reloptions @> ARRAY['security_invoker=true'] FROM pg_class
+            WHERE oid = 'public.sendry_outbox_stats'::regclass),
+          'sendry_outbox_stats is security_invoker (does not bypass the table''s privileges and RLS)');
+
+-- Functions.
+SELECT has_function('public', 'sendry_contact_payload', ARRAY['auth.users'],
+                    'function sendry_contact_payload(auth.users) exists');
+SELECT function_returns('public', 'sendry_contact_payload', ARRAY['auth.users'], 'jsonb',
+                        'sendry_contact_payload returns jsonb');
+SELECT has_function('public', 'sendry_auth_users_inserted', ARRAY[]::name[],
+                    'function sendry_auth_users_inserted() exists');
+SELECT function_returns('public', 'sendry_auth_users_inserted', ARRAY[]::name[], 'trigger',
+                        'sendry_auth_users_inserted is a trigger function');
+SELECT has_function('public', 'sendry_auth_users_updated', ARRAY[]::name[],
+                    'function sendry_auth_users_updated() exists');
+SELECT function_returns('public', 'sendry_auth_users_updated', ARRAY[]::name[], 'trigger',
+                        'sendry_auth_users_updated is a trigger function');
+SELECT is_definer('public', 'sendry_auth_users_inserted', ARRAY[]::name[],
+                  'sendry_auth_users_inserted is SECURITY DEFINER (GoTrue has no rights on the outbox)');
+SELECT is_definer('public', 'sendry_auth_users_updated', ARRAY[]::name[],
+                  'sendry_auth_users_updated is SECURITY DEFINER');
+SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
+                 WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
+                   AND p.proconfig IS DISTINCT FROM ARRAY['search_path=""']
+                 ORDER BY 1),
+          ARRAY[]::text[],
+          'every sendry_* function pins an empty search_path');
+SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
+                 WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
+                 ORDER BY 1),
+          ARRAY['sendry_auth_users_inserted', 'sendry_auth_users_updated', 'sendry_contact_payload',
+                'sendry_outbox_notify_insert', 'sendry_outbox_notify_update'],
+          'exactly the expected sendry_* functions exist');
+
+-- Triggers: on auth.users, AFTER ... FOR EACH STATEMENT (tgtype 4 = AFTER INSERT statement,
+-- 16 = AFTER UPDATE statement), with transition tables, enabled.
+SELECT has_trigger('auth', 'users', 'sendry_sync_users_insert', 'trigger sendry_sync_users_insert on auth.users');
+SELECT trigger_is('auth', 'users', 'sendry_sync_users_insert', 'public', 'sendry_auth_users_inserted',
+                  'sendry_sync_users_insert calls sendry_auth_users_inserted()');
+SELECT has_trigger('auth', 'users', 'sendry_sync_users_update', 'trigger sendry_sync_users_update on auth.users');
+SELECT trigger_is('auth', 'users', 'sendry_sync_users_update', 'public', 'sendry_auth_users_updated',
+                  'sendry_sync_users_update calls sendry_auth_users_updated()');
+SELECT has_trigger('public', 'sendry_outbox', 'sendry_outbox_notify_insert', 'trigger sendry_outbox_notify_insert on the outbox');
+SELECT trigger_is('public', 'sendry_outbox', 'sendry_outbox_notify_insert', 'public', 'sendry_outbox_notify_insert',
+                  'sendry_outbox_notify_insert calls sendry_outbox_notify_insert()');
+SELECT has_trigger('public', 'sendry_outbox', 'sendry_outbox_notify_update', 'trigger sendry_outbox_notify_update on the outbox');
+SELECT trigger_is('public', 'sendry_outbox', 'sendry_outbox_notify_update', 'public', 'sendry_outbox_notify_update',
+                  'sendry_outbox_notify_update calls sendry_outbox_notify_update()');
+SELECT is(ARRAY(SELECT format('%s %s tgtype=%s enabled=%s old_table=%s new_table=%s',
+                              tgrelid::regclass, tgname, tgtype, tgenabled,
+                              tgoldtable IS NOT NULL, tgnewtable IS NOT NULL)
+                 FROM pg_trigger WHERE tgname LIKE 'sendry%' ORDER BY 1),
+          ARRAY['auth.users sendry_sync_users_insert tgtype=4 enabled=O old_table=f new_table=t',
+                'auth.users sendry_sync_users_update tgtype=16 enabled=O old_table=t new_table=t',
+                'sendry_outbox sendry_outbox_notify_insert tgtype=4 enabled=O old_table=f new_table=t',
+                'sendry_outbox sendry_outbox_notify_update tgtype=16 enabled=O old_table=t new_table=t'],
+          'the four triggers are AFTER ... FOR EACH STATEMENT, enabled, with transition tables');
+
+-- Row level security.
+SELECT ok((SELECT relrowsecurity FROM pg_class WHERE oid = 'public.sendry_outbox'::regclass),
+          'row level security is enabled on sendry_outbox');
+SELECT is(ARRAY(SELECT c.relname::text FROM pg_class c
+                 WHERE c.relnamespace = 'public'::regnamespace AND c.relname LIKE 'sendry%'
+                   AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity ORDER BY 1),
+          ARRAY[]::text[], 'every sendry_* table has row level security enabled');
+
+SELECT * FROM finish();
+ROLLBACK;

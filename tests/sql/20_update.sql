@@ -1,0 +1,152 @@
+-- UPDATEs of auth.users as GoTrue makes them: only a new or changed email, or an
+-- anonymous user becoming permanent, enqueues an upsert. Confirmations, logins, role and
+-- app-metadata updates and soft deletes enqueue nothing.
+-- Logged in as supabase_admin to switch to supabase_auth_admin (GoTrue) and back.
+\connect - supabase_admin
+\set as_gotrue 'SET ROLE supabase_auth_admin; SET search_path = auth;'
+\set as_admin 'RESET ROLE; RESET search_path;'
+BEGIN;
+SELECT plan(17);
+
+-- Setup: sign-ups as GoTrue makes them.
+:as_gotrue
+INSERT INTO users (instance_id, id, aud, role, email, phone, raw_app_meta_data, raw_user_meta_data,
+                   is_sso_user, is_anonymous, created_at, updated_at)
+VALUES ('00000000-0000-0000-0000-000000000000', '00000000-0000-4000-8000-000000000101', 'authenticated', '',
+        'before@example.com', NULL, '{"provider": "email", "providers": ["email"]}',
+        '{"first_name": "Ada", "last_name": "Lovelace"}', false, false, now(), now()),
+       ('00000000-0000-0000-0000-000000000000', '00000000-0000-4000-8000-000000000102', 'authenticated', '',
+        NULL, NULL, '{}', '{}', false, true, now(), now()),
+       ('00000000-0000-0000-0000-000000000000', '00000000-0000-4000-8000-000000000103', 'authenticated', '',
+        NULL, NULL, '{}', '{}', false, true, now(), now()),
+       ('00000000-0000-0000-0000-000000000000', '00000000-0000-4000-8000-000000000104', 'authenticated', '',
+        'confirm@example.com', NULL, '{"provider": "email", "providers": ["email"]}', '{}', false, false, now(), now()),
+       ('00000000-0000-0000-0000-000000000000', '00000000-0000-4000-8000-000000000105', 'authenticated', '',
+        'delete.me@example.com', NULL, '{"provider": "email", "providers": ["email"]}',
+        '{"first_name": "Del"}', false, false, now(), now()),
+       ('00000000-0000-0000-0000-000000000000', '00000000-0000-4000-8000-000000000106', 'authenticated', '',
+        'bulk1@example.com', NULL, '{"provider": "email", "providers": ["email"]}', '{}', false, false, now(), now()),
+       ('00000000-0000-0000-0000-000000000000', '00000000-0000-4000-8000-000000000107', 'authenticated', '',
+        'bulk2@example.com', NULL, '{"provider": "email", "providers": ["email"]}', '{}', false, false, now(), now()),
+       ('00000000-0000-0000-0000-000000000000', '00000000-0000-4000-8000-000000000108', 'authenticated', '',
+        NULL, '15550002222', '{"provider": "phone", "providers": ["phone"]}', '{}', false, false, now(), now());
+UPDATE users SET role = 'authenticated' WHERE id::text LIKE '00000000-0000-4000-8000-0000000001%';
+:as_admin
+SELECT is((SELECT count(*) FROM public.sendry_outbox), 5::bigint, 'setup: five users with an email enqueued');
+DELETE FROM public.sendry_outbox;
+
+-- Email change, first transaction: GoTrue records the pending change; email is unchanged.
+:as_gotrue
+UPDATE users SET email_change = 'after@example.com', email_change_token_new = 'token-new',
+                 email_change_sent_at = now(), updated_at = now()
+ WHERE id = '00000000-0000-4000-8000-000000000101';
+:as_admin
+SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'recording a pending email change enqueues nothing');
+
+-- Email change, second transaction: email replaced.
+:as_gotrue
+UPDATE users SET email = 'after@example.com', email_change = '', email_change_token_new = '',
+                 email_change_confirm_status = 0, updated_at = now()
+ WHERE id = '00000000-0000-4000-8000-000000000101';
+:as_admin
+SELECT results_eq($$SELECT user_id, op, email, status FROM public.sendry_outbox$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000101'::uuid, 'upsert', 'after@example.com', 'pending')$$,
+                  'an email change enqueues one upsert with the new email');
+SELECT is((SELECT payload FROM public.sendry_outbox ORDER BY id LIMIT 1),
+          '{"email": "after@example.com", "first_name": "Ada", "last_name": "Lovelace",
+            "metadata": {"supabase_user_id": "00000000-0000-4000-8000-000000000101", "signup_source": "supabase"}}'::jsonb,
+          'the payload of an email change carries the new email');
+DELETE FROM public.sendry_outbox;
+
+-- An anonymous user becomes permanent in one UPDATE.
+:as_gotrue
+UPDATE users SET email = 'upgraded@example.com', is_anonymous = false,
+                 raw_app_meta_data = '{"provider": "email", "providers": ["email"]}', updated_at = now()
+ WHERE id = '00000000-0000-4000-8000-000000000102';
+:as_admin
+SELECT results_eq($$SELECT user_id, email, payload ->> 'email' FROM public.sendry_outbox$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000102'::uuid, 'upgraded@example.com', 'upgraded@example.com')$$,
+                  'an anonymous user becoming permanent (email set, is_anonymous false) enqueues');
+DELETE FROM public.sendry_outbox;
+
+-- An anonymous user gets an email first (still anonymous), then becomes permanent.
+:as_gotrue
+UPDATE users SET email = 'later@example.com', updated_at = now()
+ WHERE id = '00000000-0000-4000-8000-000000000103';
+:as_admin
+SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'an email on a still-anonymous user enqueues nothing');
+:as_gotrue
+UPDATE users SET is_anonymous = false, email_confirmed_at = now(), updated_at = now()
+ WHERE id = '00000000-0000-4000-8000-000000000103';
+:as_admin
+SELECT results_eq($$SELECT user_id, email FROM public.sendry_outbox$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000103'::uuid, 'later@example.com')$$,
+                  'is_anonymous true -> false with an email already set enqueues');
+DELETE FROM public.sendry_outbox;
+
+-- Confirmations, logins, role and app-metadata updates: nothing.
+:as_gotrue
+UPDATE users SET email_confirmed_at = now(), confirmation_token = '', updated_at = now()
+ WHERE id = '00000000-0000-4000-8000-000000000104';
+:as_admin
+SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'an UPDATE of email_confirmed_at enqueues nothing');
+:as_gotrue
+UPDATE users SET last_sign_in_at = now(), updated_at = now()
+ WHERE id IN ('00000000-0000-4000-8000-000000000101', '00000000-0000-4000-8000-000000000104');
+:as_admin
+SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'an UPDATE of last_sign_in_at enqueues nothing');
+:as_gotrue
+UPDATE users SET role = 'authenticated', raw_app_meta_data = raw_app_meta_data || '{"providers": ["email", "google"]}',
+                 email = email, updated_at = now()
+ WHERE id = '00000000-0000-4000-8000-000000000104';
+:as_admin
+SELECT is_empty('SELECT 1 FROM public.sendry_outbox',
+                'role, app metadata and an unchanged email (email = email) enqueue nothing');
+
+-- Soft delete: deleted_at set, email overwritten by a hash. Never sent.
+:as_gotrue
+UPDATE users SET deleted_at = now(), phone = NULL, raw_user_meta_data = '{}',
+                 email = encode(sha256(convert_to(id::text || email, 'UTF8')), 'hex'), updated_at = now()
+ WHERE id = '00000000-0000-4000-8000-000000000105';
+:as_admin
+SELECT ok((SELECT deleted_at IS NOT NULL AND email NOT LIKE '%@%' FROM auth.users
+            WHERE id = '00000000-0000-4000-8000-000000000105'), 'the soft delete went through');
+SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'a soft delete (email overwritten by a hash) enqueues nothing');
+:as_gotrue
+UPDATE users SET last_sign_in_at = now(), email = 'ghost@example.com'
+ WHERE id = '00000000-0000-4000-8000-000000000105';
+:as_admin
+SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'a soft-deleted user is never enqueued again');
+
+-- Email removed: nothing to send.
+:as_gotrue
+UPDATE users SET email = NULL, phone = '15550003333' WHERE id = '00000000-0000-4000-8000-000000000104';
+:as_admin
+SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'removing the email enqueues nothing');
+
+-- Two email changes in one statement: two rows.
+:as_gotrue
+UPDATE users SET email = replace(email, 'bulk', 'moved'), updated_at = now()
+ WHERE id IN ('00000000-0000-4000-8000-000000000106', '00000000-0000-4000-8000-000000000107');
+:as_admin
+SELECT results_eq($$SELECT user_id, email FROM public.sendry_outbox ORDER BY user_id$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000106'::uuid, 'moved1@example.com'),
+                           ('00000000-0000-4000-8000-000000000107'::uuid, 'moved2@example.com')$$,
+                  'two email changes in one UPDATE statement enqueue two rows');
+DELETE FROM public.sendry_outbox;
+
+-- A phone-only user adds an email: set for the first time, enqueued (trimmed, lower-cased).
+:as_gotrue
+UPDATE users SET email = ' Phone.Person@Example.com ', updated_at = now()
+ WHERE id = '00000000-0000-4000-8000-000000000108';
+:as_admin
+SELECT results_eq($$SELECT user_id, email, payload ->> 'email' FROM public.sendry_outbox$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000108'::uuid, 'phone.person@example.com', 'phone.person@example.com')$$,
+                  'a phone-only user adding an email enqueues it, trimmed and lower-cased');
+DELETE FROM public.sendry_outbox;
+
+SELECT is((SELECT count(*) FROM auth.users WHERE id::text LIKE '00000000-0000-4000-8000-0000000001%'), 8::bigint,
+          'every UPDATE above succeeded (all eight users still there)');
+
+SELECT * FROM finish();
+ROLLBACK;

@@ -1,0 +1,348 @@
+"""sql/install.sql and sql/uninstall.sql over their lifecycle, on throwaway clusters.
+
+What pgTAP inside one rolled-back transaction cannot show: running the migration twice,
+on a plain PostgreSQL, notifications (delivered only at commit), and uninstalling.
+
+    /usr/bin/python3 -m pytest -q tests/test_sql_lifecycle.py
+"""
+
+import os
+import select
+import subprocess
+import sys
+import time
+import uuid
+
+import psycopg
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pgharness  # noqa: E402
+
+INSTALL = pgharness.INSTALL
+UNINSTALL = pgharness.UNINSTALL
+CHANNEL = "sendry_outbox"
+MARKER = "marker"
+
+
+# --- helpers ------------------------------------------------------------------
+
+def run_psql(cluster, user, *args):
+    """psql as `user` the way an operator runs the migration (no -q): CompletedProcess."""
+    return subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", cluster.dsn_for(user)] + list(args),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def pg_dump_schema(cluster):
+    """pg_dump --schema-only of the whole database, as the superuser, as bytes."""
+    pg_dump = os.path.join(pgharness.pg_bindir(), "pg_dump")
+    if not os.path.exists(pg_dump):
+        pg_dump = "/usr/bin/pg_dump"
+    argv = [pg_dump, "--schema-only", "-d", cluster.dsn_for(cluster.SUPERUSER)]
+    # pg_dump >= 15.14 writes \restrict with a random key unless given one: fix it, so
+    # that two dumps of the same schema are byte-identical.
+    help_text = subprocess.run([pg_dump, "--help"], stdout=subprocess.PIPE, text=True).stdout
+    if "--restrict-key" in help_text:
+        argv.append("--restrict-key=sendrytest")
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert r.returncode == 0, r.stderr.decode()
+    return r.stdout
+
+
+def outbox_rows(cluster):
+    return cluster.query("SELECT o::text FROM public.sendry_outbox o ORDER BY id", user=cluster.SUPERUSER)
+
+
+def connect(cluster, user):
+    return psycopg.connect(cluster.dsn_for(user), autocommit=True)
+
+
+def gotrue_signup(conn, email, meta='{}', phone=None, anonymous=False):
+    """A sign-up as GoTrue makes it: as supabase_auth_admin (search_path=auth from the role),
+    unqualified `users`, role '' then role 'authenticated', in one transaction."""
+    uid = str(uuid.uuid4())
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO users (instance_id, id, aud, role, email, phone, raw_app_meta_data,"
+            " raw_user_meta_data, is_sso_user, is_anonymous, created_at, updated_at)"
+            " VALUES ('00000000-0000-0000-0000-000000000000', %s, 'authenticated', '', %s, %s,"
+            " %s, %s, false, %s, now(), now())",
+            (uid, email, phone,
+             '{}' if anonymous else '{"provider": "email", "providers": ["email"]}', meta, anonymous))
+        conn.execute("UPDATE users SET role = 'authenticated', updated_at = now() WHERE id = %s", (uid,))
+    return uid
+
+
+class Listener:
+    """A session LISTENing on sendry_outbox.
+
+    psycopg 3.1 has no Connection.notifies(timeout=..., stop_after=...) (3.2 does), so this
+    waits on the socket with select() against a deadline and reads libpq's queue. Absence
+    is proven with a marker: the writer sends NOTIFY sendry_outbox, 'marker' from the same
+    session after its change has committed; notifications are delivered in commit order,
+    so everything the change caused arrives before the marker."""
+
+    def __init__(self, cluster):
+        self.conn = connect(cluster, "postgres")
+        self.conn.execute(f"LISTEN {CHANNEL}")
+
+    def close(self):
+        self.conn.close()
+
+    def until_marker(self, writer, timeout=15.0):
+        """Send the marker from `writer`; return the payloads received before it."""
+        writer.execute(f"NOTIFY {CHANNEL}, '{MARKER}'")
+        pgconn = self.conn.pgconn
+        got = []
+        deadline = time.monotonic() + timeout
+        while True:
+            pgconn.consume_input()
+            while True:
+                n = pgconn.notifies()
+                if n is None:
+                    break
+                assert n.relname.decode() == CHANNEL
+                payload = n.extra.decode()
+                if payload == MARKER:
+                    return got
+                got.append(payload)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"marker not received within {timeout} s (got {got!r})")
+            select.select([pgconn.socket], [], [], remaining)
+
+
+# --- fixtures -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pg():
+    with pgharness.Cluster(supabase=True) as cluster:
+        r = run_psql(cluster, "postgres", "-f", INSTALL)
+        assert r.returncode == 0, r.stderr
+        yield cluster
+
+
+@pytest.fixture
+def listener(pg):
+    lst = Listener(pg)
+    yield lst
+    lst.close()
+
+
+@pytest.fixture
+def gotrue(pg):
+    conn = connect(pg, "supabase_auth_admin")
+    assert conn.execute("SHOW search_path").fetchone()[0] == "auth"
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def owner(pg):
+    conn = connect(pg, "postgres")
+    yield conn
+    conn.close()
+
+
+# --- install ------------------------------------------------------------------
+
+def test_install_twice_is_a_noop(pg, gotrue, owner):
+    gotrue_signup(gotrue, "twice@example.com", '{"first_name": "Twice"}')
+    owner.execute("INSERT INTO sendry_outbox (email, status, attempts, last_error, last_http_status)"
+                  " VALUES ('failed@example.com', 'failed', 3, 'HTTP 422: invalid address', 422),"
+                  "        ('sent@example.com', 'sent', 1, NULL, 200)")
+    rows_before = outbox_rows(pg)
+    assert len(rows_before) >= 3
+    dump_before = pg_dump_schema(pg)
+
+    r = run_psql(pg, "postgres", "-f", INSTALL)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "", f"second install printed on stderr:\n{r.stderr}"
+
+    assert pg_dump_schema(pg) == dump_before, "the second install changed the schema"
+    assert outbox_rows(pg) == rows_before, "the second install touched outbox rows"
+
+
+def test_install_on_plain_postgresql():
+    with pgharness.Cluster(supabase=False) as plain:
+        assert plain.query("SELECT to_regclass('auth.users') IS NULL")[0] == ["t"]
+        r = run_psql(plain, plain.SUPERUSER, "-f", INSTALL)
+        assert r.returncode == 0, r.stderr
+        assert "NOTICE" in r.stderr
+        assert "no table auth.users" in r.stderr and "no trigger" in r.stderr, r.stderr
+        assert plain.query("SELECT to_regclass('public.sendry_outbox') IS NOT NULL,"
+                           " to_regclass('public.sendry_outbox_stats') IS NOT NULL") == [["t", "t"]]
+        assert plain.query("SELECT count(*) FROM pg_proc WHERE proname IN"
+                           " ('sendry_contact_payload', 'sendry_auth_users_inserted', 'sendry_auth_users_updated')") == [["0"]]
+        assert plain.query("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'sendry%' ORDER BY 1") == \
+            [["sendry_outbox_notify_insert"], ["sendry_outbox_notify_update"]]
+        # The outbox works there: rows can be written and counted.
+        plain.query("INSERT INTO sendry_outbox (email, payload) VALUES ('x@example.com', '{}')")
+        assert plain.query("SELECT pending, due FROM sendry_outbox_stats") == [["1", "1"]]
+        # Again (only the NOTICE on stderr), then uninstall, twice.
+        r = run_psql(plain, plain.SUPERUSER, "-f", INSTALL)
+        assert r.returncode == 0, r.stderr
+        assert [line for line in r.stderr.splitlines() if line.strip()] == \
+            [line for line in r.stderr.splitlines() if "NOTICE" in line], r.stderr
+        for _ in range(2):
+            r = run_psql(plain, plain.SUPERUSER, "-f", UNINSTALL)
+            assert r.returncode == 0, r.stderr
+        assert plain.query("SELECT to_regclass('public.sendry_outbox') IS NULL") == [["t"]]
+
+
+# --- sign-ups never fail ------------------------------------------------------------
+
+def test_failed_enqueue_is_a_warning_not_an_error(pg):
+    """The sign-up succeeds and the client sees the WARNING; rolled back afterwards."""
+    conn = psycopg.connect(pg.dsn_for(pg.SUPERUSER))
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append((d.severity_nonlocalized, d.message_primary)))
+    try:
+        conn.execute("ALTER TABLE public.sendry_outbox ADD CONSTRAINT sendry_test_reject CHECK (false) NOT VALID")
+        conn.execute("SET ROLE supabase_auth_admin")
+        conn.execute("SET search_path = auth")
+        conn.execute("INSERT INTO users (id, aud, role, email, raw_app_meta_data, raw_user_meta_data,"
+                     " created_at, updated_at) VALUES (%s, 'authenticated', '', 'warn@example.com',"
+                     " '{}', '{}', now(), now())", (str(uuid.uuid4()),))
+        assert conn.execute("SELECT count(*) FROM users WHERE email = 'warn@example.com'").fetchone()[0] == 1
+    finally:
+        conn.rollback()
+        conn.close()
+    warnings = [m for sev, m in notices if sev == "WARNING"]
+    assert len(warnings) == 1, notices
+    assert warnings[0].startswith("sendry-sync: could not enqueue new users for Sendry:"), warnings[0]
+    assert "sendry_test_reject" in warnings[0] and "23514" in warnings[0]
+
+
+def test_users_without_email_raise_no_warning(pg):
+    """Anonymous and phone-only sign-ups are skipped, not failed-and-swallowed."""
+    conn = connect(pg, "supabase_auth_admin")
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append((d.severity_nonlocalized, d.message_primary)))
+    try:
+        anon = gotrue_signup(conn, None, anonymous=True)
+        phone = gotrue_signup(conn, None, phone="1555" + str(uuid.uuid4().int)[:7])
+    finally:
+        conn.close()
+    assert [n for n in notices if n[0] != "NOTICE"] == []
+    assert pg.query(f"SELECT count(*) FROM sendry_outbox WHERE user_id IN ('{anon}', '{phone}')") == [["0"]]
+
+
+# --- NOTIFY --------------------------------------------------------------------------
+
+def test_notify_once_per_signup(pg, listener, gotrue):
+    uid = gotrue_signup(gotrue, "notify.me@example.com", '{"full_name": "Notify Me"}')
+    assert listener.until_marker(gotrue) == [""]
+    assert pg.query(f"SELECT count(*) FROM sendry_outbox WHERE user_id = '{uid}'") == [["1"]]
+
+
+def test_notify_once_on_requeue(pg, listener, owner):
+    # Rows inserted as failed are not due: no notification.
+    owner.execute("INSERT INTO sendry_outbox (email, status, attempts, last_error)"
+                  " SELECT 'requeue' || g || '@example.com', 'failed', 5, 'HTTP 500'"
+                  " FROM generate_series(1, 3) g")
+    assert listener.until_marker(owner) == []
+    cur = owner.execute("UPDATE public.sendry_outbox SET status='pending', next_attempt_at=now()"
+                        " WHERE status='failed'")
+    assert cur.rowcount >= 3
+    assert listener.until_marker(owner) == [""]
+
+
+WORKER_TRANSITIONS = {
+    "sent": "UPDATE sendry_outbox SET status = 'sent', sent_at = now(), attempts = attempts + 1,"
+            " last_http_status = 200 WHERE email LIKE %s",
+    "processing": "UPDATE sendry_outbox SET status = 'processing', locked_by = 'worker-1',"
+                  " locked_until = now() + interval '5 minutes',"
+                  " next_attempt_at = now() + interval '5 minutes' WHERE email LIKE %s",
+    "pending_in_future": "UPDATE sendry_outbox SET status = 'pending', attempts = attempts + 1,"
+                         " next_attempt_at = now() + interval '30 seconds', last_http_status = 503"
+                         " WHERE email LIKE %s",
+    "failed": "UPDATE sendry_outbox SET status = 'failed', last_http_status = 422,"
+              " last_error = 'invalid' WHERE email LIKE %s",
+    "already_due_touched": "UPDATE sendry_outbox SET last_error = 'touched' WHERE email LIKE %s",
+}
+
+
+@pytest.mark.parametrize("transition", sorted(WORKER_TRANSITIONS))
+def test_no_notify_on_worker_transitions(pg, listener, owner, transition):
+    tag = f"{transition}-{uuid.uuid4().hex[:8]}"
+    owner.execute("INSERT INTO sendry_outbox (email) SELECT %s || '-' || g || '@example.com'"
+                  " FROM generate_series(1, 5) g", (tag,))
+    assert listener.until_marker(owner) == [""], "the setup INSERT of due rows notifies once"
+    cur = owner.execute(WORKER_TRANSITIONS[transition], (tag + "-%",))
+    assert cur.rowcount == 5
+    assert listener.until_marker(owner) == [], f"{transition} must not notify"
+
+
+def test_backfill_of_100k_rows_notifies_once(pg, listener, owner):
+    cur = owner.execute(
+        "INSERT INTO sendry_outbox (user_id, email, payload)"
+        " SELECT gen_random_uuid(), 'backfill' || g || '@example.com',"
+        "        jsonb_build_object('email', 'backfill' || g || '@example.com', 'first_name', 'User' || g)"
+        " FROM generate_series(1, 100000) g")
+    assert cur.rowcount == 100000
+    assert listener.until_marker(owner) == [""]
+    owner.execute("DELETE FROM sendry_outbox WHERE email LIKE 'backfill%'")
+    assert listener.until_marker(owner) == []
+
+
+def test_design_backfill_statement_as_postgres(pg, listener, gotrue, owner):
+    gotrue_signup(gotrue, "backfill.ada@example.com", '{"first_name": "Ada", "last_name": "Lovelace"}')
+    gotrue_signup(gotrue, None, anonymous=True)
+    listener.until_marker(gotrue)
+    expected = int(pg.query("SELECT count(*) FROM auth.users WHERE email IS NOT NULL",
+                            user=pg.SUPERUSER)[0][0])
+    before = int(pg.query("SELECT coalesce(max(id), 0) FROM sendry_outbox")[0][0])
+    r = run_psql(pg, "postgres", "-c",
+                 "INSERT INTO sendry_outbox (user_id, email, payload) SELECT id, email, "
+                 "sendry_contact_payload(u) FROM auth.users u WHERE email IS NOT NULL")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"INSERT 0 {expected}"
+    assert listener.until_marker(owner) == [""]
+    assert pg.query(
+        "SELECT count(*) FROM sendry_outbox o JOIN auth.users u ON u.id = o.user_id"
+        f" WHERE o.id > {before} AND o.payload = sendry_contact_payload(u)"
+        " AND o.status = 'pending' AND o.op = 'upsert'", user=pg.SUPERUSER) == [[str(expected)]]
+    assert pg.query(f"SELECT payload->>'first_name', payload->>'last_name' FROM sendry_outbox"
+                    f" WHERE id > {before} AND email = 'backfill.ada@example.com'") == [["Ada", "Lovelace"]]
+
+
+# --- uninstall (last; reinstalls so the order of tests does not matter) -------------
+
+SENDRY_OBJECTS = ("SELECT 'rel ' || relname FROM pg_class WHERE relname LIKE 'sendry%'"
+                  " UNION ALL SELECT 'fn ' || proname FROM pg_proc WHERE proname LIKE 'sendry%'"
+                  " UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgname LIKE 'sendry%'"
+                  " UNION ALL SELECT 'type ' || typname FROM pg_type WHERE typname LIKE 'sendry%'"
+                  " ORDER BY 1")
+
+
+def test_uninstall(pg):
+    installed = pg.query(SENDRY_OBJECTS, user=pg.SUPERUSER)
+    assert ["trigger sendry_sync_users_insert"] in installed and ["rel sendry_outbox"] in installed
+    dump_before = pg_dump_schema(pg)
+    rows_before = outbox_rows(pg)
+
+    # As postgres without supautils: refused, clearly, and nothing changes.
+    r = run_psql(pg, "postgres", "-f", UNINSTALL)
+    assert r.returncode != 0
+    assert "sendry-sync: role postgres may not drop triggers on auth.users" in r.stderr, r.stderr
+    assert pg_dump_schema(pg) == dump_before
+    assert outbox_rows(pg) == rows_before
+
+    # As supabase_admin (standing in for supautils' permission): everything goes, twice.
+    for attempt in (1, 2):
+        r = run_psql(pg, pg.SUPERUSER, "-f", UNINSTALL)
+        assert r.returncode == 0, f"uninstall #{attempt}: {r.stderr}"
+        assert pg.query(SENDRY_OBJECTS, user=pg.SUPERUSER) == []
+    assert pg.query("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'auth.users'::regclass"
+                    " AND NOT tgisinternal", user=pg.SUPERUSER) == [["0"]]
+
+    # Sign-ups keep working without it, and it installs again as postgres.
+    gotrue = connect(pg, "supabase_auth_admin")
+    try:
+        gotrue_signup(gotrue, "after.uninstall@example.com")
+    finally:
+        gotrue.close()
+    r = run_psql(pg, "postgres", "-f", INSTALL)
+    assert r.returncode == 0, r.stderr
+    assert pg.query(SENDRY_OBJECTS, user=pg.SUPERUSER) == installed
