@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS public.sendry_outbox (
     CONSTRAINT sendry_outbox_max_attempts_check CHECK (max_attempts IS NULL OR max_attempts > 0)
 );
 
+-- Added in 0.2: the previous address of an email change (the contact to move).
+ALTER TABLE public.sendry_outbox ADD COLUMN IF NOT EXISTS old_email text;
+
 COMMENT ON TABLE public.sendry_outbox IS
     'sendry-sync: contacts waiting to be delivered to Sendry. Requeue: UPDATE ... SET status=''pending'', next_attempt_at=now() WHERE status=''failed''.';
 
@@ -52,6 +55,57 @@ CREATE INDEX IF NOT EXISTS sendry_outbox_claimable_idx
 
 -- For "what happened to this user?" and for the failed-in-the-last-hour figure.
 CREATE INDEX IF NOT EXISTS sendry_outbox_user_id_idx ON public.sendry_outbox (user_id);
+-- Ordering: a row is claimable only when no older unfinished row exists for the same
+-- user or the same address, so changes to one contact go out one at a time, in order.
+CREATE INDEX IF NOT EXISTS sendry_outbox_unfinished_user_idx
+    ON public.sendry_outbox (user_id, id) WHERE status IN ('pending', 'processing');
+CREATE INDEX IF NOT EXISTS sendry_outbox_unfinished_email_idx
+    ON public.sendry_outbox (email, id) WHERE status IN ('pending', 'processing');
+
+-- Settings kept in the database, one row. Change them with UPDATE:
+--   sync_on   'signup' (default): sync a user when they sign up;
+--             'confirmed': only once email_confirmed_at is set.
+--   on_delete 'delete_contact' (default, what privacy law asks for): a deleted user's
+--             contact is deleted in Sendry; 'remove_from_audience': it only leaves the
+--             audience; 'keep': nothing is sent.
+CREATE TABLE IF NOT EXISTS public.sendry_settings (
+    singleton  boolean     PRIMARY KEY DEFAULT true,
+    sync_on    text        NOT NULL DEFAULT 'signup',
+    on_delete  text        NOT NULL DEFAULT 'delete_contact',
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT sendry_settings_singleton CHECK (singleton),
+    CONSTRAINT sendry_settings_sync_on_check CHECK (sync_on IN ('signup', 'confirmed')),
+    CONSTRAINT sendry_settings_on_delete_check
+        CHECK (on_delete IN ('delete_contact', 'remove_from_audience', 'keep'))
+);
+INSERT INTO public.sendry_settings DEFAULT VALUES ON CONFLICT DO NOTHING;
+
+-- Events from Sendry (verified webhooks, and the worker's reconciliation of
+-- unsubscribes and suppressions), stored before they are acknowledged. event_id
+-- deduplicates redeliveries. status: received (not applied yet, or applying failed:
+-- see reason), applied, ignored (with the reason).
+CREATE TABLE IF NOT EXISTS public.sendry_inbox (
+    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_id    text        NOT NULL,
+    type        text        NOT NULL,
+    source      text        NOT NULL DEFAULT 'webhook',
+    payload     jsonb       NOT NULL,
+    email       text,
+    status      text        NOT NULL DEFAULT 'received',
+    reason      text,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    applied_at  timestamptz,
+    CONSTRAINT sendry_inbox_event_id_key UNIQUE (event_id),
+    CONSTRAINT sendry_inbox_source_check CHECK (source IN ('webhook', 'reconcile')),
+    CONSTRAINT sendry_inbox_status_check CHECK (status IN ('received', 'applied', 'ignored'))
+);
+
+-- The worker's own bookkeeping (the reconciliation cursors).
+CREATE TABLE IF NOT EXISTS public.sendry_sync_state (
+    key        text        PRIMARY KEY,
+    value      text,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE INDEX IF NOT EXISTS sendry_outbox_failed_idx
     ON public.sendry_outbox (updated_at) WHERE status = 'failed';
 
@@ -113,33 +167,9 @@ SELECT
                                                                             AS failed_last_hour
 FROM public.sendry_outbox;
 
--- Supabase serves schema public over HTTP to anon and authenticated, and by default
--- grants them everything postgres creates there. None of it is theirs.
-ALTER TABLE public.sendry_outbox ENABLE ROW LEVEL SECURITY;
-REVOKE ALL ON TABLE public.sendry_outbox, public.sendry_outbox_stats FROM PUBLIC;
-REVOKE ALL ON FUNCTION public.sendry_outbox_notify_insert(),
-                       public.sendry_outbox_notify_update() FROM PUBLIC;
-REVOKE ALL ON SEQUENCE public.sendry_outbox_id_seq FROM PUBLIC;
-
-DO $install$
-DECLARE
-    r text;
-BEGIN
-    FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
-        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-            EXECUTE format('REVOKE ALL ON TABLE public.sendry_outbox, public.sendry_outbox_stats FROM %I', r);
-            EXECUTE format('REVOKE ALL ON SEQUENCE public.sendry_outbox_id_seq FROM %I', r);
-            EXECUTE format('REVOKE ALL ON FUNCTION public.sendry_outbox_notify_insert(), '
-                           'public.sendry_outbox_notify_update() FROM %I', r);
-        END IF;
-    END LOOP;
-END
-$install$;
-
 -- The auth.users half: only where Supabase's auth schema exists.
 DO $install$
 DECLARE
-    r text;
 BEGIN
     IF pg_catalog.to_regclass('auth.users') IS NULL THEN
         RETURN;
@@ -201,9 +231,12 @@ BEGIN
             SELECT 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
                    public.sendry_contact_payload(n)
             FROM new_rows n
+            CROSS JOIN (SELECT COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1),
+                                        'signup') AS sync_on) s
             WHERE NULLIF(pg_catalog.btrim(n.email), '') IS NOT NULL
               AND NOT COALESCE(n.is_anonymous, false)
-              AND n.deleted_at IS NULL;
+              AND n.deleted_at IS NULL
+              AND (s.sync_on = 'signup' OR n.email_confirmed_at IS NOT NULL);
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'sendry-sync: could not enqueue new users for Sendry: % (SQLSTATE %)',
                 SQLERRM, SQLSTATE;
@@ -213,12 +246,66 @@ BEGIN
     $body$
     $fn$;
 
-    -- An UPDATE is worth syncing when the user has a usable email and either the email
-    -- changed (set for the first time, or replaced) or an anonymous user became
-    -- permanent. GoTrue's role '' -> 'authenticated' update, confirmations and logins
-    -- change neither. A soft delete overwrites email with a hash: never send it.
+    -- An UPDATE is worth syncing when the user (now) has a usable email, is synced
+    -- under sendry_settings.sync_on, and one of these happened: the email was set or
+    -- replaced (the row carries the previous address in old_email, so the worker moves
+    -- the contact instead of leaving a duplicate), an anonymous user became permanent,
+    -- or, in confirmed-only mode, the email was just confirmed. GoTrue's
+    -- role '' -> 'authenticated' update and logins change none of these.
+    -- A soft delete (deleted_at set; GoTrue overwrites email with a hash, never to be
+    -- sent) enqueues the deletion of the previous address.
     EXECUTE $fn$
     CREATE OR REPLACE FUNCTION public.sendry_auth_users_updated()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = ''
+    AS $body$
+    DECLARE
+        v_sync_on   text := COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1), 'signup');
+        v_on_delete text := COALESCE((SELECT on_delete FROM public.sendry_settings LIMIT 1),
+                                     'delete_contact');
+    BEGIN
+        BEGIN
+            INSERT INTO public.sendry_outbox (op, user_id, email, old_email, payload)
+            SELECT 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
+                   CASE WHEN NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
+                         AND pg_catalog.lower(pg_catalog.btrim(o.email))
+                             <> pg_catalog.lower(pg_catalog.btrim(n.email))
+                         AND NOT COALESCE(o.is_anonymous, false)
+                        THEN pg_catalog.lower(pg_catalog.btrim(o.email)) END,
+                   public.sendry_contact_payload(n)
+            FROM new_rows n JOIN old_rows o ON o.id = n.id
+            WHERE NULLIF(pg_catalog.btrim(n.email), '') IS NOT NULL
+              AND NOT COALESCE(n.is_anonymous, false)
+              AND n.deleted_at IS NULL
+              AND (v_sync_on = 'signup' OR n.email_confirmed_at IS NOT NULL)
+              AND (o.email IS DISTINCT FROM n.email
+                   OR (COALESCE(o.is_anonymous, false) AND NOT COALESCE(n.is_anonymous, false))
+                   OR (v_sync_on = 'confirmed' AND o.email_confirmed_at IS NULL));
+
+            IF v_on_delete <> 'keep' THEN
+                INSERT INTO public.sendry_outbox (op, user_id, email, payload)
+                SELECT 'delete', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
+                       pg_catalog.jsonb_build_object('delete_mode', v_on_delete)
+                FROM new_rows n JOIN old_rows o ON o.id = n.id
+                WHERE o.deleted_at IS NULL AND n.deleted_at IS NOT NULL
+                  AND NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
+                  AND NOT COALESCE(o.is_anonymous, false);
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'sendry-sync: could not enqueue updated users for Sendry: % (SQLSTATE %)',
+                SQLERRM, SQLSTATE;
+        END;
+        RETURN NULL;
+    END
+    $body$
+    $fn$;
+
+    -- After a DELETE (a hard delete: GoTrue's DELETE FROM users), the contact goes too,
+    -- as sendry_settings.on_delete says.
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_auth_users_deleted()
     RETURNS trigger
     LANGUAGE plpgsql
     SECURITY DEFINER
@@ -227,19 +314,141 @@ BEGIN
     BEGIN
         BEGIN
             INSERT INTO public.sendry_outbox (op, user_id, email, payload)
-            SELECT 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
-                   public.sendry_contact_payload(n)
-            FROM new_rows n JOIN old_rows o ON o.id = n.id
-            WHERE NULLIF(pg_catalog.btrim(n.email), '') IS NOT NULL
-              AND NOT COALESCE(n.is_anonymous, false)
-              AND n.deleted_at IS NULL
-              AND (o.email IS DISTINCT FROM n.email
-                   OR (COALESCE(o.is_anonymous, false) AND NOT COALESCE(n.is_anonymous, false)));
+            SELECT 'delete', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
+                   pg_catalog.jsonb_build_object('delete_mode', s.on_delete)
+            FROM old_rows o
+            CROSS JOIN (SELECT COALESCE((SELECT on_delete FROM public.sendry_settings LIMIT 1),
+                                        'delete_contact') AS on_delete) s
+            WHERE NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
+              AND NOT COALESCE(o.is_anonymous, false)
+              AND o.deleted_at IS NULL
+              AND s.on_delete <> 'keep';
         EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'sendry-sync: could not enqueue updated users for Sendry: % (SQLSTATE %)',
+            RAISE WARNING 'sendry-sync: could not enqueue deleted users for Sendry: % (SQLSTATE %)',
                 SQLERRM, SQLSTATE;
         END;
         RETURN NULL;
+    END
+    $body$
+    $fn$;
+
+    -- Applies one stored Sendry event to auth.users: an opt-out (contact.updated with
+    -- unsubscribed true, a global unsubscribe, a suppression, email.complained, a hard
+    -- bounce) sets raw_app_meta_data.sendry_unsubscribed = true with when and why; a
+    -- re-subscribe (contact.updated with unsubscribed false) sets it false. An older
+    -- event never overrides a newer one. Unknown emails and event types are kept,
+    -- marked ignored with the reason. Errors leave the event 'received' with the error
+    -- in reason: SELECT public.sendry_inbox_apply(id) FROM sendry_inbox WHERE status = 'received'
+    -- applies them again.
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_inbox_apply(p_id bigint)
+    RETURNS text
+    LANGUAGE plpgsql
+    SET search_path = ''
+    AS $body$
+    DECLARE
+        ev        public.sendry_inbox%ROWTYPE;
+        d         jsonb;
+        v_email   text;
+        v_action  text;      -- 'unsubscribe' | 'resubscribe'
+        v_why     text;
+        v_at      timestamptz;
+        v_user    uuid;
+        v_prev_at timestamptz;
+        v_result  text;
+    BEGIN
+        SELECT * INTO ev FROM public.sendry_inbox WHERE id = p_id FOR UPDATE;
+        IF NOT FOUND THEN
+            RETURN 'ignored: no such event';
+        END IF;
+        BEGIN
+            d := CASE WHEN pg_catalog.jsonb_typeof(ev.payload -> 'data') = 'object'
+                      THEN ev.payload -> 'data' ELSE ev.payload END;
+            v_email := COALESCE(d ->> 'email',
+                                CASE pg_catalog.jsonb_typeof(d -> 'to')
+                                     WHEN 'array' THEN d -> 'to' ->> 0
+                                     WHEN 'string' THEN d ->> 'to' END,
+                                d ->> 'recipient');
+            v_email := pg_catalog.lower(pg_catalog.btrim(v_email));
+            BEGIN
+                v_at := COALESCE((ev.payload ->> 'created_at')::timestamptz,
+                                 (d ->> 'created_at')::timestamptz,
+                                 (d ->> 'timestamp')::timestamptz, pg_catalog.now());
+            EXCEPTION WHEN others THEN
+                v_at := pg_catalog.now();
+            END;
+
+            CASE
+            WHEN ev.type IN ('contact.updated', 'contact.created') THEN
+                IF pg_catalog.jsonb_typeof(d -> 'unsubscribed') = 'boolean' THEN
+                    v_action := CASE WHEN (d ->> 'unsubscribed')::boolean
+                                     THEN 'unsubscribe' ELSE 'resubscribe' END;
+                    v_why := 'unsubscribed';
+                ELSE
+                    v_result := 'ignored: no unsubscribed field';
+                END IF;
+            WHEN ev.type = 'email.complained' THEN
+                v_action := 'unsubscribe';
+                v_why := 'complaint';
+            WHEN ev.type = 'email.bounced' THEN
+                IF pg_catalog.lower(COALESCE(d ->> 'bounce_type', d ->> 'type', d -> 'bounce' ->> 'type', ''))
+                   IN ('hard', 'permanent') THEN
+                    v_action := 'unsubscribe';
+                    v_why := 'hard_bounce';
+                ELSE
+                    v_result := 'ignored: not a hard bounce';
+                END IF;
+            WHEN ev.type = 'unsubscribe' THEN
+                IF d ->> 'list_id' IS NULL THEN
+                    v_action := 'unsubscribe';
+                    v_why := COALESCE(NULLIF(d ->> 'reason', ''), 'unsubscribe');
+                ELSE
+                    v_result := 'ignored: unsubscribed from one list only';
+                END IF;
+            WHEN ev.type = 'suppression' THEN
+                v_action := 'unsubscribe';
+                v_why := COALESCE(NULLIF(d ->> 'reason', ''), 'suppression');
+            ELSE
+                v_result := 'ignored: event type not mirrored';
+            END CASE;
+
+            IF v_result IS NULL AND (v_email IS NULL OR v_email = '') THEN
+                v_result := 'ignored: no email in the event';
+            END IF;
+            IF v_result IS NULL THEN
+                SELECT u.id,
+                       CASE WHEN pg_catalog.jsonb_typeof(u.raw_app_meta_data -> 'sendry_unsubscribed_at') = 'string'
+                            THEN (u.raw_app_meta_data ->> 'sendry_unsubscribed_at')::timestamptz END
+                  INTO v_user, v_prev_at
+                  FROM auth.users u WHERE u.email = v_email FOR UPDATE;
+                IF v_user IS NULL THEN
+                    v_result := 'ignored: no user with this email';
+                ELSIF v_prev_at IS NOT NULL AND v_prev_at > v_at THEN
+                    v_result := 'ignored: older than the state already recorded';
+                ELSE
+                    UPDATE auth.users
+                       SET raw_app_meta_data = COALESCE(raw_app_meta_data, '{}'::jsonb)
+                           || pg_catalog.jsonb_build_object(
+                                  'sendry_unsubscribed', v_action = 'unsubscribe',
+                                  'sendry_unsubscribed_at', v_at,
+                                  'sendry_unsubscribed_reason', v_why)
+                     WHERE id = v_user;
+                    v_result := 'applied';
+                END IF;
+            END IF;
+
+            UPDATE public.sendry_inbox
+               SET status = CASE WHEN v_result = 'applied' THEN 'applied' ELSE 'ignored' END,
+                   reason = CASE WHEN v_result = 'applied' THEN v_action || ' (' || v_why || ')'
+                                 ELSE pg_catalog.substr(v_result, 10) END,
+                   email = v_email, applied_at = pg_catalog.now()
+             WHERE id = p_id;
+            RETURN v_result;
+        EXCEPTION WHEN OTHERS THEN
+            UPDATE public.sendry_inbox SET status = 'received', reason = 'error: ' || SQLERRM
+             WHERE id = p_id;
+            RETURN 'error: ' || SQLERRM;
+        END;
     END
     $body$
     $fn$;
@@ -256,18 +465,85 @@ BEGIN
         REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
         FOR EACH STATEMENT EXECUTE FUNCTION public.sendry_auth_users_updated()
     $t$;
+    EXECUTE $t$
+    CREATE OR REPLACE TRIGGER sendry_sync_users_delete
+        AFTER DELETE ON auth.users
+        REFERENCING OLD TABLE AS old_rows
+        FOR EACH STATEMENT EXECUTE FUNCTION public.sendry_auth_users_deleted()
+    $t$;
 
-    -- Functions are executable by PUBLIC by default, and Supabase grants new functions
-    -- in public to anon and authenticated (callable as /rest/v1/rpc/<name>).
-    REVOKE ALL ON FUNCTION public.sendry_contact_payload(auth.users),
-                           public.sendry_auth_users_inserted(),
-                           public.sendry_auth_users_updated() FROM PUBLIC;
-    FOREACH r IN ARRAY ARRAY['anon', 'authenticated'] LOOP
-        IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-            EXECUTE format('REVOKE ALL ON FUNCTION public.sendry_contact_payload(auth.users), '
-                           'public.sendry_auth_users_inserted(), '
-                           'public.sendry_auth_users_updated() FROM %I', r);
+END
+$install$;
+
+-- Stores one Sendry event (deduplicated by event_id) and applies it, in one
+-- transaction: the worker answers a webhook 2xx only after this committed.
+-- Returns 'applied', 'duplicate', 'ignored: <why>' or 'error: <why>'.
+CREATE OR REPLACE FUNCTION public.sendry_inbox_receive(p_event_id text, p_type text, p_payload jsonb,
+                                                       p_source text DEFAULT 'webhook')
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    INSERT INTO public.sendry_inbox (event_id, type, payload, source)
+    VALUES (p_event_id, p_type, p_payload, p_source)
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING id INTO v_id;
+    IF v_id IS NULL THEN
+        RETURN 'duplicate';
+    END IF;
+    IF pg_catalog.to_regprocedure('public.sendry_inbox_apply(bigint)') IS NULL THEN
+        UPDATE public.sendry_inbox SET status = 'ignored', reason = 'no auth.users here'
+         WHERE id = v_id;
+        RETURN 'ignored: no auth.users here';
+    END IF;
+    RETURN public.sendry_inbox_apply(v_id);
+END
+$$;
+
+-- Supabase serves schema public over HTTP to anon and authenticated, and by default
+-- grants them everything postgres creates there (functions are executable by PUBLIC
+-- by default, callable as /rest/v1/rpc/<name>). None of it is theirs: every sendry_*
+-- table has RLS on, and no privilege on any sendry_* object is left to PUBLIC, anon
+-- or authenticated.
+DO $install$
+DECLARE
+    obj record;
+    grantee text;
+    grantees text[] := ARRAY['PUBLIC'];
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'anon') THEN
+        grantees := grantees || 'anon'::text;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'authenticated') THEN
+        grantees := grantees || 'authenticated'::text;
+    END IF;
+    FOR obj IN
+        SELECT c.oid::regclass::text AS name, c.relkind
+        FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relname LIKE 'sendry\_%'
+          AND c.relkind IN ('r', 'v', 'S')
+    LOOP
+        IF obj.relkind = 'r' THEN
+            EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', obj.name);
         END IF;
+        FOREACH grantee IN ARRAY grantees LOOP
+            EXECUTE format('REVOKE ALL ON %s %s FROM %s',
+                           CASE obj.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, obj.name,
+                           CASE grantee WHEN 'PUBLIC' THEN 'PUBLIC' ELSE pg_catalog.quote_ident(grantee) END);
+        END LOOP;
+    END LOOP;
+    FOR obj IN
+        SELECT p.oid::regprocedure::text AS name
+        FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry\_%'
+    LOOP
+        FOREACH grantee IN ARRAY grantees LOOP
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %s', obj.name,
+                           CASE grantee WHEN 'PUBLIC' THEN 'PUBLIC' ELSE pg_catalog.quote_ident(grantee) END);
+        END LOOP;
     END LOOP;
 END
 $install$;
