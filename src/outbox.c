@@ -19,8 +19,14 @@
  * next_attempt_at to the lease's end, so both are one range of the partial index). */
 static const char CLAIM_SQL[] =
     "WITH due AS ("
-    " SELECT id FROM public.sendry_outbox"
+    " SELECT id FROM public.sendry_outbox o"
     " WHERE status IN ('pending', 'processing') AND next_attempt_at <= now()"
+    /* Changes to one contact go out one at a time, oldest first: a row waits while an
+     * older one for the same user or address is unfinished (in flight, or waiting for
+     * its retry), so a later change is never overwritten by an earlier one. */
+    "   AND NOT EXISTS (SELECT 1 FROM public.sendry_outbox e"
+    "                   WHERE e.status IN ('pending', 'processing') AND e.id < o.id"
+    "                     AND (e.user_id = o.user_id OR e.email = o.email OR e.email = o.old_email))"
     " ORDER BY next_attempt_at, id"
     " LIMIT $1"
     " FOR UPDATE SKIP LOCKED)"
@@ -31,7 +37,7 @@ static const char CLAIM_SQL[] =
     "     attempts = o.attempts + 1, updated_at = now()"
     " FROM due WHERE o.id = due.id"
     " RETURNING o.id, o.email, o.payload::text, o.attempts, COALESCE(o.max_attempts, $4),"
-    "           EXTRACT(EPOCH FROM now() - o.created_at)::float8";
+    "           EXTRACT(EPOCH FROM now() - o.created_at)::float8, o.op, o.old_email";
 
 /* One statement per batch. uncount takes back the attempt the claim counted, for
  * rows that were never really tried (429, stopped sending, shutdown). Only rows this
@@ -64,11 +70,23 @@ static const char NEXT_DUE_SQL[] =
 
 /* ---- state ------------------------------------------------------------------------- */
 
-enum job_kind { JOB_IMPORT, JOB_SINGLE };
+/* The request a job sends next. Upserts go out as one import (or one create in single
+ * mode); an email change and a deletion are short sequences of single-row requests. */
+enum req_kind {
+    REQ_IMPORT,          /* POST /v1/contacts/import: upsert by email, into the audience */
+    REQ_CREATE,          /* POST /v1/contacts (--mode single) */
+    REQ_MOVE,            /* PATCH /v1/contacts/by-email?email=<old>: the new address */
+    REQ_LOOKUP,          /* GET /v1/contacts/by-email?email=<address>: the contact's id */
+    REQ_DELETE_CONTACT,  /* DELETE /v1/contacts/{id} */
+    REQ_REMOVE_MEMBER    /* DELETE /v1/audiences/{audience}/contacts/{id} */
+};
 
 /* One HTTP request's worth of rows. */
 struct job {
-    enum job_kind kind;
+    enum req_kind req;
+    bool then_delete_old;  /* an email change found both addresses: delete the old one */
+    const char *lookup;    /* REQ_LOOKUP: the address to look up (borrowed from the row) */
+    char contact_id[128];  /* from REQ_LOOKUP */
     struct row **rows;
     size_t n;
     struct relay *relay;
@@ -204,6 +222,7 @@ static void row_free(struct row *row)
     if (!row)
         return;
     free(row->email);
+    free(row->old_email);
     json_object_put(row->payload);
     free(row);
 }
@@ -291,6 +310,9 @@ static void on_completed(PGresult *res, void *arg)
     r->progress_retried += retried;
     if (failed)
         r->any_failed = true;
+    /* A finished row may unblock a later change for the same contact. */
+    if (sent || failed)
+        r->claim_wanted = true;
     flush_completions(r);
     kick(r);
 }
@@ -426,13 +448,63 @@ static bool split_job(struct relay *r, struct job *job)
     }
     memcpy(ra, job->rows, half * sizeof *ra);
     memcpy(rb, job->rows + half, (job->n - half) * sizeof *rb);
-    *a = (struct job){.kind = job->kind, .rows = ra, .n = half, .relay = r};
-    *b = (struct job){.kind = job->kind, .rows = rb, .n = job->n - half, .relay = r};
+    *a = (struct job){.req = job->req, .rows = ra, .n = half, .relay = r};
+    *b = (struct job){.req = job->req, .rows = rb, .n = job->n - half, .relay = r};
     push_front(r, b);
     push_front(r, a);
     free(job->rows);
     free(job);
     return true;
+}
+
+/* The steps of an email change and of a deletion: what an answer means for the job. */
+enum advance {
+    ADV_CLASSIFY,   /* the usual classification of the answer applies */
+    ADV_NEXT,       /* another request for the same job is set up in job */
+    ADV_DONE,       /* the row is done although the answer is not a 2xx (404 on a delete) */
+    ADV_RETRY       /* a 2xx we cannot use: retry the row with backoff */
+};
+
+static enum advance advance_job(struct job *job, const struct http_request *req)
+{
+    long st = req->status;
+    bool ok = st >= 200 && st < 300;
+    struct row *row = job->rows[0];
+    switch (job->req) {
+    case REQ_MOVE:
+        if (st == 404 || st == 409) {
+            /* 404: Sendry never had the old address: upsert the new one.
+             * 409: both addresses exist: upsert the new one, then delete the old. */
+            job->req = REQ_IMPORT;
+            job->then_delete_old = st == 409;
+            return ADV_NEXT;
+        }
+        return ADV_CLASSIFY;
+    case REQ_IMPORT:
+        if (ok && job->then_delete_old) {
+            job->then_delete_old = false;
+            job->req = REQ_LOOKUP;
+            job->lookup = row->old_email;
+            return ADV_NEXT;
+        }
+        return ADV_CLASSIFY;
+    case REQ_LOOKUP:
+        if (st == 404)
+            return ADV_DONE; /* nothing to delete */
+        if (!ok)
+            return ADV_CLASSIFY;
+        if (!sendry_contact_id(req->response, req->response_len, job->contact_id, sizeof job->contact_id))
+            return ADV_RETRY;
+        job->req = row->op == OP_DELETE && sendry_delete_removes_from_audience(row) ? REQ_REMOVE_MEMBER
+                                                                                  : REQ_DELETE_CONTACT;
+        return ADV_NEXT;
+    case REQ_DELETE_CONTACT:
+    case REQ_REMOVE_MEMBER:
+        return st == 404 ? ADV_DONE : ADV_CLASSIFY; /* 404: already gone */
+    case REQ_CREATE:
+        break;
+    }
+    return ADV_CLASSIFY;
 }
 
 static void on_http_done(struct http_request *req, void *arg)
@@ -449,16 +521,31 @@ static void on_http_done(struct http_request *req, void *arg)
     job->next = job->prev = NULL;
     double now = now_of(r);
 
-    enum outcome oc = sendry_classify(req->transport_ok, req->status, true);
+    bool aborted = !req->transport_ok && strcmp(req->error, "aborted") == 0;
+    enum advance adv = req->transport_ok && !r->stopping ? advance_job(job, req) : ADV_CLASSIFY;
+    if (adv == ADV_NEXT) {
+        http_request_free(req);
+        push_front(r, job);
+        start_jobs(r);
+        kick(r);
+        return;
+    }
+    /* Only an import or a create names the audience: a 404 there means it is gone. */
+    enum outcome oc = adv == ADV_DONE    ? OUTCOME_SENT
+                      : adv == ADV_RETRY ? OUTCOME_RETRY
+                                         : sendry_classify(req->transport_ok, req->status,
+                                                           job->req == REQ_IMPORT || job->req == REQ_CREATE);
     char error[600] = "", code[64] = "";
     double retry_after = -1;
-    if (oc != OUTCOME_SENT)
+    if (adv == ADV_RETRY)
+        snprintf(error, sizeof error, "HTTP %ld without a contact id", req->status);
+    else if (oc != OUTCOME_SENT)
         describe_error(req, error, sizeof error, code, sizeof code, &retry_after);
     log_debug("http: %s %s -> %ld (%s, %zu rows, %.3f s)", req->method, req->url, req->status,
               outcome_name(oc), job->n, req->elapsed);
     int http_status = req->transport_ok ? (int)req->status : 0;
 
-    if (r->stopping && !req->transport_ok && strcmp(req->error, "aborted") == 0) {
+    if (r->stopping && aborted) {
         /* Shutdown deadline: not sent as far as we know; give the rows back untouched. */
         for (size_t i = 0; i < job->n; i++)
             complete_row(r, job->rows[i], "pending", 0, NULL, 0, 1);
@@ -570,22 +657,69 @@ static char *url_of(struct relay *r, const char *path)
     return url;
 }
 
+/* "/v1/contacts/by-email?email=<address>" */
+static char *by_email_path(const char *address)
+{
+    char *enc = sendry_url_encode(address);
+    if (!enc)
+        return NULL;
+    size_t n = strlen(enc) + 40;
+    char *path = malloc(n);
+    if (path)
+        snprintf(path, n, "/v1/contacts/by-email?email=%s", enc);
+    free(enc);
+    return path;
+}
+
 static bool start_job(struct relay *r, struct job *job)
 {
-    char *body, *url;
-    if (job->kind == JOB_IMPORT) {
+    char *body = NULL, *url = NULL, *path = NULL;
+    const char *method = "POST";
+    char idpath[512];
+    struct row *first = job->rows[0];
+    switch (job->req) {
+    case REQ_IMPORT:
         body = sendry_import_body(job->rows, job->n, r->cfg->audience_id);
         url = url_of(r, "/v1/contacts/import");
-    } else {
-        body = sendry_contact_body(job->rows[0], r->cfg->audience_id);
+        break;
+    case REQ_CREATE:
+        body = sendry_contact_body(first, r->cfg->audience_id);
         url = url_of(r, "/v1/contacts");
+        break;
+    case REQ_MOVE:
+        method = "PATCH";
+        body = sendry_move_body(first);
+        path = by_email_path(first->old_email);
+        url = path ? url_of(r, path) : NULL;
+        break;
+    case REQ_LOOKUP:
+        method = "GET";
+        path = by_email_path(job->lookup);
+        url = path ? url_of(r, path) : NULL;
+        break;
+    case REQ_DELETE_CONTACT:
+    case REQ_REMOVE_MEMBER: {
+        method = "DELETE";
+        char *enc = sendry_url_encode(job->contact_id);
+        if (enc) {
+            if (job->req == REQ_DELETE_CONTACT)
+                snprintf(idpath, sizeof idpath, "/v1/contacts/%s", enc);
+            else
+                snprintf(idpath, sizeof idpath, "/v1/audiences/%s/contacts/%s", r->cfg->audience_id, enc);
+            url = url_of(r, idpath);
+        }
+        free(enc);
+        break;
     }
-    if (!body || !url) {
+    }
+    free(path);
+    bool needs_body = job->req == REQ_IMPORT || job->req == REQ_CREATE || job->req == REQ_MOVE;
+    if (!url || (needs_body && !body)) {
         free(body);
         free(url);
         return false;
     }
-    struct http_request *req = http_request_new("POST", url, body);
+    struct http_request *req = http_request_new(method, url, body);
     if (!req)
         return false;
     req->done = on_http_done;
@@ -650,7 +784,7 @@ static void enqueue_job(struct relay *r, struct job *job)
     r->waiting_tail = job;
 }
 
-static struct job *job_new(struct relay *r, enum job_kind kind, size_t n)
+static struct job *job_new(struct relay *r, enum req_kind kind, size_t n)
 {
     struct job *job = calloc(1, sizeof *job);
     if (!job)
@@ -660,7 +794,7 @@ static struct job *job_new(struct relay *r, enum job_kind kind, size_t n)
         free(job);
         return NULL;
     }
-    job->kind = kind;
+    job->req = kind;
     job->relay = r;
     return job;
 }
@@ -726,21 +860,41 @@ static void on_claimed(PGresult *res, void *arg)
         row->attempts = atoi(PQgetvalue(res, i, 3));
         row->max_attempts = atoi(PQgetvalue(res, i, 4));
         double age = atof(PQgetvalue(res, i, 5));
+        row->op = strcmp(PQgetvalue(res, i, 6), "delete") == 0 ? OP_DELETE : OP_UPSERT;
+        if (!PQgetisnull(res, i, 7))
+            row->old_email = sendry_normalize_email(PQgetvalue(res, i, 7));
         if (row->attempts == 1 && age < connected_for - 1)
             fresh_rows = true;
         r->rows_held++;
-        if (!job || job->n == limit) {
+
+        /* Plain upserts share an import request; a move or a deletion is its own job. */
+        struct job *own = NULL;
+        if (row->op == OP_DELETE) {
+            own = job_new(r, REQ_LOOKUP, 1);
+            if (own)
+                own->lookup = row->email;
+        } else if (row->old_email && strcmp(row->old_email, row->email) != 0) {
+            own = job_new(r, REQ_MOVE, 1);
+        } else if (!job || job->n == limit) {
             if (job)
                 enqueue_job(r, job);
-            job = job_new(r, r->cfg->mode == MODE_IMPORT ? JOB_IMPORT : JOB_SINGLE, limit);
-            if (!job) {
-                log_error("out of memory; row %lld will be retried", row->id);
-                complete_row(r, row, "pending", 0, NULL, 1, 1);
-                row_free(row);
+            job = job_new(r, r->cfg->mode == MODE_IMPORT ? REQ_IMPORT : REQ_CREATE, limit);
+            if (job) {
+                job->rows[job->n++] = row;
                 continue;
             }
+        } else {
+            job->rows[job->n++] = row;
+            continue;
         }
-        job->rows[job->n++] = row;
+        if (!own) {
+            log_error("out of memory; row %lld will be retried", row->id);
+            complete_row(r, row, "pending", 0, NULL, 1, 1);
+            row_free(row);
+            continue;
+        }
+        own->rows[own->n++] = row;
+        enqueue_job(r, own);
     }
     if (job)
         enqueue_job(r, job);

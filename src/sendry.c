@@ -108,6 +108,64 @@ char *sendry_contact_body(const struct row *r, const char *audience_id)
     return dup_json(c);
 }
 
+char *sendry_move_body(const struct row *r)
+{
+    json_object *c = sendry_contact(r);
+    return c ? dup_json(c) : NULL;
+}
+
+bool sendry_delete_removes_from_audience(const struct row *r)
+{
+    json_object *mode;
+    return r->payload && json_object_object_get_ex(r->payload, "delete_mode", &mode) &&
+           json_object_is_type(mode, json_type_string) &&
+           strcmp(json_object_get_string(mode), "remove_from_audience") == 0;
+}
+
+char *sendry_url_encode(const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t len = strlen(s);
+    char *out = malloc(len * 3 + 1);
+    if (!out)
+        return NULL;
+    char *o = out;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (isalnum(*p) || *p == '-' || *p == '_' || *p == '.' || *p == '~') {
+            *o++ = (char)*p;
+        } else {
+            *o++ = '%';
+            *o++ = hex[*p >> 4];
+            *o++ = hex[*p & 15];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+bool sendry_contact_id(const char *body, size_t len, char *id, size_t id_size)
+{
+    if (!body || !len)
+        return false;
+    json_tokener *tok = json_tokener_new();
+    if (!tok)
+        return false;
+    json_object *root = json_tokener_parse_ex(tok, body, (int)len);
+    json_tokener_free(tok);
+    json_object *v, *data, *obj = root;
+    bool ok = false;
+    /* Tolerate an envelope: {"data": {...contact...}}. */
+    if (root && json_object_object_get_ex(root, "data", &data) && json_object_is_type(data, json_type_object))
+        obj = data;
+    if (obj && json_object_object_get_ex(obj, "id", &v) && json_object_is_type(v, json_type_string) &&
+        json_object_get_string_len(v) > 0 && (size_t)json_object_get_string_len(v) < id_size) {
+        snprintf(id, id_size, "%s", json_object_get_string(v));
+        ok = true;
+    }
+    json_object_put(root);
+    return ok;
+}
+
 enum outcome sendry_classify(bool transport_ok, long status, bool audience_request)
 {
     if (!transport_ok)

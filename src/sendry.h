@@ -9,14 +9,32 @@
 
 #include <json-c/json.h>
 
+enum row_op { OP_UPSERT, OP_DELETE };
+
 /* One outbox row as the worker holds it while delivering. */
 struct row {
     long long id;
+    enum row_op op;
     char *email;            /* owned; normalised (trimmed, lower-case) */
+    char *old_email;        /* owned, NULL unless an email change: the contact to move */
     json_object *payload;   /* owned reference; may be NULL */
     int attempts;           /* including the current one */
     int max_attempts;
 };
+
+/* Body of PATCH /v1/contacts/by-email?email=<old>: the new email and the names and
+ * metadata, never `unsubscribed`. Caller frees. */
+char *sendry_move_body(const struct row *r);
+
+/* "remove_from_audience" in a delete row's payload asks to leave the contact and only
+ * take it out of the audience; anything else deletes the contact. */
+bool sendry_delete_removes_from_audience(const struct row *r);
+
+/* Percent-encodes s for a URL query value (RFC 3986 unreserved kept). Caller frees. */
+char *sendry_url_encode(const char *s);
+
+/* The "id" of a contact object in a response body, copied into id (false if none). */
+bool sendry_contact_id(const char *body, size_t len, char *id, size_t id_size);
 
 /* Body of POST /v1/contacts/import for rows[0..n): {"contacts":[...],"audience_id":...}.
  * Returns a malloc'd string (caller frees) or NULL on allocation failure. */

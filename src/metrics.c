@@ -1,0 +1,227 @@
+#include "metrics.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct metrics metrics;
+
+static const unsigned claim_le[METRICS_CLAIM_BUCKETS] = {1, 10, 100, 500, 1000};
+
+void metrics_http(long status)
+{
+    if (status >= METRICS_STATUS_MIN && status <= METRICS_STATUS_MAX)
+        metrics.http_status[status - METRICS_STATUS_MIN]++;
+    else
+        metrics.http_transport_errors++;
+}
+
+void metrics_claim(int rows)
+{
+    if (rows < 0)
+        rows = 0;
+    metrics.claim_count++;
+    metrics.claim_sum += (unsigned long long)rows;
+    for (int i = 0; i < METRICS_CLAIM_BUCKETS; i++) {
+        if ((unsigned)rows <= claim_le[i]) {
+            metrics.claim_bucket[i]++;
+            break;
+        }
+    }
+    /* above the last bucket: only in +Inf, i.e. claim_count */
+}
+
+/* Label values stay printable ASCII: anything else (control bytes, bytes of UTF-8
+ * sequences that truncation could split) becomes '_'. */
+static void clean_label(char *out, size_t size, const char *in)
+{
+    size_t n = 0;
+    for (; in && in[n] && n + 1 < size; n++) {
+        unsigned char c = (unsigned char)in[n];
+        out[n] = c >= 0x20 && c < 0x7f ? (char)c : '_';
+    }
+    out[n] = '\0';
+}
+
+static struct metrics_webhook_slot *find_slot(const char *type, const char *result)
+{
+    for (size_t i = 0; i < metrics.webhook_used; i++)
+        if (strcmp(metrics.webhook[i].type, type) == 0 && strcmp(metrics.webhook[i].result, result) == 0)
+            return &metrics.webhook[i];
+    return NULL;
+}
+
+static struct metrics_webhook_slot *add_slot(const char *type, const char *result)
+{
+    struct metrics_webhook_slot *s = &metrics.webhook[metrics.webhook_used++];
+    snprintf(s->type, sizeof s->type, "%s", type);
+    snprintf(s->result, sizeof s->result, "%s", result);
+    s->count = 0;
+    return s;
+}
+
+void metrics_webhook(const char *type, const char *result)
+{
+    char t[METRICS_TYPE_MAX + 1], r[METRICS_RESULT_MAX + 1];
+    clean_label(t, sizeof t, type && *type ? type : "unknown");
+    clean_label(r, sizeof r, result && *result ? result : "unknown");
+
+    struct metrics_webhook_slot *s = find_slot(t, r);
+    if (!s && strcmp(t, "other") != 0 && metrics.webhook_used < METRICS_WEBHOOK_SLOTS - METRICS_WEBHOOK_RESERVED)
+        s = add_slot(t, r);
+    if (!s)
+        s = find_slot("other", r);
+    if (!s && metrics.webhook_used < METRICS_WEBHOOK_SLOTS)
+        s = add_slot("other", r);
+    if (s)
+        s->count++;
+    else
+        metrics.webhook_unrecorded++;
+}
+
+void metrics_set_stopped(bool stopped, const char *reason)
+{
+    metrics.sending_stopped = stopped;
+    snprintf(metrics.stop_reason, sizeof metrics.stop_reason, "%s", stopped && reason ? reason : "");
+}
+
+void metrics_reset(void)
+{
+    memset(&metrics, 0, sizeof metrics);
+}
+
+/* A growing output buffer; after a failed allocation every append is a no-op. */
+struct buf {
+    char *p;
+    size_t len, cap;
+    bool failed;
+};
+
+__attribute__((format(printf, 2, 3))) static void put(struct buf *b, const char *fmt, ...)
+{
+    if (b->failed)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->failed = true;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap * 2 > b->len + (size_t)n + 1 ? b->cap * 2 : b->len + (size_t)n + 1;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->failed = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+}
+
+/* A label value escaped per the text format: backslash, double quote, line feed. */
+static void put_label(struct buf *b, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\')
+            put(b, "\\\\");
+        else if (*s == '"')
+            put(b, "\\\"");
+        else if (*s == '\n')
+            put(b, "\\n");
+        else
+            put(b, "%c", *s);
+    }
+}
+
+static void put_double(struct buf *b, double v)
+{
+    if (isnan(v))
+        put(b, "NaN");
+    else if (isinf(v))
+        put(b, v > 0 ? "+Inf" : "-Inf");
+    else
+        put(b, "%.17g", v);
+}
+
+static void header(struct buf *b, const char *name, const char *type, const char *help)
+{
+    put(b, "# HELP sendry_sync_%s %s\n# TYPE sendry_sync_%s %s\n", name, help, name, type);
+}
+
+char *metrics_render(void)
+{
+    struct buf b = {.p = malloc(8192), .cap = 8192};
+    if (!b.p)
+        return NULL;
+    b.p[0] = '\0';
+
+    header(&b, "rows_total", "counter", "Outbox rows completed by the relay, by outcome.");
+    put(&b, "sendry_sync_rows_total{outcome=\"sent\"} %llu\n", metrics.rows_sent);
+    put(&b, "sendry_sync_rows_total{outcome=\"failed\"} %llu\n", metrics.rows_failed);
+    put(&b, "sendry_sync_rows_total{outcome=\"retried\"} %llu\n", metrics.rows_retried);
+
+    header(&b, "http_responses_total", "counter",
+           "Sendry API responses by HTTP status; status=\"error\" counts transport errors.");
+    for (int i = 0; i <= METRICS_STATUS_MAX - METRICS_STATUS_MIN; i++)
+        if (metrics.http_status[i])
+            put(&b, "sendry_sync_http_responses_total{status=\"%d\"} %llu\n", i + METRICS_STATUS_MIN,
+                metrics.http_status[i]);
+    put(&b, "sendry_sync_http_responses_total{status=\"error\"} %llu\n", metrics.http_transport_errors);
+
+    header(&b, "rate_limit_waits_total", "counter", "Times sending waited for the Sendry rate limit.");
+    put(&b, "sendry_sync_rate_limit_waits_total %llu\n", metrics.rate_limit_waits);
+
+    header(&b, "claim_batch_rows", "histogram", "Rows returned by each outbox claim.");
+    unsigned long long cumulative = 0;
+    for (int i = 0; i < METRICS_CLAIM_BUCKETS; i++) {
+        cumulative += metrics.claim_bucket[i];
+        put(&b, "sendry_sync_claim_batch_rows_bucket{le=\"%u\"} %llu\n", claim_le[i], cumulative);
+    }
+    put(&b, "sendry_sync_claim_batch_rows_bucket{le=\"+Inf\"} %llu\n", metrics.claim_count);
+    put(&b, "sendry_sync_claim_batch_rows_sum %llu\n", metrics.claim_sum);
+    put(&b, "sendry_sync_claim_batch_rows_count %llu\n", metrics.claim_count);
+
+    header(&b, "backlog_due_rows", "gauge", "Outbox rows due for delivery now.");
+    put(&b, "sendry_sync_backlog_due_rows ");
+    put_double(&b, metrics.backlog_due);
+    put(&b, "\n");
+
+    header(&b, "oldest_due_age_seconds", "gauge", "Age of the oldest outbox row due for delivery.");
+    put(&b, "sendry_sync_oldest_due_age_seconds ");
+    put_double(&b, metrics.oldest_due_age_seconds);
+    put(&b, "\n");
+
+    header(&b, "webhook_events_total", "counter", "Webhook requests received, by event type and result.");
+    for (size_t i = 0; i < metrics.webhook_used; i++) {
+        put(&b, "sendry_sync_webhook_events_total{type=\"");
+        put_label(&b, metrics.webhook[i].type);
+        put(&b, "\",result=\"");
+        put_label(&b, metrics.webhook[i].result);
+        put(&b, "\"} %llu\n", metrics.webhook[i].count);
+    }
+    header(&b, "webhook_events_unrecorded_total", "counter",
+           "Webhook requests not counted by type because the label table was full.");
+    put(&b, "sendry_sync_webhook_events_unrecorded_total %llu\n", metrics.webhook_unrecorded);
+
+    header(&b, "db_connected", "gauge", "1 if the PostgreSQL connection is up.");
+    put(&b, "sendry_sync_db_connected %d\n", metrics.db_connected ? 1 : 0);
+
+    header(&b, "sending_stopped", "gauge",
+           "1 if sending stopped on a condition retries cannot fix (bad key, unknown audience...).");
+    put(&b, "sendry_sync_sending_stopped %d\n", metrics.sending_stopped ? 1 : 0);
+
+    if (b.failed) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}

@@ -1,0 +1,81 @@
+/* metrics: process-wide counters and gauges, rendered in the Prometheus text format.
+ *
+ * Everything runs on the one libev loop, so the fields are plain variables: modules
+ * update them directly (metrics.rows_sent += n) or through the helpers below, and
+ * GET /metrics renders them. Counters only grow; the gauges are set by their owner:
+ *   relay (outbox.c)   rows_*, rate_limit_waits, backlog_due, oldest_due_age_seconds,
+ *                      sending_stopped + stop_reason, metrics_http(), metrics_claim()
+ *   main / db events   db_connected
+ *   httpd.c            metrics_webhook() */
+#ifndef SENDRY_METRICS_H
+#define SENDRY_METRICS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define METRICS_STATUS_MIN 100
+#define METRICS_STATUS_MAX 599
+#define METRICS_CLAIM_BUCKETS 5            /* le 1, 10, 100, 500, 1000 (+Inf = count) */
+#define METRICS_WEBHOOK_SLOTS 64           /* distinct (type, result) pairs kept */
+#define METRICS_WEBHOOK_RESERVED 8         /* of which kept for type "other" */
+#define METRICS_TYPE_MAX 64                /* longer types are truncated */
+#define METRICS_RESULT_MAX 32
+
+struct metrics_webhook_slot {
+    char type[METRICS_TYPE_MAX + 1];
+    char result[METRICS_RESULT_MAX + 1];
+    unsigned long long count;
+};
+
+struct metrics {
+    /* rows completed by the relay */
+    unsigned long long rows_sent;
+    unsigned long long rows_failed;
+    unsigned long long rows_retried;
+    /* Sendry API responses: http_status[status - 100]; no response at all */
+    unsigned long long http_status[METRICS_STATUS_MAX - METRICS_STATUS_MIN + 1];
+    unsigned long long http_transport_errors;
+    unsigned long long rate_limit_waits;     /* 429 pauses and pacing waits */
+    /* claim batch sizes: per-bucket (non-cumulative) counts, sum and count */
+    unsigned long long claim_bucket[METRICS_CLAIM_BUCKETS];
+    unsigned long long claim_count;
+    unsigned long long claim_sum;
+    /* gauges from the stats view */
+    double backlog_due;                       /* rows due now */
+    double oldest_due_age_seconds;            /* age of the oldest due row, 0 if none */
+    /* webhooks by (type, result) */
+    struct metrics_webhook_slot webhook[METRICS_WEBHOOK_SLOTS];
+    size_t webhook_used;
+    unsigned long long webhook_unrecorded;    /* table full even for "other" */
+    /* health */
+    bool db_connected;
+    bool sending_stopped;
+    char stop_reason[512];                    /* why sending stopped; no secrets */
+};
+
+extern struct metrics metrics;
+
+/* One Sendry API response: status 100..599, or 0 (or anything outside that range)
+ * for a transport error (connect, TLS, timeout, ...). */
+void metrics_http(long status_or_0_for_transport_error);
+
+/* One claim that returned `rows` rows (0 included). */
+void metrics_claim(int rows);
+
+/* One webhook request. `type` is the event type ("invalid" before the body could be
+ * trusted), cut to 64 bytes, bytes outside printable ASCII replaced with '_'. When 56
+ * distinct pairs are in use, new types are counted as "other". `result` is a class:
+ * applied, duplicate, ignored, unauthorized, bad_request, too_large, error. */
+void metrics_webhook(const char *type, const char *result);
+
+/* Sets sending_stopped and stop_reason (NULL reason = running again). */
+void metrics_set_stopped(bool stopped, const char *reason);
+
+/* The Prometheus text exposition (format 0.0.4) of everything above, malloc'd and
+ * owned by the caller; NULL on allocation failure. */
+char *metrics_render(void);
+
+/* Clears everything (tests). */
+void metrics_reset(void);
+
+#endif
