@@ -52,6 +52,12 @@ static const struct option_def options[] = {
      "timeout of one HTTP request (default 30)"},
     {"drain-timeout", OPT_SECONDS, OFF(drain_timeout), 0, 600, "SECONDS",
      "on SIGTERM, wait this long for requests in flight (default 10)"},
+    {"reconcile-interval", OPT_SECONDS, OFF(reconcile_interval), 0, 604800, "SECONDS",
+     "page Sendry's unsubscribes and suppressions into the inbox this often,\n"
+     "0 = off (default 3600)"},
+    {"listen", OPT_STRING, OFF(listen), 0, 0, "ADDR:PORT",
+     "serve POST /webhooks/sendry, GET /healthz and GET /metrics (off by default;\n"
+     "needs SENDRY_WEBHOOK_SECRET)"},
     {"once", OPT_FLAG, OFF(once), 0, 0, NULL,
      "deliver what is due now, wait for the results, exit (1 if a row failed)"},
     {"no-verify", OPT_FLAG, OFF(verify), 0, 0, NULL,
@@ -71,7 +77,8 @@ void config_usage(FILE *out)
             "       sendry-sync migrate            apply the embedded sql/install.sql\n"
             "       sendry-sync --help | --version\n\n"
             "Environment: DATABASE_URL, SENDRY_API_KEY or SENDRY_API_KEY_FILE,\n"
-            "SENDRY_AUDIENCE_ID, SENDRY_API_URL. Flags override the environment.\n\n"
+            "SENDRY_AUDIENCE_ID, SENDRY_API_URL, SENDRY_WEBHOOK_SECRET.\n"
+            "Flags override the environment.\n\n"
             "Options:\n");
     for (size_t i = 0; i < N_OPTIONS; i++) {
         char head[64];
@@ -224,6 +231,8 @@ static void defaults(struct config *cfg)
     cfg->backoff_cap = 3600;
     cfg->http_timeout = 30;
     cfg->drain_timeout = 10;
+    cfg->reconcile_interval = 3600;
+    cfg->webhook_max_body = 256 * 1024;
     cfg->mode = MODE_IMPORT;
     cfg->verify = true;
     cfg->log_format = LOG_TEXT;
@@ -238,6 +247,8 @@ static bool from_env(struct config *cfg, char *err, size_t errsize)
     if ((v = getenv("SENDRY_AUDIENCE_ID")) && *v && !set_string(&cfg->audience_id, v))
         goto oom;
     if ((v = getenv("SENDRY_API_URL")) && *v && !set_string(&cfg->api_url, v))
+        goto oom;
+    if ((v = getenv("SENDRY_WEBHOOK_SECRET")) && *v && !set_string(&cfg->webhook_secret, v))
         goto oom;
     const char *key = getenv("SENDRY_API_KEY");
     const char *key_file = getenv("SENDRY_API_KEY_FILE");
@@ -296,6 +307,16 @@ static bool validate(struct config *cfg, char *err, size_t errsize)
     size_t len = strlen(cfg->api_url);
     while (len > 0 && cfg->api_url[len - 1] == '/')
         cfg->api_url[--len] = '\0';
+    if (cfg->listen && (!cfg->webhook_secret || strlen(cfg->webhook_secret) < 16)) {
+        snprintf(err, errsize, "--listen needs SENDRY_WEBHOOK_SECRET (the webhook's signing secret, "
+                               "at least 16 characters): the webhook endpoint never runs unauthenticated");
+        return false;
+    }
+    if (cfg->listen && !strchr(cfg->listen, ':')) {
+        snprintf(err, errsize, "--listen: expected ADDR:PORT (e.g. 127.0.0.1:8080 or :8080), got \"%s\"",
+                 cfg->listen);
+        return false;
+    }
     if (cfg->backoff_cap < cfg->backoff_base) {
         snprintf(err, errsize, "--backoff-cap (%g) is shorter than --backoff-base (%g)",
                  cfg->backoff_cap, cfg->backoff_base);
@@ -370,6 +391,10 @@ void config_free(struct config *cfg)
     if (cfg->api_key)
         memset(cfg->api_key, 0, strlen(cfg->api_key));
     free(cfg->api_key);
+    if (cfg->webhook_secret)
+        memset(cfg->webhook_secret, 0, strlen(cfg->webhook_secret));
+    free(cfg->webhook_secret);
+    free(cfg->listen);
     free(cfg->database_url);
     free(cfg->audience_id);
     free(cfg->api_url);

@@ -34,6 +34,10 @@ struct config {
     double backoff_cap;     /* seconds */
     double http_timeout;    /* seconds */
     double drain_timeout;   /* seconds to wait for in-flight requests on SIGTERM */
+    double reconcile_interval; /* seconds between reconciliations, 0 = off */
+    char *listen;           /* --listen ADDR:PORT, NULL = no HTTP server */
+    char *webhook_secret;   /* SENDRY_WEBHOOK_SECRET */
+    size_t webhook_max_body;
     enum send_mode mode;
     bool once;
     bool verify;

@@ -64,6 +64,20 @@ static const char RELEASE_ORPHANS_SQL[] =
     "     locked_by = NULL, locked_until = NULL, updated_at = now()"
     " WHERE locked_by = $1 AND status = 'processing' AND NOT (id = ANY ($2::bigint[]))";
 
+/* Reconciliation: one page of Sendry's unsubscribes or suppressions into the inbox,
+ * and the cursor to start from next time, in one statement. */
+static const char RECONCILE_CURSOR_SQL[] =
+    "SELECT value FROM public.sendry_sync_state WHERE key = $1";
+static const char RECONCILE_STORE_SQL[] =
+    "WITH received AS ("
+    "  SELECT public.sendry_inbox_receive(e ->> 'event_id', e ->> 'type', e -> 'payload', 'reconcile') AS r"
+    "  FROM jsonb_array_elements($1::jsonb) e),"
+    " cursor AS ("
+    "  INSERT INTO public.sendry_sync_state (key, value) SELECT $2::text, $3::text WHERE $3::text IS NOT NULL"
+    "  ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now())"
+    " SELECT count(*) FILTER (WHERE r = 'applied'), count(*) FILTER (WHERE r = 'duplicate'), count(*)"
+    " FROM received";
+
 static const char NEXT_DUE_SQL[] =
     "SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8"
     " FROM public.sendry_outbox WHERE status IN ('pending', 'processing')";
@@ -151,7 +165,14 @@ struct relay {
     bool any_failed;
     bool drain_expired;
 
+    /* reconciliation of unsubscribes and suppressions */
+    int rec_list;              /* index into reconcile_lists, -1 = idle */
+    char *rec_cursor;          /* cursor of the page being fetched, NULL = first page */
+    bool rec_busy;             /* a request or a query of the run is under way */
+    long long rec_applied, rec_seen;
+
     ev_timer poll_timer, due_timer, pace_timer, drain_timer, progress_timer, stop_log_timer;
+    ev_timer reconcile_timer, reconcile_step;
     ev_idle kick;
 };
 
@@ -962,6 +983,223 @@ static void maybe_claim(struct relay *r)
     }
 }
 
+/* ---- reconciliation ---------------------------------------------------------------- */
+
+/* Webhook delivery is not guaranteed: every --reconcile-interval, page through Sendry's
+ * unsubscribes and suppressions since the last cursor and feed them through the inbox,
+ * where event ids deduplicate what the webhook already brought. */
+static const struct {
+    const char *path, *type, *state_key;
+} reconcile_lists[] = {
+    {"/v1/unsubscribes", "unsubscribe", "reconcile.unsubscribes.cursor"},
+    {"/v1/suppression", "suppression", "reconcile.suppression.cursor"},
+};
+#define N_RECONCILE_LISTS 2
+
+static void reconcile_fetch(struct relay *r);
+
+static void reconcile_end(struct relay *r, const char *why)
+{
+    if (why)
+        log_warn("reconcile: stopped early: %s; next run in %.0f s", why, r->cfg->reconcile_interval);
+    else if (r->rec_seen)
+        log_info("reconcile: %lld entries read, %lld new opt-outs applied", r->rec_seen, r->rec_applied);
+    r->rec_list = -1;
+    r->rec_busy = false;
+    free(r->rec_cursor);
+    r->rec_cursor = NULL;
+    kick(r);
+}
+
+static void reconcile_next_list(struct relay *r);
+
+static void on_reconcile_cursor(PGresult *res, void *arg)
+{
+    struct relay *r = arg;
+    r->rec_busy = false;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        reconcile_end(r, res ? PQresultErrorMessage(res) : "database connection lost");
+        return;
+    }
+    free(r->rec_cursor);
+    r->rec_cursor = PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) ? strdup(PQgetvalue(res, 0, 0)) : NULL;
+    reconcile_fetch(r);
+}
+
+static void reconcile_next_list(struct relay *r)
+{
+    r->rec_list++;
+    if (r->rec_list >= N_RECONCILE_LISTS) {
+        reconcile_end(r, NULL);
+        return;
+    }
+    const char *params[1] = {reconcile_lists[r->rec_list].state_key};
+    r->rec_busy = db_query(r->db, RECONCILE_CURSOR_SQL, 1, params, on_reconcile_cursor, r);
+    if (!r->rec_busy)
+        reconcile_end(r, "out of memory");
+}
+
+static void on_reconcile_stored(PGresult *res, void *arg)
+{
+    struct relay *r = arg;
+    r->rec_busy = false;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        reconcile_end(r, res ? PQresultErrorMessage(res) : "database connection lost");
+        return;
+    }
+    r->rec_applied += atoll(PQgetvalue(res, 0, 0));
+    r->rec_seen += atoll(PQgetvalue(res, 0, 2));
+    if (r->rec_cursor)
+        reconcile_fetch(r);      /* has_more: the next page */
+    else
+        reconcile_next_list(r);
+}
+
+static void on_reconcile_page(struct http_request *req, void *arg)
+{
+    struct relay *r = arg;
+    r->rec_busy = false;
+    if (r->stopping) {
+        http_request_free(req);
+        reconcile_end(r, NULL);
+        return;
+    }
+    if (!req->transport_ok || req->status != 200) {
+        char error[600] = "", code[64] = "";
+        double retry_after = -1;
+        describe_error(req, error, sizeof error, code, sizeof code, &retry_after);
+        if (req->transport_ok && req->status == 429) {
+            double wait = sendry_retry_after(req->retry_after, (double)time(NULL));
+            if (wait < 0)
+                wait = retry_after > 0 ? retry_after : 10;
+            if (now_of(r) + wait > r->pause_until)
+                r->pause_until = now_of(r) + wait;
+            /* Try the same page again after the pause. */
+            http_request_free(req);
+            ev_timer_set(&r->reconcile_step, wait, 0.);
+            ev_timer_start(r->loop, &r->reconcile_step);
+            r->rec_busy = true;
+            return;
+        }
+        char why[700];
+        snprintf(why, sizeof why, "GET %s: %s", reconcile_lists[r->rec_list].path, error);
+        http_request_free(req);
+        reconcile_end(r, why);
+        return;
+    }
+    json_tokener *tok = json_tokener_new();
+    json_object *root = tok ? json_tokener_parse_ex(tok, req->response ? req->response : "",
+                                                   (int)req->response_len) : NULL;
+    json_tokener_free(tok);
+    json_object *data = NULL, *more = NULL, *next = NULL;
+    if (!root || !json_object_object_get_ex(root, "data", &data) ||
+        !json_object_is_type(data, json_type_array)) {
+        json_object_put(root);
+        http_request_free(req);
+        reconcile_end(r, "the list answer has no data array");
+        return;
+    }
+    json_object_object_get_ex(root, "has_more", &more);
+    json_object_object_get_ex(root, "next_cursor", &next);
+    const char *type = reconcile_lists[r->rec_list].type;
+    json_object *events = json_object_new_array();
+    size_t n = json_object_array_length(data);
+    for (size_t i = 0; i < n; i++) {
+        json_object *item = json_object_array_get_idx(data, i), *v;
+        char event_id[600];
+        if (json_object_object_get_ex(item, "id", &v) && json_object_is_type(v, json_type_string))
+            snprintf(event_id, sizeof event_id, "%s:%s", type, json_object_get_string(v));
+        else {
+            json_object *email = NULL, *at = NULL;
+            json_object_object_get_ex(item, "email", &email);
+            json_object_object_get_ex(item, "created_at", &at);
+            snprintf(event_id, sizeof event_id, "%s:%s:%s", type, email ? json_object_get_string(email) : "",
+                     at ? json_object_get_string(at) : "");
+        }
+        json_object *payload = json_object_new_object();
+        json_object_object_add(payload, "type", json_object_new_string(type));
+        json_object_object_add(payload, "data", json_object_get(item));
+        json_object *ev = json_object_new_object();
+        json_object_object_add(ev, "event_id", json_object_new_string(event_id));
+        json_object_object_add(ev, "type", json_object_new_string(type));
+        json_object_object_add(ev, "payload", payload);
+        json_object_array_add(events, ev);
+    }
+    /* Remember where the next run starts: the next page, or this page again at the end
+     * (the inbox deduplicates what it sees twice). */
+    bool has_more = more && json_object_get_boolean(more) && next && json_object_is_type(next, json_type_string);
+    char *store_cursor = has_more ? strdup(json_object_get_string(next)) : (r->rec_cursor ? strdup(r->rec_cursor) : NULL);
+    const char *params[3] = {json_object_to_json_string_ext(events, JSON_C_TO_STRING_PLAIN),
+                             reconcile_lists[r->rec_list].state_key, store_cursor};
+    r->rec_busy = db_query(r->db, RECONCILE_STORE_SQL, 3, params, on_reconcile_stored, r);
+    free(r->rec_cursor);
+    r->rec_cursor = has_more ? store_cursor : NULL;
+    if (!has_more)
+        free(store_cursor);
+    json_object_put(events);
+    json_object_put(root);
+    http_request_free(req);
+    if (!r->rec_busy)
+        reconcile_end(r, "out of memory");
+}
+
+/* Fetches the page at rec_cursor of the current list, when pacing allows. */
+static void reconcile_fetch(struct relay *r)
+{
+    if (r->stopping) {
+        reconcile_end(r, NULL);
+        return;
+    }
+    double wait = paused(r) ? r->pause_until - now_of(r) : bucket_take(&r->bucket, now_of(r));
+    if (wait > 0) {
+        r->rec_busy = true;
+        ev_timer_set(&r->reconcile_step, wait, 0.);
+        ev_timer_start(r->loop, &r->reconcile_step);
+        return;
+    }
+    char path[1200];
+    char *enc = r->rec_cursor ? sendry_url_encode(r->rec_cursor) : NULL;
+    snprintf(path, sizeof path, "%s?limit=100%s%s", reconcile_lists[r->rec_list].path, enc ? "&cursor=" : "",
+             enc ? enc : "");
+    free(enc);
+    char *url = url_of(r, path);
+    struct http_request *req = url ? http_request_new("GET", url, NULL) : NULL;
+    if (!req) {
+        reconcile_end(r, "out of memory");
+        return;
+    }
+    req->done = on_reconcile_page;
+    req->arg = r;
+    if (!http_start(r->http, req)) {
+        http_request_free(req);
+        reconcile_end(r, "could not start a request");
+        return;
+    }
+    r->rec_busy = true;
+    r->http_calls++;
+}
+
+static void on_reconcile_step(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct relay *r = w->data;
+    r->rec_busy = false;
+    reconcile_fetch(r);
+}
+
+static void on_reconcile_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct relay *r = w->data;
+    if (r->rec_list >= 0 || r->stopping || !r->verified || !db_connected(r->db) || r->stopped)
+        return; /* a run is still going, or this one is skipped */
+    r->rec_applied = r->rec_seen = 0;
+    r->rec_list = -1;
+    reconcile_next_list(r);
+}
+
 /* ---- lifecycle --------------------------------------------------------------------- */
 
 static void finish(struct relay *r, int status)
@@ -976,7 +1214,7 @@ static void finish(struct relay *r, int status)
 static bool all_settled(struct relay *r)
 {
     return !r->claim_in_flight && !r->waiting_head && r->jobs_in_flight == 0 && r->rows_held == 0 &&
-           r->n_done == 0;
+           r->n_done == 0 && !r->rec_busy && http_in_flight(r->http) == 0;
 }
 
 static void check_finished(struct relay *r)
@@ -1191,6 +1429,11 @@ struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
     ev_init(&r->stop_log_timer, on_stop_log);
     r->stop_log_timer.repeat = 60.;
     ev_idle_init(&r->kick, on_kick);
+    r->rec_list = -1;
+    /* The first run soon after start, then every interval. */
+    ev_timer_init(&r->reconcile_timer, on_reconcile_timer, 2., cfg->reconcile_interval);
+    ev_init(&r->reconcile_step, on_reconcile_step);
+    r->reconcile_timer.data = r->reconcile_step.data = r;
     r->poll_timer.data = r->due_timer.data = r->pace_timer.data = r->drain_timer.data = r;
     r->progress_timer.data = r->stop_log_timer.data = r->kick.data = r;
     return r;
@@ -1204,6 +1447,8 @@ void relay_start(struct relay *r)
              r->cfg->concurrency, r->cfg->rate, r->cfg->lease, r->cfg->api_url);
     ev_timer_start(r->loop, &r->poll_timer);
     ev_timer_start(r->loop, &r->progress_timer);
+    if (r->cfg->reconcile_interval > 0 && !r->cfg->once)
+        ev_timer_start(r->loop, &r->reconcile_timer);
     db_start(r->db);
     if (r->cfg->verify) {
         size_t n = strlen(r->cfg->audience_id) + 32;
@@ -1240,6 +1485,11 @@ void relay_shutdown(struct relay *r)
              r->cfg->drain_timeout, r->jobs_in_flight);
     ev_timer_stop(r->loop, &r->poll_timer);
     ev_timer_stop(r->loop, &r->due_timer);
+    ev_timer_stop(r->loop, &r->reconcile_timer);
+    if (ev_is_active(&r->reconcile_step)) {
+        ev_timer_stop(r->loop, &r->reconcile_step);
+        reconcile_end(r, NULL);
+    }
     release_waiting(r);
     ev_timer_set(&r->drain_timer, r->cfg->drain_timeout, 0.);
     ev_timer_start(r->loop, &r->drain_timer);
@@ -1262,6 +1512,8 @@ void relay_free(struct relay *r)
     ev_timer_stop(r->loop, &r->drain_timer);
     ev_timer_stop(r->loop, &r->progress_timer);
     ev_timer_stop(r->loop, &r->stop_log_timer);
+    ev_timer_stop(r->loop, &r->reconcile_timer);
+    ev_timer_stop(r->loop, &r->reconcile_step);
     /* Requests still in flight (a second signal) end through their callbacks, which
      * free their jobs; their outcomes are not written any more. */
     r->stopping = true;
@@ -1277,6 +1529,7 @@ void relay_free(struct relay *r)
     for (size_t i = 0; i < r->n_done; i++)
         free(r->done[i].error);
     free(r->done);
+    free(r->rec_cursor);
     db_free(r->db);
     free(r);
 }
