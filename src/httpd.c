@@ -213,7 +213,8 @@ static void webhook_free(struct webhook *w)
 
 /* Sets the answer once, counts it and logs the one line per webhook. `answer` is
  * owned (NULL: out of memory, answered with a fixed body). */
-static void decide(struct webhook *w, unsigned status, const char *result, char *answer)
+static void decide(struct webhook *w, unsigned status, const char *result, char *answer,
+                   const char *detail)
 {
     if (w->answered) {
         free(answer);
@@ -224,13 +225,14 @@ static void decide(struct webhook *w, unsigned status, const char *result, char 
     w->answer = answer;
     const char *type = w->type[0] ? w->type : "invalid";
     metrics_webhook(type, result);
-    log_info("webhook: type=%s id=%s result=%s status=%u signature=%s", type,
-             w->event_id[0] ? w->event_id : "-", result, status, w->scheme ? w->scheme : "none");
+    log_info("webhook: type=%s id=%s result=%s status=%u signature=%s%s%s", type,
+             w->event_id[0] ? w->event_id : "-", result, status, w->scheme ? w->scheme : "none",
+             detail ? ": " : "", detail ? detail : "");
 }
 
 static void decide_error(struct webhook *w, unsigned status, const char *result, const char *message)
 {
-    decide(w, status, result, json2("error", message, NULL, NULL));
+    decide(w, status, result, json2("error", message, NULL, NULL), message);
 }
 
 static enum MHD_Result queue_answer(struct webhook *w, struct MHD_Connection *conn)
@@ -257,6 +259,8 @@ static const char *result_class(const char *text)
         return "duplicate";
     if (strncmp(text, "ignored", 7) == 0)
         return "ignored";
+    if (strncmp(text, "error", 5) == 0)   /* stored, but applying it failed */
+        return "error";
     return "other";
 }
 
@@ -272,8 +276,9 @@ static void on_db_result(PGresult *res, void *arg)
     if (res && st == PGRES_TUPLES_OK && PQntuples(res) == 1 && PQnfields(res) >= 1 && !PQgetisnull(res, 0, 0)) {
         const char *text = PQgetvalue(res, 0, 0);
         if (late)
-            log_warn("webhook: id=%s got \"%s\" after its client was answered", w->event_id, text);
-        decide(w, MHD_HTTP_OK, result_class(text), json2("result", text, NULL, NULL));
+            log_warn("webhook: id=%s: result %s came after the client was answered", w->event_id,
+                     result_class(text));
+        decide(w, MHD_HTTP_OK, result_class(text), json2("result", text, NULL, NULL), NULL);
     } else if (!res) {
         log_warn("webhook: id=%s: database connection lost, outcome unknown", w->event_id);
         decide_error(w, MHD_HTTP_SERVICE_UNAVAILABLE, "error", "database unavailable");

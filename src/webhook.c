@@ -266,9 +266,11 @@ static int get_string(json_object *obj, const char *key, char *out, size_t size)
 bool webhook_parse(const char *body, size_t len, char *event_id, size_t id_size, char *type,
                    size_t type_size)
 {
-    if (!body || len == 0 || len > INT_MAX || !event_id || !type || id_size == 0 || type_size == 0)
+    if (!event_id || !type || id_size == 0 || type_size == 0)
         return false;
     event_id[0] = type[0] = '\0';
+    if (!body || len == 0 || len > INT_MAX)
+        return false;
     /* The body goes to PostgreSQL as a text parameter: a NUL would cut it short. */
     if (memchr(body, '\0', len))
         return false;

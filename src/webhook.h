@@ -45,7 +45,8 @@ const char *webhook_sig_str(enum sig_result r);
  * buffer (no silent truncation: the id deduplicates and the type selects the action).
  * event_id: the envelope's "id" if it is a non-empty string, else "sha256:" followed by
  * the lower-case hex SHA-256 of the raw body (71 characters).
- * type: "type" if it is a non-empty string, else the legacy "event", else "unknown". */
+ * type: "type" if it is a non-empty string, else the legacy "event", else "unknown".
+ * On failure both outputs are empty strings. */
 bool webhook_parse(const char *body, size_t len, char *event_id, size_t id_size, char *type,
                    size_t type_size);
 

@@ -10,6 +10,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -51,6 +52,16 @@ def pg_dump_schema(cluster):
 
 def outbox_rows(cluster):
     return cluster.query("SELECT o::text FROM public.sendry_outbox o ORDER BY id", user=cluster.SUPERUSER)
+
+
+def data_rows(cluster):
+    """Every row of every sendry_* table, as text."""
+    return cluster.query(
+        "SELECT 'outbox ' || o::text FROM public.sendry_outbox o"
+        " UNION ALL SELECT 'settings ' || s::text FROM public.sendry_settings s"
+        " UNION ALL SELECT 'inbox ' || i::text FROM public.sendry_inbox i"
+        " UNION ALL SELECT 'state ' || t::text FROM public.sendry_sync_state t ORDER BY 1",
+        user=cluster.SUPERUSER)
 
 
 def connect(cluster, user):
@@ -151,16 +162,26 @@ def test_install_twice_is_a_noop(pg, gotrue, owner):
     owner.execute("INSERT INTO sendry_outbox (email, status, attempts, last_error, last_http_status)"
                   " VALUES ('failed@example.com', 'failed', 3, 'HTTP 422: invalid address', 422),"
                   "        ('sent@example.com', 'sent', 1, NULL, 200)")
-    rows_before = outbox_rows(pg)
-    assert len(rows_before) >= 3
-    dump_before = pg_dump_schema(pg)
+    assert owner.execute("SELECT sendry_inbox_receive('evt_twice', 'contact.updated',"
+                         " '{\"data\": {\"email\": \"twice@example.com\", \"unsubscribed\": true}}')"
+                         ).fetchone()[0] == "applied"
+    owner.execute("INSERT INTO sendry_sync_state (key, value) VALUES ('unsubscribes_cursor', 'cur_1')")
+    # The operator's settings survive a re-run of the migration.
+    owner.execute("UPDATE sendry_settings SET sync_on = 'confirmed', on_delete = 'keep'")
+    try:
+        rows_before = data_rows(pg)
+        assert len(rows_before) >= 6
+        dump_before = pg_dump_schema(pg)
 
-    r = run_psql(pg, "postgres", "-f", INSTALL)
-    assert r.returncode == 0, r.stderr
-    assert r.stderr == "", f"second install printed on stderr:\n{r.stderr}"
+        r = run_psql(pg, "postgres", "-f", INSTALL)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr == "", f"second install printed on stderr:\n{r.stderr}"
 
-    assert pg_dump_schema(pg) == dump_before, "the second install changed the schema"
-    assert outbox_rows(pg) == rows_before, "the second install touched outbox rows"
+        assert pg_dump_schema(pg) == dump_before, "the second install changed the schema"
+        assert data_rows(pg) == rows_before, "the second install touched rows (outbox, settings, inbox, state)"
+        assert pg.query("SELECT sync_on, on_delete FROM sendry_settings") == [["confirmed", "keep"]]
+    finally:
+        owner.execute("UPDATE sendry_settings SET sync_on = 'signup', on_delete = 'delete_contact'")
 
 
 def test_install_on_plain_postgresql():
@@ -172,13 +193,25 @@ def test_install_on_plain_postgresql():
         assert "no table auth.users" in r.stderr and "no trigger" in r.stderr, r.stderr
         assert plain.query("SELECT to_regclass('public.sendry_outbox') IS NOT NULL,"
                            " to_regclass('public.sendry_outbox_stats') IS NOT NULL") == [["t", "t"]]
-        assert plain.query("SELECT count(*) FROM pg_proc WHERE proname IN"
-                           " ('sendry_contact_payload', 'sendry_auth_users_inserted', 'sendry_auth_users_updated')") == [["0"]]
+        assert plain.query("SELECT proname FROM pg_proc WHERE proname LIKE 'sendry%' ORDER BY 1") == \
+            [["sendry_inbox_receive"], ["sendry_outbox_notify_insert"], ["sendry_outbox_notify_update"]], \
+            "only the functions that do not need auth.users"
         assert plain.query("SELECT tgname FROM pg_trigger WHERE tgname LIKE 'sendry%' ORDER BY 1") == \
             [["sendry_outbox_notify_insert"], ["sendry_outbox_notify_update"]]
+        assert plain.query("SELECT relname, relrowsecurity FROM pg_class WHERE relname LIKE 'sendry%'"
+                           " AND relkind = 'r' ORDER BY 1") == \
+            [["sendry_inbox", "t"], ["sendry_outbox", "t"], ["sendry_settings", "t"], ["sendry_sync_state", "t"]]
+        assert plain.query("SELECT sync_on, on_delete FROM sendry_settings") == [["signup", "delete_contact"]]
         # The outbox works there: rows can be written and counted.
         plain.query("INSERT INTO sendry_outbox (email, payload) VALUES ('x@example.com', '{}')")
         assert plain.query("SELECT pending, due FROM sendry_outbox_stats") == [["1", "1"]]
+        # The inbox keeps events there, and applies none.
+        assert plain.query("SELECT sendry_inbox_receive('evt_plain', 'contact.updated',"
+                           " '{\"data\": {\"email\": \"x@example.com\", \"unsubscribed\": true}}')") == \
+            [["ignored: no auth.users here"]]
+        assert plain.query("SELECT event_id, status, reason FROM sendry_inbox") == \
+            [["evt_plain", "ignored", "no auth.users here"]]
+        assert plain.query("SELECT sendry_inbox_receive('evt_plain', 'contact.updated', '{}')") == [["duplicate"]]
         # Again (only the NOTICE on stderr), then uninstall, twice.
         r = run_psql(plain, plain.SUPERUSER, "-f", INSTALL)
         assert r.returncode == 0, r.stderr
@@ -188,6 +221,7 @@ def test_install_on_plain_postgresql():
             r = run_psql(plain, plain.SUPERUSER, "-f", UNINSTALL)
             assert r.returncode == 0, r.stderr
         assert plain.query("SELECT to_regclass('public.sendry_outbox') IS NULL") == [["t"]]
+        assert plain.query(SENDRY_OBJECTS) == []
 
 
 # --- sign-ups never fail ------------------------------------------------------------
@@ -214,18 +248,56 @@ def test_failed_enqueue_is_a_warning_not_an_error(pg):
     assert "sendry_test_reject" in warnings[0] and "23514" in warnings[0]
 
 
+def test_failed_enqueue_on_update_and_delete_is_a_warning(pg):
+    """An email change, a soft delete and a hard delete succeed, each with one WARNING."""
+    conn = psycopg.connect(pg.dsn_for(pg.SUPERUSER))
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append((d.severity_nonlocalized, d.message_primary)))
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    try:
+        conn.execute("SET ROLE supabase_auth_admin")
+        conn.execute("SET search_path = auth")
+        for n, uid in enumerate(ids):
+            conn.execute("INSERT INTO users (id, aud, role, email, raw_app_meta_data, raw_user_meta_data,"
+                         " created_at, updated_at) VALUES (%s, 'authenticated', 'authenticated', %s,"
+                         " '{}', '{}', now(), now())", (uid, f"warn{n}@example.com"))
+        conn.execute("RESET ROLE")
+        conn.execute("ALTER TABLE public.sendry_outbox ADD CONSTRAINT sendry_test_reject CHECK (false) NOT VALID")
+        conn.execute("SET ROLE supabase_auth_admin")
+        del notices[:]
+        conn.execute("UPDATE users SET email = 'warn.moved@example.com' WHERE id = %s", (ids[0],))
+        conn.execute("UPDATE users SET deleted_at = now(), email = md5(email) WHERE id = %s", (ids[0],))
+        assert conn.execute("DELETE FROM users WHERE id = %s", (ids[1],)).rowcount == 1
+        assert conn.execute("SELECT count(*) FROM users WHERE id = %s AND deleted_at IS NOT NULL",
+                            (ids[0],)).fetchone()[0] == 1
+    finally:
+        conn.rollback()
+        conn.close()
+    warnings = [m for sev, m in notices if sev == "WARNING"]
+    assert [w.split(":")[0] + ":" + w.split(":")[1] for w in warnings] == [
+        "sendry-sync: could not enqueue updated users for Sendry",
+        "sendry-sync: could not enqueue updated users for Sendry",
+        "sendry-sync: could not enqueue deleted users for Sendry",
+    ], notices
+    assert all("sendry_test_reject" in w and "23514" in w for w in warnings), warnings
+
+
 def test_users_without_email_raise_no_warning(pg):
-    """Anonymous and phone-only sign-ups are skipped, not failed-and-swallowed."""
+    """Anonymous and phone-only sign-ups, soft and hard deletes are skipped, not failed-and-swallowed."""
     conn = connect(pg, "supabase_auth_admin")
     notices = []
     conn.add_notice_handler(lambda d: notices.append((d.severity_nonlocalized, d.message_primary)))
     try:
         anon = gotrue_signup(conn, None, anonymous=True)
         phone = gotrue_signup(conn, None, phone="1555" + str(uuid.uuid4().int)[:7])
+        anon_soft, anon_gone = gotrue_signup(conn, None, anonymous=True), gotrue_signup(conn, None, anonymous=True)
+        conn.execute("UPDATE users SET deleted_at = now() WHERE id = %s", (anon_soft,))
+        conn.execute("DELETE FROM users WHERE id IN (%s, %s)", (anon_gone, phone))
     finally:
         conn.close()
     assert [n for n in notices if n[0] != "NOTICE"] == []
-    assert pg.query(f"SELECT count(*) FROM sendry_outbox WHERE user_id IN ('{anon}', '{phone}')") == [["0"]]
+    assert pg.query(f"SELECT count(*) FROM sendry_outbox WHERE user_id IN"
+                    f" ('{anon}', '{phone}', '{anon_soft}', '{anon_gone}')") == [["0"]]
 
 
 # --- NOTIFY --------------------------------------------------------------------------
@@ -234,6 +306,50 @@ def test_notify_once_per_signup(pg, listener, gotrue):
     uid = gotrue_signup(gotrue, "notify.me@example.com", '{"full_name": "Notify Me"}')
     assert listener.until_marker(gotrue) == [""]
     assert pg.query(f"SELECT count(*) FROM sendry_outbox WHERE user_id = '{uid}'") == [["1"]]
+
+
+def test_notify_once_per_delete(pg, listener, gotrue):
+    uid = gotrue_signup(gotrue, "delete.notify@example.com")
+    assert listener.until_marker(gotrue) == [""]
+    gotrue.execute("DELETE FROM users WHERE id = %s", (uid,))
+    assert listener.until_marker(gotrue) == [""]
+    assert pg.query(f"SELECT op, email, payload FROM sendry_outbox WHERE user_id = '{uid}' ORDER BY id") == \
+        [["upsert", "delete.notify@example.com", f'{{"email": "delete.notify@example.com", "metadata": '
+          f'{{"signup_source": "supabase", "supabase_user_id": "{uid}"}}}}'],
+         ["delete", "delete.notify@example.com", '{"delete_mode": "delete_contact"}']]
+
+
+# --- the inbox, across transactions ---------------------------------------------------
+
+def test_concurrent_redelivery_is_stored_once(pg, owner):
+    """Two deliveries of one event at once: the second waits for the first, then is a duplicate."""
+    first = connect(pg, "postgres")
+    second = connect(pg, "postgres")
+    event = f"evt_race_{uuid.uuid4().hex[:8]}"
+    payload = '{"data": {"email": "nobody.race@example.com", "unsubscribed": true}}'
+    results = {}
+    try:
+        with first.transaction():
+            results["first"] = first.execute("SELECT sendry_inbox_receive(%s, 'contact.updated', %s)",
+                                             (event, payload)).fetchone()[0]
+            thread = threading.Thread(target=lambda: results.__setitem__(
+                "second", second.execute("SELECT sendry_inbox_receive(%s, 'contact.updated', %s)",
+                                         (event, payload)).fetchone()[0]))
+            thread.start()
+            # The second call is blocked on the first one's uncommitted row.
+            deadline = time.monotonic() + 15
+            while not owner.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                    " AND query LIKE 'SELECT sendry_inbox_receive%'").fetchone()[0]:
+                assert time.monotonic() < deadline, "the second delivery never waited for the first"
+                time.sleep(0.02)
+            assert "second" not in results
+        thread.join(15)
+        assert not thread.is_alive()
+    finally:
+        first.close()
+        second.close()
+    assert results == {"first": "ignored: no user with this email", "second": "duplicate"}
+    assert pg.query(f"SELECT count(*) FROM sendry_inbox WHERE event_id = '{event}'") == [["1"]]
 
 
 def test_notify_once_on_requeue(pg, listener, owner):
@@ -318,16 +434,20 @@ SENDRY_OBJECTS = ("SELECT 'rel ' || relname FROM pg_class WHERE relname LIKE 'se
 
 def test_uninstall(pg):
     installed = pg.query(SENDRY_OBJECTS, user=pg.SUPERUSER)
-    assert ["trigger sendry_sync_users_insert"] in installed and ["rel sendry_outbox"] in installed
+    for obj in ("trigger sendry_sync_users_insert", "trigger sendry_sync_users_update",
+                "trigger sendry_sync_users_delete", "rel sendry_outbox", "rel sendry_settings",
+                "rel sendry_inbox", "rel sendry_sync_state", "fn sendry_auth_users_deleted",
+                "fn sendry_inbox_receive", "fn sendry_inbox_apply"):
+        assert [obj] in installed, obj
     dump_before = pg_dump_schema(pg)
-    rows_before = outbox_rows(pg)
+    rows_before = data_rows(pg)
 
     # As postgres without supautils: refused, clearly, and nothing changes.
     r = run_psql(pg, "postgres", "-f", UNINSTALL)
     assert r.returncode != 0
     assert "sendry-sync: role postgres may not drop triggers on auth.users" in r.stderr, r.stderr
     assert pg_dump_schema(pg) == dump_before
-    assert outbox_rows(pg) == rows_before
+    assert data_rows(pg) == rows_before
 
     # As supabase_admin (standing in for supautils' permission): everything goes, twice.
     for attempt in (1, 2):

@@ -1,7 +1,7 @@
 -- Every object sql/install.sql creates exists, with the shape DESIGN.md promises.
 -- Logged in as postgres (the role that ran the migration and owns the objects).
 BEGIN;
-SELECT plan(60);
+SELECT plan(107);
 
 -- The outbox table and its columns (DESIGN.md: "columns at least").
 SELECT has_table('public', 'sendry_outbox', 'table public.sendry_outbox exists');
@@ -21,6 +21,9 @@ SELECT col_type_is('public', 'sendry_outbox', 'last_error',       'text',       
 SELECT col_type_is('public', 'sendry_outbox', 'created_at',       'timestamp with time zone', 'created_at is timestamptz');
 SELECT col_type_is('public', 'sendry_outbox', 'updated_at',       'timestamp with time zone', 'updated_at is timestamptz');
 SELECT col_type_is('public', 'sendry_outbox', 'sent_at',          'timestamp with time zone', 'sent_at is timestamptz');
+SELECT col_type_is('public', 'sendry_outbox', 'old_email',        'text',                     'old_email is text');
+SELECT col_is_null('public', 'sendry_outbox', 'old_email', 'old_email is nullable (only an email change has one)');
+SELECT col_hasnt_default('public', 'sendry_outbox', 'old_email', 'old_email has no default');
 
 SELECT col_is_pk('public', 'sendry_outbox', 'id', 'id is the primary key');
 SELECT is((SELECT attidentity::text FROM pg_attribute
@@ -60,22 +63,90 @@ SELECT has_index('public', 'sendry_outbox', 'sendry_outbox_claimable_idx',
 SELECT isnt((SELECT indpred FROM pg_index
               WHERE indexrelid = 'public.sendry_outbox_claimable_idx'::regclass)::text,
             NULL, 'sendry_outbox_claimable_idx is a partial index');
-CREATE FUNCTION pg_temp.claimable_predicate_holds(s text) RETURNS boolean
+CREATE FUNCTION pg_temp.predicate_holds(idx regclass, s text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     pred text;
     r boolean;
 BEGIN
-    SELECT pg_get_expr(indpred, indrelid) INTO pred
-      FROM pg_index WHERE indexrelid = 'public.sendry_outbox_claimable_idx'::regclass;
+    SELECT pg_get_expr(indpred, indrelid) INTO pred FROM pg_index WHERE indexrelid = idx;
     EXECUTE format('SELECT %s FROM (SELECT %L::text AS status) AS sendry_outbox', pred, s) INTO r;
     RETURN coalesce(r, false);
 END
 $$;
 SELECT is(ARRAY(SELECT s FROM unnest(ARRAY['pending', 'processing', 'sent', 'failed', 'other']) s
-                 WHERE pg_temp.claimable_predicate_holds(s) ORDER BY s),
+                 WHERE pg_temp.predicate_holds('public.sendry_outbox_claimable_idx', s) ORDER BY s),
           ARRAY['pending', 'processing'],
           'the claimable index predicate covers pending and processing only');
+
+-- The ordering indexes (an older unfinished row for the same user or address holds a
+-- row back): on (user_id, id) and (email, id), over the unfinished rows only.
+SELECT has_index('public', 'sendry_outbox', 'sendry_outbox_unfinished_user_idx',
+                 ARRAY['user_id', 'id'], 'index sendry_outbox_unfinished_user_idx on (user_id, id)');
+SELECT has_index('public', 'sendry_outbox', 'sendry_outbox_unfinished_email_idx',
+                 ARRAY['email', 'id'], 'index sendry_outbox_unfinished_email_idx on (email, id)');
+SELECT is(ARRAY(SELECT s FROM unnest(ARRAY['pending', 'processing', 'sent', 'failed', 'other']) s
+                 WHERE pg_temp.predicate_holds('public.sendry_outbox_unfinished_user_idx', s) ORDER BY s),
+          ARRAY['pending', 'processing'],
+          'sendry_outbox_unfinished_user_idx covers pending and processing rows only');
+SELECT is(ARRAY(SELECT s FROM unnest(ARRAY['pending', 'processing', 'sent', 'failed', 'other']) s
+                 WHERE pg_temp.predicate_holds('public.sendry_outbox_unfinished_email_idx', s) ORDER BY s),
+          ARRAY['pending', 'processing'],
+          'sendry_outbox_unfinished_email_idx covers pending and processing rows only');
+SELECT is(ARRAY(SELECT indexrelid::regclass::text FROM pg_index
+                 WHERE indrelid = 'public.sendry_outbox'::regclass ORDER BY 1),
+          ARRAY['sendry_outbox_claimable_idx', 'sendry_outbox_failed_idx', 'sendry_outbox_pkey',
+                'sendry_outbox_unfinished_email_idx', 'sendry_outbox_unfinished_user_idx',
+                'sendry_outbox_user_id_idx'],
+          'exactly the expected indexes exist on sendry_outbox');
+
+-- Settings: one row (a boolean primary key that can only be true), two constrained texts.
+SELECT has_table('public', 'sendry_settings', 'table public.sendry_settings exists');
+SELECT columns_are('public', 'sendry_settings', ARRAY['singleton', 'sync_on', 'on_delete', 'updated_at'],
+                   'sendry_settings has the documented columns');
+SELECT col_is_pk('public', 'sendry_settings', 'singleton', 'sendry_settings.singleton is the primary key');
+SELECT col_type_is('public', 'sendry_settings', 'sync_on', 'text', 'sendry_settings.sync_on is text');
+SELECT col_type_is('public', 'sendry_settings', 'on_delete', 'text', 'sendry_settings.on_delete is text');
+SELECT col_not_null('public', 'sendry_settings', 'sync_on', 'sendry_settings.sync_on is NOT NULL');
+SELECT col_not_null('public', 'sendry_settings', 'on_delete', 'sendry_settings.on_delete is NOT NULL');
+SELECT col_default_is('public', 'sendry_settings', 'sync_on', 'signup', 'sync_on defaults to signup');
+SELECT col_default_is('public', 'sendry_settings', 'on_delete', 'delete_contact', 'on_delete defaults to delete_contact');
+
+-- The inbox of Sendry events.
+SELECT has_table('public', 'sendry_inbox', 'table public.sendry_inbox exists');
+SELECT columns_are('public', 'sendry_inbox',
+                   ARRAY['id', 'event_id', 'type', 'source', 'payload', 'email', 'status', 'reason',
+                         'received_at', 'applied_at'],
+                   'sendry_inbox has the documented columns');
+SELECT col_is_pk('public', 'sendry_inbox', 'id', 'sendry_inbox.id is the primary key');
+SELECT is((SELECT attidentity::text FROM pg_attribute
+            WHERE attrelid = 'public.sendry_inbox'::regclass AND attname = 'id'),
+          'a', 'sendry_inbox.id is GENERATED ALWAYS AS IDENTITY');
+SELECT col_is_unique('public', 'sendry_inbox', ARRAY['event_id'], 'sendry_inbox.event_id is unique');
+SELECT col_type_is('public', 'sendry_inbox', 'payload', 'jsonb', 'sendry_inbox.payload is jsonb');
+SELECT col_type_is('public', 'sendry_inbox', 'received_at', 'timestamp with time zone', 'sendry_inbox.received_at is timestamptz');
+SELECT col_type_is('public', 'sendry_inbox', 'applied_at', 'timestamp with time zone', 'sendry_inbox.applied_at is timestamptz');
+SELECT col_default_is('public', 'sendry_inbox', 'source', 'webhook', 'sendry_inbox.source defaults to webhook');
+SELECT col_default_is('public', 'sendry_inbox', 'status', 'received', 'sendry_inbox.status defaults to received');
+SELECT throws_ok($$INSERT INTO public.sendry_inbox (event_id, type, payload, source) VALUES ('e1', 't', '{}', 'poll')$$,
+                 '23514', NULL, 'inbox source outside webhook|reconcile is a check violation');
+SELECT throws_ok($$INSERT INTO public.sendry_inbox (event_id, type, payload, status) VALUES ('e2', 't', '{}', 'done')$$,
+                 '23514', NULL, 'inbox status outside received|applied|ignored is a check violation');
+SELECT throws_ok($$INSERT INTO public.sendry_inbox (event_id, type, payload) VALUES (NULL, 't', '{}')$$,
+                 '23502', NULL, 'inbox event_id may not be NULL');
+SELECT lives_ok($$INSERT INTO public.sendry_inbox (event_id, type, payload, source, status)
+                  SELECT 'ok-' || src || '-' || st, 't', '{}', src, st
+                  FROM unnest(ARRAY['webhook', 'reconcile']) src,
+                       unnest(ARRAY['received', 'applied', 'ignored']) st$$,
+                'every allowed inbox source and status is accepted');
+SELECT throws_ok($$INSERT INTO public.sendry_inbox (event_id, type, payload) VALUES ('ok-webhook-received', 't', '{}')$$,
+                 '23505', NULL, 'a second row with the same event_id is a unique violation');
+
+-- The worker's bookkeeping.
+SELECT has_table('public', 'sendry_sync_state', 'table public.sendry_sync_state exists');
+SELECT columns_are('public', 'sendry_sync_state', ARRAY['key', 'value', 'updated_at'],
+                   'sendry_sync_state has the documented columns');
+SELECT col_is_pk('public', 'sendry_sync_state', 'key', 'sendry_sync_state.key is the primary key');
 
 -- The stats view.
 SELECT has_view('public', 'sendry_outbox_stats', 'view public.sendry_outbox_stats exists');
@@ -105,6 +176,26 @@ SELECT is_definer('public', 'sendry_auth_users_inserted', ARRAY[]::name[],
                   'sendry_auth_users_inserted is SECURITY DEFINER (GoTrue has no rights on the outbox)');
 SELECT is_definer('public', 'sendry_auth_users_updated', ARRAY[]::name[],
                   'sendry_auth_users_updated is SECURITY DEFINER');
+SELECT has_function('public', 'sendry_auth_users_deleted', ARRAY[]::name[],
+                    'function sendry_auth_users_deleted() exists');
+SELECT function_returns('public', 'sendry_auth_users_deleted', ARRAY[]::name[], 'trigger',
+                        'sendry_auth_users_deleted is a trigger function');
+SELECT is_definer('public', 'sendry_auth_users_deleted', ARRAY[]::name[],
+                  'sendry_auth_users_deleted is SECURITY DEFINER (GoTrue deletes users)');
+SELECT has_function('public', 'sendry_inbox_receive', ARRAY['text', 'text', 'jsonb', 'text'],
+                    'function sendry_inbox_receive(text, text, jsonb, text) exists');
+SELECT function_returns('public', 'sendry_inbox_receive', ARRAY['text', 'text', 'jsonb', 'text'], 'text',
+                        'sendry_inbox_receive returns text');
+SELECT is((SELECT pronargdefaults::int FROM pg_proc WHERE oid = 'public.sendry_inbox_receive(text, text, jsonb, text)'::regprocedure),
+          1, 'sendry_inbox_receive: the source argument is optional');
+SELECT has_function('public', 'sendry_inbox_apply', ARRAY['bigint'],
+                    'function sendry_inbox_apply(bigint) exists');
+SELECT function_returns('public', 'sendry_inbox_apply', ARRAY['bigint'], 'text',
+                        'sendry_inbox_apply returns text');
+SELECT isnt_definer('public', 'sendry_inbox_receive', ARRAY['text', 'text', 'jsonb', 'text'],
+                    'sendry_inbox_receive runs with the caller''s rights (not SECURITY DEFINER)');
+SELECT isnt_definer('public', 'sendry_inbox_apply', ARRAY['bigint'],
+                    'sendry_inbox_apply runs with the caller''s rights (not SECURITY DEFINER)');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
                    AND p.proconfig IS DISTINCT FROM ARRAY['search_path=""']
@@ -114,18 +205,22 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
                  ORDER BY 1),
-          ARRAY['sendry_auth_users_inserted', 'sendry_auth_users_updated', 'sendry_contact_payload',
+          ARRAY['sendry_auth_users_deleted', 'sendry_auth_users_inserted', 'sendry_auth_users_updated',
+                'sendry_contact_payload', 'sendry_inbox_apply', 'sendry_inbox_receive',
                 'sendry_outbox_notify_insert', 'sendry_outbox_notify_update'],
           'exactly the expected sendry_* functions exist');
 
 -- Triggers: on auth.users, AFTER ... FOR EACH STATEMENT (tgtype 4 = AFTER INSERT statement,
--- 16 = AFTER UPDATE statement), with transition tables, enabled.
+-- 8 = AFTER DELETE statement, 16 = AFTER UPDATE statement), with transition tables, enabled.
 SELECT has_trigger('auth', 'users', 'sendry_sync_users_insert', 'trigger sendry_sync_users_insert on auth.users');
 SELECT trigger_is('auth', 'users', 'sendry_sync_users_insert', 'public', 'sendry_auth_users_inserted',
                   'sendry_sync_users_insert calls sendry_auth_users_inserted()');
 SELECT has_trigger('auth', 'users', 'sendry_sync_users_update', 'trigger sendry_sync_users_update on auth.users');
 SELECT trigger_is('auth', 'users', 'sendry_sync_users_update', 'public', 'sendry_auth_users_updated',
                   'sendry_sync_users_update calls sendry_auth_users_updated()');
+SELECT has_trigger('auth', 'users', 'sendry_sync_users_delete', 'trigger sendry_sync_users_delete on auth.users');
+SELECT trigger_is('auth', 'users', 'sendry_sync_users_delete', 'public', 'sendry_auth_users_deleted',
+                  'sendry_sync_users_delete calls sendry_auth_users_deleted()');
 SELECT has_trigger('public', 'sendry_outbox', 'sendry_outbox_notify_insert', 'trigger sendry_outbox_notify_insert on the outbox');
 SELECT trigger_is('public', 'sendry_outbox', 'sendry_outbox_notify_insert', 'public', 'sendry_outbox_notify_insert',
                   'sendry_outbox_notify_insert calls sendry_outbox_notify_insert()');
@@ -136,19 +231,22 @@ SELECT is(ARRAY(SELECT format('%s %s tgtype=%s enabled=%s old_table=%s new_table
                               tgrelid::regclass, tgname, tgtype, tgenabled,
                               tgoldtable IS NOT NULL, tgnewtable IS NOT NULL)
                  FROM pg_trigger WHERE tgname LIKE 'sendry%' ORDER BY 1),
-          ARRAY['auth.users sendry_sync_users_insert tgtype=4 enabled=O old_table=f new_table=t',
+          ARRAY['auth.users sendry_sync_users_delete tgtype=8 enabled=O old_table=t new_table=f',
+                'auth.users sendry_sync_users_insert tgtype=4 enabled=O old_table=f new_table=t',
                 'auth.users sendry_sync_users_update tgtype=16 enabled=O old_table=t new_table=t',
                 'sendry_outbox sendry_outbox_notify_insert tgtype=4 enabled=O old_table=f new_table=t',
                 'sendry_outbox sendry_outbox_notify_update tgtype=16 enabled=O old_table=t new_table=t'],
-          'the four triggers are AFTER ... FOR EACH STATEMENT, enabled, with transition tables');
+          'the five triggers are AFTER ... FOR EACH STATEMENT, enabled, with transition tables');
 
 -- Row level security.
 SELECT ok((SELECT relrowsecurity FROM pg_class WHERE oid = 'public.sendry_outbox'::regclass),
           'row level security is enabled on sendry_outbox');
-SELECT is(ARRAY(SELECT c.relname::text FROM pg_class c
+SELECT is(ARRAY(SELECT format('%s rls=%s', c.relname, c.relrowsecurity) FROM pg_class c
                  WHERE c.relnamespace = 'public'::regnamespace AND c.relname LIKE 'sendry%'
-                   AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity ORDER BY 1),
-          ARRAY[]::text[], 'every sendry_* table has row level security enabled');
+                   AND c.relkind IN ('r', 'p') ORDER BY 1),
+          ARRAY['sendry_inbox rls=t', 'sendry_outbox rls=t', 'sendry_settings rls=t',
+                'sendry_sync_state rls=t'],
+          'exactly the four sendry_* tables exist, each with row level security enabled');
 
 SELECT * FROM finish();
 ROLLBACK;

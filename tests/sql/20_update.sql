@@ -1,6 +1,8 @@
--- UPDATEs of auth.users as GoTrue makes them: only a new or changed email, or an
--- anonymous user becoming permanent, enqueues an upsert. Confirmations, logins, role and
--- app-metadata updates and soft deletes enqueue nothing.
+-- UPDATEs of auth.users as GoTrue makes them, with the default settings (sync_on
+-- 'signup', on_delete 'delete_contact'): only a new or changed email, or an anonymous
+-- user becoming permanent, enqueues an upsert; a soft delete enqueues the deletion of
+-- the previous address. Confirmations, logins, role and app-metadata updates enqueue
+-- nothing. (Confirmed-only mode and the other on_delete settings: 60_lifecycle.sql.)
 -- Logged in as supabase_admin to switch to supabase_auth_admin (GoTrue) and back.
 \connect - supabase_admin
 \set as_gotrue 'SET ROLE supabase_auth_admin; SET search_path = auth;'
@@ -49,9 +51,10 @@ UPDATE users SET email = 'after@example.com', email_change = '', email_change_to
                  email_change_confirm_status = 0, updated_at = now()
  WHERE id = '00000000-0000-4000-8000-000000000101';
 :as_admin
-SELECT results_eq($$SELECT user_id, op, email, status FROM public.sendry_outbox$$,
-                  $$VALUES ('00000000-0000-4000-8000-000000000101'::uuid, 'upsert', 'after@example.com', 'pending')$$,
-                  'an email change enqueues one upsert with the new email');
+SELECT results_eq($$SELECT user_id, op, email, old_email, status FROM public.sendry_outbox$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000101'::uuid, 'upsert', 'after@example.com',
+                            'before@example.com', 'pending')$$,
+                  'an email change enqueues one upsert with the new email and the old one in old_email');
 SELECT is((SELECT payload FROM public.sendry_outbox ORDER BY id LIMIT 1),
           '{"email": "after@example.com", "first_name": "Ada", "last_name": "Lovelace",
             "metadata": {"supabase_user_id": "00000000-0000-4000-8000-000000000101", "signup_source": "supabase"}}'::jsonb,
@@ -64,9 +67,10 @@ UPDATE users SET email = 'upgraded@example.com', is_anonymous = false,
                  raw_app_meta_data = '{"provider": "email", "providers": ["email"]}', updated_at = now()
  WHERE id = '00000000-0000-4000-8000-000000000102';
 :as_admin
-SELECT results_eq($$SELECT user_id, email, payload ->> 'email' FROM public.sendry_outbox$$,
-                  $$VALUES ('00000000-0000-4000-8000-000000000102'::uuid, 'upgraded@example.com', 'upgraded@example.com')$$,
-                  'an anonymous user becoming permanent (email set, is_anonymous false) enqueues');
+SELECT results_eq($$SELECT user_id, email, payload ->> 'email', old_email FROM public.sendry_outbox$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000102'::uuid, 'upgraded@example.com', 'upgraded@example.com',
+                            NULL::text)$$,
+                  'an anonymous user becoming permanent (email set, is_anonymous false) enqueues, with no old_email');
 DELETE FROM public.sendry_outbox;
 
 -- An anonymous user gets an email first (still anonymous), then becomes permanent.
@@ -103,7 +107,8 @@ UPDATE users SET role = 'authenticated', raw_app_meta_data = raw_app_meta_data |
 SELECT is_empty('SELECT 1 FROM public.sendry_outbox',
                 'role, app metadata and an unchanged email (email = email) enqueue nothing');
 
--- Soft delete: deleted_at set, email overwritten by a hash. Never sent.
+-- Soft delete: deleted_at set, email overwritten by a hash (never sent): the contact of
+-- the previous address is deleted.
 :as_gotrue
 UPDATE users SET deleted_at = now(), phone = NULL, raw_user_meta_data = '{}',
                  email = encode(sha256(convert_to(id::text || email, 'UTF8')), 'hex'), updated_at = now()
@@ -111,7 +116,11 @@ UPDATE users SET deleted_at = now(), phone = NULL, raw_user_meta_data = '{}',
 :as_admin
 SELECT ok((SELECT deleted_at IS NOT NULL AND email NOT LIKE '%@%' FROM auth.users
             WHERE id = '00000000-0000-4000-8000-000000000105'), 'the soft delete went through');
-SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'a soft delete (email overwritten by a hash) enqueues nothing');
+SELECT results_eq($$SELECT user_id, op, email, old_email, payload FROM public.sendry_outbox$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000105'::uuid, 'delete', 'delete.me@example.com',
+                            NULL::text, '{"delete_mode": "delete_contact"}'::jsonb)$$,
+                  'a soft delete (email overwritten by a hash) enqueues one delete of the previous address, no upsert');
+DELETE FROM public.sendry_outbox;
 :as_gotrue
 UPDATE users SET last_sign_in_at = now(), email = 'ghost@example.com'
  WHERE id = '00000000-0000-4000-8000-000000000105';

@@ -5,7 +5,7 @@
 -- authenticated have USAGE and EXECUTE, so only the sendry_* objects can deny.
 \connect - authenticator
 BEGIN;
-SELECT plan(44);
+SELECT plan(86);
 
 SELECT is(current_user::text, 'authenticator', 'logged in as authenticator, like PostgREST');
 SELECT throws_ok('SELECT * FROM public.sendry_outbox', '42501', 'permission denied for table sendry_outbox',
@@ -30,6 +30,30 @@ SELECT throws_ok($$SELECT nextval('public.sendry_outbox_id_seq')$$, '42501',
 SELECT throws_ok('SELECT public.sendry_contact_payload(NULL::auth.users)', '42501',
                  'permission denied for function sendry_contact_payload',
                  'anon: EXECUTE sendry_contact_payload is denied (no /rest/v1/rpc/sendry_contact_payload)');
+SELECT throws_ok('SELECT * FROM public.sendry_settings', '42501',
+                 'permission denied for table sendry_settings', 'anon: SELECT sendry_settings is denied');
+SELECT throws_ok($$UPDATE public.sendry_settings SET on_delete = 'keep'$$, '42501',
+                 'permission denied for table sendry_settings', 'anon: UPDATE sendry_settings is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_inbox', '42501',
+                 'permission denied for table sendry_inbox', 'anon: SELECT sendry_inbox is denied');
+SELECT throws_ok($$INSERT INTO public.sendry_inbox (event_id, type, payload) VALUES ('forged', 'contact.updated', '{}')$$,
+                 '42501', 'permission denied for table sendry_inbox', 'anon: INSERT INTO sendry_inbox is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_sync_state', '42501',
+                 'permission denied for table sendry_sync_state', 'anon: SELECT sendry_sync_state is denied');
+SELECT throws_ok($$INSERT INTO public.sendry_sync_state (key, value) VALUES ('cursor', 'x')$$, '42501',
+                 'permission denied for table sendry_sync_state', 'anon: INSERT INTO sendry_sync_state is denied');
+SELECT throws_ok($$SELECT nextval('public.sendry_inbox_id_seq')$$, '42501',
+                 'permission denied for sequence sendry_inbox_id_seq', 'anon: nextval of the inbox id sequence is denied');
+SELECT throws_ok($$SELECT public.sendry_inbox_receive('evt_forged', 'contact.updated',
+                                                      '{"data": {"email": "victim@example.com", "unsubscribed": true}}')$$,
+                 '42501', 'permission denied for function sendry_inbox_receive',
+                 'anon: EXECUTE sendry_inbox_receive is denied');
+SELECT throws_ok($$SELECT public.sendry_inbox_receive(p_event_id => 'evt_forged', p_type => 'contact.updated',
+                                                      p_payload => '{}', p_source => 'webhook')$$,
+                 '42501', 'permission denied for function sendry_inbox_receive',
+                 'anon: sendry_inbox_receive with named arguments (as /rest/v1/rpc calls it) is denied');
+SELECT throws_ok('SELECT public.sendry_inbox_apply(1)', '42501', 'permission denied for function sendry_inbox_apply',
+                 'anon: EXECUTE sendry_inbox_apply is denied');
 RESET ROLE;
 
 -- As authenticated.
@@ -52,10 +76,34 @@ SELECT throws_ok($$SELECT nextval('public.sendry_outbox_id_seq')$$, '42501',
 SELECT throws_ok('SELECT public.sendry_contact_payload(NULL::auth.users)', '42501',
                  'permission denied for function sendry_contact_payload',
                  'authenticated: EXECUTE sendry_contact_payload is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_settings', '42501',
+                 'permission denied for table sendry_settings', 'authenticated: SELECT sendry_settings is denied');
+SELECT throws_ok($$UPDATE public.sendry_settings SET on_delete = 'keep'$$, '42501',
+                 'permission denied for table sendry_settings', 'authenticated: UPDATE sendry_settings is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_inbox', '42501',
+                 'permission denied for table sendry_inbox', 'authenticated: SELECT sendry_inbox is denied');
+SELECT throws_ok($$INSERT INTO public.sendry_inbox (event_id, type, payload) VALUES ('forged', 'contact.updated', '{}')$$,
+                 '42501', 'permission denied for table sendry_inbox', 'authenticated: INSERT INTO sendry_inbox is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_sync_state', '42501',
+                 'permission denied for table sendry_sync_state', 'authenticated: SELECT sendry_sync_state is denied');
+SELECT throws_ok($$INSERT INTO public.sendry_sync_state (key, value) VALUES ('cursor', 'x')$$, '42501',
+                 'permission denied for table sendry_sync_state', 'authenticated: INSERT INTO sendry_sync_state is denied');
+SELECT throws_ok($$SELECT nextval('public.sendry_inbox_id_seq')$$, '42501',
+                 'permission denied for sequence sendry_inbox_id_seq', 'authenticated: nextval of the inbox id sequence is denied');
+SELECT throws_ok($$SELECT public.sendry_inbox_receive('evt_forged', 'contact.updated',
+                                                      '{"data": {"email": "victim@example.com", "unsubscribed": true}}')$$,
+                 '42501', 'permission denied for function sendry_inbox_receive',
+                 'authenticated: EXECUTE sendry_inbox_receive is denied');
+SELECT throws_ok($$SELECT public.sendry_inbox_receive(p_event_id => 'evt_forged', p_type => 'contact.updated',
+                                                      p_payload => '{}', p_source => 'webhook')$$,
+                 '42501', 'permission denied for function sendry_inbox_receive',
+                 'authenticated: sendry_inbox_receive with named arguments (as /rest/v1/rpc calls it) is denied');
+SELECT throws_ok('SELECT public.sendry_inbox_apply(1)', '42501', 'permission denied for function sendry_inbox_apply',
+                 'authenticated: EXECUTE sendry_inbox_apply is denied');
 RESET ROLE;
 
--- No privilege of any kind for anon, authenticated and PUBLIC, per object (8 objects x 3
--- roles = 24 tests). Trigger functions are checked here rather than called. Functions are
+-- No privilege of any kind for anon, authenticated and PUBLIC, per object (15 objects x 3
+-- roles = 45 tests). Trigger functions are checked here rather than called. Functions are
 -- looked up by OID: authenticator has no USAGE on schema auth to parse "(auth.users)".
 SELECT ok(NOT granted, format('%s has no %s privilege on %s', grantee, kind, obj))
 FROM (
@@ -84,7 +132,14 @@ FROM (
                  (5, 'function', 'sendry_auth_users_inserted'),
                  (6, 'function', 'sendry_auth_users_updated'),
                  (7, 'function', 'sendry_outbox_notify_insert'),
-                 (8, 'function', 'sendry_outbox_notify_update')) AS o (n, kind, obj)
+                 (8, 'function', 'sendry_outbox_notify_update'),
+                 (9, 'table', 'public.sendry_settings'),
+                 (10, 'table', 'public.sendry_inbox'),
+                 (11, 'sequence', 'public.sendry_inbox_id_seq'),
+                 (12, 'table', 'public.sendry_sync_state'),
+                 (13, 'function', 'sendry_auth_users_deleted'),
+                 (14, 'function', 'sendry_inbox_receive'),
+                 (15, 'function', 'sendry_inbox_apply')) AS o (n, kind, obj)
     ORDER BY g.grantee, o.n
 ) AS checks;
 
@@ -109,9 +164,14 @@ SELECT is_empty($$
        AND a.grantee IN (0, 'anon'::regrole, 'authenticated'::regrole)
 $$, 'no ACL entry for anon, authenticated or PUBLIC on any sendry_* relation, column or function');
 
-SELECT is((SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relname LIKE 'sendry%'
-                                          AND relkind IN ('r', 'v', 'S')),
-          3::bigint, 'the ACL check above saw the table, the view and the sequence');
+SELECT is(ARRAY(SELECT relname::text FROM pg_class WHERE relnamespace = 'public'::regnamespace
+                                                  AND relname LIKE 'sendry%' AND relkind IN ('r', 'v', 'S')
+                 ORDER BY 1),
+          ARRAY['sendry_inbox', 'sendry_inbox_id_seq', 'sendry_outbox', 'sendry_outbox_id_seq',
+                'sendry_outbox_stats', 'sendry_settings', 'sendry_sync_state'],
+          'the ACL check above saw the four tables, the view and the two sequences');
+SELECT is((SELECT count(*)::int FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'sendry%'),
+          8, 'the ACL check above saw the eight functions');
 
 SELECT * FROM finish();
 ROLLBACK;
