@@ -11,6 +11,7 @@ FROM debian:bookworm AS build
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         gcc make pkg-config libc6-dev libpq-dev libcurl4-openssl-dev libjson-c-dev libev-dev \
+        libmicrohttpd-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
@@ -21,7 +22,7 @@ RUN make sendry-sync
 FROM debian:bookworm-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libpq5 libcurl4 libjson-c5 libev4 ca-certificates \
+        libpq5 libcurl4 libjson-c5 libev4 libmicrohttpd12 libssl3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --no-create-home --uid 10001 --shell /usr/sbin/nologin sendry
 COPY --from=build /src/sendry-sync /usr/local/bin/sendry-sync

@@ -8,14 +8,15 @@
 
 CC      ?= cc
 PYTHON  ?= /usr/bin/python3
-PKGS     = libpq libcurl json-c
+PKGS     = libpq libcurl json-c libmicrohttpd libcrypto
 WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 $(WARN) -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS))
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lev -lm
 SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-SRCS     = src/config.c src/log.c src/backoff.c src/sendry.c src/http.c src/db.c src/outbox.c src/main.c
+SRCS     = src/config.c src/log.c src/backoff.c src/sendry.c src/http.c src/db.c src/outbox.c \
+           src/webhook.c src/metrics.c src/httpd.c src/main.c
 HDRS     = $(wildcard src/*.h)
 GEN      = build/install_sql.c
 
@@ -41,8 +42,17 @@ build/unit_test: tests/unit/unit_test.c $(UNIT_SRCS) $(HDRS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) $(SAN) -Isrc -o $@ tests/unit/unit_test.c $(UNIT_SRCS) $(LDFLAGS) $(LDLIBS)
 
-check-unit: build/unit_test
+build/webhook_test: tests/unit/webhook_test.c src/webhook.c src/metrics.c src/log.c $(HDRS)
+	@mkdir -p build
+	$(CC) $(CFLAGS) $(SAN) -Isrc -o $@ tests/unit/webhook_test.c src/webhook.c src/metrics.c src/log.c $(LDFLAGS) $(LDLIBS)
+
+check-unit: build/unit_test build/webhook_test
 	./build/unit_test
+	./build/webhook_test
+
+# The webhook signature and body parsing under libFuzzer with ASan/UBSan, briefly.
+check-fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-15} sh tests/fuzz/build_and_run.sh
 
 check-sql:
 	$(PYTHON) tests/pgharness.py run -- sh tests/sql/run.sh
@@ -53,7 +63,7 @@ check-e2e: sendry-sync
 check-asan: sendry-sync-asan
 	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py
 
-check: all check-unit check-sql check-e2e check-asan
+check: all check-unit check-sql check-e2e check-asan check-fuzz
 	@echo "make check: all suites passed"
 
 valgrind: sendry-sync
@@ -69,4 +79,4 @@ bench: sendry-sync
 clean:
 	rm -rf build sendry-sync sendry-sync-asan
 
-.PHONY: all check check-unit check-sql check-e2e check-asan valgrind demo bench clean
+.PHONY: all check check-unit check-sql check-e2e check-asan check-fuzz valgrind demo bench clean

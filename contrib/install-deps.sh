@@ -4,8 +4,8 @@
 set -eu
 
 # Keep these lists in step with the Dockerfile (tests/test_packaging.py checks).
-BUILD_PACKAGES="gcc make pkg-config libc6-dev libpq-dev libcurl4-openssl-dev libjson-c-dev libev-dev"
-TEST_PACKAGES="postgresql-15 postgresql-client-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl python3 python3-pytest python3-psycopg valgrind curl"
+BUILD_PACKAGES="gcc make pkg-config libc6-dev libpq-dev libcurl4-openssl-dev libjson-c-dev libev-dev libmicrohttpd-dev libssl-dev"
+TEST_PACKAGES="postgresql-15 postgresql-client-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl python3 python3-pytest python3-psycopg valgrind curl clang libclang-rt-14-dev"
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

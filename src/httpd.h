@@ -31,7 +31,8 @@ struct httpd;
 /* Starts listening on `listen`: "127.0.0.1:8080", "[::1]:8080", "host:8080" (resolved
  * once, here) or ":8080" (every interface, IPv6 and IPv4). Port 0 picks a free port
  * (see httpd_port). webhook_secret is copied; NULL or "" disables the webhook route.
- * db is borrowed and must outlive the server. On failure returns NULL with a
+ * max_body caps a webhook body (0 = HTTPD_DEFAULT_MAX_BODY, 256 KiB). db is borrowed
+ * and must outlive the server. On failure returns NULL with a
  * one-line reason in err. */
 struct httpd *httpd_start(struct ev_loop *loop, const char *listen, const char *webhook_secret,
                           struct db *db, size_t max_body, char *err, size_t errsize);
@@ -39,13 +40,15 @@ struct httpd *httpd_start(struct ev_loop *loop, const char *listen, const char *
 /* The port actually bound. */
 int httpd_port(const struct httpd *h);
 
-/* Webhook queries still waiting for their db result. */
+/* Webhook queries still waiting for their db result (for a graceful shutdown: wait
+ * until it is 0, while the loop runs, before httpd_stop()). */
 size_t httpd_pending(const struct httpd *h);
 
-/* Answers suspended webhooks with 503, closes every connection and frees the server.
- * Call it before db_free(): a webhook query still queued in db keeps a small context
- * that its db callback frees when it runs (db_free() drops queued callbacks, so wait
- * for httpd_pending() == 0 / db_idle() first for a leak-free exit). NULL is a no-op. */
+/* Answers suspended webhooks with 503 "shutting down", closes every connection and
+ * frees the server. Call it before db_free(). A webhook query still queued in db keeps
+ * a small context that its db callback frees when it runs; db_free() drops queued
+ * callbacks, so for a leak-free exit let the loop run until db_idle() (or the
+ * connection is lost) between httpd_stop() and db_free(). NULL is a no-op. */
 void httpd_stop(struct httpd *h);
 
 #endif

@@ -102,6 +102,14 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
+    if (!relay_listen(relay, err, sizeof err)) {
+        fprintf(stderr, "sendry-sync: %s\n", err);
+        relay_free(relay);
+        ev_loop_destroy(loop);
+        curl_global_cleanup();
+        config_free(&cfg);
+        return 2;
+    }
     ev_signal sigterm, sigint;
     ev_signal_init(&sigterm, on_signal, SIGTERM);
     ev_signal_init(&sigint, on_signal, SIGINT);

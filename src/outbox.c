@@ -10,7 +10,9 @@
 #include "backoff.h"
 #include "db.h"
 #include "http.h"
+#include "httpd.h"
 #include "log.h"
+#include "metrics.h"
 #include "sendry.h"
 
 /* ---- SQL --------------------------------------------------------------------------- */
@@ -78,6 +80,11 @@ static const char RECONCILE_STORE_SQL[] =
     " SELECT count(*) FILTER (WHERE r = 'applied'), count(*) FILTER (WHERE r = 'duplicate'), count(*)"
     " FROM received";
 
+/* For /metrics: rows due now and the oldest one's age, through the partial index. */
+static const char BACKLOG_SQL[] =
+    "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)::float8"
+    " FROM public.sendry_outbox WHERE status = 'pending' AND next_attempt_at <= now()";
+
 static const char NEXT_DUE_SQL[] =
     "SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8"
     " FROM public.sendry_outbox WHERE status IN ('pending', 'processing')";
@@ -123,6 +130,8 @@ struct relay {
     const struct config *cfg;
     struct db *db;
     struct http *http;
+    struct httpd *httpd;       /* --listen, or NULL */
+    bool backlog_in_flight;
     char locked_by[256];
     uint64_t rng;
 
@@ -172,7 +181,7 @@ struct relay {
     long long rec_applied, rec_seen;
 
     ev_timer poll_timer, due_timer, pace_timer, drain_timer, progress_timer, stop_log_timer;
-    ev_timer reconcile_timer, reconcile_step;
+    ev_timer reconcile_timer, reconcile_step, backlog_timer;
     ev_idle kick;
 };
 
@@ -329,6 +338,9 @@ static void on_completed(PGresult *res, void *arg)
     r->progress_sent += sent;
     r->progress_failed += failed;
     r->progress_retried += retried;
+    metrics.rows_sent += (unsigned long long)sent;
+    metrics.rows_failed += (unsigned long long)failed;
+    metrics.rows_retried += (unsigned long long)retried;
     if (failed)
         r->any_failed = true;
     /* A finished row may unblock a later change for the same contact. */
@@ -422,6 +434,7 @@ static void enter_stopped(struct relay *r, const char *cause, double request_sta
     }
     r->stop_since = now;
     snprintf(r->stop_cause, sizeof r->stop_cause, "%s", cause);
+    metrics_set_stopped(true, r->stop_cause);
     r->stop_until = now + r->stop_backoff;
     if (now - r->stop_logged_at >= 60) {
         log_error("sending stopped: %s; rows stay pending; trying again in %.0f s", r->stop_cause,
@@ -543,6 +556,8 @@ static void on_http_done(struct http_request *req, void *arg)
     double now = now_of(r);
 
     bool aborted = !req->transport_ok && strcmp(req->error, "aborted") == 0;
+    if (!aborted)
+        metrics_http(req->transport_ok ? req->status : 0);
     enum advance adv = req->transport_ok && !r->stopping ? advance_job(job, req) : ADV_CLASSIFY;
     if (adv == ADV_NEXT) {
         http_request_free(req);
@@ -578,6 +593,7 @@ static void on_http_done(struct http_request *req, void *arg)
         if (r->stopped) {
             log_info("sending resumed: Sendry accepted a request again");
             r->stopped = false;
+            metrics_set_stopped(false, NULL);
             ev_timer_stop(r->loop, &r->stop_log_timer);
         }
         r->rate_limited_streak = 0;
@@ -621,6 +637,7 @@ static void on_http_done(struct http_request *req, void *arg)
         if (now + wait > r->pause_until)
             r->pause_until = now + wait;
         log_warn("rate limited by Sendry (429): pausing all requests for %.1f s", wait);
+        metrics.rate_limit_waits++;
         /* Other workers share the key: leave the rows due after the pause. A --once run
          * pauses in memory and must find them due when it claims again. */
         for (size_t i = 0; i < job->n; i++)
@@ -864,6 +881,7 @@ static void on_claimed(PGresult *res, void *arg)
         return;
     }
     int n = PQntuples(res);
+    metrics_claim(n);
     size_t limit = r->cfg->mode == MODE_IMPORT ? (size_t)r->cfg->batch_size : 1;
     struct job *job = NULL;
     bool fresh_rows = false;
@@ -1200,6 +1218,42 @@ static void on_reconcile_timer(struct ev_loop *loop, ev_timer *w, int revents)
     reconcile_next_list(r);
 }
 
+/* ---- metrics ----------------------------------------------------------------------- */
+
+static void on_backlog(PGresult *res, void *arg)
+{
+    struct relay *r = arg;
+    r->backlog_in_flight = false;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        return;
+    metrics.backlog_due = atof(PQgetvalue(res, 0, 0));
+    metrics.oldest_due_age_seconds = atof(PQgetvalue(res, 0, 1));
+}
+
+static void on_backlog_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct relay *r = w->data;
+    if (!r->backlog_in_flight && db_connected(r->db) && !r->stopping)
+        r->backlog_in_flight = db_query(r->db, BACKLOG_SQL, 0, NULL, on_backlog, r);
+}
+
+bool relay_listen(struct relay *r, char *err, size_t errsize)
+{
+    if (!r->cfg->listen)
+        return true;
+    r->httpd = httpd_start(r->loop, r->cfg->listen, r->cfg->webhook_secret, r->db,
+                           r->cfg->webhook_max_body, err, errsize);
+    if (!r->httpd)
+        return false;
+    log_info("listening on %s (POST /webhooks/sendry, GET /healthz, GET /metrics)", r->cfg->listen);
+    ev_timer_init(&r->backlog_timer, on_backlog_timer, 1., 15.);
+    r->backlog_timer.data = r;
+    ev_timer_start(r->loop, &r->backlog_timer);
+    return true;
+}
+
 /* ---- lifecycle --------------------------------------------------------------------- */
 
 static void finish(struct relay *r, int status)
@@ -1214,7 +1268,8 @@ static void finish(struct relay *r, int status)
 static bool all_settled(struct relay *r)
 {
     return !r->claim_in_flight && !r->waiting_head && r->jobs_in_flight == 0 && r->rows_held == 0 &&
-           r->n_done == 0 && !r->rec_busy && http_in_flight(r->http) == 0;
+           r->n_done == 0 && !r->rec_busy && http_in_flight(r->http) == 0 &&
+           (!r->httpd || httpd_pending(r->httpd) == 0);
 }
 
 static void check_finished(struct relay *r)
@@ -1327,6 +1382,7 @@ static void on_drain_deadline(struct ev_loop *loop, ev_timer *w, int revents)
 static void on_db_connected(void *ud)
 {
     struct relay *r = ud;
+    metrics.db_connected = true;
     r->connected_at = now_of(r);
     r->notifies_since_connect = 0;
     /* Rows a lost claim may have marked for us, that we do not hold in memory. */
@@ -1354,8 +1410,10 @@ static void on_db_connected(void *ud)
 static void on_db_disconnected(void *ud)
 {
     struct relay *r = ud;
+    metrics.db_connected = false;
     r->claim_in_flight = false;
     r->next_due_in_flight = false;
+    r->backlog_in_flight = false;
 }
 
 static void on_db_notified(void *ud)
@@ -1514,6 +1572,11 @@ void relay_free(struct relay *r)
     ev_timer_stop(r->loop, &r->stop_log_timer);
     ev_timer_stop(r->loop, &r->reconcile_timer);
     ev_timer_stop(r->loop, &r->reconcile_step);
+    if (r->httpd) {
+        ev_timer_stop(r->loop, &r->backlog_timer);
+        httpd_stop(r->httpd);
+        r->httpd = NULL;
+    }
     /* Requests still in flight (a second signal) end through their callbacks, which
      * free their jobs; their outcomes are not written any more. */
     r->stopping = true;

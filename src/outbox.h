@@ -13,12 +13,17 @@
 #define SENDRY_OUTBOX_H
 
 #include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
 
 #include "config.h"
 
 struct relay;
 
 struct relay *relay_new(struct ev_loop *loop, const struct config *cfg);
+/* Starts the --listen HTTP server (webhooks, health, metrics), if configured. Returns
+ * false with one line in err when it cannot (bad address, port in use). */
+bool relay_listen(struct relay *r, char *err, size_t errsize);
 /* Verifies the audience (unless --no-verify), connects, and starts delivering. */
 void relay_start(struct relay *r);
 /* Graceful stop (SIGTERM): no more claims; waits for requests in flight up to the
