@@ -253,7 +253,8 @@ BEGIN
     -- or, in confirmed-only mode, the email was just confirmed. GoTrue's
     -- role '' -> 'authenticated' update and logins change none of these.
     -- A soft delete (deleted_at set; GoTrue overwrites email with a hash, never to be
-    -- sent) enqueues the deletion of the previous address.
+    -- sent) enqueues the deletion of the previous address (in confirmed-only mode only
+    -- if it was confirmed: an unconfirmed address was never sent, and may be someone else's).
     EXECUTE $fn$
     CREATE OR REPLACE FUNCTION public.sendry_auth_users_updated()
     RETURNS trigger
@@ -291,7 +292,8 @@ BEGIN
                 FROM new_rows n JOIN old_rows o ON o.id = n.id
                 WHERE o.deleted_at IS NULL AND n.deleted_at IS NOT NULL
                   AND NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
-                  AND NOT COALESCE(o.is_anonymous, false);
+                  AND NOT COALESCE(o.is_anonymous, false)
+                  AND (v_sync_on = 'signup' OR o.email_confirmed_at IS NOT NULL);
             END IF;
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'sendry-sync: could not enqueue updated users for Sendry: % (SQLSTATE %)',
@@ -303,7 +305,8 @@ BEGIN
     $fn$;
 
     -- After a DELETE (a hard delete: GoTrue's DELETE FROM users), the contact goes too,
-    -- as sendry_settings.on_delete says.
+    -- as sendry_settings.on_delete says; in confirmed-only mode only if the address was
+    -- confirmed (an unconfirmed one was never sent, and may be someone else's).
     EXECUTE $fn$
     CREATE OR REPLACE FUNCTION public.sendry_auth_users_deleted()
     RETURNS trigger
@@ -318,11 +321,14 @@ BEGIN
                    pg_catalog.jsonb_build_object('delete_mode', s.on_delete)
             FROM old_rows o
             CROSS JOIN (SELECT COALESCE((SELECT on_delete FROM public.sendry_settings LIMIT 1),
-                                        'delete_contact') AS on_delete) s
+                                        'delete_contact') AS on_delete,
+                               COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1),
+                                        'signup') AS sync_on) s
             WHERE NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
               AND NOT COALESCE(o.is_anonymous, false)
               AND o.deleted_at IS NULL
-              AND s.on_delete <> 'keep';
+              AND s.on_delete <> 'keep'
+              AND (s.sync_on = 'signup' OR o.email_confirmed_at IS NOT NULL);
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'sendry-sync: could not enqueue deleted users for Sendry: % (SQLSTATE %)',
                 SQLERRM, SQLSTATE;
@@ -355,6 +361,7 @@ BEGIN
         v_at      timestamptz;
         v_user    uuid;
         v_prev_at timestamptz;
+        v_prev_text text;
         v_result  text;
     BEGIN
         SELECT * INTO ev FROM public.sendry_inbox WHERE id = p_id FOR UPDATE;
@@ -383,7 +390,7 @@ BEGIN
                 IF pg_catalog.jsonb_typeof(d -> 'unsubscribed') = 'boolean' THEN
                     v_action := CASE WHEN (d ->> 'unsubscribed')::boolean
                                      THEN 'unsubscribe' ELSE 'resubscribe' END;
-                    v_why := 'unsubscribed';
+                    v_why := CASE v_action WHEN 'unsubscribe' THEN 'unsubscribed' ELSE 'contact.updated' END;
                 ELSE
                     v_result := 'ignored: no unsubscribed field';
                 END IF;
@@ -416,11 +423,14 @@ BEGIN
                 v_result := 'ignored: no email in the event';
             END IF;
             IF v_result IS NULL THEN
-                SELECT u.id,
-                       CASE WHEN pg_catalog.jsonb_typeof(u.raw_app_meta_data -> 'sendry_unsubscribed_at') = 'string'
-                            THEN (u.raw_app_meta_data ->> 'sendry_unsubscribed_at')::timestamptz END
-                  INTO v_user, v_prev_at
+                SELECT u.id, u.raw_app_meta_data ->> 'sendry_unsubscribed_at'
+                  INTO v_user, v_prev_text
                   FROM auth.users u WHERE u.email = v_email FOR UPDATE;
+                BEGIN
+                    v_prev_at := v_prev_text::timestamptz;
+                EXCEPTION WHEN others THEN
+                    v_prev_at := NULL;   -- not a time we wrote: do not let it block updates
+                END;
                 IF v_user IS NULL THEN
                     v_result := 'ignored: no user with this email';
                 ELSIF v_prev_at IS NOT NULL AND v_prev_at > v_at THEN

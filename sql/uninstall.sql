@@ -1,4 +1,5 @@
--- sendry-sync: remove everything sql/install.sql created, including the outbox and its rows.
+-- sendry-sync: remove everything sql/install.sql created, including the outbox, the inbox,
+-- the settings and their rows.
 --
 --   psql -v ON_ERROR_STOP=1 -f sql/uninstall.sql
 --
@@ -16,6 +17,7 @@ BEGIN
         BEGIN
             DROP TRIGGER IF EXISTS sendry_sync_users_insert ON auth.users;
             DROP TRIGGER IF EXISTS sendry_sync_users_update ON auth.users;
+            DROP TRIGGER IF EXISTS sendry_sync_users_delete ON auth.users;
         EXCEPTION WHEN insufficient_privilege THEN
             RAISE EXCEPTION 'sendry-sync: role % may not drop triggers on auth.users', current_user
                 USING HINT = 'In Supabase run uninstall.sql in the SQL editor (supautils allows it); '
@@ -28,8 +30,14 @@ $uninstall$;
 
 DROP FUNCTION IF EXISTS public.sendry_auth_users_inserted();
 DROP FUNCTION IF EXISTS public.sendry_auth_users_updated();
+DROP FUNCTION IF EXISTS public.sendry_auth_users_deleted();
+DROP FUNCTION IF EXISTS public.sendry_inbox_receive(text, text, jsonb, text);
+DROP FUNCTION IF EXISTS public.sendry_inbox_apply(bigint);
 DROP VIEW IF EXISTS public.sendry_outbox_stats;
 DROP TABLE IF EXISTS public.sendry_outbox;
+DROP TABLE IF EXISTS public.sendry_inbox;
+DROP TABLE IF EXISTS public.sendry_settings;
+DROP TABLE IF EXISTS public.sendry_sync_state;
 DROP FUNCTION IF EXISTS public.sendry_outbox_notify_insert();
 DROP FUNCTION IF EXISTS public.sendry_outbox_notify_update();
 
