@@ -2,7 +2,8 @@
 # The whole flow on a throwaway database: run by `make demo` under tests/pgharness.py,
 # which starts a Supabase-shaped PostgreSQL and sets PGHOST/PGPORT/DATABASE_URL.
 # Installs the migration, starts a fake Sendry and the worker, signs up a few users,
-# shows what Sendry received and the outbox, then stops everything it started.
+# shows what Sendry received and the outbox, then brings an unsubscribe in Sendry back
+# into auth.users (reconciliation and a signed webhook), and stops everything it started.
 set -eu
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
@@ -43,8 +44,11 @@ until [ -s "$work/port" ]; do
 done
 api="http://127.0.0.1:$(cat "$work/port")"
 echo "fake Sendry at $api"
-SENDRY_API_URL="$api" SENDRY_API_KEY=sn_test_fake SENDRY_AUDIENCE_ID=aud_test \
-    ./sendry-sync --poll-interval 2 > "$work/worker.log" 2>&1 &
+listen_port=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+secret=whsec_demo_secret_0123456789
+SENDRY_API_URL="$api" SENDRY_API_KEY=sn_test_fake SENDRY_AUDIENCE_ID=aud_test SENDRY_WEBHOOK_SECRET=$secret \
+    ./sendry-sync --poll-interval 2 --reconcile-interval 2 --listen "127.0.0.1:$listen_port" \
+    > "$work/worker.log" 2>&1 &
 worker_pid=$!
 deadline=$(( $(date +%s) + 10 ))
 until grep -q "db: connected" "$work/worker.log"; do
@@ -81,7 +85,36 @@ step "5. The outbox"
 psql -X -c "select id, op, email, status, attempts, last_http_status, sent_at is not null as sent from public.sendry_outbox order by id"
 psql -X -c "select * from public.sendry_outbox_stats"
 
-step "6. Stop the worker (SIGTERM drains and exits 0)"
+step "6. Ada unsubscribes in Sendry: the worker's reconciliation brings it back into auth.users"
+curl -s -X POST "$api/_control/add_unsubscribe" -d '{"email":"ada@example.com","reason":"clicked unsubscribe"}' >/dev/null
+wait_sql 15 "select coalesce((raw_app_meta_data->>'sendry_unsubscribed')::boolean, false) from auth.users where email = 'ada@example.com'" \
+    || { cat "$work/worker.log" >&2; exit 1; }
+echo "(pages GET /v1/unsubscribes every --reconcile-interval, here 2 s)"
+
+step "7. Sendry's webhook says Grace unsubscribed: a signed POST /webhooks/sendry"
+$PY - "$listen_port" "$secret" <<'PY'
+import hashlib, hmac, json, sys, urllib.request
+port, secret = sys.argv[1], sys.argv[2].encode()
+body = json.dumps({"id": "evt_demo_1", "type": "contact.updated", "created_at": "2026-01-01T12:00:00Z",
+                   "data": {"email": "grace@example.com", "unsubscribed": True}}).encode()
+sig = hmac.new(secret, body, hashlib.sha256).hexdigest()
+req = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/sendry", data=body, method="POST",
+                             headers={"Content-Type": "application/json", "X-Sendry-Signature": "sha256=" + sig})
+with urllib.request.urlopen(req) as r:
+    print("POST /webhooks/sendry ->", r.status, r.read().decode())
+bad = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/sendry", data=body, method="POST",
+                             headers={"X-Sendry-Signature": "sha256=" + "0" * 64})
+try:
+    urllib.request.urlopen(bad)
+except urllib.error.HTTPError as e:
+    print("the same body with a wrong signature ->", e.code, e.read().decode())
+PY
+
+step "8. The opt-outs in auth.users (raw_app_meta_data) and the inbox"
+psql -X -U supabase_admin -c "select email, raw_app_meta_data->'sendry_unsubscribed' as unsubscribed, raw_app_meta_data->>'sendry_unsubscribed_reason' as reason from auth.users where email is not null order by email"
+psql -X -c "select source, type, email, status, reason from public.sendry_inbox where status <> 'ignored' or email like '%example.com' order by id"
+
+step "9. Stop the worker (SIGTERM drains and exits 0)"
 kill -TERM "$worker_pid"
 wait "$worker_pid" && echo "worker exited 0"
 worker_pid=""
