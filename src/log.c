@@ -82,3 +82,68 @@ const char *log_email(const char *email, char *buf, size_t bufsize)
         mask_email(email, buf, bufsize);
     return buf;
 }
+
+static bool email_char(char c, bool domain)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '-' || (!domain && (c == '_' || c == '+' || c == '%'));
+}
+
+void mask_emails_in(const char *text, char *buf, size_t bufsize)
+{
+    if (bufsize == 0)
+        return;
+    size_t o = 0;
+    const char *p = text ? text : "";
+    while (*p && o + 1 < bufsize) {
+        /* At the start of a local part followed by '@': write its first character,
+         * then "***", and skip to the '@'. */
+        if (email_char(*p, false) && (p == text || !email_char(p[-1], false))) {
+            const char *q = p;
+            while (email_char(*q, false))
+                q++;
+            if (*q == '@' && email_char(q[1], true)) {
+                buf[o++] = *p;
+                for (const char *m = "***"; *m && o + 1 < bufsize; m++)
+                    buf[o++] = *m;
+                p = q;
+                continue;
+            }
+        }
+        buf[o++] = *p++;
+    }
+    buf[o] = '\0';
+}
+
+const char *log_text(const char *text, char *buf, size_t bufsize)
+{
+    if (log_enabled(LOG_DEBUG))
+        snprintf(buf, bufsize, "%s", text ? text : "");
+    else
+        mask_emails_in(text, buf, bufsize);
+    return buf;
+}
+
+void utf8_sanitize(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        int len = *p < 0x80 ? 1 : (*p & 0xE0) == 0xC0 ? 2 : (*p & 0xF0) == 0xE0 ? 3 : (*p & 0xF8) == 0xF0 ? 4 : 0;
+        if (len == 0 || (len == 2 && *p < 0xC2) || (len == 4 && *p > 0xF4)) {
+            *p++ = '?';
+            continue;
+        }
+        int i = 1;
+        while (i < len && (p[i] & 0xC0) == 0x80)
+            i++;
+        if (i < len) {
+            if (p[i] == 0) {      /* cut short at the end */
+                *p = 0;
+                return;
+            }
+            *p++ = '?';           /* a lead byte without its continuation bytes */
+            continue;
+        }
+        p += len;
+    }
+}

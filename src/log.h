@@ -28,4 +28,13 @@ const char *log_email(const char *email, char *buf, size_t bufsize);
 /* The masking itself, independent of the level (unit-tested). */
 void mask_email(const char *email, char *buf, size_t bufsize);
 
+/* Copies free text (an API's error message) into buf, masking every email address in
+ * it unless the level is debug. Returns buf. */
+const char *log_text(const char *text, char *buf, size_t bufsize);
+void mask_emails_in(const char *text, char *buf, size_t bufsize);
+
+/* Makes s valid UTF-8 in place: invalid bytes become '?', and an incomplete sequence
+ * at the end is cut. */
+void utf8_sanitize(char *s);
+
 #endif

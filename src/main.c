@@ -18,10 +18,12 @@
 /* sql/install.sql, embedded at build time (see Makefile). */
 extern const char sendry_install_sql[];
 
-static void notice_to_stderr(void *arg, const char *message)
+/* Server notices (install.sql's NOTICE on a plain PostgreSQL) go through the logger,
+ * so --log-format json stays one JSON object per line. */
+static void notice_to_log(void *arg, const char *message)
 {
     (void)arg;
-    fputs(message, stderr);
+    log_info("db: %s", message);
 }
 
 /* `sendry-sync migrate`: runs outside any event loop, so blocking libpq is fine. */
@@ -35,7 +37,7 @@ static int migrate(const struct config *cfg)
         PQfinish(conn);
         return 1;
     }
-    PQsetNoticeProcessor(conn, notice_to_stderr, NULL);
+    PQsetNoticeProcessor(conn, notice_to_log, NULL);
     PGresult *res = PQexec(conn, sendry_install_sql);
     int status = 0;
     if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK) {

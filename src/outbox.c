@@ -182,6 +182,7 @@ struct relay {
 
     ev_timer poll_timer, due_timer, pace_timer, drain_timer, progress_timer, stop_log_timer;
     ev_timer reconcile_timer, reconcile_step, backlog_timer;
+    ev_timer once_db_deadline;     /* --once: give up when the database stays unreachable */
     ev_idle kick;
 };
 
@@ -189,6 +190,7 @@ static void maybe_claim(struct relay *r);
 static void start_jobs(struct relay *r);
 static void flush_completions(struct relay *r);
 static void check_finished(struct relay *r);
+static void release_waiting(struct relay *r);
 
 /* ---- small helpers ----------------------------------------------------------------- */
 
@@ -308,22 +310,47 @@ static void on_completed(PGresult *res, void *arg)
     struct relay *r = arg;
     size_t n = r->n_done_in_flight;
     r->n_done_in_flight = 0;
-    if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
-        /* Kept in memory and written again after the reconnect. */
-        if (res)
-            log_error("db: recording %zu outcomes failed: %s", n, PQresultErrorMessage(res));
+    if (!res)
+        return; /* connection lost: kept in memory and written after the reconnect */
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        /* Not the connection: the statement itself failed, and sending it again would
+         * fail again and hold up every later outcome. Drop these; their rows are still
+         * processing and come back when their lease runs out (nothing is lost). */
+        log_error("db: recording %zu outcomes failed: %s; those rows will be retried after "
+                  "their lease (%.0f s)", n, PQresultErrorMessage(res), r->cfg->lease);
+        for (size_t i = 0; i < n; i++)
+            free(r->done[i].error);
+        memmove(r->done, r->done + n, (r->n_done - n) * sizeof *r->done);
+        r->n_done -= n;
+        r->rows_held -= n;
+        flush_completions(r);
+        kick(r);
         return;
     }
     long long sent = 0, failed = 0, retried = 0;
+    long long soonest_ms = -1;
     for (size_t i = 0; i < n; i++) {
         struct completion *c = &r->done[i];
         if (strcmp(c->status, "sent") == 0)
             sent++;
         else if (strcmp(c->status, "failed") == 0)
             failed++;
-        else if (c->uncount == 0)
-            retried++;
+        else {
+            if (c->uncount == 0)
+                retried++;
+            if (soonest_ms < 0 || c->delay_ms < soonest_ms)
+                soonest_ms = c->delay_ms;
+        }
         free(c->error);
+    }
+    /* Wake up when the soonest retry is due, not at the next poll. */
+    if (soonest_ms >= 0 && !r->stopping) {
+        double at = (double)soonest_ms / 1000.0 + 0.01;
+        if (!ev_is_active(&r->due_timer) || ev_timer_remaining(r->loop, &r->due_timer) > at) {
+            ev_timer_stop(r->loop, &r->due_timer);
+            ev_timer_set(&r->due_timer, at, 0.);
+            ev_timer_start(r->loop, &r->due_timer);
+        }
     }
     const char *affected = PQcmdTuples(res);
     if (atoll(affected) != (long long)n)
@@ -407,6 +434,7 @@ static void describe_error(const struct http_request *req, char *out, size_t siz
 {
     if (!req->transport_ok) {
         snprintf(out, size, "network: %s", req->error);
+        utf8_sanitize(out);
         return;
     }
     char message[300] = "";
@@ -416,6 +444,7 @@ static void describe_error(const struct http_request *req, char *out, size_t siz
         snprintf(message, sizeof message, "%s", req->response);
     snprintf(out, size, "HTTP %ld%s%s%s%s", req->status, code[0] ? " " : "", code,
              message[0] ? ": " : "", message);
+    utf8_sanitize(out); /* it goes into a text column: never let it break the UPDATE */
 }
 
 /* Stops sending after 401/402/403 or an unknown audience. A request that started
@@ -607,9 +636,11 @@ static void on_http_done(struct http_request *req, void *arg)
             struct row *row = job->rows[i];
             if (row->attempts >= row->max_attempts) {
                 char who[128];
+                char shown[700];
                 if (gave_up++ == 0)
                     log_warn("row %lld (%s) failed after %d attempts: %s", row->id,
-                             log_email(row->email, who, sizeof who), row->attempts, error);
+                             log_email(row->email, who, sizeof who), row->attempts,
+                             log_text(error, shown, sizeof shown));
                 complete_row(r, row, "failed", http_status, error, 0, 0);
             } else {
                 double delay = backoff_delay(r->cfg->backoff_base, r->cfg->backoff_cap, row->attempts,
@@ -619,8 +650,10 @@ static void on_http_done(struct http_request *req, void *arg)
         }
         if (gave_up > 1)
             log_warn("%zu rows of that request failed after their last attempt", gave_up);
+        char shown[700];
         if (gave_up < job->n)
-            log_warn("%s (%zu rows): will retry with backoff", error, job->n - gave_up);
+            log_warn("%s (%zu rows): will retry with backoff", log_text(error, shown, sizeof shown),
+                     job->n - gave_up);
         break;
     }
 
@@ -650,26 +683,33 @@ static void on_http_done(struct http_request *req, void *arg)
 
     case OUTCOME_INVALID:
         if ((req->status == 400 || req->status == 422) && job->n > 1) {
-            log_info("batch of %zu rejected (%s): splitting it to find the bad rows", job->n, error);
+            char shown[700];
+            log_info("batch of %zu rejected (%s): splitting it to find the bad rows", job->n,
+                     log_text(error, shown, sizeof shown));
             if (split_job(r, job)) {
                 http_request_free(req);
+                if (r->stopping)
+                    release_waiting(r); /* the halves will not be sent now */
                 start_jobs(r);
+                kick(r);
                 return;
             }
         }
         for (size_t i = 0; i < job->n; i++) {
-            char who[128];
+            char who[128], shown[700];
             if (i == 0)
                 log_warn("row %lld (%s)%s rejected: %s", job->rows[i]->id,
                          log_email(job->rows[i]->email, who, sizeof who),
-                         job->n > 1 ? " and the rest of its request" : "", error);
+                         job->n > 1 ? " and the rest of its request" : "",
+                         log_text(error, shown, sizeof shown));
             complete_row(r, job->rows[i], "failed", http_status, error, 0, 0);
         }
         break;
 
     case OUTCOME_STOP: {
         char cause[700];
-        snprintf(cause, sizeof cause, "%s [%s]", stop_hint(req->status), error);
+        char shown[700];
+        snprintf(cause, sizeof cause, "%s [%s]", stop_hint(req->status), log_text(error, shown, sizeof shown));
         enter_stopped(r, cause, job->started_at);
         for (size_t i = 0; i < job->n; i++)
             complete_row(r, job->rows[i], "pending", http_status, error, r->stop_backoff, 1);
@@ -1379,10 +1419,23 @@ static void on_drain_deadline(struct ev_loop *loop, ev_timer *w, int revents)
     finish(r, r->exit_status);
 }
 
+#define ONCE_DB_TIMEOUT 30.0
+
+static void on_once_db_deadline(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct relay *r = w->data;
+    log_error("--once: no database connection for %.0f s (%s); giving up", ONCE_DB_TIMEOUT,
+              db_last_error(r->db));
+    finish(r, 1);
+}
+
 static void on_db_connected(void *ud)
 {
     struct relay *r = ud;
     metrics.db_connected = true;
+    ev_timer_stop(r->loop, &r->once_db_deadline);
     r->connected_at = now_of(r);
     r->notifies_since_connect = 0;
     /* Rows a lost claim may have marked for us, that we do not hold in memory. */
@@ -1411,6 +1464,10 @@ static void on_db_disconnected(void *ud)
 {
     struct relay *r = ud;
     metrics.db_connected = false;
+    if (r->cfg->once && !r->stopping) {
+        ev_timer_set(&r->once_db_deadline, ONCE_DB_TIMEOUT, 0.);
+        ev_timer_start(r->loop, &r->once_db_deadline);
+    }
     r->claim_in_flight = false;
     r->next_due_in_flight = false;
     r->backlog_in_flight = false;
@@ -1487,6 +1544,8 @@ struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
     ev_init(&r->stop_log_timer, on_stop_log);
     r->stop_log_timer.repeat = 60.;
     ev_idle_init(&r->kick, on_kick);
+    ev_init(&r->once_db_deadline, on_once_db_deadline);
+    r->once_db_deadline.data = r;
     r->rec_list = -1;
     /* The first run soon after start, then every interval. */
     ev_timer_init(&r->reconcile_timer, on_reconcile_timer, 2., cfg->reconcile_interval);
@@ -1507,6 +1566,10 @@ void relay_start(struct relay *r)
     ev_timer_start(r->loop, &r->progress_timer);
     if (r->cfg->reconcile_interval > 0 && !r->cfg->once)
         ev_timer_start(r->loop, &r->reconcile_timer);
+    if (r->cfg->once) {
+        ev_timer_set(&r->once_db_deadline, ONCE_DB_TIMEOUT, 0.);
+        ev_timer_start(r->loop, &r->once_db_deadline);
+    }
     db_start(r->db);
     if (r->cfg->verify) {
         size_t n = strlen(r->cfg->audience_id) + 32;
@@ -1572,6 +1635,7 @@ void relay_free(struct relay *r)
     ev_timer_stop(r->loop, &r->stop_log_timer);
     ev_timer_stop(r->loop, &r->reconcile_timer);
     ev_timer_stop(r->loop, &r->reconcile_step);
+    ev_timer_stop(r->loop, &r->once_db_deadline);
     if (r->httpd) {
         ev_timer_stop(r->loop, &r->backlog_timer);
         httpd_stop(r->httpd);

@@ -205,11 +205,21 @@ const char *outcome_name(enum outcome o)
     return "?";
 }
 
+/* Copies a string field, cut at a UTF-8 character boundary to fit. */
 static void copy_string_field(json_object *obj, const char *key, char *buf, size_t size)
 {
     json_object *v;
-    if (size && json_object_object_get_ex(obj, key, &v) && json_object_is_type(v, json_type_string))
-        snprintf(buf, size, "%s", json_object_get_string(v));
+    if (!size || !json_object_object_get_ex(obj, key, &v) || !json_object_is_type(v, json_type_string))
+        return;
+    const char *s = json_object_get_string(v);
+    size_t n = strlen(s);
+    if (n >= size) {
+        n = size - 1;
+        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+            n--; /* s[n] would be the first byte left out: do not split its character */
+    }
+    memcpy(buf, s, n);
+    buf[n] = '\0';
 }
 
 static void copy_number_field(json_object *obj, const char *key, double *out)

@@ -254,9 +254,6 @@ def test_once_exits_1_on_401_mid_run(db, fake, workers):
     assert row["status"] == "pending" and row["attempts"] == 0, row
 
 
-@pytest.mark.xfail(reason="bug: src/outbox.c on_http_done (OUTCOME_RETRY) never arms due_timer "
-                          "for the backoff it writes; a retry waits for the next --poll-interval",
-                   strict=True)
 def test_retry_runs_after_its_backoff_not_the_poll(db, fake, workers):
     # Backoff is under 2 s; the safety poll is 30 s. DESIGN: the worker also wakes "on a
     # timer set to the earliest next_attempt_at". (Not a shorter backoff: a jittered delay
@@ -269,11 +266,6 @@ def test_retry_runs_after_its_backoff_not_the_poll(db, fake, workers):
     assert db.row("backoff@example.com")["attempts"] == 2
 
 
-@pytest.mark.xfail(reason="bug: src/sendry.c sendry_parse_error (copy_string_field) cuts the error "
-                          "message at 299 bytes inside a UTF-8 character; src/outbox.c "
-                          "flush_completions then fails forever (invalid byte sequence) and "
-                          "keeps the poisoned outcome queued, so no outcome is recorded again",
-                   strict=True)
 def test_long_non_ascii_error_message_is_recorded(db, fake, workers):
     fake.fail_next(422, message="Adresse refusée: " + "é" * 400, path_prefix=IMPORT)
     w = start_daemon(workers)
@@ -427,10 +419,6 @@ def test_sigterm_when_idle_exits_at_once(db, fake, workers):
     assert "stopped: 0 sent" in w.log()
 
 
-@pytest.mark.xfail(reason="bug: src/outbox.c on_http_done (OUTCOME_INVALID split) pushes the "
-                          "halves onto the waiting queue while stopping and never releases them: "
-                          "exit only after --drain-timeout + 5 s, rows left processing",
-                   strict=True)
 def test_sigterm_during_a_422_split_releases_the_halves(db, fake, workers):
     w = start_daemon(workers, "--drain-timeout", "2")
     fake.reject_emails(r"^user00002@")
@@ -547,9 +535,6 @@ def test_emails_in_full_with_verbose(db, fake, workers):
     assert re.search(r"row \d+ \(victor@example\.com\)", w.log()), w.log()
 
 
-@pytest.mark.xfail(reason="bug: src/outbox.c on_http_done/describe_error log Sendry's error "
-                          "message verbatim at warn/info level; when it echoes the address "
-                          "the full email reaches the log unmasked", strict=True)
 def test_emails_masked_when_sendry_echoes_the_address(db, fake, workers):
     fake.reject_emails(r"^wendy@example\.com$")  # the fake's 422 message names the address
     db.signup_many(3, prefix="ok")
@@ -580,9 +565,6 @@ def test_log_format_json(db, fake, workers):
     assert {"info", "warn"} <= levels
 
 
-@pytest.mark.xfail(reason="bug: src/main.c migrate() installs notice_to_stderr, which writes "
-                          "server NOTICEs raw to stderr, ignoring --log-format json",
-                   strict=True)
 def test_migrate_log_format_json(cluster, workers):
     with pgharness.Cluster(supabase=False, port=cluster.port + 2) as plain:
         w = workers("migrate", "--log-format", "json", fast=False,

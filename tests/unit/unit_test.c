@@ -217,6 +217,24 @@ static void test_mask(void)
     CHECK_STR(buf, "(none)");
     mask_email(NULL, buf, sizeof buf);
     CHECK_STR(buf, "(none)");
+
+    char out[128];
+    mask_emails_in("email 'John.Doe+x@Example.com' is invalid; also a@b.co.", out, sizeof out);
+    CHECK_STR(out, "email 'J***@Example.com' is invalid; also a***@b.co.");
+    mask_emails_in("no address @ here, user@ nor @host", out, sizeof out);
+    CHECK_STR(out, "no address @ here, user@ nor @host");
+    mask_emails_in("x@y.z", out, 4);
+    CHECK(strlen(out) == 3);
+
+    char s1[] = "ok \xc3\xab \xff end";
+    utf8_sanitize(s1);
+    CHECK_STR(s1, "ok \xc3\xab ? end");
+    char s2[] = "cut \xe2\x82";       /* a 3-byte character missing its last byte */
+    utf8_sanitize(s2);
+    CHECK_STR(s2, "cut ");
+    char s3[] = "\xc3x";               /* a lead byte followed by ASCII */
+    utf8_sanitize(s3);
+    CHECK_STR(s3, "?x");
 }
 
 static void test_config(void)
