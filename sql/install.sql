@@ -61,6 +61,9 @@ CREATE INDEX IF NOT EXISTS sendry_outbox_unfinished_user_idx
     ON public.sendry_outbox (user_id, id) WHERE status IN ('pending', 'processing');
 CREATE INDEX IF NOT EXISTS sendry_outbox_unfinished_email_idx
     ON public.sendry_outbox (email, id) WHERE status IN ('pending', 'processing');
+CREATE INDEX IF NOT EXISTS sendry_outbox_unfinished_old_email_idx
+    ON public.sendry_outbox (old_email, id)
+    WHERE status IN ('pending', 'processing') AND old_email IS NOT NULL;
 
 -- Settings kept in the database, one row. Change them with UPDATE:
 --   sync_on   'signup' (default): sync a user when they sign up;

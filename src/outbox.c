@@ -28,7 +28,8 @@ static const char CLAIM_SQL[] =
      * its retry), so a later change is never overwritten by an earlier one. */
     "   AND NOT EXISTS (SELECT 1 FROM public.sendry_outbox e"
     "                   WHERE e.status IN ('pending', 'processing') AND e.id < o.id"
-    "                     AND (e.user_id = o.user_id OR e.email = o.email OR e.email = o.old_email))"
+    "                     AND (e.user_id = o.user_id OR e.email = o.email OR e.email = o.old_email"
+    "                          OR e.old_email = o.email OR e.old_email = o.old_email))"
     " ORDER BY next_attempt_at, id"
     " LIMIT $1"
     " FOR UPDATE SKIP LOCKED)"

@@ -96,7 +96,8 @@ SELECT is(ARRAY(SELECT s FROM unnest(ARRAY['pending', 'processing', 'sent', 'fai
 SELECT is(ARRAY(SELECT indexrelid::regclass::text FROM pg_index
                  WHERE indrelid = 'public.sendry_outbox'::regclass ORDER BY 1),
           ARRAY['sendry_outbox_claimable_idx', 'sendry_outbox_failed_idx', 'sendry_outbox_pkey',
-                'sendry_outbox_unfinished_email_idx', 'sendry_outbox_unfinished_user_idx',
+                'sendry_outbox_unfinished_email_idx', 'sendry_outbox_unfinished_old_email_idx',
+                'sendry_outbox_unfinished_user_idx',
                 'sendry_outbox_user_id_idx'],
           'exactly the expected indexes exist on sendry_outbox');
 
