@@ -1,7 +1,7 @@
 -- Every object sql/install.sql creates exists, with the shape DESIGN.md promises.
 -- Logged in as postgres (the role that ran the migration and owns the objects).
 BEGIN;
-SELECT plan(107);
+SELECT plan(109);
 
 -- The outbox table and its columns (DESIGN.md: "columns at least").
 SELECT has_table('public', 'sendry_outbox', 'table public.sendry_outbox exists');
@@ -201,8 +201,23 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
                    AND p.proconfig IS DISTINCT FROM ARRAY['search_path=""']
                  ORDER BY 1),
-          ARRAY[]::text[],
-          'every sendry_* function pins an empty search_path');
+          ARRAY['sendry_contact_payload']::text[],
+          'every sendry_* function pins an empty search_path, but the inlinable payload function');
+-- The payload function has no SET clause so that it can be inlined; it must then
+-- resolve nothing through the caller's search_path: a hostile search_path changes nothing.
+CREATE SCHEMA hostile_test;
+CREATE FUNCTION hostile_test.lower(text) RETURNS text LANGUAGE sql AS $$ SELECT 'HIJACKED' $$;
+CREATE FUNCTION hostile_test.btrim(text) RETURNS text LANGUAGE sql AS $$ SELECT 'HIJACKED' $$;
+SET LOCAL search_path = hostile_test, pg_catalog, public;
+SELECT is(public.sendry_contact_payload(ROW('00000000-0000-0000-0000-000000000000'::uuid, NULL, NULL, NULL,
+              ' Ada@Example.com ', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+              '{"full_name": "Ada King Lovelace"}'::jsonb, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+              NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, false)::auth.users) ->> 'email',
+          'ada@example.com', 'the payload function ignores functions planted earlier on search_path');
+RESET search_path;
+SELECT ok(NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = 'public.sendry_contact_payload(auth.users)'::regprocedure
+                      AND (p.prosecdef OR p.proconfig IS NOT NULL OR p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'sql'))),
+          'sendry_contact_payload stays inlinable: LANGUAGE sql, no SET clause, not SECURITY DEFINER');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
                  ORDER BY 1),
