@@ -18,21 +18,33 @@
 /* ---- SQL --------------------------------------------------------------------------- */
 
 /* Due rows: pending and due, or processing with an expired lease (a claim sets
- * next_attempt_at to the lease's end, so both are one range of the partial index). */
+ * next_attempt_at to the lease's end, so both are one range of the partial index).
+ *
+ * Changes to one contact go out one at a time, oldest first: a row waits while an older
+ * one for the same user or address is unfinished (in flight, or waiting for its retry),
+ * so a later change is never overwritten by an earlier one.
+ *
+ * The plan must stay O(batch) even before the table has statistics (a backfill of a
+ * million rows claimed at once): the oldest due rows are locked first, by themselves
+ * (four times the batch, so that rows held back still leave a full batch), and only
+ * those are checked for an older unfinished row, a few index probes each (OFFSET 0
+ * keeps the check a per-row subplan instead of an anti-join over every unfinished row).
+ * The candidates left out are unlocked when the statement ends, a moment later. */
 static const char CLAIM_SQL[] =
-    "WITH due AS ("
-    " SELECT id FROM public.sendry_outbox o"
+    "WITH oldest AS MATERIALIZED ("
+    " SELECT id, user_id, email, old_email FROM public.sendry_outbox"
     " WHERE status IN ('pending', 'processing') AND next_attempt_at <= now()"
-    /* Changes to one contact go out one at a time, oldest first: a row waits while an
-     * older one for the same user or address is unfinished (in flight, or waiting for
-     * its retry), so a later change is never overwritten by an earlier one. */
-    "   AND NOT EXISTS (SELECT 1 FROM public.sendry_outbox e"
-    "                   WHERE e.status IN ('pending', 'processing') AND e.id < o.id"
-    "                     AND (e.user_id = o.user_id OR e.email = o.email OR e.email = o.old_email"
-    "                          OR e.old_email = o.email OR e.old_email = o.old_email))"
     " ORDER BY next_attempt_at, id"
-    " LIMIT $1"
-    " FOR UPDATE SKIP LOCKED)"
+    " LIMIT $1 * 4"
+    " FOR UPDATE SKIP LOCKED),"
+    " due AS MATERIALIZED ("
+    " SELECT c.id FROM oldest c"
+    " WHERE NOT EXISTS (SELECT 1 FROM public.sendry_outbox e"
+    "                   WHERE e.status IN ('pending', 'processing') AND e.id < c.id"
+    "                     AND (e.user_id = c.user_id OR e.email = c.email OR e.email = c.old_email"
+    "                          OR e.old_email = c.email OR e.old_email = c.old_email)"
+    "                   OFFSET 0)"
+    " LIMIT $1)"
     " UPDATE public.sendry_outbox o"
     " SET status = 'processing', locked_by = $2,"
     "     locked_until = now() + $3 * interval '1 second',"
@@ -159,6 +171,7 @@ struct relay {
     struct job *inflight;      /* jobs whose request is under way */
     int jobs_in_flight;
     int claim_limit;           /* the LIMIT of the claim in flight */
+    double claim_sent_at;      /* ev_now when it was sent */
     size_t rows_held;          /* claimed and not yet completed in the database */
     struct completion *done;   /* outcomes not yet written */
     size_t n_done, cap_done;
@@ -901,8 +914,11 @@ static void on_next_due(PGresult *res, void *arg)
     if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
         return;
     double in = atof(PQgetvalue(res, 0, 0));
-    if (in < 0.01)
-        in = 0.01;
+    /* Due already, yet not claimed: held back behind an older change in flight, or
+     * locked by another worker. A completion or a NOTIFY wakes us for those; do not
+     * spin on them. */
+    if (in <= 0)
+        in = r->cfg->poll_interval < 1 ? r->cfg->poll_interval : 1;
     if (in >= r->cfg->poll_interval)
         return; /* the poll will come first */
     ev_timer_stop(r->loop, &r->due_timer);
@@ -926,7 +942,8 @@ static void on_claimed(PGresult *res, void *arg)
     size_t limit = r->cfg->mode == MODE_IMPORT ? (size_t)r->cfg->batch_size : 1;
     struct job *job = NULL;
     bool fresh_rows = false;
-    double connected_for = now_of(r) - r->connected_at;
+    /* Measured when the claim was sent, as the rows' ages are (the database's now()). */
+    double connected_for = r->claim_sent_at - r->connected_at;
     for (int i = 0; i < n; i++) {
         struct row *row = calloc(1, sizeof *row);
         if (!row) {
@@ -1037,6 +1054,7 @@ static void maybe_claim(struct relay *r)
     if (db_query(r->db, CLAIM_SQL, 4, params, on_claimed, r)) {
         r->claim_in_flight = true;
         r->claim_limit = limit;
+        r->claim_sent_at = now_of(r);
         if (r->stopped)
             r->stop_until = now_of(r) + r->stop_backoff; /* one probe per period */
     }
