@@ -1,7 +1,8 @@
 # sendry-sync: `make` builds ./sendry-sync; `make check` runs every test suite.
 #
 #   make            build ./sendry-sync
-#   make check      unit tests, SQL tests, end-to-end tests (plain build, then ASan/UBSan)
+#   make check      unit tests, SQL tests, end-to-end tests (plain build, then ASan/UBSan),
+#                   a --once run under valgrind, and a short fuzz run of the webhook parser
 #   make demo       the whole flow on a throwaway PostgreSQL and a fake Sendry
 #   make bench      performance figures (printed, never pass/fail)
 #   make valgrind   a --once run under valgrind, failing on any leak
@@ -61,12 +62,14 @@ check-e2e: sendry-sync
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/
 
 check-asan: sendry-sync-asan
-	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py
+	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py tests/test_lifecycle.py
 
-check: all check-unit check-sql check-e2e check-asan check-fuzz
-	@echo "make check: all suites passed"
+SUITES = check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
+check: all $(SUITES)
+	@echo "make check suites: $(words $(SUITES)) passed, 0 failed"
 
-valgrind: sendry-sync
+# A --once run under valgrind: any definite or indirect leak fails it.
+check-valgrind valgrind: sendry-sync
 	SENDRY_SYNC_VALGRIND=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py -k once_valgrind
 
 demo: sendry-sync
@@ -79,4 +82,4 @@ bench: sendry-sync
 clean:
 	rm -rf build sendry-sync sendry-sync-asan
 
-.PHONY: all check check-unit check-sql check-e2e check-asan check-fuzz valgrind demo bench clean
+.PHONY: all check check-unit check-sql check-e2e check-asan check-valgrind check-fuzz valgrind demo bench clean
