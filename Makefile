@@ -39,13 +39,13 @@ sendry-sync-asan: $(SRCS) $(HDRS) $(GEN)
 
 # Unit tests: pure modules linked into small test binaries, under the sanitizers.
 UNIT_SRCS = src/config.c src/log.c src/backoff.c src/sendry.c
-build/unit_test: tests/unit/unit_test.c $(UNIT_SRCS) $(HDRS)
+build/unit_test: tests/unit/unit_test.c tests/unit/check.h $(UNIT_SRCS) $(HDRS)
 	@mkdir -p build
-	$(CC) $(CFLAGS) $(SAN) -Isrc -o $@ tests/unit/unit_test.c $(UNIT_SRCS) $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(SAN) -Isrc -Itests/unit -o $@ tests/unit/unit_test.c $(UNIT_SRCS) $(LDFLAGS) $(LDLIBS)
 
-build/webhook_test: tests/unit/webhook_test.c src/webhook.c src/metrics.c src/log.c $(HDRS)
+build/webhook_test: tests/unit/webhook_test.c tests/unit/check.h src/webhook.c src/metrics.c src/log.c $(HDRS)
 	@mkdir -p build
-	$(CC) $(CFLAGS) $(SAN) -Isrc -o $@ tests/unit/webhook_test.c src/webhook.c src/metrics.c src/log.c $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(SAN) -Isrc -Itests/unit -o $@ tests/unit/webhook_test.c src/webhook.c src/metrics.c src/log.c $(LDFLAGS) $(LDLIBS)
 
 check-unit: build/unit_test build/webhook_test
 	./build/unit_test

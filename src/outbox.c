@@ -601,7 +601,13 @@ static void on_http_done(struct http_request *req, void *arg)
     bool aborted = !req->transport_ok && strcmp(req->error, "aborted") == 0;
     if (!aborted)
         metrics_http(req->transport_ok ? req->status : 0);
-    enum advance adv = req->transport_ok && !r->stopping ? advance_job(job, req) : ADV_CLASSIFY;
+    enum advance adv = req->transport_ok ? advance_job(job, req) : ADV_CLASSIFY;
+    if (adv == ADV_NEXT && r->stopping) {
+        /* Half-way through a move or a deletion: give the row back, to start over. */
+        for (size_t i = 0; i < job->n; i++)
+            complete_row(r, job->rows[i], "pending", 0, NULL, 0, 1);
+        goto done;
+    }
     if (adv == ADV_NEXT) {
         http_request_free(req);
         push_front(r, job);

@@ -10,29 +10,7 @@
 #include "metrics.h"
 #include "webhook.h"
 
-static int passed, failed;
-
-#define CHECK(cond)                                                                      \
-    do {                                                                                 \
-        if (cond)                                                                        \
-            passed++;                                                                    \
-        else {                                                                           \
-            failed++;                                                                    \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);             \
-        }                                                                                \
-    } while (0)
-
-#define CHECK_STR(a, b)                                                                  \
-    do {                                                                                 \
-        const char *a_ = (a), *b_ = (b);                                                 \
-        if (a_ && b_ && strcmp(a_, b_) == 0)                                             \
-            passed++;                                                                    \
-        else {                                                                           \
-            failed++;                                                                    \
-            fprintf(stderr, "FAIL %s:%d: \"%s\" != \"%s\"\n", __FILE__, __LINE__,        \
-                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                             \
-        }                                                                                \
-    } while (0)
+#include "check.h"
 
 #define CHECK_SIG(expr, want)                                                            \
     do {                                                                                 \
