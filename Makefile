@@ -66,7 +66,7 @@ check-asan: sendry-sync-asan
 
 SUITES = check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
 check: all $(SUITES)
-	@echo "make check suites: $(words $(SUITES)) passed, 0 failed"
+	@echo "suites: $(words $(SUITES)) passed, 0 failed"
 
 # A --once run under valgrind: any definite or indirect leak fails it.
 check-valgrind valgrind: sendry-sync
