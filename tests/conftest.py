@@ -275,3 +275,14 @@ def workers(cluster, fake, tmp_path):
     yield start_worker
     for w in started:
         w.close()
+
+
+# Deadlines for waiting on the worker: generous, for the ASan build on two cores.
+T = 30.0
+
+
+def start_daemon(workers, *flags, **kw):
+    """A worker in daemon mode, once it is connected and listening."""
+    w = workers(*flags, **kw)
+    w.wait_ready(T)
+    return w

@@ -22,9 +22,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import API_KEY, AUDIENCE, import_requests, wait_until
+from conftest import API_KEY, AUDIENCE, T, import_requests, start_daemon, wait_until
 
-T = 30.0  # generous: the ASan build on two cores
 SECRET = "whsec_lifecycle_test_0123456789abcdef"
 IMPORT = "/v1/contacts/import"
 BY_EMAIL = "/v1/contacts/by-email"
@@ -105,12 +104,6 @@ def request_emails(r):
     if "email" in r["query"]:
         out.add(r["query"]["email"])
     return out
-
-
-def start_daemon(workers, *flags, **kw):
-    w = workers(*flags, **kw)
-    w.wait_ready(T)
-    return w
 
 
 # --- 1. email change -------------------------------------------------------------------

@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-from conftest import API_KEY, AUDIENCE, BIN, ROOT, import_requests, pgharness, wait_until
+from conftest import (API_KEY, AUDIENCE, BIN, ROOT, T, import_requests, pgharness, start_daemon,
+                      wait_until)
 
 # Timeouts generous enough for the ASan build on a small machine.
-T = 30.0
 SECRET_KEY = "sn_test_Zq7SecretKeyNeverLogged4242"
 BACKFILL_SQL = ("INSERT INTO public.sendry_outbox (user_id, email, payload)"
                 " SELECT id, email, public.sendry_contact_payload(u) FROM auth.users u"
@@ -51,12 +51,6 @@ def find_key(obj, key):
     if isinstance(obj, list):
         return any(find_key(v, key) for v in obj)
     return False
-
-
-def start_daemon(workers, *flags, **kw):
-    w = workers(*flags, **kw)
-    w.wait_ready(T)
-    return w
 
 
 # --- 1. the happy path -------------------------------------------------------------------
