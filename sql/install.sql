@@ -36,34 +36,94 @@ CREATE TABLE IF NOT EXISTS public.sendry_outbox (
     CONSTRAINT sendry_outbox_status_check
         CHECK (status IN ('pending', 'processing', 'sent', 'failed')),
     CONSTRAINT sendry_outbox_email_check CHECK (btrim(email) <> ''),
-    CONSTRAINT sendry_outbox_max_attempts_check CHECK (max_attempts IS NULL OR max_attempts > 0)
+    CONSTRAINT sendry_outbox_max_attempts_check CHECK (max_attempts IS NULL OR max_attempts BETWEEN 1 AND 1000)
 );
 
 -- Added in 0.2: the previous address of an email change (the contact to move).
 ALTER TABLE public.sendry_outbox ADD COLUMN IF NOT EXISTS old_email text;
+-- Added in 0.3: the row's class and the claim that holds it.
+--   class     'live': written by the triggers on auth.users (a sign-up, a change);
+--             'bulk': everything else, the hand-written backfill INSERT ... SELECT first
+--             of all (the default). A live row is claimed before any bulk row.
+--   claim_id  set by each claim (its transaction id, one per claim): an outcome is only
+--             recorded by the claim that produced it, never over a later claim.
+ALTER TABLE public.sendry_outbox ADD COLUMN IF NOT EXISTS class text NOT NULL DEFAULT 'bulk';
+ALTER TABLE public.sendry_outbox ADD COLUMN IF NOT EXISTS claim_id bigint;
+
+-- Constraints added after 0.1: checked on an upgrade without blocking writes for long
+-- (NOT VALID, then VALIDATE), and only created when missing, so a re-run is a no-op.
+DO $install$
+DECLARE
+    c record;
+BEGIN
+    -- 0.1 allowed any positive max_attempts; 0.3 bounds it as --max-attempts is.
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+               WHERE conrelid = 'public.sendry_outbox'::regclass
+                 AND conname = 'sendry_outbox_max_attempts_check'
+                 AND pg_catalog.pg_get_constraintdef(oid) NOT LIKE '%1000%') THEN
+        ALTER TABLE public.sendry_outbox DROP CONSTRAINT sendry_outbox_max_attempts_check;
+    END IF;
+    FOR c IN
+        SELECT * FROM (VALUES
+            ('sendry_outbox_max_attempts_check',
+             'CHECK (max_attempts IS NULL OR max_attempts BETWEEN 1 AND 1000)'),
+            ('sendry_outbox_attempts_check',
+             'CHECK (attempts >= 0)'),
+            ('sendry_outbox_class_check',
+             'CHECK (class IN (''live'', ''bulk''))'),
+            -- A row in flight names its worker and its lease.
+            ('sendry_outbox_lease_check',
+             'CHECK (status <> ''processing'' OR (locked_by IS NOT NULL AND locked_until IS NOT NULL))'),
+            ('sendry_outbox_locked_check',
+             'CHECK ((locked_by IS NULL) = (locked_until IS NULL))')
+        ) AS v(name, def)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                       WHERE conrelid = 'public.sendry_outbox'::regclass AND conname = c.name) THEN
+            EXECUTE pg_catalog.format('ALTER TABLE public.sendry_outbox ADD CONSTRAINT %I %s NOT VALID',
+                                      c.name, c.def);
+            EXECUTE pg_catalog.format('ALTER TABLE public.sendry_outbox VALIDATE CONSTRAINT %I', c.name);
+        END IF;
+    END LOOP;
+END
+$install$;
 
 COMMENT ON TABLE public.sendry_outbox IS
     'sendry-sync: contacts waiting to be delivered to Sendry. Requeue: UPDATE ... SET status=''pending'', next_attempt_at=now() WHERE status=''failed''.';
 
--- Claimable rows only. A claim sets next_attempt_at to the end of its lease, so
--- "pending and due" and "processing with an expired lease" are one range scan:
---   status IN ('pending','processing') AND next_attempt_at <= now()
--- Sent and failed rows are not in the index: millions of them cost nothing here.
-CREATE INDEX IF NOT EXISTS sendry_outbox_claimable_idx
-    ON public.sendry_outbox (next_attempt_at, id)
+-- Indexes. Every one costs each row an index entry per version (insert, claim,
+-- completion), so there are few, and all but the primary key are partial.
+--
+-- The claim: due rows of a class, oldest first, one range scan. A claim sets
+-- next_attempt_at to the end of its lease, so "pending and due" and "processing with an
+-- expired lease" are one range:
+--   class = $1 AND status IN ('pending','processing') AND next_attempt_at <= now()
+-- Sent and failed rows are not in it: millions of them cost nothing here.
+--
+-- Ordering: a row waits while an older unfinished row exists for the same user, the
+-- same address, or the address it moves away from. Each check is one probe of an
+-- index of its own. Their predicates differ on purpose (status <> ... rather than
+-- IN (...), and each names its own column as NOT NULL): a probe on user_id can prove
+-- only the user index's predicate, never the claim index's or the email index's, so
+-- the planner cannot pick an index to scan whole with a filter, whatever its
+-- statistics say about how many rows are unfinished.
+DROP INDEX IF EXISTS public.sendry_outbox_claimable_idx;
+DROP INDEX IF EXISTS public.sendry_outbox_user_id_idx;
+DROP INDEX IF EXISTS public.sendry_outbox_unfinished_user_idx;
+DROP INDEX IF EXISTS public.sendry_outbox_unfinished_email_idx;
+DROP INDEX IF EXISTS public.sendry_outbox_unfinished_old_email_idx;
+CREATE INDEX IF NOT EXISTS sendry_outbox_claim_idx
+    ON public.sendry_outbox (class, next_attempt_at, id)
     WHERE status IN ('pending', 'processing');
-
--- For "what happened to this user?" and for the failed-in-the-last-hour figure.
-CREATE INDEX IF NOT EXISTS sendry_outbox_user_id_idx ON public.sendry_outbox (user_id);
--- Ordering: a row is claimable only when no older unfinished row exists for the same
--- user or the same address, so changes to one contact go out one at a time, in order.
-CREATE INDEX IF NOT EXISTS sendry_outbox_unfinished_user_idx
-    ON public.sendry_outbox (user_id, id) WHERE status IN ('pending', 'processing');
-CREATE INDEX IF NOT EXISTS sendry_outbox_unfinished_email_idx
-    ON public.sendry_outbox (email, id) WHERE status IN ('pending', 'processing');
-CREATE INDEX IF NOT EXISTS sendry_outbox_unfinished_old_email_idx
+CREATE INDEX IF NOT EXISTS sendry_outbox_user_idx
+    ON public.sendry_outbox (user_id, id)
+    WHERE status <> 'sent' AND status <> 'failed' AND user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sendry_outbox_email_idx
+    ON public.sendry_outbox (email, id)
+    WHERE status <> 'sent' AND status <> 'failed' AND email IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sendry_outbox_old_email_idx
     ON public.sendry_outbox (old_email, id)
-    WHERE status IN ('pending', 'processing') AND old_email IS NOT NULL;
+    WHERE status <> 'sent' AND status <> 'failed' AND old_email IS NOT NULL;
 
 -- Settings kept in the database, one row. Change them with UPDATE:
 --   sync_on   'signup' (default): sync a user when they sign up;
@@ -233,8 +293,8 @@ BEGIN
     AS $body$
     BEGIN
         BEGIN
-            INSERT INTO public.sendry_outbox (op, user_id, email, payload)
-            SELECT 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+            SELECT 'live', 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
                    public.sendry_contact_payload(n)
             FROM new_rows n
             CROSS JOIN (SELECT COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1),
@@ -274,8 +334,8 @@ BEGIN
                                      'delete_contact');
     BEGIN
         BEGIN
-            INSERT INTO public.sendry_outbox (op, user_id, email, old_email, payload)
-            SELECT 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload)
+            SELECT 'live', 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
                    CASE WHEN NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
                          AND pg_catalog.lower(pg_catalog.btrim(o.email))
                              <> pg_catalog.lower(pg_catalog.btrim(n.email))
@@ -292,8 +352,8 @@ BEGIN
                    OR (v_sync_on = 'confirmed' AND o.email_confirmed_at IS NULL));
 
             IF v_on_delete <> 'keep' THEN
-                INSERT INTO public.sendry_outbox (op, user_id, email, payload)
-                SELECT 'delete', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
+                INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+                SELECT 'live', 'delete', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
                        pg_catalog.jsonb_build_object('delete_mode', v_on_delete)
                 FROM new_rows n JOIN old_rows o ON o.id = n.id
                 WHERE o.deleted_at IS NULL AND n.deleted_at IS NOT NULL
@@ -322,8 +382,8 @@ BEGIN
     AS $body$
     BEGIN
         BEGIN
-            INSERT INTO public.sendry_outbox (op, user_id, email, payload)
-            SELECT 'delete', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+            SELECT 'live', 'delete', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
                    pg_catalog.jsonb_build_object('delete_mode', s.on_delete)
             FROM old_rows o
             CROSS JOIN (SELECT COALESCE((SELECT on_delete FROM public.sendry_settings LIMIT 1),

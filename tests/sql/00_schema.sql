@@ -1,7 +1,7 @@
 -- Every object sql/install.sql creates exists, with the shape DESIGN.md promises.
 -- Logged in as postgres (the role that ran the migration and owns the objects).
 BEGIN;
-SELECT plan(109);
+SELECT plan(117);
 
 -- The outbox table and its columns (DESIGN.md: "columns at least").
 SELECT has_table('public', 'sendry_outbox', 'table public.sendry_outbox exists');
@@ -48,21 +48,23 @@ SELECT throws_ok($$INSERT INTO public.sendry_outbox (op, email) VALUES (NULL, 'a
                  '23502', NULL, 'op may not be NULL');
 SELECT throws_ok($$INSERT INTO public.sendry_outbox (status, email) VALUES (NULL, 'a@example.com')$$,
                  '23502', NULL, 'status may not be NULL');
-SELECT lives_ok($$INSERT INTO public.sendry_outbox (op, status, email)
-                  SELECT o, s, 'ok-' || o || '-' || s || '@example.com'
+SELECT lives_ok($$INSERT INTO public.sendry_outbox (op, status, email, locked_by, locked_until)
+                  SELECT o, s, 'ok-' || o || '-' || s || '@example.com',
+                         CASE WHEN s = 'processing' THEN 'w' END,
+                         CASE WHEN s = 'processing' THEN now() END
                   FROM unnest(ARRAY['upsert', 'delete']) o,
                        unnest(ARRAY['pending', 'processing', 'sent', 'failed']) s$$,
                 'every allowed op and status is accepted');
 SELECT is((SELECT count(*) FROM public.sendry_outbox WHERE email LIKE 'ok-%'), 8::bigint,
           'all 8 op x status combinations were stored');
 
--- The claimable index: on (next_attempt_at, id), partial, and its predicate holds for
+-- The claim index: on (class, next_attempt_at, id), partial, and its predicate holds for
 -- exactly the pending and processing rows (evaluated, not compared as text).
-SELECT has_index('public', 'sendry_outbox', 'sendry_outbox_claimable_idx',
-                 ARRAY['next_attempt_at', 'id'], 'index sendry_outbox_claimable_idx on (next_attempt_at, id)');
+SELECT has_index('public', 'sendry_outbox', 'sendry_outbox_claim_idx',
+                 ARRAY['class', 'next_attempt_at', 'id'], 'index sendry_outbox_claim_idx on (class, next_attempt_at, id)');
 SELECT isnt((SELECT indpred FROM pg_index
-              WHERE indexrelid = 'public.sendry_outbox_claimable_idx'::regclass)::text,
-            NULL, 'sendry_outbox_claimable_idx is a partial index');
+              WHERE indexrelid = 'public.sendry_outbox_claim_idx'::regclass)::text,
+            NULL, 'sendry_outbox_claim_idx is a partial index');
 CREATE FUNCTION pg_temp.predicate_holds(idx regclass, s text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -70,36 +72,52 @@ DECLARE
     r boolean;
 BEGIN
     SELECT pg_get_expr(indpred, indrelid) INTO pred FROM pg_index WHERE indexrelid = idx;
-    EXECUTE format('SELECT %s FROM (SELECT %L::text AS status) AS sendry_outbox', pred, s) INTO r;
+    EXECUTE format('SELECT %s FROM (SELECT %L::text AS status, ''x''::text AS email, ''x''::text AS old_email,'
+                   ' gen_random_uuid() AS user_id) AS sendry_outbox', pred, s) INTO r;
     RETURN coalesce(r, false);
 END
 $$;
 SELECT is(ARRAY(SELECT s FROM unnest(ARRAY['pending', 'processing', 'sent', 'failed', 'other']) s
-                 WHERE pg_temp.predicate_holds('public.sendry_outbox_claimable_idx', s) ORDER BY s),
+                 WHERE pg_temp.predicate_holds('public.sendry_outbox_claim_idx', s) ORDER BY s),
           ARRAY['pending', 'processing'],
-          'the claimable index predicate covers pending and processing only');
+          'the claim index predicate covers pending and processing only');
 
 -- The ordering indexes (an older unfinished row for the same user or address holds a
--- row back): on (user_id, id) and (email, id), over the unfinished rows only.
-SELECT has_index('public', 'sendry_outbox', 'sendry_outbox_unfinished_user_idx',
-                 ARRAY['user_id', 'id'], 'index sendry_outbox_unfinished_user_idx on (user_id, id)');
-SELECT has_index('public', 'sendry_outbox', 'sendry_outbox_unfinished_email_idx',
-                 ARRAY['email', 'id'], 'index sendry_outbox_unfinished_email_idx on (email, id)');
-SELECT is(ARRAY(SELECT s FROM unnest(ARRAY['pending', 'processing', 'sent', 'failed', 'other']) s
-                 WHERE pg_temp.predicate_holds('public.sendry_outbox_unfinished_user_idx', s) ORDER BY s),
+-- row back): on (user_id, id), (email, id) and (old_email, id), over the unfinished rows.
+SELECT has_index('public', 'sendry_outbox', 'sendry_outbox_user_idx',
+                 ARRAY['user_id', 'id'], 'index sendry_outbox_user_idx on (user_id, id)');
+SELECT has_index('public', 'sendry_outbox', 'sendry_outbox_email_idx',
+                 ARRAY['email', 'id'], 'index sendry_outbox_email_idx on (email, id)');
+SELECT has_index('public', 'sendry_outbox', 'sendry_outbox_old_email_idx',
+                 ARRAY['old_email', 'id'], 'index sendry_outbox_old_email_idx on (old_email, id)');
+SELECT is(ARRAY(SELECT s FROM unnest(ARRAY['pending', 'processing', 'sent', 'failed']) s
+                 WHERE pg_temp.predicate_holds('public.sendry_outbox_user_idx', s) ORDER BY s),
           ARRAY['pending', 'processing'],
-          'sendry_outbox_unfinished_user_idx covers pending and processing rows only');
-SELECT is(ARRAY(SELECT s FROM unnest(ARRAY['pending', 'processing', 'sent', 'failed', 'other']) s
-                 WHERE pg_temp.predicate_holds('public.sendry_outbox_unfinished_email_idx', s) ORDER BY s),
+          'sendry_outbox_user_idx covers pending and processing rows only');
+SELECT is(ARRAY(SELECT s FROM unnest(ARRAY['pending', 'processing', 'sent', 'failed']) s
+                 WHERE pg_temp.predicate_holds('public.sendry_outbox_email_idx', s) ORDER BY s),
           ARRAY['pending', 'processing'],
-          'sendry_outbox_unfinished_email_idx covers pending and processing rows only');
+          'sendry_outbox_email_idx covers pending and processing rows only');
 SELECT is(ARRAY(SELECT indexrelid::regclass::text FROM pg_index
                  WHERE indrelid = 'public.sendry_outbox'::regclass ORDER BY 1),
-          ARRAY['sendry_outbox_claimable_idx', 'sendry_outbox_failed_idx', 'sendry_outbox_pkey',
-                'sendry_outbox_unfinished_email_idx', 'sendry_outbox_unfinished_old_email_idx',
-                'sendry_outbox_unfinished_user_idx',
-                'sendry_outbox_user_id_idx'],
+          ARRAY['sendry_outbox_claim_idx', 'sendry_outbox_email_idx', 'sendry_outbox_failed_idx',
+                'sendry_outbox_old_email_idx', 'sendry_outbox_pkey', 'sendry_outbox_user_idx'],
           'exactly the expected indexes exist on sendry_outbox');
+
+-- Bounds an operator's UPDATE cannot break (SQLSTATE 23514).
+SELECT throws_ok($$UPDATE public.sendry_outbox SET attempts = -5$$, '23514', NULL,
+                 'attempts below 0 is a check violation');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (email, max_attempts) VALUES ('m@example.com', 0)$$,
+                 '23514', NULL, 'max_attempts 0 is a check violation');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (email, max_attempts) VALUES ('m@example.com', 1001)$$,
+                 '23514', NULL, 'max_attempts above 1000 is a check violation');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (email, class) VALUES ('m@example.com', 'urgent')$$,
+                 '23514', NULL, 'class outside live|bulk is a check violation');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (email, status) VALUES ('m@example.com', 'processing')$$,
+                 '23514', NULL, 'processing without a lease is a check violation');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (email, locked_by) VALUES ('m@example.com', 'w')$$,
+                 '23514', NULL, 'locked_by without locked_until is a check violation');
+SELECT col_default_is('public', 'sendry_outbox', 'class', 'bulk', 'class defaults to bulk (a hand-written INSERT)');
 
 -- Settings: one row (a boolean primary key that can only be true), two constrained texts.
 SELECT has_table('public', 'sendry_settings', 'table public.sendry_settings exists');

@@ -8,8 +8,9 @@ SELECT results_eq('SELECT * FROM public.sendry_outbox_stats',
                   $$VALUES (0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, NULL::interval, 0::bigint)$$,
                   'an empty outbox: one row of zeros and no oldest_due_age');
 
-INSERT INTO public.sendry_outbox (email, status, next_attempt_at, updated_at)
-VALUES -- pending and due: 3 (one due right now, the oldest due 10 minutes ago)
+INSERT INTO public.sendry_outbox (email, status, next_attempt_at, updated_at, locked_by, locked_until)
+SELECT e, s, n, u, CASE WHEN s = 'processing' THEN 'worker-1' END, CASE WHEN s = 'processing' THEN now() END
+FROM (VALUES -- pending and due: 3 (one due right now, the oldest due 10 minutes ago)
        ('due1@example.com', 'pending', now() - interval '10 minutes', now()),
        ('due2@example.com', 'pending', now() - interval '1 minute', now()),
        ('due3@example.com', 'pending', now(), now()),
@@ -26,7 +27,8 @@ VALUES -- pending and due: 3 (one due right now, the oldest due 10 minutes ago)
        -- failed: 3, two of them in the last hour
        ('failed1@example.com', 'failed', now() - interval '3 days', now() - interval '5 minutes'),
        ('failed2@example.com', 'failed', now() - interval '3 days', now() - interval '59 minutes'),
-       ('failed3@example.com', 'failed', now() - interval '3 days', now() - interval '2 hours');
+       ('failed3@example.com', 'failed', now() - interval '3 days', now() - interval '2 hours')
+     ) AS v(e, s, n, u);
 
 SELECT results_eq('SELECT pending, due, processing, sent, failed, failed_last_hour FROM public.sendry_outbox_stats',
                   $$VALUES (5::bigint, 3::bigint, 1::bigint, 4::bigint, 3::bigint, 2::bigint)$$,
