@@ -16,8 +16,10 @@ CFLAGS  += -std=c11 $(WARN) -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS))
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lev -lm
 SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
-SRCS     = src/config.c src/log.c src/backoff.c src/sendry.c src/http.c src/db.c src/outbox.c \
-           src/webhook.c src/metrics.c src/httpd.c src/main.c
+SRCS     = src/xalloc.c src/config.c src/log.c src/backoff.c src/sendry.c src/http.c src/db.c \
+           src/gate.c src/job.c src/claim.c src/deliver.c src/outcome.c src/complete.c \
+           src/reconcile.c src/inbox.c src/audience.c src/health.c \
+           src/relay.c src/relay_setup.c src/webhook.c src/metrics.c src/httpd.c src/receiver.c src/main.c
 HDRS     = $(wildcard src/*.h)
 GEN      = build/install_sql.c
 
@@ -38,18 +40,24 @@ sendry-sync-asan: $(SRCS) $(HDRS) $(GEN)
 	$(CC) $(CFLAGS) $(SAN) -O1 -Isrc -o $@ $(SRCS) $(GEN) $(LDFLAGS) $(LDLIBS)
 
 # Unit tests: pure modules linked into small test binaries, under the sanitizers.
-UNIT_SRCS = src/config.c src/log.c src/backoff.c src/sendry.c
+UNIT_SRCS = src/xalloc.c src/config.c src/log.c src/backoff.c src/sendry.c src/gate.c
 build/unit_test: tests/unit/unit_test.c tests/unit/check.h $(UNIT_SRCS) $(HDRS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) $(SAN) -Isrc -Itests/unit -o $@ tests/unit/unit_test.c $(UNIT_SRCS) $(LDFLAGS) $(LDLIBS)
 
-build/webhook_test: tests/unit/webhook_test.c tests/unit/check.h src/webhook.c src/metrics.c src/log.c $(HDRS)
+build/webhook_test: tests/unit/webhook_test.c tests/unit/check.h src/webhook.c src/metrics.c src/log.c src/xalloc.c $(HDRS)
 	@mkdir -p build
-	$(CC) $(CFLAGS) $(SAN) -Isrc -Itests/unit -o $@ tests/unit/webhook_test.c src/webhook.c src/metrics.c src/log.c $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(SAN) -Isrc -Itests/unit -o $@ tests/unit/webhook_test.c src/webhook.c src/metrics.c src/log.c src/xalloc.c $(LDFLAGS) $(LDLIBS)
 
-check-unit: build/unit_test build/webhook_test
+DB_TEST_SRCS = src/db.c src/log.c src/xalloc.c src/backoff.c
+build/db_test: tests/unit/db_test.c tests/unit/check.h $(DB_TEST_SRCS) $(HDRS)
+	@mkdir -p build
+	$(CC) $(CFLAGS) $(SAN) -Isrc -Itests/unit -o $@ tests/unit/db_test.c $(DB_TEST_SRCS) $(LDFLAGS) $(LDLIBS)
+
+check-unit: build/unit_test build/webhook_test build/db_test
 	./build/unit_test
 	./build/webhook_test
+	$(PYTHON) tests/pgharness.py run -- ./build/db_test
 
 # The webhook signature and body parsing under libFuzzer with ASan/UBSan, briefly.
 check-fuzz:
@@ -62,7 +70,7 @@ check-e2e: sendry-sync
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/
 
 check-asan: sendry-sync-asan
-	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py tests/test_lifecycle.py
+	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py tests/test_lifecycle.py tests/test_relay.py
 
 SUITES = check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
 check: all $(SUITES)

@@ -172,20 +172,21 @@ CREATE TABLE IF NOT EXISTS public.sendry_sync_state (
 CREATE INDEX IF NOT EXISTS sendry_outbox_failed_idx
     ON public.sendry_outbox (updated_at) WHERE status = 'failed';
 
--- NOTIFY sendry_outbox when rows become due, once per statement with a constant
--- payload: a backfill of a million rows sends one notification (PostgreSQL also folds
--- identical notifications within a transaction). The worker's own transitions
--- (to processing, sent, failed, or pending with a future retry time) stay silent.
+-- NOTIFY sendry_outbox when rows may have become due, with a constant payload.
+-- An INSERT notifies once per statement (no transition table: nothing is copied per row),
+-- so a backfill of a million rows sends one notification (PostgreSQL also folds
+-- identical notifications within a transaction). An UPDATE notifies only for a row that
+-- becomes pending and due (a requeue, a release): a row-level trigger whose WHEN clause
+-- is checked without calling any function, so the worker's own transitions (to
+-- processing, sent, failed, or pending with a future retry time) cost next to nothing
+-- and stay silent.
 CREATE OR REPLACE FUNCTION public.sendry_outbox_notify_insert()
 RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = ''
 AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM new_rows n
-               WHERE n.status = 'pending' AND n.next_attempt_at <= now()) THEN
-        PERFORM pg_catalog.pg_notify('sendry_outbox', '');
-    END IF;
+    PERFORM pg_catalog.pg_notify('sendry_outbox', '');
     RETURN NULL;
 END
 $$;
@@ -196,25 +197,21 @@ LANGUAGE plpgsql
 SET search_path = ''
 AS $$
 BEGIN
-    IF EXISTS (SELECT 1
-               FROM new_rows n JOIN old_rows o ON o.id = n.id
-               WHERE n.status = 'pending' AND n.next_attempt_at <= now()
-                 AND (o.status <> 'pending' OR o.next_attempt_at > now())) THEN
-        PERFORM pg_catalog.pg_notify('sendry_outbox', '');
-    END IF;
+    PERFORM pg_catalog.pg_notify('sendry_outbox', '');
     RETURN NULL;
 END
 $$;
 
 CREATE OR REPLACE TRIGGER sendry_outbox_notify_insert
     AFTER INSERT ON public.sendry_outbox
-    REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION public.sendry_outbox_notify_insert();
 
 CREATE OR REPLACE TRIGGER sendry_outbox_notify_update
     AFTER UPDATE ON public.sendry_outbox
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION public.sendry_outbox_notify_update();
+    FOR EACH ROW
+    WHEN (NEW.status = 'pending' AND NEW.next_attempt_at <= pg_catalog.now()
+          AND (OLD.status <> 'pending' OR OLD.next_attempt_at > pg_catalog.now()))
+    EXECUTE FUNCTION public.sendry_outbox_notify_update();
 
 -- What an operator looks at first. One row.
 CREATE OR REPLACE VIEW public.sendry_outbox_stats WITH (security_invoker = true) AS

@@ -15,12 +15,12 @@ double backoff_delay(double base, double cap, int attempt, double unit)
     return ceiling * unit;
 }
 
+/* A clock that went backwards restarts the count from now: never a stall. */
 static void refill(struct token_bucket *b, double now)
 {
-    if (now > b->updated) {
+    if (now > b->updated)
         b->tokens = fmin(b->burst, b->tokens + (now - b->updated) * b->rate);
-        b->updated = now;
-    }
+    b->updated = now;
 }
 
 void bucket_init(struct token_bucket *b, double rate, double burst, double now)
@@ -33,14 +33,23 @@ void bucket_init(struct token_bucket *b, double rate, double burst, double now)
 
 double bucket_take(struct token_bucket *b, double now)
 {
+    return bucket_take_above(b, now, 0);
+}
+
+double bucket_take_above(struct token_bucket *b, double now, double floor)
+{
     if (b->rate <= 0)
         return 0;
+    if (floor > b->burst - 1)
+        floor = b->burst - 1;
+    if (floor < 0)
+        floor = 0;
     refill(b, now);
-    if (b->tokens >= 1) {
+    if (b->tokens >= 1 + floor) {
         b->tokens -= 1;
         return 0;
     }
-    return (1 - b->tokens) / b->rate;
+    return (1 + floor - b->tokens) / b->rate;
 }
 
 int bucket_available(struct token_bucket *b, double now)

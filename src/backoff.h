@@ -21,6 +21,9 @@ void bucket_init(struct token_bucket *b, double rate, double burst, double now);
 /* Takes one token if there is one and returns 0; else returns the seconds until one
  * will be there (and takes nothing). */
 double bucket_take(struct token_bucket *b, double now);
+/* Takes one token only if at least `floor` tokens stay behind, and returns 0; else
+ * returns the seconds until that will be so (and takes nothing). */
+double bucket_take_above(struct token_bucket *b, double now, double floor);
 /* Tokens available now, without taking any. */
 int bucket_available(struct token_bucket *b, double now);
 

@@ -38,6 +38,9 @@ static const struct option_def options[] = {
      "HTTP requests in flight at once, 1-64 (default 4)"},
     {"rate", OPT_RATE, OFF(rate), 0, 1000, "N",
      "requests per second, 0 = unlimited (default 9; Sendry allows 100 per 10 s)"},
+    {"live-share", OPT_RATE, OFF(live_share), 0, 90, "PERCENT",
+     "share of the request budget that bulk work (backfills, reconciliation)\n"
+     "leaves to live changes, 0-90 (default 20)"},
     {"lease", OPT_SECONDS, OFF(lease), 1, 86400, "SECONDS",
      "how long a claimed row is held before another worker may take it (default 60)"},
     {"max-attempts", OPT_INT, OFF(max_attempts), 1, 1000, "N",
@@ -224,6 +227,7 @@ static void defaults(struct config *cfg)
     cfg->batch_size = SENDRY_MAX_BATCH;
     cfg->concurrency = 4;
     cfg->rate = 9;
+    cfg->live_share = 20;
     cfg->lease = 60;
     cfg->max_attempts = 12;
     cfg->poll_interval = 5;

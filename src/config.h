@@ -27,6 +27,7 @@ struct config {
     int batch_size;         /* 1..1000 */
     int concurrency;        /* requests in flight */
     double rate;            /* requests per second, 0 = unlimited */
+    double live_share;      /* percent of the request budget bulk work leaves to live rows */
     double lease;           /* seconds */
     int max_attempts;
     double poll_interval;   /* seconds */

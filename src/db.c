@@ -1,9 +1,14 @@
 #include "db.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "backoff.h"
 #include "log.h"
+#include "xalloc.h"
 
 enum db_state {
     DB_DISCONNECTED,   /* waiting for the reconnect timer */
@@ -23,8 +28,9 @@ struct query {
 
 struct db {
     struct ev_loop *loop;
+    char *name;
     char *conninfo;
-    char *listen_sql;
+    char *listen_sql;        /* NULL: no LISTEN */
     struct db_callbacks cbs;
     enum db_state state;
     PGconn *conn;
@@ -32,7 +38,9 @@ struct db {
     int io_events;
     ev_timer retry;          /* reconnect after backoff */
     ev_timer deadline;       /* connection attempt timeout */
+    ev_idle pump_w;          /* db_query() sends from the loop, never inside the call */
     double backoff;
+    uint64_t rng;            /* reconnect jitter, seeded per process */
     bool flushing;
     struct query *head, *tail;
     struct query *running;   /* sent, results not all read */
@@ -87,13 +95,13 @@ static void set_error(struct db *db, const char *prefix)
 
 static void schedule_reconnect(struct db *db)
 {
-    double jitter = 0.5 + (double)(rand() % 1000) / 2000.0;   /* 0.5 .. 1.0 */
+    double jitter = 0.5 + rand_unit(&db->rng) / 2;   /* 0.5 .. 1.0 */
     double delay = db->backoff * jitter;
     db->backoff = db->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : db->backoff * 2;
     ev_timer_stop(db->loop, &db->retry);
     ev_timer_set(&db->retry, delay, 0.);
     ev_timer_start(db->loop, &db->retry);
-    log_info("db: reconnecting in %.1f s", delay);
+    log_info("db: reconnecting in %.1f s (%s connection)", delay, db->name);
 }
 
 /* Drops the connection: stop the watcher before PQfinish (the fd number may be reused
@@ -103,7 +111,7 @@ static void lost(struct db *db, const char *why)
     bool was_up = db->state == DB_READY || db->state == DB_LISTENING;
     if (why)
         set_error(db, why);
-    log_error("db: %s", db->err);
+    log_error("db: %s (%s connection)", db->err, db->name);
     ev_io_stop(db->loop, &db->io);
     ev_timer_stop(db->loop, &db->deadline);
     if (db->conn)
@@ -168,6 +176,16 @@ static void drain_notifies(struct db *db)
         db->cbs.notified(db->cbs.ud);
 }
 
+static void became_ready(struct db *db)
+{
+    db->state = DB_READY;
+    db->backoff = BACKOFF_MIN;
+    log_info("db: connected (%s connection, server %d%s%s)", db->name, PQserverVersion(db->conn),
+             db->listen_sql ? ", " : "", db->listen_sql ? db->listen_sql : "");
+    if (db->cbs.connected)
+        db->cbs.connected(db->cbs.ud);
+}
+
 static void on_listen_done(struct db *db, PGresult *res)
 {
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
@@ -175,11 +193,7 @@ static void on_listen_done(struct db *db, PGresult *res)
         lost(db, NULL);
         return;
     }
-    db->state = DB_READY;
-    db->backoff = BACKOFF_MIN;
-    log_info("db: connected (server %d, LISTEN sendry_outbox)", PQserverVersion(db->conn));
-    if (db->cbs.connected)
-        db->cbs.connected(db->cbs.ud);
+    became_ready(db);
 }
 
 /* Reads whatever results are complete; a NULL from PQgetResult ends a query. */
@@ -207,41 +221,51 @@ static void read_results(struct db *db)
     }
 }
 
+/* One step of PQconnectPoll; once connected: non-blocking mode, then LISTEN (if any). */
+static void connect_step(struct db *db)
+{
+    switch (PQconnectPoll(db->conn)) {
+    case PGRES_POLLING_FAILED:
+        lost(db, "connect failed: ");
+        return;
+    case PGRES_POLLING_READING:
+        arm(db, EV_READ);
+        return;
+    case PGRES_POLLING_WRITING:
+        arm(db, EV_WRITE);
+        return;
+    case PGRES_POLLING_OK:
+        break;
+    default:
+        return;
+    }
+    ev_timer_stop(db->loop, &db->deadline);
+    if (PQsetnonblocking(db->conn, 1) != 0) {
+        lost(db, "PQsetnonblocking: ");
+        return;
+    }
+    if (!db->listen_sql) {
+        arm(db, EV_READ);
+        became_ready(db);
+        pump(db);
+        return;
+    }
+    db->state = DB_LISTENING;
+    if (!PQsendQuery(db->conn, db->listen_sql)) {
+        lost(db, "could not send LISTEN: ");
+        return;
+    }
+    flush(db);
+}
+
 static void on_io(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     struct db *db = w->data;
-
     if (db->state == DB_CONNECTING) {
-        switch (PQconnectPoll(db->conn)) {
-        case PGRES_POLLING_FAILED:
-            lost(db, "connect failed: ");
-            return;
-        case PGRES_POLLING_READING:
-            arm(db, EV_READ);
-            return;
-        case PGRES_POLLING_WRITING:
-            arm(db, EV_WRITE);
-            return;
-        case PGRES_POLLING_OK:
-            break;
-        default:
-            return;
-        }
-        ev_timer_stop(db->loop, &db->deadline);
-        if (PQsetnonblocking(db->conn, 1) != 0) {
-            lost(db, "PQsetnonblocking: ");
-            return;
-        }
-        db->state = DB_LISTENING;
-        if (!PQsendQuery(db->conn, db->listen_sql)) {
-            lost(db, "could not send LISTEN: ");
-            return;
-        }
-        flush(db);
+        connect_step(db);
         return;
     }
-
     if ((revents & EV_WRITE) && db->flushing) {
         flush(db);
         if (!db->conn)
@@ -285,13 +309,12 @@ static void on_deadline(struct ev_loop *loop, ev_timer *w, int revents)
 
 static void notice_processor(void *arg, const char *message)
 {
-    (void)arg;
     char buf[512];
     snprintf(buf, sizeof buf, "%s", message);
     size_t n = strlen(buf);
     while (n > 0 && buf[n - 1] == '\n')
         buf[--n] = '\0';
-    log_info("db: %s", buf);
+    log_info("db: %s (%s connection)", buf, ((struct db *)arg)->name);
 }
 
 static void connect_start(struct db *db)
@@ -313,31 +336,36 @@ static void connect_start(struct db *db)
     arm(db, EV_WRITE);
 }
 
-struct db *db_new(struct ev_loop *loop, const char *conninfo, const char *channel,
-                  struct db_callbacks cbs)
+static void on_pump(struct ev_loop *loop, ev_idle *w, int revents)
 {
-    struct db *db = calloc(1, sizeof *db);
-    if (!db)
-        return NULL;
+    (void)revents;
+    ev_idle_stop(loop, w);
+    pump(w->data);
+}
+
+struct db *db_new(struct ev_loop *loop, const char *name, const char *conninfo,
+                  const char *channel, struct db_callbacks cbs)
+{
+    struct db *db = xcalloc(1, sizeof *db);
     db->loop = loop;
     db->cbs = cbs;
-    db->conninfo = strdup(conninfo);
-    size_t n = strlen(channel) + 16;
-    db->listen_sql = malloc(n);
-    if (!db->conninfo || !db->listen_sql) {
-        free(db->conninfo);
-        free(db->listen_sql);
-        free(db);
-        return NULL;
+    db->name = xstrdup(name);
+    db->conninfo = xstrdup(conninfo);
+    if (channel) {
+        size_t n = strlen(channel) + 16;
+        db->listen_sql = xmalloc(n);
+        snprintf(db->listen_sql, n, "LISTEN %s", channel);
     }
-    snprintf(db->listen_sql, n, "LISTEN %s", channel);
     db->backoff = BACKOFF_MIN;
+    db->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)db;
     ev_init(&db->io, on_io);
     db->io.data = db;
     ev_init(&db->retry, on_retry);
     db->retry.data = db;
     ev_init(&db->deadline, on_deadline);
     db->deadline.data = db;
+    ev_idle_init(&db->pump_w, on_pump);
+    db->pump_w.data = db;
     return db;
 }
 
@@ -353,6 +381,7 @@ void db_free(struct db *db)
     ev_io_stop(db->loop, &db->io);
     ev_timer_stop(db->loop, &db->retry);
     ev_timer_stop(db->loop, &db->deadline);
+    ev_idle_stop(db->loop, &db->pump_w);
     if (db->conn)
         PQfinish(db->conn);
     PQclear(db->result);
@@ -362,40 +391,29 @@ void db_free(struct db *db)
         db->head = q->next;
         query_free(q);
     }
+    free(db->name);
     free(db->conninfo);
     free(db->listen_sql);
     free(db);
 }
 
-bool db_query(struct db *db, const char *sql, int nparams, const char *const *params,
+void db_query(struct db *db, const char *sql, int nparams, const char *const *params,
               db_result_cb cb, void *arg)
 {
-    struct query *q = calloc(1, sizeof *q);
-    if (!q)
-        return false;
-    q->sql = strdup(sql);
-    q->params = nparams ? calloc((size_t)nparams, sizeof *q->params) : NULL;
+    struct query *q = xcalloc(1, sizeof *q);
+    q->sql = xstrdup(sql);
+    q->params = xcalloc((size_t)(nparams ? nparams : 1), sizeof *q->params);
     q->nparams = nparams;
     q->cb = cb;
     q->arg = arg;
-    if (!q->sql || (nparams && !q->params)) {
-        q->nparams = 0;
-        query_free(q);
-        return false;
-    }
-    for (int i = 0; i < nparams; i++) {
-        if (params[i] && !(q->params[i] = strdup(params[i]))) {
-            query_free(q);
-            return false;
-        }
-    }
+    for (int i = 0; i < nparams; i++)
+        q->params[i] = params[i] ? xstrdup(params[i]) : NULL;
     if (db->tail)
         db->tail->next = q;
     else
         db->head = q;
     db->tail = q;
-    pump(db);
-    return true;
+    ev_idle_start(db->loop, &db->pump_w);
 }
 
 bool db_connected(const struct db *db)

@@ -1,10 +1,15 @@
 /* db: one PostgreSQL connection driven by a libev loop, never blocking.
  *
- * Connects with PQconnectStartParams, LISTENs on a channel, runs queued queries one at
- * a time (PQsendQueryParams), hands notifications to a callback, and reconnects with
- * capped exponential backoff when the connection is lost. Queries queued while
- * disconnected wait for the next connection; a query in flight when the connection
- * drops gets its callback with res == NULL (its outcome is unknown). */
+ * Connects with PQconnectStartParams, optionally LISTENs on a channel, runs queued
+ * queries one at a time (PQsendQueryParams), hands notifications to a callback, and
+ * reconnects with capped exponential backoff (jittered per process) when the connection
+ * is lost. A worker holds two: one for the relay (claim, complete) and one for
+ * everything else (webhooks, reconciliation, metrics), so neither waits behind the other.
+ *
+ * Callbacks never run inside the call that caused them: db_query() only queues and
+ * returns; results, failures and connection events are delivered from the loop.
+ * Queries queued while disconnected wait for the next connection; a query in flight when
+ * the connection drops gets its callback with res == NULL (its outcome is unknown). */
 #ifndef SENDRY_DB_H
 #define SENDRY_DB_H
 
@@ -19,19 +24,21 @@ struct db;
 typedef void (*db_result_cb)(PGresult *res, void *arg);
 
 struct db_callbacks {
-    void (*connected)(void *ud);      /* after LISTEN succeeded, on every (re)connect */
+    void (*connected)(void *ud);      /* after LISTEN (if any) succeeded, on every (re)connect */
     void (*disconnected)(void *ud);   /* the connection was lost; a reconnect is scheduled */
     void (*notified)(void *ud);       /* a NOTIFY arrived on the channel */
     void *ud;
 };
 
-struct db *db_new(struct ev_loop *loop, const char *conninfo, const char *channel,
-                  struct db_callbacks cbs);
+/* name labels log lines ("relay", "aux"); channel NULL: no LISTEN. Strings are copied. */
+struct db *db_new(struct ev_loop *loop, const char *name, const char *conninfo,
+                  const char *channel, struct db_callbacks cbs);
 void db_start(struct db *db);
-void db_free(struct db *db);   /* closes the connection; queued callbacks are not called */
+/* Closes the connection. Queued and running queries get no callback. */
+void db_free(struct db *db);
 
-/* Queues a query; params are copied. Returns false on allocation failure. */
-bool db_query(struct db *db, const char *sql, int nparams, const char *const *params,
+/* Queues a query (params are copied) and returns; cb (may be NULL) runs from the loop. */
+void db_query(struct db *db, const char *sql, int nparams, const char *const *params,
               db_result_cb cb, void *arg);
 
 bool db_connected(const struct db *db);

@@ -6,7 +6,9 @@
 #include <strings.h>
 
 #include "config.h"
+#include "list.h"
 #include "log.h"
+#include "xalloc.h"
 
 struct http {
     struct ev_loop *loop;
@@ -71,9 +73,7 @@ static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *s
         return 0;
     }
     if (!sk) {
-        sk = calloc(1, sizeof *sk);
-        if (!sk)
-            return -1;
+        sk = xcalloc(1, sizeof *sk);
         sk->h = h;
         ev_init(&sk->io, on_sock_io);
         curl_multi_assign(h->multi, s, sk);
@@ -105,10 +105,7 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp)
     size_t n = size * nmemb;
     if (req->response_len + n > HTTP_MAX_RESPONSE)
         return 0; /* CURLE_WRITE_ERROR: a response this large is not Sendry's */
-    char *grown = realloc(req->response, req->response_len + n + 1);
-    if (!grown)
-        return 0;
-    req->response = grown;
+    req->response = xrealloc(req->response, req->response_len + n + 1);
     memcpy(req->response + req->response_len, data, n);
     req->response_len += n;
     req->response[req->response_len] = '\0';
@@ -141,13 +138,7 @@ static size_t header_cb(char *data, size_t size, size_t nmemb, void *userp)
 
 static void unlink_request(struct http *h, struct http_request *req)
 {
-    if (req->prev)
-        req->prev->next = req->next;
-    else
-        h->active = req->next;
-    if (req->next)
-        req->next->prev = req->prev;
-    req->next = req->prev = NULL;
+    LIST_REMOVE(h->active, req);
     h->in_flight--;
 }
 
@@ -186,33 +177,19 @@ static void drain(struct http *h)
 
 struct http *http_new(struct ev_loop *loop, const char *api_key, double timeout)
 {
-    struct http *h = calloc(1, sizeof *h);
-    if (!h)
-        return NULL;
+    struct http *h = xcalloc(1, sizeof *h);
     h->loop = loop;
     h->timeout_ms = (long)(timeout * 1000);
-    h->multi = curl_multi_init();
+    h->multi = xcheck(curl_multi_init());
     size_t alen = strlen(api_key) + 32;
-    char *auth = malloc(alen);
-    if (!h->multi || !auth) {
-        free(auth);
-        http_free(h);
-        return NULL;
-    }
+    char *auth = xmalloc(alen);
     snprintf(auth, alen, "Authorization: Bearer %s", api_key);
-    struct curl_slist *l = curl_slist_append(NULL, auth);
+    struct curl_slist *l = xcheck(curl_slist_append(NULL, auth));
     memset(auth, 0, alen);
     free(auth);
-    if (l)
-        l = curl_slist_append(l, "Content-Type: application/json");
-    if (l)
-        l = curl_slist_append(l, "Accept: application/json");
-    if (l)
-        l = curl_slist_append(l, "Expect:"); /* no 100-continue round trip */
-    if (!l) {
-        http_free(h);
-        return NULL;
-    }
+    l = xcheck(curl_slist_append(l, "Content-Type: application/json"));
+    l = xcheck(curl_slist_append(l, "Accept: application/json"));
+    l = xcheck(curl_slist_append(l, "Expect:")); /* no 100-continue round trip */
     h->headers = l;
     ev_init(&h->timer, on_timer);
     h->timer.data = h;
@@ -250,12 +227,7 @@ void http_free(struct http *h)
 
 struct http_request *http_request_new(const char *method, char *url_owned, char *body_owned)
 {
-    struct http_request *req = calloc(1, sizeof *req);
-    if (!req) {
-        free(url_owned);
-        free(body_owned);
-        return NULL;
-    }
+    struct http_request *req = xcalloc(1, sizeof *req);
     snprintf(req->method, sizeof req->method, "%s", method);
     req->url = url_owned;
     req->body = body_owned;
@@ -274,9 +246,7 @@ void http_request_free(struct http_request *req)
 
 bool http_start(struct http *h, struct http_request *req)
 {
-    CURL *e = curl_easy_init();
-    if (!e)
-        return false;
+    CURL *e = xcheck(curl_easy_init());
     req->easy = e;
     req->owner = h;
     req->transport_ok = false;
@@ -316,11 +286,7 @@ bool http_start(struct http *h, struct http_request *req)
         req->easy = NULL;
         return false;
     }
-    req->next = h->active;
-    req->prev = NULL;
-    if (h->active)
-        h->active->prev = req;
-    h->active = req;
+    LIST_PUSH(h->active, req);
     h->in_flight++;
     return true;
 }

@@ -40,10 +40,12 @@ struct http_request {
 
 #define HTTP_MAX_RESPONSE (1024 * 1024)
 
-/* Creates the client: api_key goes into every Authorization header; timeout in s. */
+/* Creates the client (never NULL): api_key goes into every Authorization header;
+ * timeout in s. */
 struct http *http_new(struct ev_loop *loop, const char *api_key, double timeout);
 void http_free(struct http *h);    /* aborts what is in flight without callbacks */
 
+/* Never NULL; takes ownership of url and body (body may be NULL). */
 struct http_request *http_request_new(const char *method, char *url_owned, char *body_owned);
 void http_request_free(struct http_request *req);
 

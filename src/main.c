@@ -13,7 +13,7 @@
 
 #include "config.h"
 #include "log.h"
-#include "outbox.h"
+#include "relay.h"
 
 /* sql/install.sql, embedded at build time (see Makefile). */
 extern const char sendry_install_sql[];
@@ -98,12 +98,6 @@ int main(int argc, char **argv)
 
     struct ev_loop *loop = EV_DEFAULT;
     struct relay *relay = relay_new(loop, &cfg);
-    if (!relay) {
-        log_error("out of memory starting up");
-        curl_global_cleanup();
-        config_free(&cfg);
-        return 1;
-    }
     if (!relay_listen(relay, err, sizeof err)) {
         fprintf(stderr, "sendry-sync: %s\n", err);
         relay_free(relay);

@@ -1,5 +1,7 @@
 #include "metrics.h"
 
+#include "xalloc.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -117,12 +119,7 @@ __attribute__((format(printf, 2, 3))) static void put(struct buf *b, const char 
             return;
         }
         size_t cap = b->cap * 2 > b->len + (size_t)n + 1 ? b->cap * 2 : b->len + (size_t)n + 1;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->p = p;
+        b->p = xrealloc(b->p, cap);
         b->cap = cap;
     }
 }
@@ -159,9 +156,7 @@ static void header(struct buf *b, const char *name, const char *type, const char
 
 char *metrics_render(void)
 {
-    struct buf b = {.p = malloc(8192), .cap = 8192};
-    if (!b.p)
-        return NULL;
+    struct buf b = {.p = xmalloc(8192), .cap = 8192};
     b.p[0] = '\0';
 
     header(&b, "rows_total", "counter", "Outbox rows completed by the relay, by outcome.");

@@ -1,10 +1,14 @@
 #include "sendry.h"
 
 #include <ctype.h>
+#include <curl/curl.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
 #include <time.h>
+
+#include "xalloc.h"
 
 char *sendry_normalize_email(const char *email)
 {
@@ -15,9 +19,7 @@ char *sendry_normalize_email(const char *email)
     size_t len = strlen(email);
     while (len > 0 && isspace((unsigned char)email[len - 1]))
         len--;
-    char *out = malloc(len + 1);
-    if (!out)
-        return NULL;
+    char *out = xmalloc(len + 1);
     for (size_t i = 0; i < len; i++)
         out[i] = (char)tolower((unsigned char)email[i]);
     out[len] = '\0';
@@ -42,9 +44,7 @@ static json_object *limited_string(const char *s, size_t max_chars)
 
 json_object *sendry_contact(const struct row *r)
 {
-    json_object *c = json_object_new_object();
-    if (!c)
-        return NULL;
+    json_object *c = xcheck(json_object_new_object());
     json_object_object_add(c, "email", json_object_new_string(r->email));
     json_object *p = r->payload;
     if (p && json_object_is_type(p, json_type_object)) {
@@ -77,21 +77,16 @@ json_object *sendry_contact(const struct row *r)
 
 static char *dup_json(json_object *o)
 {
-    const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-    char *out = s ? strdup(s) : NULL;
+    char *out = xstrdup(xcheck((void *)json_object_to_json_string_ext(
+        o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)));
     json_object_put(o);
     return out;
 }
 
 char *sendry_import_body(struct row *const *rows, size_t n, const char *audience_id)
 {
-    json_object *body = json_object_new_object();
-    json_object *contacts = json_object_new_array_ext((int)n);
-    if (!body || !contacts) {
-        json_object_put(body);
-        json_object_put(contacts);
-        return NULL;
-    }
+    json_object *body = xcheck(json_object_new_object());
+    json_object *contacts = xcheck(json_object_new_array_ext((int)n));
     for (size_t i = 0; i < n; i++)
         json_object_array_add(contacts, sendry_contact(rows[i]));
     json_object_object_add(body, "contacts", contacts);
@@ -102,16 +97,13 @@ char *sendry_import_body(struct row *const *rows, size_t n, const char *audience
 char *sendry_contact_body(const struct row *r, const char *audience_id)
 {
     json_object *c = sendry_contact(r);
-    if (!c)
-        return NULL;
     json_object_object_add(c, "audience_id", json_object_new_string(audience_id));
     return dup_json(c);
 }
 
 char *sendry_move_body(const struct row *r)
 {
-    json_object *c = sendry_contact(r);
-    return c ? dup_json(c) : NULL;
+    return dup_json(sendry_contact(r));
 }
 
 bool sendry_delete_removes_from_audience(const struct row *r)
@@ -124,22 +116,9 @@ bool sendry_delete_removes_from_audience(const struct row *r)
 
 char *sendry_url_encode(const char *s)
 {
-    static const char hex[] = "0123456789ABCDEF";
-    size_t len = strlen(s);
-    char *out = malloc(len * 3 + 1);
-    if (!out)
-        return NULL;
-    char *o = out;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (isalnum(*p) || *p == '-' || *p == '_' || *p == '.' || *p == '~') {
-            *o++ = (char)*p;
-        } else {
-            *o++ = '%';
-            *o++ = hex[*p >> 4];
-            *o++ = hex[*p & 15];
-        }
-    }
-    *o = '\0';
+    char *enc = xcheck(curl_easy_escape(NULL, s, 0));
+    char *out = xstrdup(enc);
+    curl_free(enc);
     return out;
 }
 
@@ -276,32 +255,19 @@ double sendry_retry_after(const char *header, double now)
         header++;
     if (!*header)
         return -1;
-    char *end;
-    double secs = strtod(header, &end);
-    if (end != header) {
-        while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
-            end++;
-        if (*end == '\0')
-            return secs < 0 ? 0 : secs;
+    /* delay-seconds is 1*DIGIT (RFC 9110 10.2.3): no sign, no point, no hex, no "inf". */
+    if (isdigit((unsigned char)*header)) {
+        const char *p = header;
+        double secs = 0;
+        while (isdigit((unsigned char)*p))
+            secs = secs * 10 + (*p++ - '0');
+        while (*p == ' ' || *p == '\t')
+            p++;
+        return *p == '\0' && isfinite(secs) ? secs : -1;
     }
-    /* An HTTP-date: "Sun, 06 Nov 1994 08:49:37 GMT". */
-    struct tm tm;
-    memset(&tm, 0, sizeof tm);
-    static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
-    char mon[4] = {0};
-    int day, year, h, m, s;
-    const char *comma = strchr(header, ',');
-    if (!comma || sscanf(comma + 1, " %d %3s %d %d:%d:%d", &day, mon, &year, &h, &m, &s) != 6)
+    /* An HTTP-date ("Sun, 06 Nov 1994 08:49:37 GMT"): libcurl parses it. */
+    time_t when = curl_getdate(header, NULL);
+    if (when == (time_t)-1)
         return -1;
-    const char *pos = strstr(months, mon);
-    if (!pos || strlen(mon) != 3)
-        return -1;
-    tm.tm_mday = day;
-    tm.tm_mon = (int)(pos - months) / 3;
-    tm.tm_year = year - 1900;
-    tm.tm_hour = h;
-    tm.tm_min = m;
-    tm.tm_sec = s;
-    double when = (double)timegm(&tm);
-    return when > now ? when - now : 0;
+    return (double)when > now ? (double)when - now : 0;
 }

@@ -11,15 +11,27 @@
 
 enum row_op { OP_UPSERT, OP_DELETE };
 
-/* One outbox row as the worker holds it while delivering. */
-struct row {
+/* An outbox row held under a claim: what its outcome is written against. */
+struct row_ref {
     long long id;
-    enum row_op op;
-    char *email;            /* owned; normalised (trimmed, lower-case) */
-    char *old_email;        /* owned, NULL unless an email change: the contact to move */
-    json_object *payload;   /* owned reference; may be NULL */
+    long long claim_id;     /* the claim that holds it (outcomes are tied to it) */
     int attempts;           /* including the current one */
     int max_attempts;
+};
+
+/* One contact as the worker delivers it: the newest state of the rows of one contact
+ * that a claim took together (several pending changes go out as one). */
+struct row {
+    long long id;           /* the newest row's id (for logs) */
+    enum row_op op;
+    char *email;            /* owned; normalised (trimmed, lower-case) */
+    char *old_email;        /* owned, NULL unless the contact moves: the address Sendry knows */
+    json_object *payload;   /* owned reference; may be NULL */
+    bool live;              /* one of its rows is live (a change made now, not a backfill) */
+    int attempts;           /* the most of its rows' attempts (for the backoff) */
+    int max_attempts;
+    struct row_ref *refs;   /* owned: every row this contact's claim holds, oldest first */
+    size_t nrefs;
 };
 
 /* Body of PATCH /v1/contacts/by-email?email=<old>: the new email and the names and

@@ -236,7 +236,7 @@ class Worker:
 
     def wait_ready(self, timeout=20.0):
         """Connected to PostgreSQL (LISTENing) and the audience verified."""
-        self.wait_log(r"db: connected", timeout)
+        self.wait_log(r"db: connected \(relay connection", timeout)
         self.wait_log(r"audience \S+ .* verified", timeout)
 
     def close(self):

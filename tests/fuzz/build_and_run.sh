@@ -16,7 +16,7 @@ mkdir -p build
 $CLANG -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
     -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
     -Isrc $(pkg-config --cflags json-c) \
-    -o build/webhook_fuzz tests/fuzz/webhook_fuzz.c src/webhook.c src/metrics.c src/log.c \
+    -o build/webhook_fuzz tests/fuzz/webhook_fuzz.c src/webhook.c src/metrics.c src/log.c src/xalloc.c \
     $(pkg-config --libs json-c) -lcrypto
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/webhook_fuzz.XXXXXX")

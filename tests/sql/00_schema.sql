@@ -245,7 +245,9 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
           'exactly the expected sendry_* functions exist');
 
 -- Triggers: on auth.users, AFTER ... FOR EACH STATEMENT (tgtype 4 = AFTER INSERT statement,
--- 8 = AFTER DELETE statement, 16 = AFTER UPDATE statement), with transition tables, enabled.
+-- 8 = AFTER DELETE statement, 16 = AFTER UPDATE statement), with transition tables, enabled;
+-- on the outbox, one NOTIFY per INSERT statement without a transition table, and a row
+-- trigger on UPDATE (17) with a WHEN clause.
 SELECT has_trigger('auth', 'users', 'sendry_sync_users_insert', 'trigger sendry_sync_users_insert on auth.users');
 SELECT trigger_is('auth', 'users', 'sendry_sync_users_insert', 'public', 'sendry_auth_users_inserted',
                   'sendry_sync_users_insert calls sendry_auth_users_inserted()');
@@ -268,9 +270,9 @@ SELECT is(ARRAY(SELECT format('%s %s tgtype=%s enabled=%s old_table=%s new_table
           ARRAY['auth.users sendry_sync_users_delete tgtype=8 enabled=O old_table=t new_table=f',
                 'auth.users sendry_sync_users_insert tgtype=4 enabled=O old_table=f new_table=t',
                 'auth.users sendry_sync_users_update tgtype=16 enabled=O old_table=t new_table=t',
-                'sendry_outbox sendry_outbox_notify_insert tgtype=4 enabled=O old_table=f new_table=t',
-                'sendry_outbox sendry_outbox_notify_update tgtype=16 enabled=O old_table=t new_table=t'],
-          'the five triggers are AFTER ... FOR EACH STATEMENT, enabled, with transition tables');
+                'sendry_outbox sendry_outbox_notify_insert tgtype=4 enabled=O old_table=f new_table=f',
+                'sendry_outbox sendry_outbox_notify_update tgtype=17 enabled=O old_table=f new_table=f'],
+          'the five triggers are AFTER, enabled; the outbox''s copy nothing per row');
 
 -- Row level security.
 SELECT ok((SELECT relrowsecurity FROM pg_class WHERE oid = 'public.sendry_outbox'::regclass),

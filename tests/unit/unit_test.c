@@ -132,7 +132,12 @@ static void test_errors(void)
     sendry_parse_error(nested, 10, code, sizeof code, msg, sizeof msg, &ra);
 
     CHECK(sendry_retry_after("3", 0) == 3);
-    CHECK(sendry_retry_after(" 1.5 ", 0) == 1.5);
+    CHECK(sendry_retry_after(" 15 ", 0) == 15);
+    /* Retry-After is delay-seconds (1*DIGIT) or an HTTP-date: nothing else is a delay. */
+    const char *not_delays[] = {"1.5", "nan", "NaN", "inf", "-inf", "-3", "+3", "0x10", "1e3",
+                                "3 s", "3;", "infinity"};
+    for (size_t i = 0; i < sizeof not_delays / sizeof not_delays[0]; i++)
+        CHECK(sendry_retry_after(not_delays[i], 0) == -1);
     CHECK(sendry_retry_after("", 0) == -1);
     CHECK(sendry_retry_after(NULL, 0) == -1);
     CHECK(sendry_retry_after("soon", 0) == -1);

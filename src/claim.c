@@ -1,0 +1,283 @@
+#include "claim.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "xalloc.h"
+
+/* Due rows: pending and due, or processing with an expired lease (a claim sets
+ * next_attempt_at to the lease's end, so both are one range of the claim index), live
+ * rows first, then bulk ones ($1 contacts at most, of which $2 bulk).
+ *
+ * A contact is its user (or, without a user, its row). One claim takes all the
+ * unfinished rows of a contact together, and the worker sends their newest state once:
+ * a burst of changes costs one request, and a live change never waits behind an older
+ * bulk row of the same user. A contact is skipped while one of its rows is in flight
+ * (processing under a lease that has not run out), while another worker holds one of
+ * its rows (all of them must be ours), and while an older unfinished row of another
+ * contact uses its address or the address it moves away from: so changes to one
+ * contact, and to one address, reach Sendry one at a time and in order.
+ *
+ * The plan must stay O(batch) whatever the table holds and whatever the statistics say
+ * (fresh, stale, absent): the candidates are a range scan of the claim index with a
+ * LIMIT, each check is one probe of an index of its own (each index's predicate can be
+ * proved only by its own probe, see install.sql), OFFSET 0 keeps each check a per-row
+ * subplan (an anti-join could scan a whole index believed empty), the checks run only
+ * until $1 contacts passed them, and the UPDATE finds its rows by ctid (a TID scan).
+ * Candidates left out are unlocked when the statement ends, a moment later.
+ * claim_id is the claim's transaction id: unique, and the token its outcomes carry.
+ * Each returned row names its contact's head (the row that led the claim). */
+static const char CLAIM_SQL[] =
+    "WITH live AS MATERIALIZED ("
+    "     SELECT ctid AS tid, id, user_id, email, old_email, 0 AS rank, next_attempt_at AS due_at"
+    "     FROM public.sendry_outbox"
+    "     WHERE class = 'live' AND status IN ('pending', 'processing') AND next_attempt_at <= now()"
+    "     ORDER BY next_attempt_at, id LIMIT $1 * 2 FOR UPDATE SKIP LOCKED),"
+    "  bulk AS MATERIALIZED ("
+    "     SELECT ctid AS tid, id, user_id, email, old_email, 1 AS rank, next_attempt_at AS due_at"
+    "     FROM public.sendry_outbox"
+    "     WHERE class = 'bulk' AND status IN ('pending', 'processing') AND next_attempt_at <= now()"
+    "     ORDER BY next_attempt_at, id LIMIT $2 * 2 FOR UPDATE SKIP LOCKED),"
+    "  firsts AS MATERIALIZED ("
+    "     SELECT * FROM ("
+    "         SELECT c.*, row_number() OVER (PARTITION BY c.user_id, CASE WHEN c.user_id IS NULL THEN c.id END"
+    "                                        ORDER BY c.rank, c.due_at, c.id) AS nth"
+    "         FROM (SELECT * FROM live UNION ALL SELECT * FROM bulk) c) x"
+    "     WHERE x.nth = 1),"
+    "  heads AS MATERIALIZED ("
+    "     SELECT * FROM ("
+    "         SELECT f.*, u.unfinished"
+    "         FROM (SELECT * FROM firsts ORDER BY rank, due_at, id OFFSET 0) f"
+    "         CROSS JOIN LATERAL ("
+    "             SELECT count(*) AS unfinished,"
+    "                    count(*) FILTER (WHERE e.next_attempt_at > now() AND e.id <> f.id) AS busy"
+    "             FROM public.sendry_outbox e"
+    "             WHERE e.user_id = f.user_id AND e.status <> 'sent' AND e.status <> 'failed') u"
+    "         WHERE u.busy = 0"
+    "           AND NOT EXISTS (SELECT 1 FROM public.sendry_outbox e"
+    "                           WHERE e.email = f.email AND e.id < f.id"
+    "                             AND e.status <> 'sent' AND e.status <> 'failed'"
+    "                             AND (f.user_id IS NULL OR e.user_id IS DISTINCT FROM f.user_id) OFFSET 0)"
+    "           AND NOT EXISTS (SELECT 1 FROM public.sendry_outbox e"
+    "                           WHERE e.old_email = f.email AND e.id < f.id"
+    "                             AND e.status <> 'sent' AND e.status <> 'failed'"
+    "                             AND (f.user_id IS NULL OR e.user_id IS DISTINCT FROM f.user_id) OFFSET 0)"
+    "           AND (f.old_email IS NULL"
+    "                OR (NOT EXISTS (SELECT 1 FROM public.sendry_outbox e"
+    "                                WHERE e.email = f.old_email AND e.id < f.id"
+    "                                  AND e.status <> 'sent' AND e.status <> 'failed'"
+    "                                  AND (f.user_id IS NULL OR e.user_id IS DISTINCT FROM f.user_id) OFFSET 0)"
+    "                    AND NOT EXISTS (SELECT 1 FROM public.sendry_outbox e"
+    "                                    WHERE e.old_email = f.old_email AND e.id < f.id"
+    "                                      AND e.status <> 'sent' AND e.status <> 'failed'"
+    "                                      AND (f.user_id IS NULL OR e.user_id IS DISTINCT FROM f.user_id)"
+    "                                    OFFSET 0)))) h"
+    "     LIMIT $1),"
+    "  members AS MATERIALIZED ("
+    "     SELECT h.id AS head, m.tid FROM heads h"
+    "     CROSS JOIN LATERAL (SELECT e.ctid AS tid FROM public.sendry_outbox e"
+    "                         WHERE e.user_id = h.user_id AND e.id <> h.id"
+    "                           AND e.status <> 'sent' AND e.status <> 'failed'"
+    "                         FOR UPDATE SKIP LOCKED) m"
+    "     WHERE h.unfinished > 1),"
+    "  sizes AS (SELECT m.head, count(*) AS n FROM members m GROUP BY m.head),"
+    "  whole AS MATERIALIZED ("
+    "     SELECT h.id, h.tid FROM heads h LEFT JOIN sizes s ON s.head = h.id"
+    "     WHERE h.user_id IS NULL OR h.unfinished = 1 + COALESCE(s.n, 0)),"
+    "  claim AS ("
+    "     SELECT w.id AS head, w.tid FROM whole w"
+    "     UNION ALL"
+    "     SELECT m.head, m.tid FROM members m WHERE m.head IN (SELECT w.id FROM whole w))"
+    " UPDATE public.sendry_outbox o"
+    " SET status = 'processing', locked_by = $3,"
+    "     locked_until = now() + $4 * interval '1 second',"
+    "     next_attempt_at = now() + $4 * interval '1 second',"
+    "     claim_id = pg_current_xact_id()::text::bigint,"
+    "     attempts = o.attempts + 1, updated_at = now()"
+    " FROM claim c WHERE o.ctid = c.tid"
+    " RETURNING c.head, o.id, o.email, o.payload::text, o.attempts, COALESCE(o.max_attempts, $5),"
+    "           EXTRACT(EPOCH FROM now() - o.created_at)::float8, o.op, o.old_email, o.claim_id,"
+    "           o.class = 'live'";
+
+static const char RELEASE_ORPHANS_SQL[] =
+    "UPDATE public.sendry_outbox"
+    " SET status = 'pending', attempts = attempts - 1, next_attempt_at = now(),"
+    "     locked_by = NULL, locked_until = NULL, updated_at = now()"
+    " WHERE locked_by = $1 AND status = 'processing'"
+    "   AND id NOT IN (SELECT value::bigint FROM jsonb_array_elements_text($2::jsonb))";
+
+static const char NEXT_DUE_SQL[] =
+    "SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8"
+    " FROM public.sendry_outbox WHERE status IN ('pending', 'processing')";
+
+struct claimer {
+    struct db *db;
+    const struct config *cfg;
+    char *locked_by;
+    claim_cb claimed;
+    next_due_cb next_due;
+    void *ud;
+    bool busy;             /* a claim is in flight */
+    bool asking;           /* a next-due question is in flight */
+    int limit;
+    double fresh_window;
+};
+
+struct claimer *claim_new(struct db *db, const struct config *cfg, const char *locked_by,
+                          claim_cb claimed, next_due_cb next_due, void *ud)
+{
+    struct claimer *c = xcalloc(1, sizeof *c);
+    *c = (struct claimer){.db = db, .cfg = cfg, .locked_by = xstrdup(locked_by),
+                          .claimed = claimed, .next_due = next_due, .ud = ud};
+    return c;
+}
+
+void claim_free(struct claimer *c)
+{
+    if (!c)
+        return;
+    free(c->locked_by);
+    free(c);
+}
+
+void row_free(struct row *row)
+{
+    free(row->email);
+    free(row->old_email);
+    json_object_put(row->payload);
+    free(row->refs);
+    free(row);
+}
+
+/* One returned row, before its contact is put together. */
+struct claimed {
+    long long head, id, claim_id;
+    int attempts, max_attempts;
+    int index;             /* its row in the result */
+};
+
+static int by_head_then_id(const void *a, const void *b)
+{
+    const struct claimed *x = a, *y = b;
+    if (x->head != y->head)
+        return x->head < y->head ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* The contact of rows g[0..n) (oldest first): the newest row's state, moving from the
+ * address Sendry knew before the oldest one, if that is another. */
+static struct row *contact_of(PGresult *res, const struct claimed *g, size_t n)
+{
+    int newest = g[n - 1].index, oldest = g[0].index;
+    struct row *row = xcalloc(1, sizeof *row);
+    row->id = g[n - 1].id;
+    row->email = sendry_normalize_email(PQgetvalue(res, newest, 2));
+    row->payload = json_tokener_parse(PQgetvalue(res, newest, 3));
+    row->op = strcmp(PQgetvalue(res, newest, 7), "delete") == 0 ? OP_DELETE : OP_UPSERT;
+    const char *before = PQgetisnull(res, oldest, 8) ? PQgetvalue(res, oldest, 2) : PQgetvalue(res, oldest, 8);
+    char *old = sendry_normalize_email(before);
+    if (strcmp(old, row->email) != 0)
+        row->old_email = old;
+    else
+        free(old);
+    row->refs = xcalloc(n, sizeof *row->refs);
+    row->nrefs = n;
+    for (size_t i = 0; i < n; i++) {
+        row->refs[i] = (struct row_ref){.id = g[i].id, .claim_id = g[i].claim_id,
+                                        .attempts = g[i].attempts, .max_attempts = g[i].max_attempts};
+        if (g[i].attempts > row->attempts)
+            row->attempts = g[i].attempts;
+        row->live |= *PQgetvalue(res, g[i].index, 10) == 't';
+        row->max_attempts = g[i].max_attempts;
+    }
+    return row;
+}
+
+/* Puts the returned rows together into contacts, counting the fresh first attempts. */
+static void fill_batch(struct claimer *c, PGresult *res, struct claim_batch *batch)
+{
+    int n = PQntuples(res);
+    struct claimed *all = xcalloc((size_t)(n ? n : 1), sizeof *all);
+    for (int i = 0; i < n; i++) {
+        all[i] = (struct claimed){.head = atoll(PQgetvalue(res, i, 0)), .id = atoll(PQgetvalue(res, i, 1)),
+                                  .attempts = atoi(PQgetvalue(res, i, 4)),
+                                  .max_attempts = atoi(PQgetvalue(res, i, 5)),
+                                  .claim_id = atoll(PQgetvalue(res, i, 9)), .index = i};
+        if (all[i].attempts == 1 && atof(PQgetvalue(res, i, 6)) < c->fresh_window - 1)
+            batch->fresh++;
+    }
+    qsort(all, (size_t)n, sizeof *all, by_head_then_id);
+    batch->rows = xcalloc((size_t)(n ? n : 1), sizeof *batch->rows);
+    for (int i = 0, j; i < n; i = j) {
+        for (j = i; j < n && all[j].head == all[i].head; j++)
+            ;
+        batch->rows[batch->n++] = contact_of(res, all + i, (size_t)(j - i));
+    }
+    free(all);
+}
+
+static void on_claimed(PGresult *res, void *arg)
+{
+    struct claimer *c = arg;
+    c->busy = false;
+    struct claim_batch batch = {.limit = c->limit};
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        /* Lost connection: release_orphans sorts it out after the reconnect. */
+        if (res)
+            log_error("db: claim failed: %s", PQresultErrorMessage(res));
+        batch.failed = true;
+        c->claimed(c->ud, &batch);
+        return;
+    }
+    metrics_claim(PQntuples(res));
+    fill_batch(c, res, &batch);
+    if (batch.n > 0)
+        log_debug("claimed %d rows of %zu contacts", PQntuples(res), batch.n);
+    c->claimed(c->ud, &batch);
+    free(batch.rows);
+}
+
+void claim_take(struct claimer *c, int limit, int bulk_limit, double connected_for)
+{
+    char slimit[16], sbulk[16], slease[32], smax[16];
+    snprintf(slimit, sizeof slimit, "%d", limit);
+    snprintf(sbulk, sizeof sbulk, "%d", bulk_limit);
+    snprintf(slease, sizeof slease, "%.3f", c->cfg->lease);
+    snprintf(smax, sizeof smax, "%d", c->cfg->max_attempts);
+    const char *params[5] = {slimit, sbulk, c->locked_by, slease, smax};
+    db_query(c->db, CLAIM_SQL, 5, params, on_claimed, c);
+    c->busy = true;
+    c->limit = limit;
+    c->fresh_window = connected_for;
+}
+
+bool claim_busy(const struct claimer *c)
+{
+    return c->busy;
+}
+
+static void on_next_due(PGresult *res, void *arg)
+{
+    struct claimer *c = arg;
+    c->asking = false;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        return;
+    c->next_due(c->ud, PQgetisnull(res, 0, 0) ? -1 : atof(PQgetvalue(res, 0, 0)));
+}
+
+void claim_next_due(struct claimer *c)
+{
+    if (c->asking)
+        return;
+    c->asking = true;
+    db_query(c->db, NEXT_DUE_SQL, 0, NULL, on_next_due, c);
+}
+
+void claim_release_orphans(struct claimer *c, json_object *held)
+{
+    const char *params[2] = {c->locked_by, json_object_to_json_string_ext(held, JSON_C_TO_STRING_PLAIN)};
+    db_query(c->db, RELEASE_ORPHANS_SQL, 2, params, NULL, NULL);
+}

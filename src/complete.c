@@ -1,0 +1,174 @@
+#include "complete.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "xalloc.h"
+
+/* uncount takes back the attempt the claim counted, for rows that were never really
+ * tried (429, stopped sending, shutdown). */
+static const char COMPLETE_SQL[] =
+    "UPDATE public.sendry_outbox o"
+    " SET status = c.status,"
+    "     attempts = o.attempts - c.uncount,"
+    "     next_attempt_at = CASE WHEN c.status = 'pending'"
+    "                       THEN now() + c.delay_ms * interval '1 millisecond'"
+    "                       ELSE o.next_attempt_at END,"
+    "     sent_at = CASE WHEN c.status = 'sent' THEN now() ELSE o.sent_at END,"
+    "     last_http_status = COALESCE(c.http_status, o.last_http_status),"
+    "     last_error = CASE WHEN c.status = 'sent' THEN NULL ELSE COALESCE(c.error, o.last_error) END,"
+    "     locked_by = NULL, locked_until = NULL, updated_at = now()"
+    " FROM jsonb_to_recordset($1::jsonb)"
+    "      AS c(id bigint, claim_id bigint, status text, http_status int, error text,"
+    "           delay_ms bigint, uncount int)"
+    " WHERE o.id = c.id AND o.claim_id = c.claim_id AND o.locked_by = $2"
+    "   AND o.status = 'processing'";
+
+struct outcome_rec {
+    long long id, claim_id;
+    enum row_result result;
+    int http_status;       /* 0 = none */
+    char *error;           /* owned, may be NULL */
+    long long delay_ms;
+};
+
+struct completer {
+    struct db *db;
+    char *locked_by;
+    complete_cb done;
+    void *ud;
+    struct outcome_rec *recs;
+    size_t n, cap;
+    size_t in_flight;      /* the first in_flight records are being written */
+};
+
+struct completer *complete_new(struct db *db, const char *locked_by, complete_cb done, void *ud)
+{
+    struct completer *c = xcalloc(1, sizeof *c);
+    c->db = db;
+    c->locked_by = xstrdup(locked_by);
+    c->done = done;
+    c->ud = ud;
+    return c;
+}
+
+void complete_free(struct completer *c)
+{
+    for (size_t i = 0; i < c->n; i++)
+        free(c->recs[i].error);
+    free(c->recs);
+    free(c->locked_by);
+    free(c);
+}
+
+void complete_row(struct completer *c, const struct row_ref *ref, enum row_result result,
+                  int http_status, const char *error, double delay)
+{
+    xgrow((void **)&c->recs, &c->cap, c->n + 1, sizeof *c->recs);
+    c->recs[c->n++] = (struct outcome_rec){
+        .id = ref->id, .claim_id = ref->claim_id, .result = result, .http_status = http_status,
+        .error = error ? xstrdup(error) : NULL, .delay_ms = (long long)(delay * 1000)};
+}
+
+void complete_contact(struct completer *c, const struct row *row, enum row_result result,
+                      int http_status, const char *error, double delay)
+{
+    for (size_t i = 0; i < row->nrefs; i++)
+        complete_row(c, &row->refs[i], result, http_status, error, delay);
+}
+
+static const char *status_of(enum row_result r)
+{
+    switch (r) {
+    case RESULT_SENT: return "sent";
+    case RESULT_FAILED: return "failed";
+    case RESULT_RETRY:
+    case RESULT_RELEASE: break;
+    }
+    return "pending";
+}
+
+static json_object *rec_json(const struct outcome_rec *r)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "id", json_object_new_int64(r->id));
+    json_object_object_add(o, "claim_id", json_object_new_int64(r->claim_id));
+    json_object_object_add(o, "status", json_object_new_string(status_of(r->result)));
+    json_object_object_add(o, "http_status", r->http_status ? json_object_new_int(r->http_status) : NULL);
+    json_object_object_add(o, "error", r->error ? json_object_new_string(r->error) : NULL);
+    json_object_object_add(o, "delay_ms", json_object_new_int64(r->delay_ms));
+    json_object_object_add(o, "uncount", json_object_new_int(r->result == RESULT_RELEASE));
+    return o;
+}
+
+/* Counts what the written records did, then drops them. */
+static void settle(struct completer *c, struct complete_report *rep)
+{
+    size_t n = c->in_flight;
+    rep->rows = n;
+    rep->soonest = -1;
+    for (size_t i = 0; i < n; i++) {
+        struct outcome_rec *r = &c->recs[i];
+        if (r->result == RESULT_SENT)
+            rep->sent++;
+        else if (r->result == RESULT_FAILED)
+            rep->failed++;
+        else {
+            rep->retried += r->result == RESULT_RETRY;
+            double in = (double)r->delay_ms / 1000.0;
+            if (rep->soonest < 0 || in < rep->soonest)
+                rep->soonest = in;
+        }
+        free(r->error);
+    }
+    memmove(c->recs, c->recs + n, (c->n - n) * sizeof *c->recs);
+    c->n -= n;
+    c->in_flight = 0;
+}
+
+static void on_written(PGresult *res, void *arg)
+{
+    struct completer *c = arg;
+    if (!res) {
+        c->in_flight = 0;   /* connection lost: kept, written after the reconnect */
+        return;
+    }
+    struct complete_report rep = {0};
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        /* Not the connection: the statement itself failed, and sending it again would
+         * fail again and hold up every later outcome. Drop these; their rows are still
+         * processing and come back when their lease runs out (nothing is lost). */
+        log_error("db: recording %zu outcomes failed: %s; those rows will be retried after "
+                  "their lease", c->in_flight, PQresultErrorMessage(res));
+        rep.statement_failed = true;
+    } else {
+        rep.recorded = atoll(PQcmdTuples(res));
+    }
+    settle(c, &rep);
+    c->done(c->ud, &rep);
+}
+
+void complete_flush(struct completer *c)
+{
+    if (c->in_flight || c->n == 0 || !db_connected(c->db))
+        return;
+    json_object *arr = json_object_new_array_ext((int)c->n);
+    for (size_t i = 0; i < c->n; i++)
+        json_object_array_add(arr, rec_json(&c->recs[i]));
+    const char *params[2] = {json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN), c->locked_by};
+    db_query(c->db, COMPLETE_SQL, 2, params, on_written, c);
+    c->in_flight = c->n;
+    json_object_put(arr);
+}
+
+size_t complete_pending(const struct completer *c)
+{
+    return c->n;
+}
+
+void complete_add_ids(const struct completer *c, json_object *ids)
+{
+    for (size_t i = 0; i < c->n; i++)
+        json_object_array_add(ids, json_object_new_int64(c->recs[i].id));
+}

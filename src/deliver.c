@@ -1,0 +1,274 @@
+#include "deliver.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backoff.h"
+#include "job.h"
+#include "list.h"
+#include "log.h"
+#include "metrics.h"
+#include "outcome.h"
+#include "xalloc.h"
+
+struct deliverer {
+    struct ev_loop *loop;
+    const struct config *cfg;
+    struct http *http;
+    struct gate *gate;
+    struct completer *complete;
+    void (*changed)(void *ud);
+    void *ud;
+    uint64_t rng;
+    bool draining;
+    struct queue {
+        struct job *head, *tail;
+    } live, bulk;              /* waiting, in order: live jobs go first */
+    struct job *inflight;      /* requests under way */
+    int in_flight;
+    long long requests;
+    ev_timer wait_timer;       /* the gate said "not yet" */
+};
+
+static void on_wait_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct deliverer *d = w->data;
+    deliver_pump(d);
+}
+
+struct deliverer *deliver_new(struct ev_loop *loop, const struct config *cfg, struct http *http,
+                              struct gate *gate, struct completer *complete,
+                              void (*changed)(void *ud), void *ud)
+{
+    struct deliverer *d = xcalloc(1, sizeof *d);
+    *d = (struct deliverer){.loop = loop, .cfg = cfg, .http = http, .gate = gate,
+                            .complete = complete, .changed = changed, .ud = ud};
+    d->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)d;
+    ev_init(&d->wait_timer, on_wait_timer);
+    d->wait_timer.data = d;
+    return d;
+}
+
+static struct job *pop_front(struct queue *q)
+{
+    struct job *job = q->head;
+    q->head = job->next;
+    if (!q->head)
+        q->tail = NULL;
+    job->next = NULL;
+    return job;
+}
+
+static struct queue *queue_of(struct deliverer *d, const struct job *job)
+{
+    return job->live ? &d->live : &d->bulk;
+}
+
+static void push_back(struct deliverer *d, struct job *job)
+{
+    struct queue *q = queue_of(d, job);
+    job->next = NULL;
+    if (q->tail)
+        q->tail->next = job;
+    else
+        q->head = job;
+    q->tail = job;
+}
+
+static void push_front(struct deliverer *d, struct job *job)
+{
+    struct queue *q = queue_of(d, job);
+    job->next = q->head;
+    q->head = job;
+    if (!q->tail)
+        q->tail = job;
+}
+
+void deliver_free(struct deliverer *d)
+{
+    if (!d)
+        return;
+    ev_timer_stop(d->loop, &d->wait_timer);
+    while (d->live.head)
+        job_free(pop_front(&d->live));
+    while (d->bulk.head)
+        job_free(pop_front(&d->bulk));
+    free(d);
+}
+
+void deliver_take(struct deliverer *d, struct claim_batch *batch)
+{
+    size_t limit = d->cfg->mode == MODE_IMPORT ? (size_t)d->cfg->batch_size : 1;
+    enum req_kind shared = d->cfg->mode == MODE_IMPORT ? REQ_IMPORT : REQ_CREATE;
+    struct job *jobs[2] = {NULL, NULL};   /* the shared request of bulk rows, of live rows */
+    for (size_t i = 0; i < batch->n; i++) {
+        struct row *row = batch->rows[i];
+        struct job *own = job_for_row(row);
+        if (own) {
+            push_back(d, own);
+            continue;
+        }
+        struct job **job = &jobs[row->live];
+        if (*job && (*job)->n == limit) {
+            push_back(d, *job);
+            *job = NULL;
+        }
+        if (!*job)
+            *job = job_new(shared, limit);
+        job_add(*job, row);
+    }
+    for (int k = 1; k >= 0; k--)
+        if (jobs[k])
+            push_back(d, jobs[k]);
+    batch->n = 0;
+}
+
+static void link_in_flight(struct deliverer *d, struct job *job)
+{
+    LIST_PUSH(d->inflight, job);
+    d->in_flight++;
+}
+
+static void unlink_in_flight(struct deliverer *d, struct job *job)
+{
+    LIST_REMOVE(d->inflight, job);
+    d->in_flight--;
+}
+
+static void release_job(struct deliverer *d, struct job *job)
+{
+    for (size_t i = 0; i < job->n; i++)
+        complete_contact(d->complete, job->rows[i], RESULT_RELEASE, 0, NULL, 0);
+    job_free(job);
+}
+
+static void on_http_done(struct http_request *req, void *arg);
+
+/* Starts one job's request; a request that cannot even start counts as a failed attempt. */
+static void start_job(struct deliverer *d, struct job *job)
+{
+    struct http_request *req = job_request(job, d->cfg);
+    req->done = on_http_done;
+    req->arg = job;
+    job->owner = d;
+    job->started_at = gate_now(d->gate);
+    if (http_start(d->http, req)) {
+        link_in_flight(d, job);
+        d->requests++;
+        return;
+    }
+    http_request_free(req);
+    log_error("could not start a request for %zu rows", job->n);
+    for (size_t i = 0; i < job->n; i++)
+        complete_contact(d->complete, job->rows[i], RESULT_RETRY, 0, "worker: could not start request",
+                     backoff_delay(d->cfg->backoff_base, d->cfg->backoff_cap, job->rows[i]->attempts,
+                                   rand_unit(&d->rng)));
+    job_free(job);
+    d->changed(d->ud);
+}
+
+/* The next job to start: a live one if any (it may use every token), else a bulk one. */
+static struct queue *next_queue(struct deliverer *d, enum gate_class *c)
+{
+    *c = d->live.head ? GATE_LIVE : GATE_BULK;
+    return d->live.head ? &d->live : d->bulk.head ? &d->bulk : NULL;
+}
+
+void deliver_pump(struct deliverer *d)
+{
+    struct queue *q;
+    enum gate_class c;
+    while ((q = next_queue(d, &c)) && !d->draining && d->in_flight < d->cfg->concurrency) {
+        double wait = gate_ask(d->gate, c);
+        if (wait > 0) {
+            if (!ev_is_active(&d->wait_timer) || ev_timer_remaining(d->loop, &d->wait_timer) > wait) {
+                ev_timer_stop(d->loop, &d->wait_timer);
+                ev_timer_set(&d->wait_timer, wait, 0.);
+                ev_timer_start(d->loop, &d->wait_timer);
+            }
+            return;
+        }
+        start_job(d, pop_front(q));
+    }
+}
+
+static void on_http_done(struct http_request *req, void *arg)
+{
+    struct job *job = arg;
+    struct deliverer *d = job->owner;
+    unlink_in_flight(d, job);
+    bool aborted = !req->transport_ok && strcmp(req->error, "aborted") == 0;
+    if (!aborted)
+        metrics_http(req->transport_ok ? req->status : 0);
+    struct outcome_env env = {.cfg = d->cfg, .gate = d->gate, .complete = d->complete, .rng = &d->rng};
+    struct job *again[2];
+    size_t n = outcome_settle(&env, job, req, again);
+    http_request_free(req);
+    /* The next step of a move or a deletion, or the halves of a split batch, go first;
+     * while draining they are given back instead, to start over later. */
+    for (size_t i = n; i-- > 0;) {
+        if (d->draining)
+            release_job(d, again[i]);
+        else
+            push_front(d, again[i]);
+    }
+    if (gate_state(d->gate) == GATE_STOPPED)
+        deliver_release_waiting(d);   /* not sent while stopped, nor held for an unknown time */
+    deliver_pump(d);
+    d->changed(d->ud);
+}
+
+bool deliver_waiting(const struct deliverer *d)
+{
+    return d->live.head || d->bulk.head;
+}
+
+int deliver_in_flight(const struct deliverer *d)
+{
+    return d->in_flight;
+}
+
+int deliver_free_slots(const struct deliverer *d)
+{
+    return d->cfg->concurrency - d->in_flight;
+}
+
+void deliver_release_waiting(struct deliverer *d)
+{
+    while (d->live.head)
+        release_job(d, pop_front(&d->live));
+    while (d->bulk.head)
+        release_job(d, pop_front(&d->bulk));
+}
+
+void deliver_drain(struct deliverer *d)
+{
+    d->draining = true;
+    ev_timer_stop(d->loop, &d->wait_timer);
+    deliver_release_waiting(d);
+}
+
+static void add_job_ids(const struct job *job, json_object *ids)
+{
+    for (; job; job = job->next)
+        for (size_t i = 0; i < job->n; i++)
+            for (size_t k = 0; k < job->rows[i]->nrefs; k++)
+                json_object_array_add(ids, json_object_new_int64(job->rows[i]->refs[k].id));
+}
+
+void deliver_add_ids(const struct deliverer *d, json_object *ids)
+{
+    add_job_ids(d->live.head, ids);
+    add_job_ids(d->bulk.head, ids);
+    add_job_ids(d->inflight, ids);
+}
+
+long long deliver_requests(const struct deliverer *d)
+{
+    return d->requests;
+}

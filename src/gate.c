@@ -1,0 +1,166 @@
+#include "gate.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "backoff.h"
+#include "xalloc.h"
+
+struct gate {
+    gate_clock_fn clock;
+    void *clock_ud;
+    struct token_bucket bucket;
+    double reserve;            /* tokens bulk requests leave for live ones */
+    double pause_until;        /* GATE_PAUSED until then */
+    int rate_limited_streak;   /* 429s in a row */
+    double backoff_base, backoff_cap;
+    bool stopped;
+    double stop_since;         /* when the current refusal was recorded */
+    double probe_at;           /* the next probe may go then */
+    double probe_wait;         /* the current wait between probes */
+    char cause[768];
+};
+
+static double monotonic(void *ud)
+{
+    (void)ud;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+struct gate *gate_new(double rate, double burst, double live_share, gate_clock_fn clock,
+                      void *clock_ud)
+{
+    struct gate *g = xcalloc(1, sizeof *g);
+    g->clock = clock ? clock : monotonic;
+    g->clock_ud = clock_ud;
+    bucket_init(&g->bucket, rate, burst, gate_now(g));
+    g->reserve = live_share > 0 ? live_share * g->bucket.burst : 0;
+    if (live_share > 0 && g->reserve < 1)
+        g->reserve = 1;
+    g->backoff_base = 1;
+    g->backoff_cap = 60;
+    return g;
+}
+
+void gate_free(struct gate *g)
+{
+    free(g);
+}
+
+double gate_now(const struct gate *g)
+{
+    return g->clock(g->clock_ud);
+}
+
+enum gate_state gate_state(struct gate *g)
+{
+    if (g->stopped)
+        return GATE_STOPPED;
+    return gate_now(g) < g->pause_until ? GATE_PAUSED : GATE_OPEN;
+}
+
+const char *gate_state_name(enum gate_state s)
+{
+    switch (s) {
+    case GATE_OPEN: return "open";
+    case GATE_PAUSED: return "paused";
+    case GATE_STOPPED: return "stopped";
+    }
+    return "?";
+}
+
+static double wait_of(struct gate *g, enum gate_class c, bool take)
+{
+    double now = gate_now(g);
+    if (now < g->pause_until)
+        return g->pause_until - now;
+    if (g->stopped && now < g->probe_at)
+        return g->probe_at - now;
+    struct token_bucket copy = g->bucket;
+    double wait = bucket_take_above(take ? &g->bucket : &copy, now, c == GATE_BULK ? g->reserve : 0);
+    if (wait > 0 || !take)
+        return wait;
+    if (g->stopped)
+        g->probe_at = now + g->probe_wait;   /* one probe per period */
+    return 0;
+}
+
+double gate_ask(struct gate *g, enum gate_class c)
+{
+    return wait_of(g, c, true);
+}
+
+double gate_peek(struct gate *g, enum gate_class c)
+{
+    return wait_of(g, c, false);
+}
+
+void gate_set_backoff(struct gate *g, double base, double cap)
+{
+    g->backoff_base = base;
+    g->backoff_cap = cap;
+}
+
+int gate_tokens(struct gate *g, enum gate_class c)
+{
+    if (gate_peek(g, c) > 0)
+        return 0;
+    if (g->stopped)
+        return 1;
+    int n = bucket_available(&g->bucket, gate_now(g)) - (c == GATE_BULK ? (int)g->reserve : 0);
+    return n > 0 ? n : 1;
+}
+
+double gate_pause(struct gate *g, double seconds, double unit)
+{
+    g->rate_limited_streak++;
+    /* No delay named, or one no limit of Sendry's needs (NaN included): back off. */
+    if (!(seconds >= 0 && seconds <= GATE_PAUSE_CAP)) {
+        double cap = g->backoff_cap < GATE_PAUSE_CAP ? g->backoff_cap : GATE_PAUSE_CAP;
+        seconds = backoff_delay(g->backoff_base, cap, g->rate_limited_streak, 0.5 + unit / 2);
+    }
+    double until = gate_now(g) + seconds;
+    if (until > g->pause_until)
+        g->pause_until = until;
+    return seconds;
+}
+
+bool gate_stop(struct gate *g, const char *cause, double request_started)
+{
+    double now = gate_now(g);
+    if (g->stopped && request_started < g->stop_since)
+        return false;
+    if (!g->stopped) {
+        g->stopped = true;
+        g->probe_wait = GATE_PROBE_FIRST;
+    } else {
+        g->probe_wait = g->probe_wait * 2 > GATE_PROBE_MAX ? GATE_PROBE_MAX : g->probe_wait * 2;
+    }
+    g->stop_since = now;
+    g->probe_at = now + g->probe_wait;
+    snprintf(g->cause, sizeof g->cause, "%s", cause);
+    return true;
+}
+
+bool gate_accepted(struct gate *g)
+{
+    bool was = g->stopped;
+    g->stopped = false;
+    g->rate_limited_streak = 0;
+    g->cause[0] = '\0';
+    return was;
+}
+
+const char *gate_cause(const struct gate *g)
+{
+    return g->stopped ? g->cause : "";
+}
+
+double gate_probe_in(struct gate *g)
+{
+    double in = g->probe_at - gate_now(g);
+    return g->stopped && in > 0 ? in : 0;
+}

@@ -1,0 +1,154 @@
+#include "health.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "xalloc.h"
+
+/* Rows due now and the oldest one's age, through the claim index. */
+static const char BACKLOG_SQL[] =
+    "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(next_attempt_at)), 0)::float8"
+    " FROM public.sendry_outbox WHERE status = 'pending' AND next_attempt_at <= now()"
+    "   AND class IN ('live', 'bulk')";
+
+#define BACKLOG_EVERY 15.0
+#define PROGRESS_EVERY 10.0
+
+struct health {
+    struct ev_loop *loop;
+    const struct config *cfg;
+    struct db *db, *aux;
+    struct gate *gate;
+    double last_progress;      /* gate clock */
+    double backlog_due, backlog_at;
+    bool asking;
+    struct health_totals all, window;
+    ev_timer timer;            /* the backlog gauge */
+    ev_timer progress;         /* the progress line */
+};
+
+static void on_backlog(PGresult *res, void *arg)
+{
+    struct health *h = arg;
+    h->asking = false;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        return;
+    h->backlog_due = metrics.backlog_due = atof(PQgetvalue(res, 0, 0));
+    metrics.oldest_due_age_seconds = atof(PQgetvalue(res, 0, 1));
+    h->backlog_at = gate_now(h->gate);
+}
+
+static void on_progress(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct health *h = w->data;
+    struct health_totals *win = &h->window;
+    if (win->sent || win->failed || win->retried)
+        log_info("progress: %lld sent (%.0f/s), %lld failed, %lld to retry in the last %.0f s; "
+                 "%lld sent in all", win->sent, (double)win->sent / w->repeat, win->failed,
+                 win->retried, w->repeat, h->all.sent);
+    *win = (struct health_totals){0};
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct health *h = w->data;
+    if (h->asking || !db_connected(h->aux))
+        return;
+    h->asking = true;
+    db_query(h->aux, BACKLOG_SQL, 0, NULL, on_backlog, h);
+}
+
+struct health *health_new(struct ev_loop *loop, const struct config *cfg, struct db *db,
+                          struct db *aux, struct gate *gate)
+{
+    struct health *h = xcalloc(1, sizeof *h);
+    *h = (struct health){.loop = loop, .cfg = cfg, .db = db, .aux = aux, .gate = gate};
+    h->last_progress = gate_now(gate);
+    ev_timer_init(&h->timer, on_timer, 1., BACKLOG_EVERY);
+    ev_timer_init(&h->progress, on_progress, PROGRESS_EVERY, PROGRESS_EVERY);
+    h->timer.data = h->progress.data = h;
+    return h;
+}
+
+void health_stop(struct health *h)
+{
+    ev_timer_stop(h->loop, &h->timer);
+    ev_timer_stop(h->loop, &h->progress);
+}
+
+void health_free(struct health *h)
+{
+    health_stop(h);
+    free(h);
+}
+
+void health_start(struct health *h)
+{
+    ev_timer_start(h->loop, &h->progress);
+}
+
+void health_watch_backlog(struct health *h)
+{
+    ev_timer_start(h->loop, &h->timer);
+}
+
+void health_progress(struct health *h)
+{
+    h->last_progress = gate_now(h->gate);
+}
+
+static void add(struct health_totals *t, const struct complete_report *rep)
+{
+    t->sent += rep->sent;
+    t->failed += rep->failed;
+    t->retried += rep->retried;
+}
+
+void health_completed(struct health *h, const struct complete_report *rep)
+{
+    if (!rep->statement_failed)
+        health_progress(h);
+    add(&h->all, rep);
+    add(&h->window, rep);
+    metrics.rows_sent += (unsigned long long)rep->sent;
+    metrics.rows_failed += (unsigned long long)rep->failed;
+    metrics.rows_retried += (unsigned long long)rep->retried;
+}
+
+struct health_totals health_totals(const struct health *h)
+{
+    return h->all;
+}
+
+static bool wedged(struct health *h, double *idle)
+{
+    const struct config *c = h->cfg;
+    double now = gate_now(h->gate);
+    double limit = 3 * c->poll_interval + c->http_timeout + (c->rate > 0 ? 1 / c->rate : 0);
+    *idle = now - h->last_progress;
+    return h->backlog_due > 0 && now - h->backlog_at < 2 * BACKLOG_EVERY && *idle > limit;
+}
+
+bool health_check(struct health *h, enum health_activity activity, const char *stop_cause,
+                  char *reason, size_t size)
+{
+    double idle;
+    if (activity == HEALTH_SHUTTING_DOWN)
+        snprintf(reason, size, "shutting down");
+    else if (!db_connected(h->db) || !db_connected(h->aux))
+        snprintf(reason, size, "database disconnected%s", db_connected(h->db) ? " (aux connection)" : "");
+    else if (activity == HEALTH_STOPPED)
+        snprintf(reason, size, "%s", stop_cause && *stop_cause ? stop_cause : "sending stopped");
+    else if (activity == HEALTH_SENDING && wedged(h, &idle))
+        snprintf(reason, size, "wedged: %.0f rows are due and no claim or completion succeeded for %.0f s",
+                 h->backlog_due, idle);
+    else
+        return true;
+    return false;
+}

@@ -1,0 +1,169 @@
+#include "outcome.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "backoff.h"
+#include "log.h"
+#include "metrics.h"
+
+void outcome_describe(const struct http_request *req, char *out, size_t size, double *retry_after)
+{
+    if (!req->transport_ok) {
+        snprintf(out, size, "network: %s", req->error);
+        utf8_sanitize(out);
+        return;
+    }
+    char code[64] = "", message[300] = "";
+    sendry_parse_error(req->response, req->response_len, code, sizeof code, message, sizeof message,
+                       retry_after);
+    if (!message[0] && req->response_len && req->response_len < 200 && req->response[0] != '{')
+        snprintf(message, sizeof message, "%s", req->response);
+    snprintf(out, size, "HTTP %ld%s%s%s%s", req->status, code[0] ? " " : "", code,
+             message[0] ? ": " : "", message);
+    utf8_sanitize(out); /* it goes into a text column: never let it break the UPDATE */
+}
+
+const char *outcome_stop_hint(long status)
+{
+    switch (status) {
+    case 401: return "the API key is missing, malformed, unknown or expired (401)";
+    case 402: return "the Sendry account needs payment (402)";
+    case 403: return "the API key lacks the scope to write contacts: it needs full_access (403)";
+    case 404: return "the audience does not exist (404): check SENDRY_AUDIENCE_ID";
+    default: return "Sendry refused the request";
+    }
+}
+
+static void all_rows(struct outcome_env *env, struct job *job, enum row_result result, int http,
+                     const char *error, double delay)
+{
+    for (size_t i = 0; i < job->n; i++)
+        complete_contact(env->complete, job->rows[i], result, http, error, delay);
+}
+
+static void on_sent(struct outcome_env *env, struct job *job, int http)
+{
+    if (gate_accepted(env->gate)) {
+        log_info("sending resumed: Sendry accepted a request again");
+        metrics_set_stopped(false, NULL);
+    }
+    all_rows(env, job, RESULT_SENT, http, NULL, 0);
+}
+
+/* Each held row is retried, or fails when it has had its last attempt (a contact's
+ * newer rows then go on without the exhausted older one). */
+static void on_retry(struct outcome_env *env, struct job *job, int http, const char *error)
+{
+    size_t gave_up = 0, rows = 0;
+    char shown[700], who[128];
+    for (size_t i = 0; i < job->n; i++) {
+        struct row *row = job->rows[i];
+        double delay = backoff_delay(env->cfg->backoff_base, env->cfg->backoff_cap, row->attempts,
+                                     rand_unit(env->rng));
+        for (size_t k = 0; k < row->nrefs; k++, rows++) {
+            const struct row_ref *ref = &row->refs[k];
+            if (ref->attempts < ref->max_attempts) {
+                complete_row(env->complete, ref, RESULT_RETRY, http, error, delay);
+                continue;
+            }
+            if (gave_up++ == 0)
+                log_warn("row %lld (%s) failed after %d attempts: %s", ref->id,
+                         log_email(row->email, who, sizeof who), ref->attempts,
+                         log_text(error, shown, sizeof shown));
+            complete_row(env->complete, ref, RESULT_FAILED, http, error, 0);
+        }
+    }
+    if (gave_up > 1)
+        log_warn("%zu rows of that request failed after their last attempt", gave_up);
+    if (gave_up < rows)
+        log_warn("%s (%zu rows): will retry with backoff", log_text(error, shown, sizeof shown),
+                 rows - gave_up);
+}
+
+static void on_rate_limited(struct outcome_env *env, struct job *job, const struct http_request *req,
+                            const char *error, double body_retry_after)
+{
+    double wait = sendry_retry_after(req->retry_after, (double)time(NULL));
+    if (wait < 0)
+        wait = body_retry_after;
+    wait = gate_pause(env->gate, wait, rand_unit(env->rng));
+    log_warn("rate limited by Sendry (429): pausing all requests for %.1f s", wait);
+    metrics.rate_limit_waits++;
+    /* Other workers share the key: leave the rows due after the pause. A --once run
+     * pauses in memory and must find them due when it claims again. */
+    all_rows(env, job, RESULT_RELEASE, (int)req->status, error, env->cfg->once ? 0 : wait);
+}
+
+/* 400/404/409/422: fails the rows, or splits a batch rejected as a whole. */
+static size_t on_invalid(struct outcome_env *env, struct job *job, const struct http_request *req,
+                         const char *error, struct job *again[2])
+{
+    char shown[700], who[128];
+    if ((req->status == 400 || req->status == 422) && job->n > 1) {
+        log_info("batch of %zu rejected (%s): splitting it to find the bad rows", job->n,
+                 log_text(error, shown, sizeof shown));
+        job_split(job, &again[0], &again[1]);
+        return 2;
+    }
+    log_warn("row %lld (%s)%s rejected: %s", job->rows[0]->id,
+             log_email(job->rows[0]->email, who, sizeof who),
+             job->n > 1 ? " and the rest of its request" : "", log_text(error, shown, sizeof shown));
+    all_rows(env, job, RESULT_FAILED, (int)req->status, error, 0);
+    job_free(job);
+    return 0;
+}
+
+static void on_stop(struct outcome_env *env, struct job *job, const struct http_request *req,
+                    const char *error)
+{
+    char cause[700], shown[700];
+    snprintf(cause, sizeof cause, "%s [%s]", outcome_stop_hint(req->status), log_text(error, shown, sizeof shown));
+    bool was_stopped = gate_state(env->gate) == GATE_STOPPED;
+    if (gate_stop(env->gate, cause, job->started_at)) {
+        metrics_set_stopped(true, cause);
+        if (!was_stopped)
+            log_error("sending stopped: %s; rows stay pending; trying again in %.0f s", cause,
+                      gate_probe_in(env->gate));
+    }
+    all_rows(env, job, RESULT_RELEASE, (int)req->status, error, gate_probe_in(env->gate));
+}
+
+size_t outcome_settle(struct outcome_env *env, struct job *job, const struct http_request *req,
+                      struct job *again[2])
+{
+    bool aborted = !req->transport_ok && strcmp(req->error, "aborted") == 0;
+    if (aborted) {
+        /* The drain deadline: not sent as far as we know; give the rows back untouched. */
+        all_rows(env, job, RESULT_RELEASE, 0, NULL, 0);
+        job_free(job);
+        return 0;
+    }
+    enum advance adv = req->transport_ok ? job_advance(job, req) : ADV_CLASSIFY;
+    if (adv == ADV_NEXT) {
+        again[0] = job;
+        return 1;
+    }
+    enum outcome oc = adv == ADV_DONE    ? OUTCOME_SENT
+                      : adv == ADV_RETRY ? OUTCOME_RETRY
+                                         : sendry_classify(req->transport_ok, req->status, job_names_audience(job));
+    char error[600] = "";
+    double body_retry_after = -1;
+    if (adv == ADV_RETRY)
+        snprintf(error, sizeof error, "HTTP %ld without a contact id", req->status);
+    else if (oc != OUTCOME_SENT)
+        outcome_describe(req, error, sizeof error, &body_retry_after);
+    log_debug("http: %s %s -> %ld (%s, %zu rows, %.3f s)", req->method, req->url, req->status,
+              outcome_name(oc), job->n, req->elapsed);
+    int http = req->transport_ok ? (int)req->status : 0;
+    switch (oc) {
+    case OUTCOME_SENT: on_sent(env, job, http); break;
+    case OUTCOME_RETRY: on_retry(env, job, http, error); break;
+    case OUTCOME_RATE_LIMITED: on_rate_limited(env, job, req, error, body_retry_after); break;
+    case OUTCOME_INVALID: return on_invalid(env, job, req, error, again);
+    case OUTCOME_STOP: on_stop(env, job, req, error); break;
+    }
+    job_free(job);
+    return 0;
+}

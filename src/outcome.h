@@ -1,0 +1,46 @@
+/* outcome: what an answer from Sendry means for the rows of its job.
+ *
+ *   2xx                    sent
+ *   network error, 408, 5xx   pending again after exponential backoff with full jitter;
+ *                          failed after max_attempts
+ *   429                    the gate pauses every request for Retry-After (header, else
+ *                          error.retry_after, else backoff); rows pending, attempt not counted
+ *   400/404/409/422        failed with the reason; a rejected batch is split in halves
+ *                          until the bad row stands alone
+ *   401/402/403, the audience's 404   the gate stops sending; rows pending, not counted
+ *
+ * Called by deliver.c when a request ends; writes outcomes into the completer and tells
+ * the gate. Owns nothing beyond the job it is handed. */
+#ifndef SENDRY_OUTCOME_H
+#define SENDRY_OUTCOME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "complete.h"
+#include "config.h"
+#include "gate.h"
+#include "http.h"
+#include "job.h"
+
+struct outcome_env {
+    const struct config *cfg;
+    struct gate *gate;
+    struct completer *complete;
+    uint64_t *rng;
+};
+
+/* Settles a finished request of `job`. Returns how many jobs (0 to 2) it put into
+ * `again`: the same job with its next step, or the two halves of a split batch, to be
+ * sent next. Every other row is completed, and the job freed. req stays the caller's. */
+size_t outcome_settle(struct outcome_env *env, struct job *job, const struct http_request *req,
+                      struct job *again[2]);
+
+/* "HTTP 422 validation_error: ..." or "network: ...", valid UTF-8, for last_error and
+ * logs; *retry_after is set from the body when it has one. */
+void outcome_describe(const struct http_request *req, char *out, size_t size, double *retry_after);
+
+/* The operator's hint for a refusal that stops sending (401, 402, 403, 404). */
+const char *outcome_stop_hint(long status);
+
+#endif

@@ -1,0 +1,320 @@
+/* relay: what runs next. See relay.h; building, starting and stopping are in
+ * relay_setup.c. */
+#include "relay_priv.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+
+static double now_of(const struct relay *r)
+{
+    return gate_now(r->gate);
+}
+
+void relay_kick(struct relay *r)
+{
+    ev_idle_start(r->loop, &r->kick_w);
+}
+
+void relay_kick_cb(void *ud)
+{
+    relay_kick(ud);
+}
+
+void relay_arm(struct relay *r, ev_timer *t, double in)
+{
+    if (ev_is_active(t) && ev_timer_remaining(r->loop, t) <= in)
+        return;
+    ev_timer_stop(r->loop, t);
+    ev_timer_set(t, in, 0.);
+    ev_timer_start(r->loop, t);
+}
+
+/* ---- state ------------------------------------------------------------------------- */
+
+const char *relay_state_name(enum relay_state s)
+{
+    switch (s) {
+    case RELAY_STARTING: return "starting";
+    case RELAY_RUNNING: return "running";
+    case RELAY_PAUSED: return "paused";
+    case RELAY_STOPPED: return "stopped";
+    case RELAY_DRAINING: return "draining";
+    case RELAY_DONE: return "done";
+    }
+    return "?";
+}
+
+enum relay_state relay_state(const struct relay *r)
+{
+    return r->state;
+}
+
+void relay_set_state(struct relay *r, enum relay_state s)
+{
+    if (r->state == s)
+        return;
+    log_debug("relay: %s -> %s", relay_state_name(r->state), relay_state_name(s));
+    if (s == RELAY_STOPPED)
+        ev_timer_again(r->loop, &r->stop_log_timer);
+    else
+        ev_timer_stop(r->loop, &r->stop_log_timer);
+    r->state = s;
+}
+
+/* While sending: the gate says whether it is running, paused or stopped. */
+static void follow_gate(struct relay *r)
+{
+    if (r->state != RELAY_RUNNING && r->state != RELAY_PAUSED && r->state != RELAY_STOPPED)
+        return;
+    switch (gate_state(r->gate)) {
+    case GATE_OPEN: relay_set_state(r, RELAY_RUNNING); break;
+    case GATE_PAUSED: relay_set_state(r, RELAY_PAUSED); break;
+    case GATE_STOPPED: relay_set_state(r, RELAY_STOPPED); break;
+    }
+}
+
+void relay_finish(struct relay *r, int status)
+{
+    if (r->state == RELAY_DONE)
+        return;
+    relay_set_state(r, RELAY_DONE);
+    r->exit_status = status;
+    ev_break(r->loop, EVBREAK_ALL);
+}
+
+/* ---- claiming ---------------------------------------------------------------------- */
+
+/* Claims when something may be due and it could be sent: live rows whenever a live
+ * request could go, bulk rows only when a bulk one could (they leave the live share). */
+static void maybe_claim(struct relay *r)
+{
+    if (!r->claim_wanted || claim_busy(r->claim) || !db_connected(r->db) || deliver_waiting(r->deliver))
+        return;
+    int slots = deliver_free_slots(r->deliver);
+    if (slots <= 0)
+        return;
+    double wait = gate_peek(r->gate, GATE_LIVE);
+    if (wait > 0) {
+        relay_arm(r, &r->claim_timer, wait);
+        return;
+    }
+    int limit = r->cfg->batch_size, bulk = gate_peek(r->gate, GATE_BULK) > 0 ? 0 : limit;
+    if (r->cfg->mode == MODE_SINGLE) {
+        int live_tokens = gate_tokens(r->gate, GATE_LIVE), bulk_tokens = gate_tokens(r->gate, GATE_BULK);
+        limit = slots < live_tokens ? slots : live_tokens;
+        if (limit > r->cfg->batch_size)
+            limit = r->cfg->batch_size;
+        if (bulk)
+            bulk = limit < bulk_tokens ? limit : bulk_tokens;
+    }
+    r->bulk_held_back = bulk == 0;
+    claim_take(r->claim, limit, bulk, now_of(r) - r->connected_at);
+}
+
+static void warn_no_notify(struct relay *r, size_t fresh)
+{
+    if (!fresh || r->notifies_since_connect || r->warned_no_notify)
+        return;
+    r->warned_no_notify = true;
+    log_warn("found new due rows by polling but no NOTIFY arrived since connecting: "
+             "notifications are not reaching this worker. Connect directly (port 5432) or "
+             "through the session-mode pooler, not the transaction-mode pooler (port 6543); "
+             "until then rows wait up to --poll-interval (%.0f s)", r->cfg->poll_interval);
+}
+
+void relay_on_claimed(void *ud, struct claim_batch *batch)
+{
+    struct relay *r = ud;
+    if (batch->failed) {
+        r->claim_wanted = false; /* the poll timer, or the reconnect, tries again */
+        return;
+    }
+    health_progress(r->health);
+    warn_no_notify(r, batch->fresh);
+    bool all_due = (int)batch->n >= batch->limit;
+    deliver_take(r->deliver, batch);
+    if (r->state == RELAY_DRAINING) {
+        deliver_release_waiting(r->deliver);
+    } else if (r->bulk_held_back) {
+        /* Bulk rows were left for when a bulk request may go. */
+        relay_arm(r, &r->claim_timer, gate_peek(r->gate, GATE_BULK));
+    } else if (!all_due) {
+        r->claim_wanted = false;   /* nothing more is due now: wake up when the next row is */
+        claim_next_due(r->claim);
+    }
+    relay_kick(r);
+}
+
+void relay_on_next_due(void *ud, double in)
+{
+    struct relay *r = ud;
+    if (in < 0 || r->state == RELAY_DRAINING || r->state == RELAY_DONE)
+        return;
+    /* Due already, yet not claimed: held back behind an older change in flight, or
+     * locked by another worker. A completion or a NOTIFY wakes us for those; do not
+     * spin on them. */
+    if (in <= 0)
+        in = r->cfg->poll_interval < 1 ? r->cfg->poll_interval : 1;
+    if (in < r->cfg->poll_interval)
+        relay_arm(r, &r->due_timer, in);
+}
+
+/* ---- completions ------------------------------------------------------------------- */
+
+void relay_on_completed(void *ud, const struct complete_report *rep)
+{
+    struct relay *r = ud;
+    health_completed(r->health, rep);
+    if (!rep->statement_failed) {
+        if (rep->recorded != (long long)rep->rows)
+            log_warn("db: %lld of %zu outcomes recorded; the rest were taken over by another worker "
+                     "after their lease (--lease %.0f s) ran out", rep->recorded, rep->rows, r->cfg->lease);
+    }
+    if (rep->sent || rep->failed || rep->statement_failed)
+        r->claim_wanted = true;   /* a finished row may unblock a later change of its contact */
+    /* Wake up when the soonest retry is due, not at the next poll. */
+    if (rep->soonest >= 0 && r->state != RELAY_DRAINING)
+        relay_arm(r, &r->due_timer, rep->soonest + 0.01);
+    relay_kick(r);
+}
+
+/* ---- the one place that decides what runs next ------------------------------------- */
+
+static bool all_settled(struct relay *r)
+{
+    return !claim_busy(r->claim) && !deliver_waiting(r->deliver) && deliver_in_flight(r->deliver) == 0 &&
+           complete_pending(r->complete) == 0 && !reconcile_busy(r->reconcile) &&
+           http_in_flight(r->http) == 0 && (!r->httpd || httpd_pending(r->httpd) == 0);
+}
+
+static void check_once(struct relay *r)
+{
+    if (!r->cfg->once || r->claim_wanted || !db_connected(r->db) || r->state == RELAY_PAUSED ||
+        !all_settled(r))
+        return;
+    if (r->state == RELAY_STOPPED) {
+        log_error("--once: sending is stopped (%s); rows left pending", gate_cause(r->gate));
+        relay_finish(r, 1);
+        return;
+    }
+    struct health_totals t = health_totals(r->health);
+    log_info("--once: done: %lld sent, %lld failed, %lld retried later", t.sent, t.failed, t.retried);
+    relay_finish(r, t.failed ? 1 : 0);
+}
+
+static void relay_step(struct relay *r)
+{
+    follow_gate(r);
+    switch (r->state) {
+    case RELAY_STARTING:
+    case RELAY_DONE:
+        return;
+    case RELAY_RUNNING:
+    case RELAY_PAUSED:
+    case RELAY_STOPPED:
+        deliver_pump(r->deliver);
+        maybe_claim(r);
+        complete_flush(r->complete);
+        check_once(r);
+        return;
+    case RELAY_DRAINING:
+        complete_flush(r->complete);
+        if (all_settled(r)) {
+            struct health_totals t = health_totals(r->health);
+            log_info("stopped: %lld sent, %lld failed, %lld retried in this run", t.sent, t.failed, t.retried);
+            relay_finish(r, r->exit_status);
+        }
+        return;
+    }
+}
+
+void relay_on_kick(struct ev_loop *loop, ev_idle *w, int revents)
+{
+    (void)revents;
+    ev_idle_stop(loop, w);
+    relay_step(w->data);
+}
+
+/* ---- timers ------------------------------------------------------------------------ */
+
+static struct relay *relay_of(ev_timer *w)
+{
+    return w->data;
+}
+
+void relay_on_wake(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct relay *r = relay_of(w);
+    r->claim_wanted = true;   /* the poll, the next due row, or the gate opening again */
+    relay_kick(r);
+}
+
+/* ---- database events --------------------------------------------------------------- */
+
+void relay_on_db_connected(void *ud)
+{
+    struct relay *r = ud;
+    metrics.db_connected = db_connected(r->aux);
+    ev_timer_stop(r->loop, &r->once_db_deadline);
+    r->connected_at = now_of(r);
+    health_progress(r->health);
+    r->notifies_since_connect = 0;
+    /* Rows a lost claim may have marked for us, that we do not hold in memory. */
+    json_object *held = json_object_new_array();
+    deliver_add_ids(r->deliver, held);
+    complete_add_ids(r->complete, held);
+    claim_release_orphans(r->claim, held);
+    json_object_put(held);
+    r->claim_wanted = true; /* catch up on what was inserted while we were away */
+    relay_kick(r);
+}
+
+void relay_on_db_disconnected(void *ud)
+{
+    struct relay *r = ud;
+    metrics.db_connected = false;
+    if (r->cfg->once && r->state != RELAY_DRAINING)
+        relay_arm(r, &r->once_db_deadline, ONCE_DB_TIMEOUT);
+}
+
+void relay_on_db_notified(void *ud)
+{
+    struct relay *r = ud;
+    r->notifies_since_connect++;
+    r->claim_wanted = true;
+    relay_kick(r);
+}
+
+void relay_on_aux_changed(void *ud)
+{
+    struct relay *r = ud;
+    metrics.db_connected = db_connected(r->db) && db_connected(r->aux);
+    relay_kick(r);
+}
+
+/* ---- health ------------------------------------------------------------------------ */
+
+bool relay_health(struct relay *r, char *reason, size_t size)
+{
+    enum health_activity a = HEALTH_IDLE_OK;
+    switch (r->state) {
+    case RELAY_RUNNING: a = HEALTH_SENDING; break;
+    case RELAY_STOPPED: a = HEALTH_STOPPED; break;
+    case RELAY_DRAINING:
+    case RELAY_DONE: a = HEALTH_SHUTTING_DOWN; break;
+    case RELAY_STARTING:
+    case RELAY_PAUSED: break;
+    }
+    return health_check(r->health, a, gate_cause(r->gate), reason, size);
+}
+
+bool relay_health_hook(void *ud, char *reason, size_t size)
+{
+    return relay_health(ud, reason, size);
+}
+

@@ -1,0 +1,72 @@
+/* relay_priv: the relay's parts and state, shared by relay.c (what runs next) and
+ * relay_setup.c (building and tearing down). Nothing else includes it. */
+#ifndef SENDRY_RELAY_PRIV_H
+#define SENDRY_RELAY_PRIV_H
+
+#include "relay.h"
+
+#include "audience.h"
+#include "claim.h"
+#include "complete.h"
+#include "db.h"
+#include "deliver.h"
+#include "gate.h"
+#include "health.h"
+#include "http.h"
+#include "httpd.h"
+#include "inbox.h"
+#include "reconcile.h"
+
+#define ONCE_DB_TIMEOUT 30.0      /* --once gives up on an unreachable database */
+
+struct relay {
+    struct ev_loop *loop;
+    const struct config *cfg;
+    enum relay_state state;
+    int exit_status;
+    bool claim_wanted;         /* something may be due: claim when the gate allows */
+    bool bulk_held_back;       /* the claim in flight left bulk rows for later */
+    char locked_by[256];
+
+    struct gate *gate;
+    struct http *http;
+    struct db *db;             /* the relay's connection: claim, complete, LISTEN */
+    struct db *aux;            /* webhooks, reconciliation, metrics */
+    struct claimer *claim;
+    struct deliverer *deliver;
+    struct completer *complete;
+    struct reconciler *reconcile;
+    struct inbox *inbox;
+    struct health *health;
+    struct httpd *httpd;       /* --listen, or NULL */
+
+    /* NOTIFY health */
+    double connected_at;       /* gate clock */
+    long notifies_since_connect;
+    bool warned_no_notify;
+
+    bool drain_expired;
+
+    ev_timer poll_timer, due_timer, claim_timer, drain_timer, stop_log_timer;
+    ev_timer reconcile_timer, once_db_deadline;
+    ev_idle kick_w;
+};
+
+/* relay.c, for relay_setup.c */
+void relay_kick(struct relay *r);
+void relay_kick_cb(void *ud);
+void relay_arm(struct relay *r, ev_timer *t, double in);
+void relay_set_state(struct relay *r, enum relay_state s);
+void relay_finish(struct relay *r, int status);
+void relay_on_kick(struct ev_loop *loop, ev_idle *w, int revents);
+void relay_on_wake(struct ev_loop *loop, ev_timer *w, int revents);
+void relay_on_claimed(void *ud, struct claim_batch *batch);
+void relay_on_next_due(void *ud, double in);
+void relay_on_completed(void *ud, const struct complete_report *rep);
+void relay_on_db_connected(void *ud);
+void relay_on_db_disconnected(void *ud);
+void relay_on_db_notified(void *ud);
+void relay_on_aux_changed(void *ud);
+bool relay_health_hook(void *ud, char *reason, size_t size);
+
+#endif

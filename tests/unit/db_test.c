@@ -1,0 +1,126 @@
+/* db_test: src/db.c against a real PostgreSQL (run under tests/pgharness.py, which
+ * exports PGHOST/PGPORT/PGDATABASE/PGUSER).
+ *
+ *   1. A query whose send fails at once (more than 65535 parameters: libpq refuses it
+ *      before anything goes on the wire) gets its callback with res == NULL only after
+ *      db_query() has returned, from the loop, never inside the call.
+ *   2. The connection comes back after that failure, and a query queued while it was
+ *      down runs once it is up.
+ *   3. A plain query's callback also runs after db_query() returned.
+ * Every wait is a loop run with a deadline timer. */
+#include <ev.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "db.h"
+#include "log.h"
+
+#include "check.h"
+
+#define DEADLINE 20.0
+
+static struct ev_loop *loop;
+static int connected_count, disconnected_count;
+static bool returned;          /* set right after db_query() returns */
+static int calls;
+static bool called_before_return;
+static bool got_null, got_rows;
+static char value[64];
+
+static void on_connected(void *ud)
+{
+    (void)ud;
+    connected_count++;
+    ev_break(loop, EVBREAK_ONE);
+}
+
+static void on_disconnected(void *ud)
+{
+    (void)ud;
+    disconnected_count++;
+}
+
+static void on_result(PGresult *res, void *arg)
+{
+    (void)arg;
+    calls++;
+    if (!returned)
+        called_before_return = true;
+    got_null = res == NULL;
+    got_rows = res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1;
+    snprintf(value, sizeof value, "%s", got_rows ? PQgetvalue(res, 0, 0) : "");
+    ev_break(loop, EVBREAK_ONE);
+}
+
+static void on_deadline(struct ev_loop *l, ev_timer *w, int revents)
+{
+    (void)w;
+    (void)revents;
+    fprintf(stderr, "db_test: deadline of %.0f s passed\n", DEADLINE);
+    ev_break(l, EVBREAK_ALL);
+}
+
+/* Runs the loop until a callback breaks it, or the deadline passes (returns false). */
+static bool run_until_break(void)
+{
+    ev_timer deadline;
+    ev_timer_init(&deadline, on_deadline, DEADLINE, 0.);
+    ev_timer_start(loop, &deadline);
+    ev_run(loop, 0);
+    bool in_time = ev_is_active(&deadline);
+    ev_timer_stop(loop, &deadline);
+    return in_time;
+}
+
+static void query(struct db *db, const char *sql, int nparams, const char *const *params)
+{
+    returned = false;
+    calls = 0;
+    db_query(db, sql, nparams, params, on_result, NULL);
+    returned = true;
+    CHECK(calls == 0);   /* nothing ran inside the call */
+}
+
+int main(void)
+{
+    log_setup(LOG_WARN, LOG_TEXT);
+    loop = EV_DEFAULT;
+    struct db_callbacks cbs = {on_connected, on_disconnected, NULL, NULL};
+    struct db *db = db_new(loop, "test", "", NULL, cbs);
+    db_start(db);
+    CHECK(run_until_break() && connected_count == 1);
+
+    /* 1. A send that fails inside PQsendQueryParams. */
+    enum { TOO_MANY = 70000 };
+    const char **params = calloc(TOO_MANY, sizeof *params);
+    query(db, "SELECT 1", TOO_MANY, params);
+    free(params);
+    CHECK(run_until_break());
+    CHECK(calls == 1);
+    CHECK(!called_before_return);
+    CHECK(got_null);
+
+    /* 2. It reconnects; a query queued while down runs when it is up. */
+    CHECK(disconnected_count == 1);
+    CHECK(!db_connected(db));
+    const char *p1[1] = {"forty-two"};
+    query(db, "SELECT $1::text", 1, p1);
+    CHECK(run_until_break());           /* the reconnect */
+    CHECK(connected_count == 2);
+    if (calls == 0)
+        CHECK(run_until_break());       /* the result */
+    CHECK(calls == 1 && got_rows && !called_before_return);
+    CHECK_STR(value, "forty-two");
+
+    /* 3. A plain query. */
+    query(db, "SELECT 7", 0, NULL);
+    CHECK(run_until_break());
+    CHECK(calls == 1 && got_rows && !called_before_return);
+    CHECK_STR(value, "7");
+
+    db_free(db);
+    ev_loop_destroy(loop);
+    printf("db: %d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
