@@ -9,7 +9,7 @@
 
 CC      ?= cc
 PYTHON  ?= /usr/bin/python3
-PKGS     = libpq libcurl json-c libmicrohttpd libcrypto
+PKGS     = libpq libcurl json-c libmicrohttpd libcrypto libsystemd
 WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 $(WARN) -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS))
@@ -17,15 +17,23 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lev -lm
 SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 SRCS     = src/config.c src/log.c src/backoff.c src/sendry.c src/http.c src/db.c src/outbox.c \
-           src/webhook.c src/metrics.c src/httpd.c src/main.c
+           src/webhook.c src/metrics.c src/httpd.c src/main.c \
+           src/dbsync.c src/probe.c src/vault.c src/notify.c src/migrate.c src/doctor.c \
+           src/status.c src/healthcheck.c
 HDRS     = $(wildcard src/*.h)
 GEN      = build/install_sql.c
 
 all: sendry-sync
 
+# The SQL byte for byte, and the version its public.sendry_schema_version() returns
+# (the line marked SENDRY_SCHEMA_VERSION), which `doctor` compares with the database's.
+SCHEMA_VERSION = $(shell sed -n "s/^ *RETURN '\([^']*\)'; *-- SENDRY_SCHEMA_VERSION.*/\1/p" sql/install.sql)
+
 build/install_sql.c: sql/install.sql
 	@mkdir -p build
+	@[ -n "$(SCHEMA_VERSION)" ] || { echo "sql/install.sql: no SENDRY_SCHEMA_VERSION line" >&2; exit 1; }
 	@{ echo '/* Generated from sql/install.sql by the Makefile. */'; \
+	   echo 'const char sendry_schema_version[] = "$(SCHEMA_VERSION)";'; \
 	   echo 'const char sendry_install_sql[] = {'; \
 	   od -An -v -tx1 $< | sed 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
 	   echo '0x00};'; } > $@.tmp && mv $@.tmp $@

@@ -13,7 +13,9 @@
 #include "httpd.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "sendry.h"
+#include "vault.h"
 
 /* ---- SQL --------------------------------------------------------------------------- */
 
@@ -144,6 +146,7 @@ struct relay {
     struct db *db;
     struct http *http;
     struct httpd *httpd;       /* --listen, or NULL */
+    struct vault_watch *vault; /* ops hook: SENDRY_API_KEY_VAULT, re-read after a 401/403; or NULL */
     bool backlog_in_flight;
     char locked_by[256];
     uint64_t rng;
@@ -478,6 +481,7 @@ static void enter_stopped(struct relay *r, const char *cause, double request_sta
     r->stop_since = now;
     snprintf(r->stop_cause, sizeof r->stop_cause, "%s", cause);
     metrics_set_stopped(true, r->stop_cause);
+    notify_status("sending stopped: %s", r->stop_cause); /* ops hook: systemd STATUS= */
     r->stop_until = now + r->stop_backoff;
     if (now - r->stop_logged_at >= 60) {
         log_error("sending stopped: %s; rows stay pending; trying again in %.0f s", r->stop_cause,
@@ -643,6 +647,9 @@ static void on_http_done(struct http_request *req, void *arg)
             log_info("sending resumed: Sendry accepted a request again");
             r->stopped = false;
             metrics_set_stopped(false, NULL);
+            notify_status("delivering the outbox to Sendry"); /* ops hook: systemd STATUS= */
+            if (r->vault)
+                vault_watch_calm(r->vault); /* ops hook: the key works, stop re-reading it */
             ev_timer_stop(r->loop, &r->stop_log_timer);
         }
         r->rate_limited_streak = 0;
@@ -731,8 +738,11 @@ static void on_http_done(struct http_request *req, void *arg)
         char shown[700];
         snprintf(cause, sizeof cause, "%s [%s]", stop_hint(req->status), log_text(error, shown, sizeof shown));
         enter_stopped(r, cause, job->started_at);
+        /* ops hook: with the key in Vault, read it again; the rows stay due for the new key. */
+        if (r->vault && (req->status == 401 || req->status == 403))
+            vault_watch_kick(r->vault);
         for (size_t i = 0; i < job->n; i++)
-            complete_row(r, job->rows[i], "pending", http_status, error, r->stop_backoff, 1);
+            complete_row(r, job->rows[i], "pending", http_status, error, r->vault ? 0 : r->stop_backoff, 1);
         break;
     }
     }
@@ -1483,6 +1493,8 @@ static void on_db_connected(void *ud)
     free(held.s);
     r->claim_wanted = true; /* catch up on what was inserted while we were away */
     kick(r);
+    if (r->verified)
+        notify_ready(); /* ops hook: systemd READY=1, connected and verified */
 }
 
 static void on_db_disconnected(void *ud)
@@ -1539,6 +1551,22 @@ static void on_verified(struct http_request *req, void *arg)
     }
     http_request_free(req);
     kick(r);
+    if (db_connected(r->db))
+        notify_ready(); /* ops hook: systemd READY=1, connected and verified */
+}
+
+/* ops hook: Vault holds a new key: send it from now on and probe at once; a 401 of a
+ * request that started before now says nothing about it. */
+static void on_key_rotated(const char *key, void *ud)
+{
+    struct relay *r = ud;
+    if (!http_set_api_key(r->http, key)) {
+        log_error("out of memory taking the new API key; keeping the old one");
+        return;
+    }
+    r->stop_since = r->stop_until = now_of(r);
+    r->claim_wanted = true;
+    kick(r);
 }
 
 struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
@@ -1556,7 +1584,13 @@ struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
     struct db_callbacks cbs = {on_db_connected, on_db_disconnected, on_db_notified, r};
     r->db = db_new(loop, cfg->database_url, "sendry_outbox", cbs);
     r->http = http_new(loop, cfg->api_key, cfg->http_timeout);
-    if (!r->db || !r->http) {
+    if (!r->db || !r->http || !http_set_ca_file(r->http, cfg->ca_file) /* ops hook: --ca-file */) {
+        relay_free(r);
+        return NULL;
+    }
+    /* ops hook: the key from Vault is read again after a 401/403 (see on_key_rotated). */
+    if (cfg->key_source == KEY_VAULT &&
+        !(r->vault = vault_watch_new(loop, r->db, cfg->api_key_vault, cfg->api_key, on_key_rotated, r))) {
         relay_free(r);
         return NULL;
     }
@@ -1683,5 +1717,6 @@ void relay_free(struct relay *r)
     free(r->done);
     free(r->rec_cursor);
     db_free(r->db);
+    vault_watch_free(r->vault); /* ops hook: after db_free, which drops its query */
     free(r);
 }
