@@ -31,6 +31,12 @@ const char *dbsync_error(const char *msg, char *buf, size_t bufsize)
     return buf;
 }
 
+const char *dbsync_result_error(const PGresult *res, char *buf, size_t bufsize)
+{
+    const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    return dbsync_error(primary ? primary : res ? PQresultErrorMessage(res) : "out of memory", buf, bufsize);
+}
+
 PGconn *dbsync_connect(const char *conninfo, const char *appname, int timeout_s, char *err,
                        size_t errsize)
 {
@@ -65,7 +71,7 @@ bool dbsync_scalar(PGconn *conn, const char *sql, int nparams, const char *const
     else if (PQresultStatus(res) == PGRES_TUPLES_OK)
         snprintf(out, outsize, "expected one row, got %d", PQntuples(res));
     else
-        dbsync_error(PQresultErrorMessage(res), out, outsize);
+        dbsync_result_error(res, out, outsize);
     PQclear(res);
     return ok;
 }

@@ -21,6 +21,10 @@ PGconn *dbsync_connect(const char *conninfo, const char *appname, int timeout_s,
 /* msg with newlines and tabs turned into spaces and the ends trimmed, into buf. */
 const char *dbsync_error(const char *msg, char *buf, size_t bufsize);
 
+/* A failed result's message in one line: the primary message ("permission denied for
+ * ..."), without libpq's "ERROR:" prefix; the whole text if it has none. */
+const char *dbsync_result_error(const PGresult *res, char *buf, size_t bufsize);
+
 /* A one-row, one-column query with optional text parameters: the value copied into
  * out (the empty string for NULL). Returns false with the one-line error in out. */
 bool dbsync_scalar(PGconn *conn, const char *sql, int nparams, const char *const *params,

@@ -183,7 +183,7 @@ static bool exec_ok(PGconn *conn, const char *sql, char *err, size_t errsize)
     PGresult *res = PQexec(conn, sql);
     bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     if (!ok)
-        dbsync_error(PQresultErrorMessage(res), err, errsize);
+        dbsync_result_error(res, err, errsize);
     PQclear(res);
     return ok;
 }
@@ -594,7 +594,7 @@ static void check_horizon(struct doctor *d, struct check *c)
     char err[512];
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         report(c, CHECK_WARN, "cannot read the xmin horizon: %s",
-               dbsync_error(PQresultErrorMessage(res), err, sizeof err));
+               dbsync_result_error(res, err, sizeof err));
         fix(c, "grant the role pg_monitor (or pg_read_all_stats) to let doctor see it");
     } else if (PQntuples(res) == 0) {
         report(c, CHECK_OK, "no other session, slot or prepared transaction holds the xmin horizon");

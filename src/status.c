@@ -47,7 +47,7 @@ static PGresult *run(PGconn *conn, const char *sql, char *err, size_t errsize)
     PGresult *res = PQexec(conn, sql);
     if (PQresultStatus(res) == PGRES_TUPLES_OK)
         return res;
-    dbsync_error(PQresultErrorMessage(res), err, errsize);
+    dbsync_result_error(res, err, errsize);
     PQclear(res);
     return NULL;
 }

@@ -60,7 +60,10 @@ static enum vault_status explain(PGresult *res, const char *role, char *err, siz
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     char msg[512];
-    dbsync_error(res ? PQresultErrorMessage(res) : "connection lost", msg, sizeof msg);
+    if (res)
+        dbsync_result_error(res, msg, sizeof msg);
+    else
+        snprintf(msg, sizeof msg, "connection lost");
     if (state && strcmp(state, "42501") == 0) {
         const char *who = role ? role : "the worker's role";
         snprintf(err, errsize, "SENDRY_API_KEY_VAULT: role %s may not read vault.decrypted_secrets "
