@@ -335,8 +335,8 @@ static void check_triggers(struct doctor *d, struct check *c)
                "which postgres has in Supabase)");
     } else if (disabled[0]) {
         report(c, CHECK_FAIL, "disabled on auth.users (or replica-only): %s", disabled);
-        fix(c, "ALTER TABLE auth.users ENABLE TRIGGER <name>; as the table's owner (in Supabase: "
-               "the SQL editor)");
+        fix(c, "sendry-sync migrate (re-creates them enabled), or ALTER TABLE auth.users ENABLE "
+               "TRIGGER <name>; as the table's owner (in Supabase: the SQL editor)");
     } else {
         report(c, CHECK_OK, "sendry_sync_users_insert, _update and _delete exist and are enabled");
     }
