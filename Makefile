@@ -1,7 +1,8 @@
 # sendry-sync: `make` builds ./sendry-sync; `make check` runs every test suite.
 #
 #   make            build ./sendry-sync
-#   make check      unit tests, SQL tests, end-to-end tests (plain build, then ASan/UBSan),
+#   make check      unit tests, SQL tests, end-to-end tests (plain build, then ASan/UBSan;
+#                   the commands, Vault, TLS, systemd and packaging tests among them),
 #                   a --once run under valgrind, and a short fuzz run of the webhook parser
 #   make demo       the whole flow on a throwaway PostgreSQL and a fake Sendry
 #   make bench      performance figures (printed, never pass/fail)
@@ -70,7 +71,8 @@ check-e2e: sendry-sync
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/
 
 check-asan: sendry-sync-asan
-	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py tests/test_lifecycle.py
+	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py tests/test_lifecycle.py \
+	    tests/test_vault.py tests/test_commands.py tests/test_doctor.py tests/test_tls.py tests/test_systemd.py
 
 SUITES = check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
 check: all $(SUITES)
