@@ -35,8 +35,8 @@ static const struct option_def options[] = {
     {"api-key-file", OPT_STRING, OFF(api_key), 0, 0, "FILE",
      "read the API key from FILE (env SENDRY_API_KEY_FILE; or env SENDRY_API_KEY)", ALL},
     {"api-key-vault", OPT_STRING, OFF(api_key_vault), 0, 0, "NAME",
-     "read the API key from Supabase Vault, the secret NAME in vault.decrypted_secrets,\n"
-     "at start and again after a 401 (env SENDRY_API_KEY_VAULT)", ALL},
+     "read the API key from Supabase Vault (secret NAME in vault.decrypted_secrets),\n"
+     "at start and after a 401 (env SENDRY_API_KEY_VAULT)", ALL},
     {"ca-file", OPT_STRING, OFF(ca_file), 0, 0, "FILE",
      "trust the CA certificates in FILE (PEM) for the API: a private CA or a\n"
      "TLS-intercepting proxy (env SENDRY_CA_FILE; default the system's bundle)", ALL},
@@ -67,8 +67,8 @@ static const struct option_def options[] = {
      "page Sendry's unsubscribes and suppressions into the inbox this often,\n"
      "0 = off (default 3600)", ALL},
     {"listen", OPT_STRING, OFF(listen), 0, 0, "ADDR:PORT",
-     "serve POST /webhooks/sendry, GET /healthz and GET /metrics (env SENDRY_LISTEN;\n"
-     "off by default; needs SENDRY_WEBHOOK_SECRET)", ALL},
+     "serve POST /webhooks/sendry, GET /healthz and GET /metrics\n"
+     "(env SENDRY_LISTEN; off by default; needs SENDRY_WEBHOOK_SECRET)", ALL},
     {"once", OPT_FLAG, OFF(once), 0, 0, NULL,
      "deliver what is due now, wait for the results, exit (1 if a row failed)", FOR(CMD_RUN)},
     {"no-verify", OPT_FLAG, OFF(verify), 0, 0, NULL,
