@@ -584,7 +584,7 @@ $$;
 -- the binary (the Makefile reads the line marked SENDRY_SCHEMA_VERSION). Raise it when a
 -- change here needs a new binary, or an older binary would not work with it.
 CREATE OR REPLACE FUNCTION public.sendry_schema_version() RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = ''
     RETURN '1'; -- SENDRY_SCHEMA_VERSION
 
 -- Supabase serves schema public over HTTP to anon and authenticated, and by default
