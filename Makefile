@@ -1,7 +1,8 @@
 # sendry-sync: `make` builds ./sendry-sync; `make check` runs every test suite.
 #
 #   make            build ./sendry-sync
-#   make check      unit tests, SQL tests, end-to-end tests (plain build, then ASan/UBSan),
+#   make check      unit tests, SQL tests, end-to-end tests (plain build, then ASan/UBSan;
+#                   the commands, Vault, TLS, systemd and packaging tests among them),
 #                   a --once run under valgrind, and a short fuzz run of the webhook parser
 #   make demo       the whole flow on a throwaway PostgreSQL and a fake Sendry
 #   make bench      performance figures (printed, never pass/fail)
@@ -9,7 +10,7 @@
 
 CC      ?= cc
 PYTHON  ?= /usr/bin/python3
-PKGS     = libpq libcurl json-c libmicrohttpd libcrypto
+PKGS     = libpq libcurl json-c libmicrohttpd libcrypto libsystemd
 WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 $(WARN) -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS))
@@ -19,15 +20,23 @@ SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 SRCS     = src/xalloc.c src/config.c src/log.c src/backoff.c src/sendry.c src/http.c src/db.c \
            src/gate.c src/job.c src/claim.c src/deliver.c src/outcome.c src/complete.c \
            src/reconcile.c src/inbox.c src/audience.c src/health.c \
-           src/relay.c src/relay_setup.c src/webhook.c src/metrics.c src/httpd.c src/receiver.c src/main.c
+           src/relay.c src/relay_setup.c src/webhook.c src/metrics.c src/httpd.c src/receiver.c \
+           src/dbsync.c src/probe.c src/vault.c src/notify.c src/migrate.c src/doctor.c \
+           src/status.c src/healthcheck.c src/main.c
 HDRS     = $(wildcard src/*.h)
 GEN      = build/install_sql.c
 
 all: sendry-sync
 
+# The SQL byte for byte, and the version its public.sendry_schema_version() returns
+# (the line marked SENDRY_SCHEMA_VERSION), which `doctor` compares with the database's.
+SCHEMA_VERSION = $(shell sed -n "s/^ *RETURN '\([^']*\)'; *-- SENDRY_SCHEMA_VERSION.*/\1/p" sql/install.sql)
+
 build/install_sql.c: sql/install.sql
 	@mkdir -p build
+	@[ -n "$(SCHEMA_VERSION)" ] || { echo "sql/install.sql: no SENDRY_SCHEMA_VERSION line" >&2; exit 1; }
 	@{ echo '/* Generated from sql/install.sql by the Makefile. */'; \
+	   echo 'const char sendry_schema_version[] = "$(SCHEMA_VERSION)";'; \
 	   echo 'const char sendry_install_sql[] = {'; \
 	   od -An -v -tx1 $< | sed 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
 	   echo '0x00};'; } > $@.tmp && mv $@.tmp $@
@@ -70,7 +79,8 @@ check-e2e: sendry-sync
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/
 
 check-asan: sendry-sync-asan
-	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py tests/test_lifecycle.py tests/test_relay.py
+	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py tests/test_lifecycle.py \
+	    tests/test_relay.py tests/test_vault.py tests/test_commands.py tests/test_doctor.py tests/test_tls.py tests/test_systemd.py
 
 SUITES = check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
 check: all $(SUITES)

@@ -576,6 +576,14 @@ BEGIN
 END
 $$;
 
+-- ---- schema version ------------------------------------------------------------------
+-- The version of this file, which `sendry-sync doctor` compares with the one embedded in
+-- the binary (the Makefile reads the line marked SENDRY_SCHEMA_VERSION). Raise it when a
+-- change here needs a new binary, or an older binary would not work with it.
+CREATE OR REPLACE FUNCTION public.sendry_schema_version() RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = ''
+    RETURN '1'; -- SENDRY_SCHEMA_VERSION
+
 -- Supabase serves schema public over HTTP to anon and authenticated, and by default
 -- grants them everything postgres creates there (functions are executable by PUBLIC
 -- by default, callable as /rest/v1/rpc/<name>). None of it is theirs: every sendry_*

@@ -40,5 +40,6 @@ DROP TABLE IF EXISTS public.sendry_settings;
 DROP TABLE IF EXISTS public.sendry_sync_state;
 DROP FUNCTION IF EXISTS public.sendry_outbox_notify_insert();
 DROP FUNCTION IF EXISTS public.sendry_outbox_notify_update();
+DROP FUNCTION IF EXISTS public.sendry_schema_version();
 
 COMMIT;

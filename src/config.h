@@ -16,12 +16,22 @@
 #define SENDRY_MAX_BATCH 1000
 
 enum send_mode { MODE_IMPORT = 0, MODE_SINGLE };
-enum command { CMD_RUN = 0, CMD_MIGRATE, CMD_HELP, CMD_VERSION };
+/* The first argument picks the command; the worker (CMD_RUN) when there is none. */
+enum command { CMD_RUN = 0, CMD_MIGRATE, CMD_DOCTOR, CMD_STATUS, CMD_HEALTHCHECK, CMD_HELP,
+               CMD_VERSION };
+/* Where the API key comes from: exactly one of SENDRY_API_KEY, SENDRY_API_KEY_FILE
+ * (--api-key-file) and SENDRY_API_KEY_VAULT (--api-key-vault). */
+enum key_source { KEY_NONE = 0, KEY_ENV, KEY_FILE, KEY_VAULT };
+enum output_format { OUTPUT_TEXT = 0, OUTPUT_JSON };       /* doctor, status: --json */
+enum migrate_action { MIGRATE_APPLY = 0, MIGRATE_PRINT };   /* migrate --print */
 
 struct config {
     enum command command;
     char *database_url;
-    char *api_key;
+    char *api_key;          /* NULL with KEY_VAULT until vault_load_key() read it */
+    enum key_source key_source;
+    char *api_key_vault;    /* KEY_VAULT: the secret's name in vault.decrypted_secrets */
+    char *ca_file;          /* --ca-file / SENDRY_CA_FILE: CA bundle for the API, or NULL */
     char *audience_id;
     char *api_url;          /* without a trailing slash */
     int batch_size;         /* 1..1000 */
@@ -36,7 +46,7 @@ struct config {
     double http_timeout;    /* seconds */
     double drain_timeout;   /* seconds to wait for in-flight requests on SIGTERM */
     double reconcile_interval; /* seconds between reconciliations, 0 = off */
-    char *listen;           /* --listen ADDR:PORT, NULL = no HTTP server */
+    char *listen;           /* --listen / SENDRY_LISTEN ADDR:PORT, NULL = no HTTP server */
     char *webhook_secret;   /* SENDRY_WEBHOOK_SECRET */
     size_t webhook_max_body;
     enum send_mode mode;
@@ -44,11 +54,20 @@ struct config {
     bool verify;
     enum log_format log_format;
     enum log_level log_level;
+    enum output_format output;
+    enum migrate_action migrate_action;
 };
 
 /* Parses argv (argv[0] is the program) over the environment. */
 bool config_load(struct config *cfg, int argc, char **argv, char *err, size_t errsize);
 void config_free(struct config *cfg);
+
+/* Checks an API key read after config_load() (from Vault): not empty, no whitespace or
+ * control characters. `source` names it in the message ("SENDRY_API_KEY_VAULT ..."). */
+bool config_check_api_key(const char *key, const char *source, char *err, size_t errsize);
+
+/* "SENDRY_API_KEY", "SENDRY_API_KEY_FILE" or "SENDRY_API_KEY_VAULT" (for messages). */
+const char *config_key_source_name(enum key_source source);
 
 /* The --help text. */
 void config_usage(FILE *out);

@@ -154,6 +154,14 @@ bool gate_accepted(struct gate *g)
     return was;
 }
 
+void gate_probe_now(struct gate *g)
+{
+    if (!g->stopped)
+        return;
+    g->stop_since = g->probe_at = gate_now(g);
+    g->probe_wait = GATE_PROBE_FIRST;
+}
+
 const char *gate_cause(const struct gate *g)
 {
     return g->stopped ? g->cause : "";

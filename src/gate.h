@@ -70,6 +70,10 @@ bool gate_stop(struct gate *g, const char *cause, double request_started);
  * true if it was stopped. */
 bool gate_accepted(struct gate *g);
 
+/* A new key to try (a rotation): while stopped, the next request is a probe now, and
+ * refusals of requests that started before this say nothing about the new key. */
+void gate_probe_now(struct gate *g);
+
 const char *gate_cause(const struct gate *g);   /* "" unless stopped */
 double gate_probe_in(struct gate *g);             /* seconds to the next probe, if stopped */
 

@@ -10,11 +10,20 @@
 #include "log.h"
 #include "xalloc.h"
 
+/* The headers every request sends; the first one is Authorization, a secret. The client
+ * holds one reference to its current list and each request in flight one to the list it
+ * started with, so a key rotation never frees a list curl still uses. */
+struct http_headers {
+    struct curl_slist *list;
+    int refs;
+};
+
 struct http {
     struct ev_loop *loop;
     CURLM *multi;
     ev_timer timer;
-    struct curl_slist *headers;     /* shared by every request; freed with the client */
+    struct http_headers *headers;   /* the current list */
+    char *ca_file;                  /* --ca-file, or NULL */
     long timeout_ms;
     int in_flight;
     struct http_request *active;    /* doubly linked list of started requests */
@@ -136,8 +145,37 @@ static size_t header_cb(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
+static void headers_unref(struct http_headers *hd)
+{
+    if (!hd || --hd->refs > 0)
+        return;
+    if (hd->list) /* the Authorization value is a secret: wipe it before freeing */
+        memset(hd->list->data, 0, strlen(hd->list->data));
+    curl_slist_free_all(hd->list);
+    free(hd);
+}
+
+static struct http_headers *headers_new(const char *api_key)
+{
+    struct http_headers *hd = xcalloc(1, sizeof *hd);
+    size_t alen = strlen(api_key) + 32;
+    char *auth = xmalloc(alen);
+    snprintf(auth, alen, "Authorization: Bearer %s", api_key);
+    struct curl_slist *l = xcheck(curl_slist_append(NULL, auth));
+    memset(auth, 0, alen);
+    free(auth);
+    l = xcheck(curl_slist_append(l, "Content-Type: application/json"));
+    l = xcheck(curl_slist_append(l, "Accept: application/json"));
+    l = xcheck(curl_slist_append(l, "Expect:")); /* no 100-continue round trip */
+    hd->list = l;
+    hd->refs = 1;
+    return hd;
+}
+
 static void unlink_request(struct http *h, struct http_request *req)
 {
+    headers_unref(req->headers);
+    req->headers = NULL;
     LIST_REMOVE(h->active, req);
     h->in_flight--;
 }
@@ -153,6 +191,8 @@ static void finish(struct http *h, struct http_request *req, CURLcode result)
         req->transport_ok = false;
         if (!req->error[0])
             snprintf(req->error, sizeof req->error, "%s", curl_easy_strerror(result));
+        size_t len = strlen(req->error);
+        snprintf(req->error + len, sizeof req->error - len, "%s", http_error_hint(result));
     }
     curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME, &req->elapsed);
     curl_easy_cleanup(easy);
@@ -181,16 +221,7 @@ struct http *http_new(struct ev_loop *loop, const char *api_key, double timeout)
     h->loop = loop;
     h->timeout_ms = (long)(timeout * 1000);
     h->multi = xcheck(curl_multi_init());
-    size_t alen = strlen(api_key) + 32;
-    char *auth = xmalloc(alen);
-    snprintf(auth, alen, "Authorization: Bearer %s", api_key);
-    struct curl_slist *l = xcheck(curl_slist_append(NULL, auth));
-    memset(auth, 0, alen);
-    free(auth);
-    l = xcheck(curl_slist_append(l, "Content-Type: application/json"));
-    l = xcheck(curl_slist_append(l, "Accept: application/json"));
-    l = xcheck(curl_slist_append(l, "Expect:")); /* no 100-continue round trip */
-    h->headers = l;
+    h->headers = headers_new(api_key);
     ev_init(&h->timer, on_timer);
     h->timer.data = h;
     curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
@@ -200,6 +231,46 @@ struct http *http_new(struct ev_loop *loop, const char *api_key, double timeout)
     curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS, 16L);
     curl_multi_setopt(h->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, 16L);
     return h;
+}
+
+void http_set_api_key(struct http *h, const char *api_key)
+{
+    struct http_headers *hd = headers_new(api_key);
+    headers_unref(h->headers);
+    h->headers = hd;
+}
+
+void http_set_ca_file(struct http *h, const char *ca_file)
+{
+    free(h->ca_file);
+    h->ca_file = ca_file ? xstrdup(ca_file) : NULL;
+}
+
+void http_easy_common(void *easy, const char *ca_file, long timeout_ms)
+{
+    CURL *e = easy;
+    curl_easy_setopt(e, CURLOPT_USERAGENT, http_user_agent());
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms < 10000 ? timeout_ms : 10000L);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    if (ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
+}
+
+const char *http_error_hint(int curl_code)
+{
+    switch ((CURLcode)curl_code) {
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_ISSUER_ERROR:
+        return " (no trusted CA signed the server's certificate: for a private CA or a "
+               "TLS-intercepting proxy give its certificate with --ca-file / SENDRY_CA_FILE)";
+    case CURLE_SSL_CACERT_BADFILE:
+        return " (the CA file cannot be used: check --ca-file / SENDRY_CA_FILE)";
+    default:
+        return "";
+    }
 }
 
 void http_free(struct http *h)
@@ -217,11 +288,8 @@ void http_free(struct http *h)
     if (h->multi)
         curl_multi_cleanup(h->multi); /* while the loop and our watchers still exist */
     ev_timer_stop(h->loop, &h->timer);
-    if (h->headers) {
-        /* The Authorization value is a secret: wipe it before freeing. */
-        memset(h->headers->data, 0, strlen(h->headers->data));
-        curl_slist_free_all(h->headers);
-    }
+    headers_unref(h->headers);
+    free(h->ca_file);
     free(h);
 }
 
@@ -260,13 +328,8 @@ bool http_start(struct http *h, struct http_request *req)
     curl_easy_setopt(e, CURLOPT_URL, req->url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)req);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->error);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h->headers);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, http_user_agent());
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, h->timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, h->timeout_ms < 10000 ? h->timeout_ms : 10000L);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h->headers->list);
+    http_easy_common(e, h->ca_file, h->timeout_ms);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
@@ -288,6 +351,8 @@ bool http_start(struct http *h, struct http_request *req)
     }
     LIST_PUSH(h->active, req);
     h->in_flight++;
+    req->headers = h->headers;
+    h->headers->refs++;
     return true;
 }
 

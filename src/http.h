@@ -34,6 +34,7 @@ struct http_request {
     double elapsed;         /* seconds */
     /* private */
     void *easy;
+    struct http_headers *headers;  /* the header list it was started with (a reference) */
     struct http *owner;
     struct http_request *next, *prev;
 };
@@ -44,6 +45,24 @@ struct http_request {
  * timeout in s. */
 struct http *http_new(struct ev_loop *loop, const char *api_key, double timeout);
 void http_free(struct http *h);    /* aborts what is in flight without callbacks */
+
+/* A new API key (a rotation read from Vault): requests started from now on send it.
+ * Requests in flight keep the header list they started with; the old Authorization
+ * header is wiped when the last of them ends. */
+void http_set_api_key(struct http *h, const char *api_key);
+
+/* CA certificates (PEM file) to verify the API's TLS certificate with, instead of the
+ * system's bundle (--ca-file); NULL restores the default. Copied. */
+void http_set_ca_file(struct http *h, const char *ca_file);
+
+/* The options every request to Sendry sets, for this client's and for blocking easy
+ * handles (doctor): user agent, timeouts, no signals, http(s) only, no redirects, and
+ * CURLOPT_CAINFO when ca_file is not NULL. `easy` is a CURL *. */
+void http_easy_common(void *easy, const char *ca_file, long timeout_ms);
+
+/* A hint to append to curl's message for a TLS verification failure (code is a
+ * CURLcode), or "" for other errors. */
+const char *http_error_hint(int curl_code);
 
 /* Never NULL; takes ownership of url and body (body may be NULL). */
 struct http_request *http_request_new(const char *method, char *url_owned, char *body_owned);

@@ -127,7 +127,9 @@ static void on_stop(struct outcome_env *env, struct job *job, const struct http_
             log_error("sending stopped: %s; rows stay pending; trying again in %.0f s", cause,
                       gate_probe_in(env->gate));
     }
-    all_rows(env, job, RESULT_RELEASE, (int)req->status, error, gate_probe_in(env->gate));
+    /* Due again at once: the gate's probe timer paces the retries, and a worker
+     * restarted with the right key sends them right away. */
+    all_rows(env, job, RESULT_RELEASE, (int)req->status, error, 0);
 }
 
 size_t outcome_settle(struct outcome_env *env, struct job *job, const struct http_request *req,

@@ -7,6 +7,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 
 static double now_of(const struct relay *r)
 {
@@ -52,15 +53,30 @@ enum relay_state relay_state(const struct relay *r)
     return r->state;
 }
 
+/* Sending stopped or resumed: the log timer, systemd's status line, and the key in
+ * Vault, which is read again while Sendry refuses the one in use. */
+static void stopped_changed(struct relay *r, bool stopped)
+{
+    if (stopped) {
+        ev_timer_again(r->loop, &r->stop_log_timer);
+        notify_status("sending stopped: %s", gate_cause(r->gate));
+        if (r->vault)
+            vault_watch_kick(r->vault);
+        return;
+    }
+    ev_timer_stop(r->loop, &r->stop_log_timer);
+    notify_status("delivering the outbox to Sendry");
+    if (r->vault)
+        vault_watch_calm(r->vault);
+}
+
 void relay_set_state(struct relay *r, enum relay_state s)
 {
     if (r->state == s)
         return;
     log_debug("relay: %s -> %s", relay_state_name(r->state), relay_state_name(s));
-    if (s == RELAY_STOPPED)
-        ev_timer_again(r->loop, &r->stop_log_timer);
-    else
-        ev_timer_stop(r->loop, &r->stop_log_timer);
+    if ((s == RELAY_STOPPED) != (r->state == RELAY_STOPPED))
+        stopped_changed(r, s == RELAY_STOPPED);
     r->state = s;
 }
 
@@ -190,16 +206,19 @@ static bool all_settled(struct relay *r)
            http_in_flight(r->http) == 0 && (!r->httpd || httpd_pending(r->httpd) == 0);
 }
 
+/* --once ends when everything it holds is settled and nothing more can go now: rows
+ * were refused (stopped: exit 1), or nothing due is left (exit 1 if a row failed). */
 static void check_once(struct relay *r)
 {
-    if (!r->cfg->once || r->claim_wanted || !db_connected(r->db) || r->state == RELAY_PAUSED ||
-        !all_settled(r))
+    if (!r->cfg->once || !db_connected(r->db) || r->state == RELAY_PAUSED || !all_settled(r))
         return;
     if (r->state == RELAY_STOPPED) {
         log_error("--once: sending is stopped (%s); rows left pending", gate_cause(r->gate));
         relay_finish(r, 1);
         return;
     }
+    if (r->claim_wanted)
+        return;
     struct health_totals t = health_totals(r->health);
     log_info("--once: done: %lld sent, %lld failed, %lld retried later", t.sent, t.failed, t.retried);
     relay_finish(r, t.failed ? 1 : 0);
@@ -259,6 +278,8 @@ void relay_on_wake(struct ev_loop *loop, ev_timer *w, int revents)
 void relay_on_db_connected(void *ud)
 {
     struct relay *r = ud;
+    if (r->state != RELAY_STARTING)
+        notify_ready();
     metrics.db_connected = db_connected(r->aux);
     ev_timer_stop(r->loop, &r->once_db_deadline);
     r->connected_at = now_of(r);

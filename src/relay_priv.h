@@ -16,6 +16,7 @@
 #include "httpd.h"
 #include "inbox.h"
 #include "reconcile.h"
+#include "vault.h"
 
 #define ONCE_DB_TIMEOUT 30.0      /* --once gives up on an unreachable database */
 
@@ -39,6 +40,7 @@ struct relay {
     struct inbox *inbox;
     struct health *health;
     struct httpd *httpd;       /* --listen, or NULL */
+    struct vault_watch *vault; /* SENDRY_API_KEY_VAULT: read again after a refusal; or NULL */
 
     /* NOTIFY health */
     double connected_at;       /* gate clock */

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "notify.h"
 #include "xalloc.h"
 
 static struct relay *relay_of(ev_timer *w)
@@ -80,6 +81,8 @@ static void on_verified(void *ud, enum audience_verdict v)
         return;
     }
     relay_set_state(r, RELAY_RUNNING);
+    if (db_connected(r->db))
+        notify_ready();
     relay_kick(r);
 }
 
@@ -107,6 +110,16 @@ static void init_timers(struct relay *r)
     r->kick_w.data = r;
 }
 
+/* Vault holds a new key: send it from now on and probe at once. */
+static void on_key_rotated(const char *key, void *ud)
+{
+    struct relay *r = ud;
+    http_set_api_key(r->http, key);
+    gate_probe_now(r->gate);
+    r->claim_wanted = true;
+    relay_kick(r);
+}
+
 struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
 {
     struct relay *r = xcalloc(1, sizeof *r);
@@ -118,6 +131,7 @@ struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
     r->gate = gate_new(cfg->rate, cfg->rate, cfg->live_share / 100, NULL, NULL);
     gate_set_backoff(r->gate, cfg->backoff_base, cfg->backoff_cap);
     r->http = http_new(loop, cfg->api_key, cfg->http_timeout);
+    http_set_ca_file(r->http, cfg->ca_file);
     r->db = db_new(loop, "relay", cfg->database_url, "sendry_outbox",
                    (struct db_callbacks){relay_on_db_connected, relay_on_db_disconnected, relay_on_db_notified, r});
     r->aux = db_new(loop, "aux", cfg->database_url, NULL,
@@ -128,6 +142,8 @@ struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
     r->reconcile = reconcile_new(loop, cfg, r->aux, r->http, r->gate, relay_kick_cb, r);
     r->inbox = inbox_new(r->aux);
     r->health = health_new(loop, cfg, r->db, r->aux, r->gate);
+    if (cfg->key_source == KEY_VAULT)
+        r->vault = vault_watch_new(loop, r->aux, cfg->api_key_vault, cfg->api_key, on_key_rotated, r);
     init_timers(r);
     return r;
 }
@@ -219,6 +235,7 @@ void relay_free(struct relay *r)
     inbox_free(r->inbox);
     db_free(r->db);
     db_free(r->aux);
+    vault_watch_free(r->vault);   /* after db_free, which drops its query */
     gate_free(r->gate);
     free(r);
 }

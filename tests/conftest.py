@@ -40,8 +40,10 @@ FAST_FLAGS = ["--poll-interval", "0.2", "--backoff-base", "0.05", "--backoff-cap
               "--rate", "0"]
 
 # Environment variables the worker reads: never inherited from the caller's shell.
-WORKER_ENV_VARS = ("DATABASE_URL", "SENDRY_API_KEY", "SENDRY_API_KEY_FILE", "SENDRY_AUDIENCE_ID",
-                   "SENDRY_API_URL", "SENDRY_WEBHOOK_SECRET")
+WORKER_ENV_VARS = ("DATABASE_URL", "SENDRY_API_KEY", "SENDRY_API_KEY_FILE", "SENDRY_API_KEY_VAULT",
+                   "SENDRY_AUDIENCE_ID", "SENDRY_API_URL", "SENDRY_WEBHOOK_SECRET", "SENDRY_CA_FILE",
+                   "SENDRY_LISTEN", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+                   "CREDENTIALS_DIRECTORY")
 
 
 def wait_until(fn, timeout=20.0, msg=None, interval=0.05):

@@ -55,6 +55,7 @@ import re
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -213,8 +214,8 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)) and not self.fake.verbose:
-            return  # clients hanging up are routine in fault tests
+        if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)) and not self.fake.verbose:
+            return  # clients hanging up (or refusing our certificate) are routine in tests
         super().handle_error(request, client_address)
 
 
@@ -347,6 +348,7 @@ class FakeSendry:
         read_only_key=None,
         port=0,
         verbose=False,
+        ssl_context=None,
     ):
         if rate_limit is not None:
             n, window = rate_limit
@@ -358,6 +360,7 @@ class FakeSendry:
         self.rate_limit = rate_limit
         self.read_only_key = read_only_key
         self.verbose = verbose
+        self.ssl_context = ssl_context  # an ssl.SSLContext: serve HTTPS instead of HTTP
         self.delay_all = 0.0
 
         self._port_wanted = port
@@ -377,6 +380,10 @@ class FakeSendry:
         self._stopping.clear()
         self._server = _Server(("127.0.0.1", self._port_wanted), _Handler, self)
         self._port_wanted = self._server.server_address[1]
+        if self.ssl_context is not None:
+            # The handshake runs in each connection's thread, on its first read.
+            self._server.socket = self.ssl_context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},
@@ -410,7 +417,8 @@ class FakeSendry:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     # ---- test helpers ----------------------------------------------------
 

@@ -226,7 +226,9 @@ def test_stop_classes_keep_rows_pending(db, fake, workers, status, hint):
     row = db.row("first@example.com")
     assert row["attempts"] == 0, "a stop must not count as an attempt"
     assert row["sent_at"] is None
-    assert row["due_in"] > 20, "the row must not be due again right away"
+    # Due again at once (a worker restarted with the right key sends it right away);
+    # this worker's own probe timer paces its retries.
+    assert row["due_in"] <= 1, "the row must be due again at once"
     assert row["last_http_status"] == status
 
     # Stopped: a new due row (NOTIFY and polls every 0.2 s) must not be sent.

@@ -1,7 +1,7 @@
 -- Every object sql/install.sql creates exists, with the shape DESIGN.md promises.
 -- Logged in as postgres (the role that ran the migration and owns the objects).
 BEGIN;
-SELECT plan(117);
+SELECT plan(118);
 
 -- The outbox table and its columns (DESIGN.md: "columns at least").
 SELECT has_table('public', 'sendry_outbox', 'table public.sendry_outbox exists');
@@ -241,8 +241,10 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  ORDER BY 1),
           ARRAY['sendry_auth_users_deleted', 'sendry_auth_users_inserted', 'sendry_auth_users_updated',
                 'sendry_contact_payload', 'sendry_inbox_apply', 'sendry_inbox_receive',
-                'sendry_outbox_notify_insert', 'sendry_outbox_notify_update'],
+                'sendry_outbox_notify_insert', 'sendry_outbox_notify_update', 'sendry_schema_version'],
           'exactly the expected sendry_* functions exist');
+SELECT matches(public.sendry_schema_version(), '^[0-9]+$',
+               'sendry_schema_version() returns the version doctor compares with the binary''s');
 
 -- Triggers: on auth.users, AFTER ... FOR EACH STATEMENT (tgtype 4 = AFTER INSERT statement,
 -- 8 = AFTER DELETE statement, 16 = AFTER UPDATE statement), with transition tables, enabled;

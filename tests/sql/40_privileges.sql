@@ -5,7 +5,7 @@
 -- authenticated have USAGE and EXECUTE, so only the sendry_* objects can deny.
 \connect - authenticator
 BEGIN;
-SELECT plan(86);
+SELECT plan(89);
 
 SELECT is(current_user::text, 'authenticator', 'logged in as authenticator, like PostgREST');
 SELECT throws_ok('SELECT * FROM public.sendry_outbox', '42501', 'permission denied for table sendry_outbox',
@@ -102,8 +102,8 @@ SELECT throws_ok('SELECT public.sendry_inbox_apply(1)', '42501', 'permission den
                  'authenticated: EXECUTE sendry_inbox_apply is denied');
 RESET ROLE;
 
--- No privilege of any kind for anon, authenticated and PUBLIC, per object (15 objects x 3
--- roles = 45 tests). Trigger functions are checked here rather than called. Functions are
+-- No privilege of any kind for anon, authenticated and PUBLIC, per object (16 objects x 3
+-- roles = 48 tests). Trigger functions are checked here rather than called. Functions are
 -- looked up by OID: authenticator has no USAGE on schema auth to parse "(auth.users)".
 SELECT ok(NOT granted, format('%s has no %s privilege on %s', grantee, kind, obj))
 FROM (
@@ -139,7 +139,8 @@ FROM (
                  (12, 'table', 'public.sendry_sync_state'),
                  (13, 'function', 'sendry_auth_users_deleted'),
                  (14, 'function', 'sendry_inbox_receive'),
-                 (15, 'function', 'sendry_inbox_apply')) AS o (n, kind, obj)
+                 (15, 'function', 'sendry_inbox_apply'),
+                 (16, 'function', 'sendry_schema_version')) AS o (n, kind, obj)
     ORDER BY g.grantee, o.n
 ) AS checks;
 
@@ -171,7 +172,7 @@ SELECT is(ARRAY(SELECT relname::text FROM pg_class WHERE relnamespace = 'public'
                 'sendry_outbox_stats', 'sendry_settings', 'sendry_sync_state'],
           'the ACL check above saw the four tables, the view and the two sequences');
 SELECT is((SELECT count(*)::int FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'sendry%'),
-          8, 'the ACL check above saw the eight functions');
+          9, 'the ACL check above saw the nine functions');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -280,6 +280,72 @@ static void test_config(void)
     config_free(&cfg);
 }
 
+/* The key sources, the commands and the flags that belong to one command. */
+static void test_config_commands(void)
+{
+    struct config cfg;
+    char err[256];
+    setenv("DATABASE_URL", "host=/tmp", 1);
+    setenv("SENDRY_AUDIENCE_ID", "aud_1", 1);
+    unsetenv("SENDRY_API_URL");
+    unsetenv("SENDRY_API_KEY_FILE");
+    unsetenv("SENDRY_LISTEN");
+    char *run[] = {"sendry-sync", NULL};
+
+    setenv("SENDRY_API_KEY", "sn_test_secret", 1);
+    setenv("SENDRY_API_KEY_VAULT", "sendry_api_key", 1);
+    CHECK(!config_load(&cfg, 1, run, err, sizeof err));
+    CHECK(strstr(err, "SENDRY_API_KEY and SENDRY_API_KEY_VAULT are both set") != NULL);
+    CHECK(strstr(err, "sn_test_secret") == NULL);
+    config_free(&cfg);
+
+    unsetenv("SENDRY_API_KEY");
+    CHECK(config_load(&cfg, 1, run, err, sizeof err));
+    CHECK(cfg.key_source == KEY_VAULT && cfg.api_key == NULL);
+    CHECK_STR(cfg.api_key_vault, "sendry_api_key");
+    config_free(&cfg);
+
+    char *file_flag[] = {"sendry-sync", "--api-key-file", "/nonexistent/key", NULL};
+    CHECK(!config_load(&cfg, 3, file_flag, err, sizeof err));
+    CHECK(strstr(err, "/nonexistent/key") != NULL);
+    config_free(&cfg);
+    unsetenv("SENDRY_API_KEY_VAULT");
+
+    char *json_run[] = {"sendry-sync", "--json", NULL};
+    setenv("SENDRY_API_KEY", "sn_test_secret", 1);
+    CHECK(!config_load(&cfg, 2, json_run, err, sizeof err));
+    CHECK(strstr(err, "--json does not apply to the worker") != NULL);
+    config_free(&cfg);
+
+    unsetenv("SENDRY_API_KEY");
+    char *doctor[] = {"sendry-sync", "doctor", "--json", NULL};
+    CHECK(config_load(&cfg, 3, doctor, err, sizeof err)); /* doctor reports a missing key itself */
+    CHECK(cfg.command == CMD_DOCTOR && cfg.output == OUTPUT_JSON && cfg.key_source == KEY_NONE);
+    config_free(&cfg);
+
+    unsetenv("DATABASE_URL");
+    char *print[] = {"sendry-sync", "migrate", "--print", NULL};
+    CHECK(config_load(&cfg, 3, print, err, sizeof err));
+    CHECK(cfg.command == CMD_MIGRATE && cfg.migrate_action == MIGRATE_PRINT);
+    config_free(&cfg);
+
+    char *health[] = {"sendry-sync", "healthcheck", NULL};
+    CHECK(!config_load(&cfg, 2, health, err, sizeof err));
+    CHECK(strstr(err, "DATABASE_URL") != NULL);
+    config_free(&cfg);
+    setenv("SENDRY_LISTEN", ":8080", 1);
+    CHECK(config_load(&cfg, 2, health, err, sizeof err)); /* asks /healthz: no database needed */
+    CHECK(cfg.command == CMD_HEALTHCHECK);
+    CHECK_STR(cfg.listen, ":8080");
+    config_free(&cfg);
+    unsetenv("SENDRY_LISTEN");
+
+    CHECK(config_check_api_key("sn_test_ok", "X", err, sizeof err));
+    CHECK(!config_check_api_key("sn test", "X", err, sizeof err));
+    CHECK(strstr(err, "X: the API key contains whitespace") != NULL);
+    CHECK(!config_check_api_key("", "X", err, sizeof err));
+}
+
 int main(void)
 {
     test_payload();
@@ -288,6 +354,7 @@ int main(void)
     test_backoff();
     test_mask();
     test_config();
+    test_config_commands();
     printf("unit: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

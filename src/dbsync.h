@@ -1,0 +1,33 @@
+/* dbsync: blocking libpq for the commands that run before or without the event loop
+ * (migrate, doctor, status, healthcheck, and reading the API key from Vault at start).
+ * Never call these from a libev callback.
+ *
+ * dbsync_connect() returns an open connection (the caller PQfinish()es it) whose server
+ * notices go through the logger, or NULL with one line in err. dbsync_error() flattens
+ * libpq's multi-line messages into one line. */
+#ifndef SENDRY_DBSYNC_H
+#define SENDRY_DBSYNC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <libpq-fe.h>
+
+/* application_name defaults to appname; connect_timeout to timeout_s, unless the
+ * connection string sets them. */
+PGconn *dbsync_connect(const char *conninfo, const char *appname, int timeout_s, char *err,
+                       size_t errsize);
+
+/* msg with newlines and tabs turned into spaces and the ends trimmed, into buf. */
+const char *dbsync_error(const char *msg, char *buf, size_t bufsize);
+
+/* A failed result's message in one line: the primary message ("permission denied for
+ * ..."), without libpq's "ERROR:" prefix; the whole text if it has none. */
+const char *dbsync_result_error(const PGresult *res, char *buf, size_t bufsize);
+
+/* A one-row, one-column query with optional text parameters: the value copied into
+ * out (the empty string for NULL). Returns false with the one-line error in out. */
+bool dbsync_scalar(PGconn *conn, const char *sql, int nparams, const char *const *params,
+                  char *out, size_t outsize);
+
+#endif
