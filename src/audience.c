@@ -12,6 +12,7 @@
 
 struct check {
     const struct config *cfg;
+    const char *what;
     audience_cb cb;
     void *ud;
     ev_timer later;          /* a request that could not start still answers from the loop */
@@ -31,7 +32,8 @@ static void log_verified(const struct config *cfg, const struct http_request *re
     json_object_put(o);
 }
 
-static enum audience_verdict verdict_of(const struct config *cfg, const struct http_request *req)
+static enum audience_verdict verdict_of(const struct config *cfg, const char *what,
+                                        const struct http_request *req)
 {
     if (req->transport_ok && req->status == 200) {
         log_verified(cfg, req);
@@ -42,20 +44,21 @@ static enum audience_verdict verdict_of(const struct config *cfg, const struct h
     outcome_describe(req, error, sizeof error, &ignored);
     long st = req->status;
     if (req->transport_ok && (st == 401 || st == 402 || st == 403 || st == 404)) {
-        log_error("startup check GET /v1/audiences/%s failed: %s; %s", cfg->audience_id, error,
+        log_error("%s GET /v1/audiences/%s failed: %s; %s", what, cfg->audience_id, error,
                   outcome_stop_hint(st));
         return AUDIENCE_REFUSED;
     }
-    log_warn("startup check of the audience failed (%s); starting anyway, requests will be retried", error);
+    log_warn("%s of the audience failed (%s); going on, requests will be retried", what, error);
     return AUDIENCE_UNCHECKED;
 }
 
 static void on_done(struct http_request *req, void *arg)
 {
     struct check *c = arg;
-    enum audience_verdict v = verdict_of(c->cfg, req);
+    enum audience_verdict v = verdict_of(c->cfg, c->what, req);
+    long status = req->transport_ok ? req->status : 0;
     http_request_free(req);
-    c->cb(c->ud, v);
+    c->cb(c->ud, v, status);
     free(c);
 }
 
@@ -64,16 +67,16 @@ static void on_later(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct check *c = w->data;
-    log_warn("could not start the audience check; starting anyway");
-    c->cb(c->ud, AUDIENCE_UNCHECKED);
+    log_warn("could not start the %s of the audience; going on", c->what);
+    c->cb(c->ud, AUDIENCE_UNCHECKED, 0);
     free(c);
 }
 
 void audience_check(struct ev_loop *loop, struct http *http, const struct config *cfg,
-                    audience_cb cb, void *ud)
+                    const char *what, audience_cb cb, void *ud)
 {
     struct check *c = xcalloc(1, sizeof *c);
-    *c = (struct check){.cfg = cfg, .cb = cb, .ud = ud, .loop = loop};
+    *c = (struct check){.cfg = cfg, .what = what, .cb = cb, .ud = ud, .loop = loop};
     char *id = sendry_url_encode(cfg->audience_id);
     size_t n = strlen(cfg->api_url) + strlen(id) + 32;
     char *url = xmalloc(n);

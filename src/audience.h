@@ -1,9 +1,9 @@
-/* audience: the startup check, GET /v1/audiences/{id}.
+/* audience: GET /v1/audiences/{id}, at start and after a contact write answered 404.
  *
  * 200: the key is accepted and the audience exists (its name and member count are
- * logged). 401/402/403/404: a configuration that can never work (the caller exits 2).
- * Anything else (network, 5xx): the worker starts anyway and requests are retried.
- * The HTTP client is borrowed. */
+ * logged). 401/402/403/404: a configuration that can never work (at start the caller
+ * exits 2). Anything else (network, 5xx): the worker starts anyway and requests are
+ * retried. The HTTP client is borrowed. */
 #ifndef SENDRY_AUDIENCE_H
 #define SENDRY_AUDIENCE_H
 
@@ -16,10 +16,12 @@ enum audience_verdict {
     AUDIENCE_REFUSED      /* the key or the audience is wrong: exit 2 */
 };
 
-typedef void (*audience_cb)(void *ud, enum audience_verdict verdict);
+/* status: the answer's HTTP status, 0 if none. */
+typedef void (*audience_cb)(void *ud, enum audience_verdict verdict, long status);
 
-/* Starts the check; cb runs once, from the loop (also when the request cannot start). */
+/* Starts the check; cb runs once, from the loop (also when the request cannot start).
+ * `what` names it in the log ("startup check"). */
 void audience_check(struct ev_loop *loop, struct http *http, const struct config *cfg,
-                    audience_cb cb, void *ud);
+                    const char *what, audience_cb cb, void *ud);
 
 #endif

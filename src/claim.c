@@ -1,9 +1,13 @@
 #include "claim.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "backoff.h"
 #include "log.h"
 #include "metrics.h"
 #include "xalloc.h"
@@ -28,7 +32,9 @@
  * subplan (an anti-join could scan a whole index believed empty), the checks run only
  * until $1 contacts passed them, and the UPDATE finds its rows by ctid (a TID scan).
  * Candidates left out are unlocked when the statement ends, a moment later.
- * claim_id is the claim's transaction id: unique, and the token its outcomes carry.
+ * claim_id ($6) is chosen by the worker at random for each claim: the token its outcomes
+ * carry, unique even across a crash of the database (a transaction id could be handed
+ * out again after lost commits).
  * Each returned row names its contact's head (the row that led the claim). */
 static const char CLAIM_SQL[] =
     "WITH live AS MATERIALIZED ("
@@ -95,12 +101,12 @@ static const char CLAIM_SQL[] =
     " SET status = 'processing', locked_by = $3,"
     "     locked_until = now() + $4 * interval '1 second',"
     "     next_attempt_at = now() + $4 * interval '1 second',"
-    "     claim_id = pg_current_xact_id()::text::bigint,"
+    "     claim_id = $6,"
     "     attempts = o.attempts + 1, updated_at = now()"
     " FROM claim c WHERE o.ctid = c.tid"
     " RETURNING c.head, o.id, o.email, o.payload::text, o.attempts, COALESCE(o.max_attempts, $5),"
     "           EXTRACT(EPOCH FROM now() - o.created_at)::float8, o.op, o.old_email, o.claim_id,"
-    "           o.class = 'live'";
+    "           o.class = 'live', EXTRACT(EPOCH FROM now())::float8";
 
 static const char RELEASE_ORPHANS_SQL[] =
     "UPDATE public.sendry_outbox"
@@ -108,6 +114,20 @@ static const char RELEASE_ORPHANS_SQL[] =
     "     locked_by = NULL, locked_until = NULL, updated_at = now()"
     " WHERE locked_by = $1 AND status = 'processing'"
     "   AND id NOT IN (SELECT value::bigint FROM jsonb_array_elements_text($2::jsonb))";
+
+/* Rows this worker holds longer than a moment (a 429 pause, a move of several requests,
+ * a slow answer) keep their lease: only the columns of the lease change. Returns the rows
+ * still ours; the others were taken over. */
+static const char RENEW_SQL[] =
+    "WITH held AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS h(id bigint, claim_id bigint)),"
+    " renewed AS ("
+    "   UPDATE public.sendry_outbox o"
+    "   SET locked_until = now() + $2 * interval '1 second',"
+    "       next_attempt_at = now() + $2 * interval '1 second'"
+    "   FROM held h"
+    "   WHERE o.id = h.id AND o.claim_id = h.claim_id AND o.locked_by = $3 AND o.status = 'processing'"
+    "   RETURNING o.id)"
+    " SELECT h.id FROM held h WHERE h.id NOT IN (SELECT id FROM renewed)";
 
 static const char NEXT_DUE_SQL[] =
     "SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8"
@@ -122,6 +142,8 @@ struct claimer {
     void *ud;
     bool busy;             /* a claim is in flight */
     bool asking;           /* a next-due question is in flight */
+    renew_cb renewed;      /* of the renewal in flight, or NULL */
+    uint64_t rng;          /* claim ids */
     int limit;
     double fresh_window;
 };
@@ -132,6 +154,7 @@ struct claimer *claim_new(struct db *db, const struct config *cfg, const char *l
     struct claimer *c = xcalloc(1, sizeof *c);
     *c = (struct claimer){.db = db, .cfg = cfg, .locked_by = xstrdup(locked_by),
                           .claimed = claimed, .next_due = next_due, .ud = ud};
+    c->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)c;
     return c;
 }
 
@@ -155,6 +178,7 @@ void row_free(struct row *row)
 /* One returned row, before its contact is put together. */
 struct claimed {
     long long head, id, claim_id;
+    double claimed_at;     /* the database's clock, seconds */
     int attempts, max_attempts;
     int index;             /* its row in the result */
 };
@@ -187,7 +211,8 @@ static struct row *contact_of(PGresult *res, const struct claimed *g, size_t n)
     row->nrefs = n;
     for (size_t i = 0; i < n; i++) {
         row->refs[i] = (struct row_ref){.id = g[i].id, .claim_id = g[i].claim_id,
-                                        .attempts = g[i].attempts, .max_attempts = g[i].max_attempts};
+                                        .claimed_at = g[i].claimed_at, .attempts = g[i].attempts,
+                                        .max_attempts = g[i].max_attempts};
         if (g[i].attempts > row->attempts)
             row->attempts = g[i].attempts;
         row->live |= *PQgetvalue(res, g[i].index, 10) == 't';
@@ -205,7 +230,8 @@ static void fill_batch(struct claimer *c, PGresult *res, struct claim_batch *bat
         all[i] = (struct claimed){.head = atoll(PQgetvalue(res, i, 0)), .id = atoll(PQgetvalue(res, i, 1)),
                                   .attempts = atoi(PQgetvalue(res, i, 4)),
                                   .max_attempts = atoi(PQgetvalue(res, i, 5)),
-                                  .claim_id = atoll(PQgetvalue(res, i, 9)), .index = i};
+                                  .claim_id = atoll(PQgetvalue(res, i, 9)),
+                                  .claimed_at = atof(PQgetvalue(res, i, 11)), .index = i};
         if (all[i].attempts == 1 && atof(PQgetvalue(res, i, 6)) < c->fresh_window - 1)
             batch->fresh++;
     }
@@ -247,8 +273,10 @@ void claim_take(struct claimer *c, int limit, int bulk_limit, double connected_f
     snprintf(sbulk, sizeof sbulk, "%d", bulk_limit);
     snprintf(slease, sizeof slease, "%.3f", c->cfg->lease);
     snprintf(smax, sizeof smax, "%d", c->cfg->max_attempts);
-    const char *params[5] = {slimit, sbulk, c->locked_by, slease, smax};
-    db_query(c->db, CLAIM_SQL, 5, params, on_claimed, c);
+    char sclaim[32];
+    snprintf(sclaim, sizeof sclaim, "%lld", (long long)(rand_unit(&c->rng) * 4e18) + 1);
+    const char *params[6] = {slimit, sbulk, c->locked_by, slease, smax, sclaim};
+    db_query(c->db, CLAIM_SQL, 6, params, on_claimed, c);
     c->busy = true;
     c->limit = limit;
     c->fresh_window = connected_for;
@@ -280,4 +308,34 @@ void claim_release_orphans(struct claimer *c, json_object *held)
 {
     const char *params[2] = {c->locked_by, json_object_to_json_string_ext(held, JSON_C_TO_STRING_PLAIN)};
     db_query(c->db, RELEASE_ORPHANS_SQL, 2, params, NULL, NULL);
+}
+
+static void on_renewed(PGresult *res, void *arg)
+{
+    struct claimer *c = arg;
+    renew_cb done = c->renewed;
+    c->renewed = NULL;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        if (res)
+            log_error("db: renewing leases failed: %s", PQresultErrorMessage(res));
+        return;   /* tried again at the next renewal, and after a reconnect */
+    }
+    size_t n = (size_t)PQntuples(res);
+    long long *lost = xcalloc(n ? n : 1, sizeof *lost);
+    for (size_t i = 0; i < n; i++)
+        lost[i] = atoll(PQgetvalue(res, (int)i, 0));
+    done(c->ud, lost, n);
+    free(lost);
+}
+
+void claim_renew(struct claimer *c, json_object *refs, renew_cb done)
+{
+    if (c->renewed || json_object_array_length(refs) == 0)
+        return;
+    char slease[32];
+    snprintf(slease, sizeof slease, "%.3f", c->cfg->lease);
+    const char *params[3] = {json_object_to_json_string_ext(refs, JSON_C_TO_STRING_PLAIN), slease,
+                             c->locked_by};
+    c->renewed = done;
+    db_query(c->db, RENEW_SQL, 3, params, on_renewed, c);
 }

@@ -52,6 +52,14 @@ void claim_next_due(struct claimer *c);
  * array of ids we hold in memory) go back to pending, their attempt not counted. */
 void claim_release_orphans(struct claimer *c, json_object *held);
 
+/* The rows of `refs` (a json array of {"id", "claim_id"}) lost their lease to another
+ * claim: ids[0..n) are those the renewal did not find ours any more. */
+typedef void (*renew_cb)(void *ud, const long long *lost, size_t n);
+
+/* Renews the lease of the rows in `refs` that are still ours (same claim, processing,
+ * our locked_by), for another --lease from now. */
+void claim_renew(struct claimer *c, json_object *refs, renew_cb done);
+
 /* Frees a contact handed out by a claim (not NULL). */
 void row_free(struct row *row);
 

@@ -23,10 +23,27 @@ static const char COMPLETE_SQL[] =
     "      AS c(id bigint, claim_id bigint, status text, http_status int, error text,"
     "           delay_ms bigint, uncount int)"
     " WHERE o.id = c.id AND o.claim_id = c.claim_id AND o.locked_by = $2"
-    "   AND o.status = 'processing'";
+    "   AND o.status = 'processing'"
+    " RETURNING o.id";
+
+/* Outcomes the completion could not record: what happened to those rows since. A claim
+ * sets updated_at to its own time, so a row last changed before our claim never saw it
+ * (the database lost that commit), and one changed since was claimed again or changed
+ * by someone else. */
+static const char EXPLAIN_SQL[] =
+    "SELECT count(*) FILTER (WHERE o.id IS NULL),"
+    "       count(*) FILTER (WHERE o.updated_at < to_timestamp(h.claimed_at)),"
+    "       count(*) FILTER (WHERE o.updated_at >= to_timestamp(h.claimed_at)"
+    "                          AND o.claim_id IS DISTINCT FROM h.claim_id),"
+    "       count(*) FILTER (WHERE o.updated_at >= to_timestamp(h.claimed_at) AND o.claim_id = h.claim_id),"
+    "       string_agg(DISTINCT o.locked_by, ', ') FILTER (WHERE o.claim_id IS DISTINCT FROM h.claim_id"
+    "                                                        AND o.locked_by <> $2)"
+    " FROM jsonb_to_recordset($1::jsonb) AS h(id bigint, claim_id bigint, claimed_at float8)"
+    " LEFT JOIN public.sendry_outbox o ON o.id = h.id";
 
 struct outcome_rec {
     long long id, claim_id;
+    double claimed_at;
     enum row_result result;
     int http_status;       /* 0 = none */
     char *error;           /* owned, may be NULL */
@@ -35,6 +52,7 @@ struct outcome_rec {
 
 struct completer {
     struct db *db;
+    struct db *aux;        /* where unrecorded outcomes are looked into */
     char *locked_by;
     complete_cb done;
     void *ud;
@@ -43,10 +61,12 @@ struct completer {
     size_t in_flight;      /* the first in_flight records are being written */
 };
 
-struct completer *complete_new(struct db *db, const char *locked_by, complete_cb done, void *ud)
+struct completer *complete_new(struct db *db, struct db *aux, const char *locked_by,
+                               complete_cb done, void *ud)
 {
     struct completer *c = xcalloc(1, sizeof *c);
     c->db = db;
+    c->aux = aux;
     c->locked_by = xstrdup(locked_by);
     c->done = done;
     c->ud = ud;
@@ -67,7 +87,8 @@ void complete_row(struct completer *c, const struct row_ref *ref, enum row_resul
 {
     xgrow((void **)&c->recs, &c->cap, c->n + 1, sizeof *c->recs);
     c->recs[c->n++] = (struct outcome_rec){
-        .id = ref->id, .claim_id = ref->claim_id, .result = result, .http_status = http_status,
+        .id = ref->id, .claim_id = ref->claim_id, .claimed_at = ref->claimed_at,
+        .result = result, .http_status = http_status,
         .error = error ? xstrdup(error) : NULL, .delay_ms = (long long)(delay * 1000)};
 }
 
@@ -127,6 +148,55 @@ static void settle(struct completer *c, struct complete_report *rep)
     c->in_flight = 0;
 }
 
+static void on_explained(PGresult *res, void *arg)
+{
+    (void)arg;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        return;
+    long long gone = atoll(PQgetvalue(res, 0, 0)), lost = atoll(PQgetvalue(res, 0, 1));
+    long long taken = atoll(PQgetvalue(res, 0, 2)), changed = atoll(PQgetvalue(res, 0, 3));
+    const char *who = PQgetisnull(res, 0, 4) ? "" : PQgetvalue(res, 0, 4);
+    if (taken)
+        log_warn("db: %lld outcomes not recorded: their rows were claimed again after their lease "
+                 "ran out%s%s; that claim's outcome stands", taken, *who ? ", by " : "", who);
+    if (lost)
+        log_warn("db: %lld outcomes not recorded: the database no longer has the claim that took "
+                 "their rows (its last commits were lost: an immediate restart with "
+                 "synchronous_commit off?); the rows are due again and will be sent again", lost);
+    if (gone)
+        log_warn("db: %lld outcomes not recorded: their rows were deleted meanwhile", gone);
+    if (changed)
+        log_warn("db: %lld outcomes not recorded: their rows were changed by someone else while "
+                 "this worker held them (an operator's UPDATE?)", changed);
+}
+
+/* Looks into the outcomes of the last statement that it did not record. */
+static void explain_unrecorded(struct completer *c, PGresult *res)
+{
+    size_t n = c->in_flight, found = (size_t)PQntuples(res);
+    char *seen = xcalloc(n ? n : 1, 1);
+    for (size_t k = 0; k < found; k++) {
+        long long id = atoll(PQgetvalue(res, (int)k, 0));
+        for (size_t i = 0; i < n; i++)
+            if (c->recs[i].id == id)
+                seen[i] = 1;
+    }
+    json_object *arr = json_object_new_array();
+    for (size_t i = 0; i < n; i++) {
+        if (seen[i])
+            continue;
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "id", json_object_new_int64(c->recs[i].id));
+        json_object_object_add(o, "claim_id", json_object_new_int64(c->recs[i].claim_id));
+        json_object_object_add(o, "claimed_at", json_object_new_double(c->recs[i].claimed_at));
+        json_object_array_add(arr, o);
+    }
+    const char *params[2] = {json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN), c->locked_by};
+    db_query(c->aux, EXPLAIN_SQL, 2, params, on_explained, c);
+    json_object_put(arr);
+    free(seen);
+}
+
 static void on_written(PGresult *res, void *arg)
 {
     struct completer *c = arg;
@@ -135,7 +205,7 @@ static void on_written(PGresult *res, void *arg)
         return;
     }
     struct complete_report rep = {0};
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         /* Not the connection: the statement itself failed, and sending it again would
          * fail again and hold up every later outcome. Drop these; their rows are still
          * processing and come back when their lease runs out (nothing is lost). */
@@ -143,7 +213,9 @@ static void on_written(PGresult *res, void *arg)
                   "their lease", c->in_flight, PQresultErrorMessage(res));
         rep.statement_failed = true;
     } else {
-        rep.recorded = atoll(PQcmdTuples(res));
+        rep.recorded = PQntuples(res);
+        if (rep.recorded != (long long)c->in_flight)
+            explain_unrecorded(c, res);
     }
     settle(c, &rep);
     c->done(c->ud, &rep);

@@ -39,8 +39,11 @@ typedef void (*complete_cb)(void *ud, const struct complete_report *report);
 
 struct completer;
 
-/* locked_by is copied. done runs after every statement (from the loop). */
-struct completer *complete_new(struct db *db, const char *locked_by, complete_cb done, void *ud);
+/* locked_by is copied. done runs after every statement (from the loop). Outcomes a
+ * statement could not record are looked into on `aux`, and what happened to their rows
+ * is logged (claimed again by another worker; a claim the database lost; deleted). */
+struct completer *complete_new(struct db *db, struct db *aux, const char *locked_by,
+                               complete_cb done, void *ud);
 void complete_free(struct completer *c);
 
 /* Queues the outcome of one held row. error may be NULL; it is copied. */

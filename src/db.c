@@ -41,6 +41,8 @@ struct db {
     ev_idle pump_w;          /* db_query() sends from the loop, never inside the call */
     double backoff;
     uint64_t rng;            /* reconnect jitter, seeded per process */
+    bool ever_connected;
+    unsigned quiet_attempts; /* failed attempts at the longest delay */
     bool flushing;
     struct query *head, *tail;
     struct query *running;   /* sent, results not all read */
@@ -89,19 +91,38 @@ static void set_error(struct db *db, const char *prefix)
     while (n > 0 && (db->err[n - 1] == '\n' || db->err[n - 1] == ' '))
         db->err[--n] = '\0';
     for (char *p = db->err; *p; p++)
-        if (*p == '\n')
+        if (*p == '\n' || *p == '\t')
             *p = ' ';
 }
 
-static void schedule_reconnect(struct db *db)
+/* A connection the server will refuse however often it is tried: the password, the
+ * role, the database, the host name. libpq gives no SQLSTATE before a connection
+ * exists, so its (English) messages are read; anything else counts as "down". */
+bool db_error_is_permanent(const char *err)
+{
+    static const char *const fatal[] = {
+        "password authentication failed", "no password supplied", "does not exist",
+        "no pg_hba.conf entry", "could not translate host name", "invalid connection option",
+        "SSL is not enabled on the server", "server does not support SSL"};
+    for (size_t i = 0; i < sizeof fatal / sizeof fatal[0]; i++)
+        if (strstr(err, fatal[i]))
+            return true;
+    return false;
+}
+
+/* The next attempt after backoff. A server that stays down is told once each time the
+ * delay grows, then once every ten attempts. */
+static void schedule_reconnect(struct db *db, bool was_up)
 {
     double jitter = 0.5 + rand_unit(&db->rng) / 2;   /* 0.5 .. 1.0 */
     double delay = db->backoff * jitter;
+    bool grew = db->backoff < BACKOFF_MAX;
     db->backoff = db->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : db->backoff * 2;
     ev_timer_stop(db->loop, &db->retry);
     ev_timer_set(&db->retry, delay, 0.);
     ev_timer_start(db->loop, &db->retry);
-    log_info("db: reconnecting in %.1f s (%s connection)", delay, db->name);
+    if (was_up || grew || ++db->quiet_attempts % 10 == 0)
+        log_error("db: %s (%s connection); reconnecting in %.1f s", db->err, db->name, delay);
 }
 
 /* Drops the connection: stop the watcher before PQfinish (the fd number may be reused
@@ -111,7 +132,8 @@ static void lost(struct db *db, const char *why)
     bool was_up = db->state == DB_READY || db->state == DB_LISTENING;
     if (why)
         set_error(db, why);
-    log_error("db: %s (%s connection)", db->err, db->name);
+    if (!was_up && !db->ever_connected && db_error_is_permanent(db->err) && db->cbs.refused)
+        db->cbs.refused(db->cbs.ud, db->err);
     ev_io_stop(db->loop, &db->io);
     ev_timer_stop(db->loop, &db->deadline);
     if (db->conn)
@@ -131,7 +153,7 @@ static void lost(struct db *db, const char *why)
     if (was_up && db->cbs.disconnected)
         db->cbs.disconnected(db->cbs.ud);
     if (db->state == DB_DISCONNECTED && !ev_is_active(&db->retry))
-        schedule_reconnect(db);
+        schedule_reconnect(db, was_up);
 }
 
 static void flush(struct db *db)
@@ -180,6 +202,8 @@ static void became_ready(struct db *db)
 {
     db->state = DB_READY;
     db->backoff = BACKOFF_MIN;
+    db->ever_connected = true;
+    db->quiet_attempts = 0;
     log_info("db: connected (%s connection, server %d%s%s)", db->name, PQserverVersion(db->conn),
              db->listen_sql ? ", " : "", db->listen_sql ? db->listen_sql : "");
     if (db->cbs.connected)

@@ -27,6 +27,10 @@ struct db_callbacks {
     void (*connected)(void *ud);      /* after LISTEN (if any) succeeded, on every (re)connect */
     void (*disconnected)(void *ud);   /* the connection was lost; a reconnect is scheduled */
     void (*notified)(void *ud);       /* a NOTIFY arrived on the channel */
+    /* Before the first connection: the server refused it in a way no retry can mend (a
+     * wrong password, a role or database that does not exist, a host name that does not
+     * resolve). Retries go on; the caller decides (the worker exits 2). May be NULL. */
+    void (*refused)(void *ud, const char *why);
     void *ud;
 };
 
@@ -40,6 +44,10 @@ void db_free(struct db *db);
 /* Queues a query (params are copied) and returns; cb (may be NULL) runs from the loop. */
 void db_query(struct db *db, const char *sql, int nparams, const char *const *params,
               db_result_cb cb, void *arg);
+
+/* True for a connection failure no retry can mend: a wrong password, a role or database
+ * that does not exist, a host name that does not resolve, a bad connection option. */
+bool db_error_is_permanent(const char *err);
 
 bool db_connected(const struct db *db);
 bool db_idle(const struct db *db);    /* connected, nothing running or queued */

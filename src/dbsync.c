@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "db.h"
 #include "log.h"
 
 /* Server notices (install.sql's NOTICE on a plain PostgreSQL) go through the logger, so
@@ -74,4 +75,27 @@ bool dbsync_scalar(PGconn *conn, const char *sql, int nparams, const char *const
         dbsync_result_error(res, out, outsize);
     PQclear(res);
     return ok;
+}
+
+int dbsync_preflight(const char *conninfo, char *err, size_t errsize)
+{
+    char *perr = NULL, line[768];
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
+    if (!opts) {
+        snprintf(err, errsize, "DATABASE_URL: not a connection string or URL: %s",
+                 perr ? dbsync_error(perr, line, sizeof line) : "out of memory");
+        PQfreemem(perr);
+        return 2;
+    }
+    PQconninfoFree(opts);
+    char why[900];
+    PGconn *conn = dbsync_connect(conninfo, "sendry-sync", 5, why, sizeof why);
+    if (conn) {
+        PQfinish(conn);
+        return 0;
+    }
+    if (!db_error_is_permanent(why))
+        return 0;   /* only down: the worker's reconnects say so, and retry */
+    snprintf(err, errsize, "DATABASE_URL: %s", why);
+    return 2;
 }

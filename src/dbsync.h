@@ -18,6 +18,12 @@
 PGconn *dbsync_connect(const char *conninfo, const char *appname, int timeout_s, char *err,
                        size_t errsize);
 
+/* The worker's check of DATABASE_URL before its loop starts: 2 with one line in err when
+ * it can never work (not a connection string; the server refuses the password, the role
+ * or the database; the host name does not resolve), else 0 (a server that is only down
+ * or starting is left to the worker's reconnects). */
+int dbsync_preflight(const char *conninfo, char *err, size_t errsize);
+
 /* msg with newlines and tabs turned into spaces and the ends trimmed, into buf. */
 const char *dbsync_error(const char *msg, char *buf, size_t bufsize);
 

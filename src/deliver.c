@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "audience.h"
 #include "backoff.h"
 #include "job.h"
 #include "list.h"
@@ -24,6 +25,7 @@ struct deliverer {
     void *ud;
     uint64_t rng;
     bool draining;
+    bool rechecking;           /* GET /v1/audiences/{id} after a write's 404 is under way */
     struct queue {
         struct job *head, *tail;
     } live, bulk;              /* waiting, in order: live jobs go first */
@@ -197,6 +199,15 @@ void deliver_pump(struct deliverer *d)
     }
 }
 
+static void on_rechecked(void *ud, enum audience_verdict v, long status)
+{
+    (void)v;
+    struct deliverer *d = ud;
+    d->rechecking = false;
+    outcome_audience_rechecked(d->gate, d->cfg, status);
+    d->changed(d->ud);
+}
+
 static void on_http_done(struct http_request *req, void *arg)
 {
     struct job *job = arg;
@@ -209,10 +220,16 @@ static void on_http_done(struct http_request *req, void *arg)
     struct job *again[2];
     size_t n = outcome_settle(&env, job, req, again);
     http_request_free(req);
+    if (env.recheck_audience && !d->rechecking) {
+        d->rechecking = true;
+        audience_check(d->loop, d->http, d->cfg, "re-check after a 404", on_rechecked, d);
+    }
     /* The next step of a move or a deletion, or the halves of a split batch, go first;
      * while draining they are given back instead, to start over later. */
     for (size_t i = n; i-- > 0;) {
-        if (d->draining)
+        if (again[i]->n == 1 && again[i]->rows[0]->lost)
+            job_free(again[i]);          /* the next step belongs to the other claim */
+        else if (d->draining)
             release_job(d, again[i]);
         else
             push_front(d, again[i]);
@@ -266,6 +283,74 @@ void deliver_add_ids(const struct deliverer *d, json_object *ids)
     add_job_ids(d->live.head, ids);
     add_job_ids(d->bulk.head, ids);
     add_job_ids(d->inflight, ids);
+}
+
+static void add_held(struct job *job, double before, double now, json_object *refs)
+{
+    for (; job; job = job->next) {
+        for (size_t i = 0; i < job->n; i++) {
+            struct row *row = job->rows[i];
+            if (row->held_since >= before)
+                continue;
+            row->held_since = now;
+            for (size_t k = 0; k < row->nrefs; k++) {
+                json_object *o = json_object_new_object();
+                json_object_object_add(o, "id", json_object_new_int64(row->refs[k].id));
+                json_object_object_add(o, "claim_id", json_object_new_int64(row->refs[k].claim_id));
+                json_object_array_add(refs, o);
+            }
+        }
+    }
+}
+
+void deliver_add_held(struct deliverer *d, double before, double now, json_object *refs)
+{
+    add_held(d->live.head, before, now, refs);
+    add_held(d->bulk.head, before, now, refs);
+    add_held(d->inflight, before, now, refs);
+}
+
+static bool lost_row(const struct row *row, const long long *ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < row->nrefs; k++)
+            if (row->refs[k].id == ids[i])
+                return true;
+    return false;
+}
+
+/* Drops the lost rows of the waiting jobs of q, and the jobs left empty. */
+static void forget_in(struct queue *q, const long long *ids, size_t n)
+{
+    struct job **link = &q->head, *last = NULL;
+    while (*link) {
+        struct job *job = *link;
+        size_t kept = 0;
+        for (size_t i = 0; i < job->n; i++) {
+            if (lost_row(job->rows[i], ids, n))
+                row_free(job->rows[i]);
+            else
+                job->rows[kept++] = job->rows[i];
+        }
+        job->n = kept;
+        if (kept == 0) {
+            *link = job->next;
+            job_free(job);
+            continue;
+        }
+        last = job;
+        link = &job->next;
+    }
+    q->tail = last;
+}
+
+void deliver_forget(struct deliverer *d, const long long *ids, size_t n)
+{
+    forget_in(&d->live, ids, n);
+    forget_in(&d->bulk, ids, n);
+    for (struct job *job = d->inflight; job; job = job->next)
+        for (size_t i = 0; i < job->n; i++)
+            job->rows[i]->lost |= lost_row(job->rows[i], ids, n);
 }
 
 long long deliver_requests(const struct deliverer *d)

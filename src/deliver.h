@@ -46,6 +46,14 @@ void deliver_drain(struct deliverer *d);
 /* Gives every waiting row back now. */
 void deliver_release_waiting(struct deliverer *d);
 
+/* Appends {"id", "claim_id"} of every row held since before `before` (gate clock) to
+ * `refs`, and counts them as renewed now. */
+void deliver_add_held(struct deliverer *d, double before, double now, json_object *refs);
+/* Rows whose lease another claim took: waiting ones are dropped without a word to the
+ * database (the row is the other claim's now); in flight ones end as usual, and their
+ * outcome is refused by the completion statement. */
+void deliver_forget(struct deliverer *d, const long long *ids, size_t n);
+
 /* Appends the ids of every row held here (waiting or in flight) to `ids`. */
 void deliver_add_ids(const struct deliverer *d, json_object *ids);
 long long deliver_requests(const struct deliverer *d);   /* requests started so far */

@@ -167,6 +167,12 @@ const char *gate_cause(const struct gate *g)
     return g->stopped ? g->cause : "";
 }
 
+void gate_set_cause(struct gate *g, const char *cause)
+{
+    if (g->stopped)
+        snprintf(g->cause, sizeof g->cause, "%s", cause);
+}
+
 double gate_probe_in(struct gate *g)
 {
     double in = g->probe_at - gate_now(g);

@@ -75,6 +75,7 @@ bool gate_accepted(struct gate *g);
 void gate_probe_now(struct gate *g);
 
 const char *gate_cause(const struct gate *g);   /* "" unless stopped */
+void gate_set_cause(struct gate *g, const char *cause);   /* a better word for the stop */
 double gate_probe_in(struct gate *g);             /* seconds to the next probe, if stopped */
 
 #endif

@@ -5,12 +5,26 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "xalloc.h"
 
 static const char RECEIVE_SQL[] = "SELECT public.sendry_inbox_receive($1, $2, $3::jsonb)";
 
+/* One page of the events an error left 'received', applied again. */
+static const char RETRY_SQL[] =
+    "SELECT count(*) FILTER (WHERE r NOT LIKE 'error%'), count(*) FILTER (WHERE r LIKE 'error%')"
+    " FROM (SELECT public.sendry_inbox_apply(id) AS r FROM public.sendry_inbox"
+    "       WHERE status = 'received' ORDER BY id LIMIT 100) x";
+
+#define RETRY_MAX 3600.0
+
 struct inbox {
+    struct ev_loop *loop;
     struct db *db;
+    double retry_first;    /* the first wait, and the wait while nothing fails */
+    double retry_wait;
+    bool retrying;         /* a retry query is in flight */
+    ev_timer retry;
 };
 
 /* One event on its way through the database. */
@@ -21,15 +35,64 @@ struct pending {
     char type[128];
 };
 
-struct inbox *inbox_new(struct db *db)
+static void on_retried(PGresult *res, void *arg)
+{
+    struct inbox *in = arg;
+    in->retrying = false;
+    long long applied = 0, failed = 0;
+    if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
+        applied = atoll(PQgetvalue(res, 0, 0));
+        failed = atoll(PQgetvalue(res, 0, 1));
+    }
+    metrics.inbox_retried += (unsigned long long)applied;
+    metrics.inbox_retry_failed += (unsigned long long)failed;
+    if (applied || failed)
+        log_info("inbox: applied %lld stored events again; %lld still fail", applied, failed);
+    /* A full page applied: the next one soon. Errors: back off. Nothing: the usual wait. */
+    in->retry_wait = failed ? (in->retry_wait * 2 > RETRY_MAX ? RETRY_MAX : in->retry_wait * 2)
+                            : in->retry_first;
+    ev_timer_set(&in->retry, applied + failed >= 100 && !failed ? 1. : in->retry_wait, 0.);
+    ev_timer_start(in->loop, &in->retry);
+}
+
+static void on_retry_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct inbox *in = w->data;
+    if (in->retrying || !db_connected(in->db)) {
+        ev_timer_set(w, in->retry_wait, 0.);
+        ev_timer_start(in->loop, w);
+        return;
+    }
+    in->retrying = true;
+    db_query(in->db, RETRY_SQL, 0, NULL, on_retried, in);
+}
+
+struct inbox *inbox_new(struct ev_loop *loop, struct db *db, double retry_first)
 {
     struct inbox *in = xcalloc(1, sizeof *in);
+    in->loop = loop;
     in->db = db;
+    in->retry_first = in->retry_wait = retry_first;
+    ev_timer_init(&in->retry, on_retry_timer, retry_first, 0.);
+    in->retry.data = in;
     return in;
+}
+
+void inbox_retry_start(struct inbox *in)
+{
+    ev_timer_start(in->loop, &in->retry);
+}
+
+void inbox_retry_stop(struct inbox *in)
+{
+    ev_timer_stop(in->loop, &in->retry);
 }
 
 void inbox_free(struct inbox *in)
 {
+    inbox_retry_stop(in);
     free(in);
 }
 
@@ -42,6 +105,8 @@ static enum inbox_result result_of(const char *text)
 {
     if (strcmp(text, "applied") == 0)
         return INBOX_APPLIED;
+    if (strcmp(text, "reapplied") == 0)
+        return INBOX_REAPPLIED;
     if (strcmp(text, "duplicate") == 0)
         return INBOX_DUPLICATE;
     if (strncmp(text, "ignored", 7) == 0)
@@ -99,6 +164,7 @@ const char *inbox_result_class(enum inbox_result r)
 {
     switch (r) {
     case INBOX_APPLIED: return "applied";
+    case INBOX_REAPPLIED: return "reapplied";
     case INBOX_DUPLICATE: return "duplicate";
     case INBOX_IGNORED: return "ignored";
     case INBOX_APPLY_ERROR: return "error";

@@ -4,16 +4,22 @@
  * (deduplicated by its id) and applies it in one transaction, so a webhook is answered
  * 2xx only after its event committed. This module runs that query on the aux db
  * connection and says what the answer means; httpd.c turns it into an HTTP answer.
- * The db connection is borrowed. */
+ *
+ * Events that were stored but could not be applied (an error, kept 'received') are
+ * applied again on a timer: after `retry_first` (six polls: 30 s by default), the wait
+ * doubling to an hour while errors remain. Owned by the relay, which starts the timer; the db connection is borrowed. */
 #ifndef SENDRY_INBOX_H
 #define SENDRY_INBOX_H
 
 #include <stdbool.h>
 
+#include <ev.h>
+
 #include "db.h"
 
 enum inbox_result {
     INBOX_APPLIED,       /* stored and applied */
+    INBOX_REAPPLIED,     /* a redelivery of an event that could not be applied before: applied now */
     INBOX_DUPLICATE,     /* seen before */
     INBOX_IGNORED,       /* stored, nothing to apply (unknown email, event type, ...) */
     INBOX_APPLY_ERROR,   /* stored, applying failed (it stays 'received') */
@@ -27,8 +33,12 @@ typedef void (*inbox_cb)(void *arg, enum inbox_result result, const char *text);
 
 struct inbox;
 
-struct inbox *inbox_new(struct db *db);
+struct inbox *inbox_new(struct ev_loop *loop, struct db *db, double retry_first);
 void inbox_free(struct inbox *in);
+
+/* Starts (or stops) applying the events left 'received' again, on the timer. */
+void inbox_retry_start(struct inbox *in);
+void inbox_retry_stop(struct inbox *in);
 
 /* The connection is up: an event handed in now gets an answer from the database. */
 bool inbox_ready(const struct inbox *in);

@@ -94,6 +94,19 @@ struct http_request *job_request(const struct job *job, const struct config *cfg
                                                job->contact_id), NULL);
 }
 
+const char *job_path(const struct job *job)
+{
+    switch (job->req) {
+    case REQ_IMPORT: return "/v1/contacts/import";
+    case REQ_CREATE: return "/v1/contacts";
+    case REQ_MOVE:
+    case REQ_LOOKUP: return "/v1/contacts/by-email";
+    case REQ_DELETE_CONTACT: return "/v1/contacts/{id}";
+    case REQ_REMOVE_MEMBER: break;
+    }
+    return "/v1/audiences/{id}/contacts/{id}";
+}
+
 bool job_names_audience(const struct job *job)
 {
     return job->req == REQ_IMPORT || job->req == REQ_CREATE;

@@ -58,6 +58,8 @@ void job_free(struct job *job);
 
 /* The request for the job's current step (never NULL). */
 struct http_request *job_request(const struct job *job, const struct config *cfg);
+/* The path of the job's current request, without the query (for messages). */
+const char *job_path(const struct job *job);
 /* True when the answer concerns the configured audience (a 404 means it is gone). */
 bool job_names_audience(const struct job *job);
 

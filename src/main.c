@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "dbsync.h"
 #include "doctor.h"
 #include "healthcheck.h"
 #include "log.h"
@@ -49,6 +50,11 @@ static int run_command(const struct config *cfg)
 static int run_worker(struct config *cfg)
 {
     char err[1024];
+    int checked = dbsync_preflight(cfg->database_url, err, sizeof err);
+    if (checked != 0) {
+        fprintf(stderr, "sendry-sync: %s\n", err);
+        return checked;
+    }
     if (cfg->key_source == KEY_VAULT) {
         int status = vault_load_key(cfg, err, sizeof err);
         if (status != 0) {

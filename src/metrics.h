@@ -47,6 +47,9 @@ struct metrics {
     struct metrics_webhook_slot webhook[METRICS_WEBHOOK_SLOTS];
     size_t webhook_used;
     unsigned long long webhook_unrecorded;    /* table full even for "other" */
+    /* inbox events applied again by the retry timer, and those that failed again */
+    unsigned long long inbox_retried;
+    unsigned long long inbox_retry_failed;
     /* health */
     bool db_connected;
     bool sending_stopped;

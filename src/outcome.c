@@ -15,13 +15,13 @@ void outcome_describe(const struct http_request *req, char *out, size_t size, do
         utf8_sanitize(out);
         return;
     }
-    char code[64] = "", message[300] = "";
-    sendry_parse_error(req->response, req->response_len, code, sizeof code, message, sizeof message,
-                       retry_after);
-    if (!message[0] && req->response_len && req->response_len < 200 && req->response[0] != '{')
-        snprintf(message, sizeof message, "%s", req->response);
-    snprintf(out, size, "HTTP %ld%s%s%s%s", req->status, code[0] ? " " : "", code,
-             message[0] ? ": " : "", message);
+    struct sendry_error e;
+    sendry_read_error(req->response, req->response_len, &e);
+    if (retry_after && e.retry_after >= 0)
+        *retry_after = e.retry_after;
+    snprintf(out, size, "HTTP %ld%s%s%s%s%s%s%s", req->status, e.code[0] ? " " : "", e.code,
+             e.message[0] ? ": " : "", e.message, e.details[0] ? " (details: " : "", e.details,
+             e.details[0] ? ")" : "");
     utf8_sanitize(out); /* it goes into a text column: never let it break the UPDATE */
 }
 
@@ -115,21 +115,59 @@ static size_t on_invalid(struct outcome_env *env, struct job *job, const struct 
     return 0;
 }
 
+static void stop_with(struct outcome_env *env, const char *cause, double started)
+{
+    bool was_stopped = gate_state(env->gate) == GATE_STOPPED;
+    if (!gate_stop(env->gate, cause, started))
+        return;
+    metrics_set_stopped(true, cause);
+    if (!was_stopped)
+        log_error("sending stopped: %s; rows stay pending; trying again in %.0f s", cause,
+                  gate_probe_in(env->gate));
+}
+
+/* Whether a 404 answer says the audience is what is missing. */
+static bool names_audience(const struct http_request *req)
+{
+    struct sendry_error e;
+    sendry_read_error(req->response, req->response_len, &e);
+    return strstr(e.code, "audience") || strstr(e.message, "audience") || strstr(e.message, "Audience");
+}
+
 static void on_stop(struct outcome_env *env, struct job *job, const struct http_request *req,
                     const char *error)
 {
-    char cause[700], shown[700];
-    snprintf(cause, sizeof cause, "%s [%s]", outcome_stop_hint(req->status), log_text(error, shown, sizeof shown));
-    bool was_stopped = gate_state(env->gate) == GATE_STOPPED;
-    if (gate_stop(env->gate, cause, job->started_at)) {
-        metrics_set_stopped(true, cause);
-        if (!was_stopped)
-            log_error("sending stopped: %s; rows stay pending; trying again in %.0f s", cause,
-                      gate_probe_in(env->gate));
+    char cause[900], shown[600];
+    log_text(error, shown, sizeof shown);
+    if (req->status == 404 && !names_audience(req)) {
+        snprintf(cause, sizeof cause, "Sendry answered 404 to %s %s [%s]; checking whether the "
+                 "audience exists", req->method, job_path(job), shown);
+        env->recheck_audience = true;
+    } else {
+        snprintf(cause, sizeof cause, "%s [%s]", outcome_stop_hint(req->status), shown);
     }
+    stop_with(env, cause, job->started_at);
     /* Due again at once: the gate's probe timer paces the retries, and a worker
      * restarted with the right key sends them right away. */
     all_rows(env, job, RESULT_RELEASE, (int)req->status, error, 0);
+}
+
+void outcome_audience_rechecked(struct gate *gate, const struct config *cfg, long status)
+{
+    char cause[900];
+    if (status == 404)
+        snprintf(cause, sizeof cause, "%s", outcome_stop_hint(404));
+    else if (status >= 200 && status < 300)
+        snprintf(cause, sizeof cause, "Sendry answered 404 to a contact write, but GET /v1/audiences/%s "
+                 "finds the audience: the write's URL is wrong; check SENDRY_API_URL (%s), and any "
+                 "proxy that rewrites paths", cfg->audience_id, cfg->api_url);
+    else
+        return;
+    if (gate_state(gate) != GATE_STOPPED)
+        return;
+    gate_set_cause(gate, cause);
+    metrics_set_stopped(true, cause);
+    log_error("sending stopped: %s", cause);
 }
 
 size_t outcome_settle(struct outcome_env *env, struct job *job, const struct http_request *req,

@@ -7,13 +7,17 @@
  *                          error.retry_after, else backoff); rows pending, attempt not counted
  *   400/404/409/422        failed with the reason; a rejected batch is split in halves
  *                          until the bad row stands alone
- *   401/402/403, the audience's 404   the gate stops sending; rows pending, not counted
+ *   401/402/403            the gate stops sending; rows pending, not counted
+ *   404 to an import or a create   the same; unless the answer names the audience, the
+ *                          caller checks GET /v1/audiences/{id} to say which it is (the
+ *                          audience is gone, or the URL is wrong: a proxy rewriting it)
  *
  * Called by deliver.c when a request ends; writes outcomes into the completer and tells
  * the gate. Owns nothing beyond the job it is handed. */
 #ifndef SENDRY_OUTCOME_H
 #define SENDRY_OUTCOME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -28,6 +32,7 @@ struct outcome_env {
     struct gate *gate;
     struct completer *complete;
     uint64_t *rng;
+    bool recheck_audience;   /* out: a 404 that does not say whether the audience exists */
 };
 
 /* Settles a finished request of `job`. Returns how many jobs (0 to 2) it put into
@@ -42,5 +47,8 @@ void outcome_describe(const struct http_request *req, char *out, size_t size, do
 
 /* The operator's hint for a refusal that stops sending (401, 402, 403, 404). */
 const char *outcome_stop_hint(long status);
+/* The stop's cause once GET /v1/audiences/{id} answered `status` after a write's 404
+ * (404: the audience is gone; 200: it exists, so the write's URL is wrong). */
+void outcome_audience_rechecked(struct gate *gate, const struct config *cfg, long status);
 
 #endif

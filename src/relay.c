@@ -150,6 +150,8 @@ void relay_on_claimed(void *ud, struct claim_batch *batch)
     }
     health_progress(r->health);
     warn_no_notify(r, batch->fresh);
+    for (size_t i = 0; i < batch->n; i++)
+        batch->rows[i]->held_since = now_of(r);
     bool all_due = (int)batch->n >= batch->limit;
     deliver_take(r->deliver, batch);
     if (r->state == RELAY_DRAINING) {
@@ -184,11 +186,6 @@ void relay_on_completed(void *ud, const struct complete_report *rep)
 {
     struct relay *r = ud;
     health_completed(r->health, rep);
-    if (!rep->statement_failed) {
-        if (rep->recorded != (long long)rep->rows)
-            log_warn("db: %lld of %zu outcomes recorded; the rest were taken over by another worker "
-                     "after their lease (--lease %.0f s) ran out", rep->recorded, rep->rows, r->cfg->lease);
-    }
     if (rep->sent || rep->failed || rep->statement_failed)
         r->claim_wanted = true;   /* a finished row may unblock a later change of its contact */
     /* Wake up when the soonest retry is due, not at the next poll. */
@@ -207,7 +204,9 @@ static bool all_settled(struct relay *r)
 }
 
 /* --once ends when everything it holds is settled and nothing more can go now: rows
- * were refused (stopped: exit 1), or nothing due is left (exit 1 if a row failed). */
+ * were refused (stopped: exit 1), or nothing due is left: exit 1 if a row failed for
+ * good, 3 if rows could not be delivered now (network, 5xx: they wait for their retry),
+ * else 0. */
 static void check_once(struct relay *r)
 {
     if (!r->cfg->once || !db_connected(r->db) || r->state == RELAY_PAUSED || !all_settled(r))
@@ -221,7 +220,9 @@ static void check_once(struct relay *r)
         return;
     struct health_totals t = health_totals(r->health);
     log_info("--once: done: %lld sent, %lld failed, %lld retried later", t.sent, t.failed, t.retried);
-    relay_finish(r, t.failed ? 1 : 0);
+    if (t.retried && !t.failed)
+        log_warn("--once: %lld rows could not be delivered now and wait for their retry (exit 3)", t.retried);
+    relay_finish(r, t.failed ? 1 : t.retried ? 3 : 0);
 }
 
 static void relay_step(struct relay *r)
@@ -273,6 +274,38 @@ void relay_on_wake(struct ev_loop *loop, ev_timer *w, int revents)
     relay_kick(r);
 }
 
+/* ---- leases ------------------------------------------------------------------------ */
+
+static void on_renewed(void *ud, const long long *lost, size_t n)
+{
+    struct relay *r = ud;
+    if (n == 0)
+        return;
+    log_warn("%zu rows this worker held were claimed again by another worker after their lease "
+             "(--lease %.0f s) ran out: they are theirs now, and are not sent from here", n, r->cfg->lease);
+    deliver_forget(r->deliver, lost, n);
+    relay_kick(r);
+}
+
+/* Renews the lease of rows held since before `before`, before it can run out. */
+static void renew_leases(struct relay *r, double before)
+{
+    if (!db_connected(r->db))
+        return;
+    json_object *refs = json_object_new_array();
+    deliver_add_held(r->deliver, before, now_of(r), refs);
+    claim_renew(r->claim, refs, on_renewed);
+    json_object_put(refs);
+}
+
+void relay_on_renew_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct relay *r = w->data;
+    renew_leases(r, now_of(r) - r->cfg->lease / 3);
+}
+
 /* ---- database events --------------------------------------------------------------- */
 
 void relay_on_db_connected(void *ud)
@@ -291,6 +324,7 @@ void relay_on_db_connected(void *ud)
     complete_add_ids(r->complete, held);
     claim_release_orphans(r->claim, held);
     json_object_put(held);
+    renew_leases(r, now_of(r));   /* all we hold, before any claim could take it again */
     r->claim_wanted = true; /* catch up on what was inserted while we were away */
     relay_kick(r);
 }
@@ -301,6 +335,15 @@ void relay_on_db_disconnected(void *ud)
     metrics.db_connected = false;
     if (r->cfg->once && r->state != RELAY_DRAINING)
         relay_arm(r, &r->once_db_deadline, ONCE_DB_TIMEOUT);
+}
+
+/* The first connection was refused for good (the preflight in main passed, so this is
+ * rare: the password changed meanwhile, say): exit 2 rather than retry forever. */
+void relay_on_db_refused(void *ud, const char *why)
+{
+    struct relay *r = ud;
+    log_error("DATABASE_URL: %s; exiting", why);
+    relay_finish(r, 2);
 }
 
 void relay_on_db_notified(void *ud)

@@ -50,7 +50,7 @@ struct relay {
     bool drain_expired;
 
     ev_timer poll_timer, due_timer, claim_timer, drain_timer, stop_log_timer;
-    ev_timer reconcile_timer, once_db_deadline;
+    ev_timer reconcile_timer, once_db_deadline, renew_timer;
     ev_idle kick_w;
 };
 
@@ -66,8 +66,10 @@ void relay_on_claimed(void *ud, struct claim_batch *batch);
 void relay_on_next_due(void *ud, double in);
 void relay_on_completed(void *ud, const struct complete_report *rep);
 void relay_on_db_connected(void *ud);
+void relay_on_renew_timer(struct ev_loop *loop, ev_timer *w, int revents);
 void relay_on_db_disconnected(void *ud);
 void relay_on_db_notified(void *ud);
+void relay_on_db_refused(void *ud, const char *why);
 void relay_on_aux_changed(void *ud);
 bool relay_health_hook(void *ud, char *reason, size_t size);
 

@@ -71,8 +71,9 @@ static void on_reconcile_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- lifecycle --------------------------------------------------------------------- */
 
-static void on_verified(void *ud, enum audience_verdict v)
+static void on_verified(void *ud, enum audience_verdict v, long status)
 {
+    (void)status;
     struct relay *r = ud;
     if (r->state != RELAY_STARTING)
         return;
@@ -103,6 +104,7 @@ static void init_timers(struct relay *r)
     init_timer(r, &r->drain_timer, on_drain_deadline, 0);
     init_timer(r, &r->stop_log_timer, on_stop_log, 60.);
     init_timer(r, &r->once_db_deadline, on_once_db_deadline, 0);
+    init_timer(r, &r->renew_timer, relay_on_renew_timer, c->lease / 3 > 0.5 ? c->lease / 3 : 0.5);
     /* The first reconciliation soon after start, then every interval. */
     ev_timer_init(&r->reconcile_timer, on_reconcile_timer, 2., c->reconcile_interval);
     r->reconcile_timer.data = r;
@@ -133,14 +135,18 @@ struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
     r->http = http_new(loop, cfg->api_key, cfg->http_timeout);
     http_set_ca_file(r->http, cfg->ca_file);
     r->db = db_new(loop, "relay", cfg->database_url, "sendry_outbox",
-                   (struct db_callbacks){relay_on_db_connected, relay_on_db_disconnected, relay_on_db_notified, r});
+                   (struct db_callbacks){.connected = relay_on_db_connected,
+                                         .disconnected = relay_on_db_disconnected,
+                                         .notified = relay_on_db_notified,
+                                         .refused = relay_on_db_refused, .ud = r});
     r->aux = db_new(loop, "aux", cfg->database_url, NULL,
-                    (struct db_callbacks){relay_on_aux_changed, relay_on_aux_changed, NULL, r});
-    r->complete = complete_new(r->db, r->locked_by, relay_on_completed, r);
+                    (struct db_callbacks){.connected = relay_on_aux_changed,
+                                          .disconnected = relay_on_aux_changed, .ud = r});
+    r->complete = complete_new(r->db, r->aux, r->locked_by, relay_on_completed, r);
     r->claim = claim_new(r->db, cfg, r->locked_by, relay_on_claimed, relay_on_next_due, r);
     r->deliver = deliver_new(loop, cfg, r->http, r->gate, r->complete, relay_kick_cb, r);
     r->reconcile = reconcile_new(loop, cfg, r->aux, r->http, r->gate, relay_kick_cb, r);
-    r->inbox = inbox_new(r->aux);
+    r->inbox = inbox_new(loop, r->aux, 6 * cfg->poll_interval);
     r->health = health_new(loop, cfg, r->db, r->aux, r->gate);
     if (cfg->key_source == KEY_VAULT)
         r->vault = vault_watch_new(loop, r->aux, cfg->api_key_vault, cfg->api_key, on_key_rotated, r);
@@ -170,17 +176,20 @@ void relay_start(struct relay *r)
              c->mode == MODE_IMPORT ? "import" : "single", c->batch_size, c->concurrency, c->rate,
              c->lease, c->api_url);
     ev_timer_again(r->loop, &r->poll_timer);
+    ev_timer_again(r->loop, &r->renew_timer);
     health_start(r->health);
     if (c->reconcile_interval > 0 && !c->once)
         ev_timer_start(r->loop, &r->reconcile_timer);
+    if (!c->once)
+        inbox_retry_start(r->inbox);
     if (c->once)
         relay_arm(r, &r->once_db_deadline, ONCE_DB_TIMEOUT);
     db_start(r->db);
     db_start(r->aux);
     if (c->verify)
-        audience_check(r->loop, r->http, c, on_verified, r);
+        audience_check(r->loop, r->http, c, "startup check", on_verified, r);
     else
-        on_verified(r, AUDIENCE_UNCHECKED);
+        on_verified(r, AUDIENCE_UNCHECKED, 0);
 }
 
 void relay_shutdown(struct relay *r)
@@ -199,6 +208,7 @@ void relay_shutdown(struct relay *r)
     ev_timer_stop(r->loop, &r->claim_timer);
     ev_timer_stop(r->loop, &r->reconcile_timer);
     health_stop(r->health);
+    inbox_retry_stop(r->inbox);
     reconcile_stop(r->reconcile);
     deliver_drain(r->deliver);
     relay_arm(r, &r->drain_timer, r->cfg->drain_timeout);
@@ -215,7 +225,8 @@ void relay_free(struct relay *r)
     if (!r)
         return;
     ev_timer *timers[] = {&r->poll_timer, &r->due_timer, &r->claim_timer, &r->drain_timer,
-                          &r->stop_log_timer, &r->reconcile_timer, &r->once_db_deadline};
+                          &r->stop_log_timer, &r->reconcile_timer, &r->once_db_deadline,
+                          &r->renew_timer};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
         ev_timer_stop(r->loop, timers[i]);
     httpd_stop(r->httpd);

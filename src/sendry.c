@@ -184,6 +184,20 @@ const char *outcome_name(enum outcome o)
     return "?";
 }
 
+/* Drops an incomplete UTF-8 sequence that cutting left at the end of s. */
+static void utf8_cut(char *s)
+{
+    size_t n = strlen(s), i = n;
+    while (i > 0 && ((unsigned char)s[i - 1] & 0xC0) == 0x80)
+        i--;
+    if (i == 0)
+        return;
+    unsigned char lead = (unsigned char)s[i - 1];
+    size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+    if (n - (i - 1) < need)
+        s[i - 1] = '\0';
+}
+
 /* Copies a string field, cut at a UTF-8 character boundary to fit. */
 static void copy_string_field(json_object *obj, const char *key, char *buf, size_t size)
 {
@@ -216,35 +230,95 @@ static void copy_number_field(json_object *obj, const char *key, double *out)
     }
 }
 
-void sendry_parse_error(const char *body, size_t len, char *code, size_t code_size,
-                        char *message, size_t message_size, double *retry_after)
+/* A body that is not JSON, as readable text: tags dropped, white space folded. */
+static void text_of(const char *body, size_t len, char *out, size_t size)
 {
+    size_t o = 0;
+    bool in_tag = false, space = true;
+    for (size_t i = 0; i < len && body[i] && o + 1 < size; i++) {
+        char ch = body[i];
+        if (ch == '<') {
+            in_tag = true;
+        } else if (ch == '>' && in_tag) {
+            in_tag = false;
+            ch = ' ';
+        }
+        if (in_tag)
+            continue;
+        bool blank = ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
+        if (blank && space)
+            continue;
+        out[o++] = blank ? ' ' : ch;
+        space = blank;
+    }
+    while (o > 0 && out[o - 1] == ' ')
+        o--;
+    out[o] = '\0';
+    utf8_cut(out);
+}
+
+/* The answer's details (error.details, details, or problem+json's errors), compact. */
+static void copy_details(json_object *src, json_object *root, char *out, size_t size)
+{
+    json_object *d = NULL;
+    if (!json_object_object_get_ex(src, "details", &d) && !json_object_object_get_ex(root, "details", &d))
+        json_object_object_get_ex(root, "errors", &d);
+    if (!d || json_object_is_type(d, json_type_null))
+        return;
+    if ((json_object_is_type(d, json_type_object) && json_object_object_length(d) == 0) ||
+        (json_object_is_type(d, json_type_array) && json_object_array_length(d) == 0))
+        return;
+    const char *text = json_object_to_json_string_ext(d, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    snprintf(out, size, "%s", text ? text : "");
+    utf8_cut(out);
+}
+
+void sendry_read_error(const char *body, size_t len, struct sendry_error *out)
+{
+    memset(out, 0, sizeof *out);
+    out->retry_after = -1;
     if (!body || len == 0)
         return;
-    json_tokener *tok = json_tokener_new();
-    if (!tok)
-        return;
+    json_tokener *tok = xcheck(json_tokener_new());
     json_object *root = json_tokener_parse_ex(tok, body, (int)len);
     json_tokener_free(tok);
     if (!root || !json_object_is_type(root, json_type_object)) {
         json_object_put(root);
+        text_of(body, len, out->message, sizeof out->message);
         return;
     }
-    json_object *err;
-    json_object *src = root;
+    json_object *err, *src = root;
     if (json_object_object_get_ex(root, "error", &err)) {
         if (json_object_is_type(err, json_type_object))
             src = err;
         else if (json_object_is_type(err, json_type_string))
-            snprintf(message, message_size, "%s", json_object_get_string(err));
+            snprintf(out->message, sizeof out->message, "%s", json_object_get_string(err));
     }
-    copy_string_field(src, "code", code, code_size);
-    copy_string_field(src, "message", message, message_size);
-    copy_number_field(src, "retry_after", retry_after);
+    copy_string_field(src, "code", out->code, sizeof out->code);
+    copy_string_field(src, "message", out->message, sizeof out->message);
+    if (!out->message[0])   /* problem+json */
+        copy_string_field(root, "detail", out->message, sizeof out->message);
+    if (!out->message[0])
+        copy_string_field(root, "title", out->message, sizeof out->message);
+    copy_number_field(src, "retry_after", &out->retry_after);
     json_object *details;
     if (json_object_object_get_ex(src, "details", &details) && json_object_is_type(details, json_type_object))
-        copy_number_field(details, "retry_after", retry_after);
+        copy_number_field(details, "retry_after", &out->retry_after);
+    copy_details(src, root, out->details, sizeof out->details);
     json_object_put(root);
+}
+
+void sendry_parse_error(const char *body, size_t len, char *code, size_t code_size,
+                        char *message, size_t message_size, double *retry_after)
+{
+    struct sendry_error e;
+    sendry_read_error(body, len, &e);
+    if (e.code[0])
+        snprintf(code, code_size, "%s", e.code);
+    if (e.message[0] && body && len && (body[0] == '{' || body[0] == ' ' || body[0] == '\n'))
+        snprintf(message, message_size, "%s", e.message);
+    if (retry_after && e.retry_after >= 0)
+        *retry_after = e.retry_after;
 }
 
 double sendry_retry_after(const char *header, double now)

@@ -15,6 +15,7 @@ enum row_op { OP_UPSERT, OP_DELETE };
 struct row_ref {
     long long id;
     long long claim_id;     /* the claim that holds it (outcomes are tied to it) */
+    double claimed_at;      /* when, on the database's clock (seconds) */
     int attempts;           /* including the current one */
     int max_attempts;
 };
@@ -32,6 +33,8 @@ struct row {
     int max_attempts;
     struct row_ref *refs;   /* owned: every row this contact's claim holds, oldest first */
     size_t nrefs;
+    double held_since;      /* gate clock: claimed, or its lease last renewed */
+    bool lost;              /* another claim took its lease: send nothing more for it */
 };
 
 /* Body of PATCH /v1/contacts/by-email?email=<old>: the new email and the names and
@@ -75,6 +78,19 @@ enum outcome {
 enum outcome sendry_classify(bool transport_ok, long status, bool audience_request);
 
 const char *outcome_name(enum outcome o);
+
+/* What an error answer says: Sendry's two documented shapes ({"error":{...}} and the
+ * flat {"statusCode","code","message","details"}), RFC 9457 problem+json ("title",
+ * "detail"), and anything else (HTML from a proxy, plain text) as text: tags dropped,
+ * white space folded, cut at a UTF-8 boundary. Never NUL-free guarantees beyond that:
+ * mask email addresses before logging it (log_text). */
+struct sendry_error {
+    char code[64];
+    char message[300];
+    char details[400];      /* the answer's details (which field, why), compact JSON, cut */
+    double retry_after;     /* the body's retry_after, -1 if none */
+};
+void sendry_read_error(const char *body, size_t len, struct sendry_error *out);
 
 /* Error details from a response body in either documented shape:
  * {"error":{"code","message","retry_after"}} or {"statusCode","code","message"}.

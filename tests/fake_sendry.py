@@ -91,7 +91,15 @@ def default_error_code(status: int) -> str:
     return "internal_error" if status >= 500 else "error"
 
 
-def error_body(status, code=None, message=None, shape="nested", retry_after_body=None):
+class RawBody:
+    """An answer sent as it is, not as JSON (an HTML page from a proxy, problem+json)."""
+
+    def __init__(self, data, content_type):
+        self.data = data.encode() if isinstance(data, str) else data
+        self.content_type = content_type
+
+
+def error_body(status, code=None, message=None, shape="nested", retry_after_body=None, details=None):
     """Build an error body in one of the two documented shapes."""
     code = code or default_error_code(status)
     if message is None:
@@ -102,13 +110,15 @@ def error_body(status, code=None, message=None, shape="nested", retry_after_body
     if shape == "flat":
         # Legacy shape (D-old docs). The docs don't say where retry_after goes
         # in this shape; we put it in details.
-        details = {}
+        flat_details = dict(details or {})
         if retry_after_body is not None:
-            details["retry_after"] = retry_after_body
-        return {"statusCode": status, "code": code, "message": message, "details": details}
+            flat_details["retry_after"] = retry_after_body
+        return {"statusCode": status, "code": code, "message": message, "details": flat_details}
     err = {"code": code, "message": message}
     if retry_after_body is not None:
         err["retry_after"] = retry_after_body
+    if details is not None:
+        err["details"] = details
     return {"error": err}
 
 
@@ -258,10 +268,11 @@ class _Handler(BaseHTTPRequestHandler):
         return data
 
     def _send(self, status, obj, extra_headers=None):
-        data = json.dumps(obj).encode("utf-8")
+        raw = isinstance(obj, RawBody)
+        data = obj.data if raw else json.dumps(obj).encode("utf-8")
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", obj.content_type if raw else "application/json")
             self.send_header("Content-Length", str(len(data)))
             for name, value in (extra_headers or {}).items():
                 self.send_header(name, value)
@@ -362,6 +373,7 @@ class FakeSendry:
         self.verbose = verbose
         self.ssl_context = ssl_context  # an ssl.SSLContext: serve HTTPS instead of HTTP
         self.delay_all = 0.0
+        self.stuck_cursor = None  # GET /v1/unsubscribes answers this next_cursor forever
 
         self._port_wanted = port
         self._server = None
@@ -492,8 +504,12 @@ class FakeSendry:
         code=None,
         message=None,
         path_prefix=None,
+        details=None,
+        raw_body=None,
+        content_type="text/html",
     ):
-        """The next `count` (matching) requests get `status` with an error body."""
+        """The next `count` (matching) requests get `status` with an error body: one of the
+        documented shapes (with `details` if given), or `raw_body` sent as it is."""
         if shape not in ("nested", "flat"):
             raise ValueError(f"shape must be 'nested' or 'flat', not {shape!r}")
         status = int(status)
@@ -508,6 +524,8 @@ class FakeSendry:
                     "code": code or default_error_code(status),
                     "message": message or f"Injected fault: {status}",
                     "path_prefix": path_prefix,
+                    "details": details,
+                    "raw_body": None if raw_body is None else RawBody(raw_body, content_type),
                 }
             )
 
@@ -628,17 +646,15 @@ class FakeSendry:
                     extra = {}
                     if fault["retry_after"] is not None:
                         extra["Retry-After"] = str(fault["retry_after"])
-                    return (
+                    body = fault["raw_body"] or error_body(
                         fault["status"],
-                        error_body(
-                            fault["status"],
-                            fault["code"],
-                            fault["message"],
-                            fault["shape"],
-                            fault["retry_after_body"],
-                        ),
-                        extra,
+                        fault["code"],
+                        fault["message"],
+                        fault["shape"],
+                        fault["retry_after_body"],
+                        fault["details"],
                     )
+                    return fault["status"], body, extra
 
             if (
                 self._fraction > 0
@@ -689,6 +705,10 @@ class FakeSendry:
                     if method == "DELETE":
                         self._delete_contact(self._contact_by_id(seg[2]))
                         return 200, {"deleted": True}
+            elif kind == "unsubscribes" and n == 2 and method == "GET" and self.stuck_cursor:
+                # A broken list: it always says there is more, at the same cursor.
+                return 200, {"data": [dict(x) for x in self.unsubscribes[:int(query.get("limit", 50))]],
+                             "has_more": True, "next_cursor": self.stuck_cursor}
             elif kind == "unsubscribes" and n == 2 and method == "GET":
                 items = self.unsubscribes
                 if query.get("email"):

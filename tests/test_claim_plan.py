@@ -34,7 +34,8 @@ def claim_sql():
     src = open(os.path.join(ROOT, "src", "claim.c")).read()
     body = re.search(r"static const char CLAIM_SQL\[\] =\n(.*?);\n", src, re.S).group(1)
     sql = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', body))
-    for n, v in (("$5", "12"), ("$4", "60"), ("$3", "'plan-test'"), ("$2", str(BATCH)), ("$1", str(BATCH))):
+    for n, v in (("$6", "42"), ("$5", "12"), ("$4", "60"), ("$3", "'plan-test'"), ("$2", str(BATCH)),
+                 ("$1", str(BATCH))):
         sql = sql.replace(n, v)
     return sql
 

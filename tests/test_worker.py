@@ -371,7 +371,7 @@ def test_postgres_restart_reconnects(cluster, db, fake, workers):
     wait_until(lambda: db.counts() == {"sent": 1}, T, "first row sent")
     cluster.restart()
     w.wait_log(r"db: connected \(relay connection", T, count=2)
-    assert re.search(r"db: reconnecting in", w.log()), w.log()
+    assert re.search(r"db: .*reconnecting in", w.log()), w.log()
     db.signup("after@example.com")
     wait_until(lambda: db.counts() == {"sent": 2}, T, "row sent after the restart")
     assert w.poll() is None
@@ -547,7 +547,7 @@ def test_log_format_json(db, fake, workers):
     fake.fail_next(503, path_prefix=IMPORT)
     db.signup_many(3)
     w = workers("--once", "--log-format", "json")
-    assert w.wait(T) == 0, w.log()
+    assert w.wait(T) == 3, w.log()   # the rows wait for their retry
     lines = w.lines()
     assert len(lines) >= 3, lines
     levels = set()

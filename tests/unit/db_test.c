@@ -86,7 +86,7 @@ int main(void)
 {
     log_setup(LOG_WARN, LOG_TEXT);
     loop = EV_DEFAULT;
-    struct db_callbacks cbs = {on_connected, on_disconnected, NULL, NULL};
+    struct db_callbacks cbs = {.connected = on_connected, .disconnected = on_disconnected};
     struct db *db = db_new(loop, "test", "", NULL, cbs);
     db_start(db);
     CHECK(run_until_break() && connected_count == 1);
