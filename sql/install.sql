@@ -309,6 +309,13 @@ BEGIN
             'sendry-sync: the contact mapping, one row per user (user_id, email, first_name, last_name, metadata, audiences). Yours to replace (CREATE OR REPLACE VIEW); install.sql never overwrites it.';
     ELSE
         PERFORM pg_catalog.set_config('sendry.mapping_kept', 'on', true);
+        -- CREATE OR REPLACE VIEW without WITH (security_invoker = true) drops it: the
+        -- view then reads auth.users with its owner's rights for whoever may select it
+        -- (the revoke below leaves that to postgres alone, but say so).
+        IF NOT COALESCE((SELECT c.reloptions @> ARRAY['security_invoker=true'] FROM pg_catalog.pg_class c
+                          WHERE c.oid = 'public.sendry_contacts'::regclass), false) THEN
+            RAISE WARNING 'sendry-sync: public.sendry_contacts is not security_invoker: recreate it WITH (security_invoker = true) (README, "The contact mapping")';
+        END IF;
     END IF;
 
     -- Whether a user is synced: a usable email, not anonymous, not (soft-)deleted, and

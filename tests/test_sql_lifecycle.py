@@ -515,6 +515,22 @@ def test_a_replaced_mapping_survives_reinstall(pg, gotrue, owner):
         assert mapping_definition(pg) == default, "a dropped mapping is created again, as shipped"
 
 
+def test_reinstall_warns_about_a_mapping_that_lost_security_invoker(pg, owner):
+    """CREATE OR REPLACE VIEW without WITH (security_invoker = true) drops the option."""
+    definition = pg.query("SELECT pg_get_viewdef('public.sendry_contacts'::regclass)")
+    r = run_psql(pg, "postgres", "-c", "CREATE OR REPLACE VIEW public.sendry_contacts AS "
+                 + "\n".join(row[0] for row in definition))
+    assert r.returncode == 0, r.stderr
+    try:
+        r = run_psql(pg, "postgres", "-f", INSTALL)
+        assert r.returncode == 0, r.stderr
+        notices_only(r.stderr, "WARNING:  sendry-sync: public.sendry_contacts is not security_invoker", MAPPING_KEPT)
+    finally:
+        owner.execute("ALTER VIEW public.sendry_contacts SET (security_invoker = true)")
+    r = run_psql(pg, "postgres", "-f", INSTALL)
+    notices_only(r.stderr, MAPPING_KEPT)
+
+
 def test_notify_once_per_watched_change(pg, listener, gotrue, owner):
     r = run_psql(pg, "postgres", "-c", PROFILES_MAPPING, "-c", "SELECT sendry_watch('public.profiles', 'id')")
     assert r.returncode == 0, r.stderr
