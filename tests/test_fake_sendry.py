@@ -1,5 +1,6 @@
 """Self-tests for tests/fake_sendry.py (run: /usr/bin/python3 -m pytest tests/test_fake_sendry.py -q)."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -198,11 +199,13 @@ def test_wait_for_timeout(fs):
         fs.wait_for(lambda f: len(f.contacts) > 0, timeout=0.1)
 
 
-def test_cli_mode(tmp_path):
+@contextlib.contextmanager
+def cli(tmp_path, *args):
+    """The fake as a CLI process: yields (process, base URL); SIGTERM must end it with 0."""
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
         [sys.executable, os.path.join(HERE, "fake_sendry.py"), "--port-file", str(port_file),
-         "--no-rate-limit"],
+         "--no-rate-limit", *args],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -211,8 +214,18 @@ def test_cli_mode(tmp_path):
             assert proc.poll() is None, "fake-sendry exited early"
             assert time.monotonic() < deadline, "port file never appeared"
             time.sleep(0.02)
-        port = int(port_file.read_text())
-        base = f"http://127.0.0.1:{port}"
+        yield proc, f"http://127.0.0.1:{int(port_file.read_text())}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_cli_mode(tmp_path):
+    with cli(tmp_path) as (proc, base):
         assert proc.stdout.readline().strip() == f"fake-sendry listening on {base}"
 
         assert call(base, "POST", "/_control/fail_next", {"status": 500}, key=None)[0] == 200
@@ -222,14 +235,6 @@ def test_cli_mode(tmp_path):
         summary = call(base, "GET", "/_control/requests?summary=1", key=None)[2]
         assert summary == [{"method": "GET", "path": "/v1/audiences/aud_test", "status": 500,
                             "n_contacts": 0}]
-
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
 
 
 # --- audience membership, as the real API has it (sendry-api.md sections 1 and 2) -----------
@@ -326,19 +331,7 @@ def test_removing_an_audience_keeps_its_contacts(multi):
 
 
 def test_cli_extra_audiences(tmp_path):
-    port_file = tmp_path / "port"
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "fake_sendry.py"), "--port-file", str(port_file),
-         "--no-rate-limit", "--extra-audience", "aud_trial"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not port_file.exists():
-            assert proc.poll() is None, "fake-sendry exited early"
-            assert time.monotonic() < deadline, "port file never appeared"
-            time.sleep(0.02)
-        base = f"http://127.0.0.1:{int(port_file.read_text())}"
+    with cli(tmp_path, "--extra-audience", "aud_trial") as (_, base):
         assert call(base, "GET", "/v1/audiences/aud_trial")[0] == 200
         assert call(base, "POST", "/_control/add_audience", {"audience_id": "aud_more", "name": "More"},
                     key=None)[0] == 200
@@ -347,10 +340,3 @@ def test_cli_extra_audiences(tmp_path):
             "aud_test": [], "aud_trial": [], "aud_more": ["a@x.io"]}
         assert call(base, "POST", "/_control/remove_audience", {"audience_id": "aud_more"}, key=None)[0] == 200
         assert call(base, "GET", "/v1/audiences/aud_more")[0] == 404
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
