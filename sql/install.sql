@@ -450,16 +450,56 @@ BEGIN
                     OFFSET 0) m
               WHERE m.email OPERATOR(pg_catalog.<>) ''
               OFFSET 0) r
+        OFFSET 0
+    $body$
+    $fn$;
+
+    -- The contacts of these users that differ from what was last enqueued for them, as
+    -- their outbox row gets them (payload with leave_audiences, old_email, problem) and
+    -- as sendry_contact_state keeps them (state_email, state_audiences: those of the
+    -- last contact without a problem; known: the user has a state row). The state row
+    -- is probed per user (LATERAL ... LIMIT 1): one index probe each whatever the
+    -- planner believes about the table's size, never a scan of it. Inlinable.
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_changed_contacts(p_user_ids uuid[], p_old_email text DEFAULT NULL)
+    RETURNS TABLE (user_id uuid, email text, old_email text, payload jsonb, hash bigint, problem text,
+                   known boolean, state_email text, state_audiences text[])
+    LANGUAGE sql
+    STABLE
+    AS $body$
+        SELECT r.user_id, r.email,
+               NULLIF(COALESCE(s.email, p_old_email), r.email),
+               CASE WHEN s.email IS NULL OR r.problem IS NOT NULL
+                      OR s.audiences IS NOT DISTINCT FROM r.audiences
+                    THEN r.body
+                    ELSE r.body OPERATOR(pg_catalog.||) COALESCE(
+                        (SELECT pg_catalog.jsonb_build_object('leave_audiences',
+                                                              pg_catalog.jsonb_agg(a.id ORDER BY a.id))
+                           FROM (SELECT pg_catalog.unnest(COALESCE(s.audiences, '{default}'))
+                                 EXCEPT
+                                 SELECT pg_catalog.unnest(COALESCE(r.audiences, '{default}'))) AS a (id)
+                         HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0), '{}')
+               END,
+               r.hash, r.problem, s.user_id IS NOT NULL,
+               CASE WHEN r.problem IS NULL THEN r.email ELSE s.email END,
+               CASE WHEN r.problem IS NULL THEN r.audiences ELSE s.audiences END
+        FROM public.sendry_render_contacts(p_user_ids) r
+        LEFT JOIN LATERAL (SELECT st.user_id, st.email, st.audiences, st.contact_hash
+                             FROM public.sendry_contact_state st
+                            WHERE st.user_id OPERATOR(pg_catalog.=) r.user_id
+                            LIMIT 1) s ON true
+        WHERE s.contact_hash IS DISTINCT FROM r.hash
     $body$
     $fn$;
 
     -- Enqueues the contacts of the given users (all synced: callers check) whose rendered
-    -- contact differs from what was last enqueued for them (sendry_contact_state), and
-    -- records it there; set-based. With p_check (the default) it first only looks, and
-    -- writes nothing when no contact changed (most UPDATEs change none). A contact the
-    -- mapping renders wrongly is enqueued `failed` (attempts 0, last_error "mapping:
-    -- ..."), never an error. A contact that left audiences since the last one enqueued
-    -- carries them in leave_audiences. old_email is the address last enqueued when it
+    -- contact differs from what was last enqueued for them, and records it in
+    -- sendry_contact_state; set-based. With p_check (the default) it first only looks,
+    -- and writes nothing when no contact changed (most UPDATEs change none). Without it
+    -- (the INSERT trigger: users no other transaction can see yet) the state rows of
+    -- users without one are plain INSERTs, about twice as cheap as an upsert. A contact
+    -- the mapping renders wrongly is enqueued `failed` (attempts 0, last_error
+    -- "mapping: ..."), never an error. old_email is the address last enqueued when it
     -- changed, else p_old_email (the previous address, from an auth.users UPDATE, for a
     -- user enqueued before 0.4). Returns the rows enqueued, and how many of them failed.
     EXECUTE $fn$
@@ -477,56 +517,59 @@ BEGIN
         enqueued := 0;
         failed := 0;
         IF p_check THEN
-            SELECT pg_catalog.array_agg(r.user_id) INTO v_user_ids
-              FROM public.sendry_render_contacts(p_user_ids) r
-              LEFT JOIN public.sendry_contact_state s ON s.user_id = r.user_id
-             WHERE s.contact_hash IS DISTINCT FROM r.hash;
+            SELECT pg_catalog.array_agg(c.user_id) INTO v_user_ids
+              FROM public.sendry_changed_contacts(p_user_ids, p_old_email) c;
         END IF;
         IF COALESCE(pg_catalog.cardinality(v_user_ids), 0) = 0 THEN
             RETURN;
         END IF;
-        WITH changed AS MATERIALIZED (
-            SELECT r.user_id, r.email, r.audiences, r.body, r.hash, r.problem,
-                   s.email AS prev_email, s.audiences AS prev_audiences
-            FROM public.sendry_render_contacts(v_user_ids) r
-            LEFT JOIN public.sendry_contact_state s ON s.user_id = r.user_id
-            WHERE s.contact_hash IS DISTINCT FROM r.hash
-        ),
-        queued AS (
-            INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload,
-                                              status, last_error)
-            SELECT p_class, 'upsert', d.user_id, d.email,
-                   NULLIF(COALESCE(d.prev_email, p_old_email), d.email),
-                   CASE WHEN d.prev_email IS NULL OR d.problem IS NOT NULL
-                          OR d.prev_audiences IS NOT DISTINCT FROM d.audiences
-                        THEN d.body
-                        ELSE d.body || COALESCE(
-                            (SELECT pg_catalog.jsonb_build_object('leave_audiences',
-                                                                  pg_catalog.jsonb_agg(a.id ORDER BY a.id))
-                               FROM (SELECT pg_catalog.unnest(COALESCE(d.prev_audiences, '{default}'))
-                                     EXCEPT
-                                     SELECT pg_catalog.unnest(COALESCE(d.audiences, '{default}'))) AS a (id)
-                             HAVING count(*) > 0), '{}')
-                   END,
-                   CASE WHEN d.problem IS NULL THEN 'pending' ELSE 'failed' END,
-                   d.problem
-            FROM changed d
-            RETURNING status
-        ),
-        remembered AS (
-            INSERT INTO public.sendry_contact_state AS s (user_id, email, audiences, contact_hash)
-            SELECT d.user_id,
-                   CASE WHEN d.problem IS NULL THEN d.email ELSE d.prev_email END,
-                   CASE WHEN d.problem IS NULL THEN d.audiences ELSE d.prev_audiences END,
-                   d.hash
-            FROM changed d
-            ON CONFLICT (user_id) DO UPDATE
-               SET email = EXCLUDED.email, audiences = EXCLUDED.audiences,
-                   contact_hash = EXCLUDED.contact_hash, updated_at = pg_catalog.now()
-        )
-        SELECT count(*)::integer, (count(*) FILTER (WHERE q.status = 'failed'))::integer
-          INTO enqueued, failed
-          FROM queued q;
+        IF p_check THEN
+            WITH changed AS MATERIALIZED (
+                SELECT * FROM public.sendry_changed_contacts(v_user_ids, p_old_email)
+            ),
+            queued AS (
+                INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload, status, last_error)
+                SELECT p_class, 'upsert', d.user_id, d.email, d.old_email, d.payload,
+                       CASE WHEN d.problem IS NULL THEN 'pending' ELSE 'failed' END, d.problem
+                FROM changed d
+                RETURNING status
+            ),
+            remembered AS (
+                INSERT INTO public.sendry_contact_state AS s (user_id, email, audiences, contact_hash)
+                SELECT d.user_id, d.state_email, d.state_audiences, d.hash FROM changed d
+                ON CONFLICT (user_id) DO UPDATE
+                   SET email = EXCLUDED.email, audiences = EXCLUDED.audiences,
+                       contact_hash = EXCLUDED.contact_hash, updated_at = pg_catalog.now()
+            )
+            SELECT count(*)::integer, (count(*) FILTER (WHERE q.status = 'failed'))::integer
+              INTO enqueued, failed
+              FROM queued q;
+        ELSE
+            WITH changed AS MATERIALIZED (
+                SELECT * FROM public.sendry_changed_contacts(v_user_ids, p_old_email)
+            ),
+            queued AS (
+                INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload, status, last_error)
+                SELECT p_class, 'upsert', d.user_id, d.email, d.old_email, d.payload,
+                       CASE WHEN d.problem IS NULL THEN 'pending' ELSE 'failed' END, d.problem
+                FROM changed d
+                RETURNING status
+            ),
+            added AS (
+                INSERT INTO public.sendry_contact_state (user_id, email, audiences, contact_hash)
+                SELECT d.user_id, d.state_email, d.state_audiences, d.hash FROM changed d WHERE NOT d.known
+            ),
+            remembered AS (
+                UPDATE public.sendry_contact_state s
+                   SET email = d.state_email, audiences = d.state_audiences, contact_hash = d.hash,
+                       updated_at = pg_catalog.now()
+                  FROM changed d
+                 WHERE d.known AND s.user_id = d.user_id
+            )
+            SELECT count(*)::integer, (count(*) FILTER (WHERE q.status = 'failed'))::integer
+              INTO enqueued, failed
+              FROM queued q;
+        END IF;
     END
     $body$
     $fn$;

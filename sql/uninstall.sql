@@ -47,6 +47,7 @@ DROP FUNCTION IF EXISTS public.sendry_watch(regclass, name);
 DROP FUNCTION IF EXISTS public.sendry_unwatch(regclass);
 DROP FUNCTION IF EXISTS public.sendry_reconcile_contacts(integer);
 DROP FUNCTION IF EXISTS public.sendry_enqueue_contacts(uuid[], text, text, boolean);
+DROP FUNCTION IF EXISTS public.sendry_changed_contacts(uuid[], text);
 DROP FUNCTION IF EXISTS public.sendry_render_contacts(uuid[]);
 DROP FUNCTION IF EXISTS public.sendry_contact_body(text, text, text, jsonb, text[]);
 DROP FUNCTION IF EXISTS public.sendry_contact_problem(text, text, jsonb, text[]);

@@ -220,15 +220,15 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
                    AND COALESCE(NOT p.proconfig @> ARRAY['search_path=""'], true)
                  ORDER BY 1),
-          ARRAY['sendry_contact_body', 'sendry_contact_payload', 'sendry_render_contacts',
-                'sendry_user_is_synced']::text[],
-          'every sendry_* function pins an empty search_path, but the four SQL ones written to be inlined');
+          ARRAY['sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload',
+                'sendry_render_contacts', 'sendry_user_is_synced']::text[],
+          'every sendry_* function pins an empty search_path, but the five SQL ones written to be inlined');
 -- Those have no SET clause so that they can be inlined; they must then resolve nothing
 -- through the caller's search_path: a hostile search_path changes nothing.
 SELECT ok(NOT EXISTS (SELECT 1 FROM pg_proc p
                        WHERE p.pronamespace = 'public'::regnamespace
-                         AND p.proname IN ('sendry_contact_body', 'sendry_contact_payload', 'sendry_render_contacts',
-                                           'sendry_user_is_synced')
+                         AND p.proname IN ('sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload',
+                                           'sendry_render_contacts', 'sendry_user_is_synced')
                          AND (p.prosecdef OR p.proconfig IS NOT NULL OR p.provolatile = 'v'
                               OR p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'sql'))),
           'the inlinable ones stay inlinable: LANGUAGE sql, not volatile, no SET clause, not SECURITY DEFINER');
@@ -251,7 +251,7 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
                  ORDER BY 1),
           ARRAY['sendry_auth_users_deleted', 'sendry_auth_users_inserted', 'sendry_auth_users_updated',
-                'sendry_contact_body', 'sendry_contact_payload', 'sendry_contact_problem',
+                'sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload', 'sendry_contact_problem',
                 'sendry_enqueue_contacts', 'sendry_inbox_apply', 'sendry_inbox_receive',
                 'sendry_outbox_notify_insert', 'sendry_outbox_notify_update', 'sendry_reconcile_contacts',
                 'sendry_render_contacts', 'sendry_unwatch', 'sendry_user_is_synced', 'sendry_watch',

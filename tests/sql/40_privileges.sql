@@ -5,7 +5,7 @@
 -- authenticated have USAGE and EXECUTE, so only the sendry_* objects can deny.
 \connect - authenticator
 BEGIN;
-SELECT plan(137);
+SELECT plan(140);
 
 SELECT is(current_user::text, 'authenticator', 'logged in as authenticator, like PostgREST');
 SELECT throws_ok('SELECT * FROM public.sendry_outbox', '42501', 'permission denied for table sendry_outbox',
@@ -121,8 +121,8 @@ SELECT throws_ok('SELECT * FROM public.sendry_reconcile_contacts()', '42501',
                  'authenticated: EXECUTE sendry_reconcile_contacts is denied');
 RESET ROLE;
 
--- No privilege of any kind for anon, authenticated and PUBLIC, per object (29 objects x 3
--- roles = 87 tests). Trigger functions are checked here rather than called. Functions are
+-- No privilege of any kind for anon, authenticated and PUBLIC, per object (30 objects x 3
+-- roles = 90 tests). Trigger functions are checked here rather than called. Functions are
 -- looked up by OID: authenticator has no USAGE on schema auth to parse "(auth.users)".
 SELECT ok(NOT granted, format('%s has no %s privilege on %s', grantee, kind, obj))
 FROM (
@@ -172,7 +172,8 @@ FROM (
                  (26, 'function', 'sendry_render_contacts'),
                  (27, 'function', 'sendry_contact_body'),
                  (28, 'function', 'sendry_contact_problem'),
-                 (29, 'function', 'sendry_user_is_synced')) AS o (n, kind, obj)
+                 (29, 'function', 'sendry_user_is_synced'),
+                 (30, 'function', 'sendry_changed_contacts')) AS o (n, kind, obj)
     ORDER BY g.grantee, o.n
 ) AS checks;
 
@@ -205,7 +206,7 @@ SELECT is(ARRAY(SELECT relname::text FROM pg_class WHERE relnamespace = 'public'
                 'sendry_outbox_stats', 'sendry_settings', 'sendry_sync_state', 'sendry_watched_tables'],
           'the ACL check above saw the six tables, the three views and the three sequences');
 SELECT is((SELECT count(*)::int FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'sendry%'),
-          17, 'the ACL check above saw the seventeen functions');
+          18, 'the ACL check above saw the eighteen functions');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -12,7 +12,7 @@
 \set as_owner 'SET ROLE postgres; RESET search_path;'
 \set as_admin 'RESET ROLE; RESET search_path;'
 BEGIN;
-SELECT plan(41);
+SELECT plan(42);
 SET LOCAL track_functions = 'pl';
 
 CREATE FUNCTION pg_temp.calls(fn regprocedure) RETURNS bigint LANGUAGE sql AS
@@ -239,6 +239,15 @@ SELECT is_empty($$SELECT 1 FROM public.sendry_contact_state
 SELECT ok(position('Function Scan' IN pg_temp.plan_of(
               'SELECT * FROM public.sendry_render_contacts(ARRAY[''00000000-0000-4000-8000-000000000803''::uuid])')) = 0,
           'sendry_render_contacts is inlined into the query that calls it');
+-- The generic plan (the one the triggers keep for a session) of the state lookup, with
+-- the state table nearly empty here, as it is on a fresh install.
+SET LOCAL plan_cache_mode = force_generic_plan;
+PREPARE changed_plan (uuid[]) AS SELECT * FROM public.sendry_changed_contacts($1);
+SELECT ok(position('Index Scan using sendry_contact_state_pkey' IN pg_temp.plan_of('EXECUTE changed_plan(NULL)')) > 0
+          AND position('Seq Scan on public.sendry_contact_state' IN pg_temp.plan_of('EXECUTE changed_plan(NULL)')) = 0,
+          'sendry_changed_contacts probes the state by its key in a generic plan, never scans it (however small it looks)');
+DEALLOCATE changed_plan;
+RESET plan_cache_mode;
 SELECT ok(position('sendry_user_is_synced' IN pg_temp.plan_of(
               'SELECT u.id FROM auth.users u WHERE public.sendry_user_is_synced(u, ''signup'')')) = 0,
           'sendry_user_is_synced is inlined too');
