@@ -5,7 +5,7 @@
 #                   the commands, Vault, TLS, systemd and packaging tests among them),
 #                   a --once run under valgrind, and a short fuzz run of the webhook parser
 #   make demo       the whole flow on a throwaway PostgreSQL and a fake Sendry
-#   make bench      performance figures (printed, never pass/fail)
+#   make bench      performance figures (printed, never pass/fail): the triggers, then the backfill
 #   make valgrind   a --once run under valgrind, failing on any leak
 
 CC      ?= cc
@@ -94,7 +94,7 @@ demo: sendry-sync
 	$(PYTHON) tests/pgharness.py run -- sh contrib/demo.sh
 
 bench: sendry-sync
-	sh tests/sql_bench.sh
+	$(PYTHON) tests/bench_triggers.py
 	$(PYTHON) tests/bench_backfill.py
 
 clean:

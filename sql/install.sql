@@ -172,6 +172,38 @@ CREATE TABLE IF NOT EXISTS public.sendry_sync_state (
 CREATE INDEX IF NOT EXISTS sendry_outbox_failed_idx
     ON public.sendry_outbox (updated_at) WHERE status = 'failed';
 
+-- Added in 0.4: what was last enqueued for each user, so that a change is enqueued only
+-- when the contact as Sendry sees it changed, and a contact that leaves an audience is
+-- taken out of it. Written by the triggers and the repair pass (sendry_enqueue_contacts).
+--   email, audiences  the address and audiences of the last contact enqueued that the
+--                     mapping rendered without a problem (email NULL: none yet);
+--                     audiences NULL is the worker's default audience
+--   contact_hash      jsonb_hash_extended of the last payload rendered (with or without
+--                     a problem): the same contact again enqueues nothing
+-- A user without a row here is unknown: the next change enqueues their contact.
+CREATE TABLE IF NOT EXISTS public.sendry_contact_state (
+    user_id      uuid        PRIMARY KEY,
+    email        text,
+    audiences    text[],
+    contact_hash bigint      NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Added in 0.4: every error a trigger turned into a WARNING (so that the user's write
+-- still succeeded), where an operator sees it (sendry_outbox_stats.enqueue_errors_last_hour).
+-- Written in a subtransaction of its own: if that fails too, the WARNING still goes out.
+CREATE TABLE IF NOT EXISTS public.sendry_enqueue_errors (
+    id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    occurred_at  timestamptz NOT NULL DEFAULT now(),
+    trigger_name text        NOT NULL,
+    table_name   text        NOT NULL,
+    sqlstate     text        NOT NULL,
+    message      text        NOT NULL,
+    user_ids     uuid[]
+);
+CREATE INDEX IF NOT EXISTS sendry_enqueue_errors_occurred_at_idx
+    ON public.sendry_enqueue_errors (occurred_at);
+
 -- NOTIFY sendry_outbox when rows may have become due, with a constant payload.
 -- An INSERT notifies once per statement (no transition table: nothing is copied per row),
 -- so a backfill of a million rows sends one notification (PostgreSQL also folds
@@ -224,63 +256,330 @@ SELECT
     now() - min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= now())
                                                                             AS oldest_due_age,
     count(*) FILTER (WHERE status = 'failed' AND updated_at > now() - interval '1 hour')
-                                                                            AS failed_last_hour
+                                                                            AS failed_last_hour,
+    count(*) FILTER (WHERE status = 'pending' AND class = 'live')           AS pending_live,
+    count(*) FILTER (WHERE status = 'pending' AND class = 'bulk')           AS pending_bulk,
+    (SELECT count(*) FROM public.sendry_enqueue_errors e
+      WHERE e.occurred_at > now() - interval '1 hour')                      AS enqueue_errors_last_hour
 FROM public.sendry_outbox;
 
 -- The auth.users half: only where Supabase's auth schema exists.
 DO $install$
 DECLARE
+    v_columns text;
+    v_when    text;
 BEGIN
     IF pg_catalog.to_regclass('auth.users') IS NULL THEN
         RETURN;
     END IF;
 
-    -- The Sendry contact body for a user: email trimmed and lower-cased, first and last
-    -- name from the sign-up metadata (first_name/last_name, else full_name or name split
-    -- at the first space, as OAuth providers send), metadata with string values only.
-    -- Never `unsubscribed`: an upsert must not re-subscribe someone who opted out.
-    -- One expression, no FROM and no SET clause: PostgreSQL inlines it into the
-    -- triggers' INSERT ... SELECT and into a backfill, instead of calling a function per
-    -- row (about 3x cheaper on a bulk insert). Every name is schema-qualified, so it
-    -- does not depend on the caller's search_path.
+    -- The contact mapping (contract): what a user is as a Sendry contact, one row per
+    -- user: user_id, email, first_name, last_name, metadata (a flat object of strings),
+    -- audiences (text[] of audience ids; NULL: the worker's SENDRY_AUDIENCE_ID; 'default'
+    -- in the array also names that one). It is the project's: created here once with the
+    -- default mapping (the address trimmed and lower-cased, first and last name from the
+    -- sign-up metadata: first_name/last_name, else full_name or name split at the first
+    -- space, as OAuth providers send; metadata supabase_user_id and signup_source), and
+    -- never replaced: a re-run keeps the project's version (and says so). Replace it with
+    -- CREATE OR REPLACE VIEW (README, "The contact mapping"). Never `unsubscribed`: an
+    -- upsert must not re-subscribe someone who opted out. Whether a user is synced at all
+    -- (an email, not anonymous, not deleted, sync_on) is decided by sendry-sync, not here.
+    IF pg_catalog.to_regclass('public.sendry_contacts') IS NULL THEN
+        CREATE VIEW public.sendry_contacts WITH (security_invoker = true) AS
+        SELECT u.id AS user_id,
+               lower(btrim(u.email)) AS email,
+               left(CASE WHEN m.first_name IS NULL AND m.last_name IS NULL
+                         THEN substring(m.full_name, '^\S+')
+                         ELSE m.first_name END, 200) AS first_name,
+               left(CASE WHEN m.first_name IS NULL AND m.last_name IS NULL
+                         THEN NULLIF(btrim(substring(m.full_name, '^\S+\s+(.*)$')), '')
+                         ELSE m.last_name END, 200) AS last_name,
+               jsonb_build_object('supabase_user_id', u.id::text,
+                                  'signup_source', 'supabase') AS metadata,
+               NULL::text[] AS audiences
+        FROM auth.users u,
+             LATERAL (SELECT NULLIF(btrim(u.raw_user_meta_data ->> 'first_name'), '') AS first_name,
+                             NULLIF(btrim(u.raw_user_meta_data ->> 'last_name'), '') AS last_name,
+                             COALESCE(NULLIF(btrim(u.raw_user_meta_data ->> 'full_name'), ''),
+                                      NULLIF(btrim(u.raw_user_meta_data ->> 'name'), '')) AS full_name) m;
+        COMMENT ON VIEW public.sendry_contacts IS
+            'sendry-sync: the contact mapping, one row per user (user_id, email, first_name, last_name, metadata, audiences). Yours to replace (CREATE OR REPLACE VIEW); install.sql never overwrites it.';
+    ELSE
+        PERFORM pg_catalog.set_config('sendry.mapping_kept', 'on', true);
+        -- CREATE OR REPLACE VIEW without WITH (security_invoker = true) drops it: the
+        -- view then reads auth.users with its owner's rights for whoever may select it
+        -- (the revoke below leaves that to postgres alone, but say so).
+        IF NOT COALESCE((SELECT c.reloptions @> ARRAY['security_invoker=true'] FROM pg_catalog.pg_class c
+                          WHERE c.oid = 'public.sendry_contacts'::regclass), false) THEN
+            RAISE WARNING 'sendry-sync: public.sendry_contacts is not security_invoker: recreate it WITH (security_invoker = true) (README, "The contact mapping")';
+        END IF;
+    END IF;
+
+    -- Whether a user is synced: a usable email, not anonymous, not (soft-)deleted, and
+    -- under sync_on = 'confirmed' only once the email is confirmed. One expression,
+    -- schema-qualified names and no SET clause: PostgreSQL inlines it into the triggers'
+    -- queries instead of calling a function per row.
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_user_is_synced(u auth.users, p_sync_on text)
+    RETURNS boolean
+    LANGUAGE sql
+    STABLE
+    AS $body$
+        SELECT NULLIF(pg_catalog.btrim(u.email), '') IS NOT NULL
+           AND NOT COALESCE(u.is_anonymous, false)
+           AND u.deleted_at IS NULL
+           AND (p_sync_on OPERATOR(pg_catalog.=) 'signup' OR u.email_confirmed_at IS NOT NULL)
+    $body$
+    $fn$;
+
+    -- The payload of an upsert row (what the worker sends): email, first_name, last_name,
+    -- metadata and audiences, absent when NULL (a NULL metadata value too). Inlinable
+    -- (STABLE like jsonb_build_object: an IMMUTABLE one would not be inlined).
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_contact_body(p_email text, p_first_name text,
+                                                          p_last_name text, p_metadata jsonb,
+                                                          p_audiences text[])
+    RETURNS jsonb
+    LANGUAGE sql
+    STABLE
+    AS $body$
+        SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+            'email', p_email, 'first_name', p_first_name, 'last_name', p_last_name,
+            'metadata', p_metadata, 'audiences', pg_catalog.to_jsonb(p_audiences)))
+    $body$
+    $fn$;
+
+    -- What Sendry would reject in a rendered contact, as "mapping: <field> ...", or NULL.
+    -- Sendry takes names of at most 200 characters and metadata values that are strings
+    -- of at most 1000 characters (flat); an audience id is [A-Za-z0-9_-]+. Called only
+    -- for the rows a cheap test could not pass (sendry_enqueue_contacts).
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_contact_problem(p_first_name text, p_last_name text,
+                                                             p_metadata jsonb, p_audiences text[])
+    RETURNS text
+    LANGUAGE sql
+    IMMUTABLE
+    SET search_path = ''
+    AS $body$
+        SELECT 'mapping: ' || COALESCE(
+            CASE WHEN length(p_first_name) > 200
+                 THEN format('first_name is longer than 200 characters (%s)', length(p_first_name)) END,
+            CASE WHEN length(p_last_name) > 200
+                 THEN format('last_name is longer than 200 characters (%s)', length(p_last_name)) END,
+            CASE WHEN jsonb_typeof(p_metadata) <> 'object'
+                 THEN format('metadata is a JSON %s, not an object of strings', jsonb_typeof(p_metadata)) END,
+            (SELECT format('metadata.%s is a JSON %s, not a string (metadata is flat: string values only)',
+                           e.key, jsonb_typeof(e.value))
+               FROM jsonb_each(CASE WHEN jsonb_typeof(p_metadata) = 'object' THEN p_metadata END) e
+              WHERE jsonb_typeof(e.value) NOT IN ('string', 'null')
+              ORDER BY e.key LIMIT 1),
+            (SELECT format('metadata.%s is longer than 1000 characters (%s)', e.key, length(e.value))
+               FROM jsonb_each_text(CASE WHEN jsonb_typeof(p_metadata) = 'object' THEN p_metadata END) e
+              WHERE length(e.value) > 1000
+              ORDER BY e.key LIMIT 1),
+            (SELECT format('audiences[%s] is %s, not an audience id ([A-Za-z0-9_-]+)',
+                           a.n, COALESCE(quote_literal(a.id), 'NULL'))
+               FROM unnest(p_audiences) WITH ORDINALITY AS a (id, n)
+              WHERE a.id IS NULL OR a.id !~ '^[A-Za-z0-9_-]+$'
+              ORDER BY a.n LIMIT 1))
+    $body$
+    $fn$;
+
+    -- The Sendry contact body of a user, rendered through the mapping (the README's
+    -- backfill statement): NULL for a user the mapping has no row for. It reads the
+    -- user's current row in auth.users by id, not the fields of the argument.
     EXECUTE $fn$
     CREATE OR REPLACE FUNCTION public.sendry_contact_payload(u auth.users)
     RETURNS jsonb
     LANGUAGE sql
     STABLE
     AS $body$
-        SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
-            'email', pg_catalog.lower(pg_catalog.btrim(u.email)),
-            'first_name', pg_catalog.left(
-                CASE WHEN NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'first_name'), '') IS NULL
-                      AND NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'last_name'), '') IS NULL
-                     THEN pg_catalog.substring(
-                              COALESCE(NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'full_name'), ''),
-                                       NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'name'), '')),
-                              '^\S+')
-                     ELSE NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'first_name'), '') END,
-                200),
-            'last_name', pg_catalog.left(
-                CASE WHEN NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'first_name'), '') IS NULL
-                      AND NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'last_name'), '') IS NULL
-                     THEN NULLIF(pg_catalog.btrim(pg_catalog.substring(
-                              COALESCE(NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'full_name'), ''),
-                                       NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'name'), '')),
-                              '^\S+\s+(.*)$')), '')
-                     ELSE NULLIF(pg_catalog.btrim(u.raw_user_meta_data OPERATOR(pg_catalog.->>) 'last_name'), '') END,
-                200),
-            'metadata', pg_catalog.jsonb_build_object(
-                'supabase_user_id', u.id::text,
-                'signup_source', 'supabase')))
+        SELECT public.sendry_contact_body(pg_catalog.lower(pg_catalog.btrim(c.email::pg_catalog.text)),
+                                          c.first_name::pg_catalog.text, c.last_name::pg_catalog.text,
+                                          c.metadata::pg_catalog.jsonb, c.audiences::pg_catalog.text[])
+        FROM public.sendry_contacts c
+        WHERE c.user_id OPERATOR(pg_catalog.=) u.id
     $body$
     $fn$;
 
-    -- Statement-level triggers over transition tables: one INSERT ... SELECT per
-    -- statement, about half the cost of a row trigger on a bulk insert.
-    -- SECURITY DEFINER with an empty search_path: in Supabase the auth server inserts as
-    -- supabase_auth_admin with search_path=auth, and has no rights on public.sendry_outbox.
-    -- Anything that goes wrong is turned into a WARNING: a sign-up never fails because
-    -- of the outbox.
+    -- The contacts the mapping renders for these users, as the outbox gets them: email
+    -- trimmed and lower-cased, body (the payload), hash (jsonb_hash_extended of the
+    -- body: what sendry_contact_state compares), problem ("mapping: ..." when Sendry
+    -- would reject it, else NULL). Users without a row in the mapping, or without an
+    -- email there, are not rendered. Inlinable (one SELECT, qualified names, no SET);
+    -- also a way to see what would be sent:
+    --   SELECT * FROM sendry_render_contacts(ARRAY(SELECT id FROM auth.users LIMIT 10));
+    -- Each level computes its columns once (OFFSET 0 keeps the planner from copying an
+    -- expression into every place that uses it). The cheap test in the CASE passes
+    -- nearly every contact; sendry_contact_problem looks closer at the others.
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_render_contacts(p_user_ids uuid[])
+    RETURNS TABLE (user_id uuid, email text, audiences text[], body jsonb, hash bigint, problem text)
+    LANGUAGE sql
+    STABLE
+    AS $body$
+        SELECT r.user_id, r.email, r.audiences, r.body,
+               pg_catalog.jsonb_hash_extended(r.body, 0),
+               CASE WHEN COALESCE(pg_catalog.length(r.first_name) OPERATOR(pg_catalog.<=) 200, true)
+                     AND COALESCE(pg_catalog.length(r.last_name) OPERATOR(pg_catalog.<=) 200, true)
+                     AND (r.metadata IS NULL
+                          OR (pg_catalog.jsonb_typeof(r.metadata) OPERATOR(pg_catalog.=) 'object'
+                              AND pg_catalog.octet_length(r.metadata::pg_catalog.text) OPERATOR(pg_catalog.<=) 1000
+                              AND NOT pg_catalog.jsonb_path_exists(r.metadata,
+                                          'strict $.* ? (@.type() != "string" && @.type() != "null")')))
+                     AND (r.audiences IS NULL
+                          OR pg_catalog.cardinality(r.audiences) OPERATOR(pg_catalog.=) 0
+                          OR pg_catalog.array_to_string(r.audiences, ',', '*')
+                             OPERATOR(pg_catalog.~) '^[A-Za-z0-9_-]+(,[A-Za-z0-9_-]+)*$')
+                    THEN NULL
+                    ELSE public.sendry_contact_problem(r.first_name, r.last_name, r.metadata, r.audiences)
+               END
+        FROM (SELECT m.*, public.sendry_contact_body(m.email, m.first_name, m.last_name,
+                                                     m.metadata, m.audiences) AS body
+              FROM (SELECT c.user_id,
+                           pg_catalog.lower(pg_catalog.btrim(c.email::pg_catalog.text)) AS email,
+                           c.first_name::pg_catalog.text AS first_name,
+                           c.last_name::pg_catalog.text AS last_name,
+                           c.metadata::pg_catalog.jsonb AS metadata,
+                           c.audiences::pg_catalog.text[] AS audiences
+                    FROM public.sendry_contacts c
+                    WHERE c.user_id OPERATOR(pg_catalog.=) ANY (p_user_ids)
+                    OFFSET 0) m
+              WHERE m.email OPERATOR(pg_catalog.<>) ''
+              OFFSET 0) r
+        OFFSET 0
+    $body$
+    $fn$;
+
+    -- The contacts of these users that differ from what was last enqueued for them, as
+    -- their outbox row gets them (payload with leave_audiences, old_email, problem) and
+    -- as sendry_contact_state keeps them (state_email, state_audiences: those of the
+    -- last contact without a problem; known: the user has a state row). The state row
+    -- is probed per user (LATERAL ... LIMIT 1): one index probe each whatever the
+    -- planner believes about the table's size, never a scan of it. Inlinable.
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_changed_contacts(p_user_ids uuid[], p_old_email text DEFAULT NULL)
+    RETURNS TABLE (user_id uuid, email text, old_email text, payload jsonb, hash bigint, problem text,
+                   known boolean, state_email text, state_audiences text[])
+    LANGUAGE sql
+    STABLE
+    AS $body$
+        SELECT r.user_id, r.email,
+               NULLIF(COALESCE(s.email, p_old_email), r.email),
+               CASE WHEN s.email IS NULL OR r.problem IS NOT NULL
+                      OR s.audiences IS NOT DISTINCT FROM r.audiences
+                    THEN r.body
+                    ELSE r.body OPERATOR(pg_catalog.||) COALESCE(
+                        (SELECT pg_catalog.jsonb_build_object('leave_audiences',
+                                                              pg_catalog.jsonb_agg(a.id ORDER BY a.id))
+                           FROM (SELECT pg_catalog.unnest(COALESCE(s.audiences, '{default}'))
+                                 EXCEPT
+                                 SELECT pg_catalog.unnest(COALESCE(r.audiences, '{default}'))) AS a (id)
+                         HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0), '{}')
+               END,
+               r.hash, r.problem, s.user_id IS NOT NULL,
+               CASE WHEN r.problem IS NULL THEN r.email ELSE s.email END,
+               CASE WHEN r.problem IS NULL THEN r.audiences ELSE s.audiences END
+        FROM public.sendry_render_contacts(p_user_ids) r
+        LEFT JOIN LATERAL (SELECT st.user_id, st.email, st.audiences, st.contact_hash
+                             FROM public.sendry_contact_state st
+                            WHERE st.user_id OPERATOR(pg_catalog.=) r.user_id
+                            LIMIT 1) s ON true
+        WHERE s.contact_hash IS DISTINCT FROM r.hash
+    $body$
+    $fn$;
+
+    -- Enqueues the contacts of the given users (all synced: callers check) whose rendered
+    -- contact differs from what was last enqueued for them, and records it in
+    -- sendry_contact_state; set-based. With p_check (the default) it first only looks,
+    -- and writes nothing when no contact changed (most UPDATEs change none). Without it
+    -- (the INSERT trigger: users no other transaction can see yet) the state rows of
+    -- users without one are plain INSERTs, about twice as cheap as an upsert. A contact
+    -- the mapping renders wrongly is enqueued `failed` (attempts 0, last_error
+    -- "mapping: ..."), never an error. old_email is the address last enqueued when it
+    -- changed, else p_old_email (the previous address, from an auth.users UPDATE, for a
+    -- user enqueued before 0.4). Returns the rows enqueued, and how many of them failed.
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_enqueue_contacts(p_user_ids uuid[], p_class text,
+                                                             p_old_email text DEFAULT NULL,
+                                                             p_check boolean DEFAULT true,
+                                                             OUT enqueued integer, OUT failed integer)
+    LANGUAGE plpgsql
+    SET search_path = ''
+    SET plan_cache_mode = force_generic_plan
+    AS $body$
+    DECLARE
+        v_user_ids uuid[] := p_user_ids;
+    BEGIN
+        enqueued := 0;
+        failed := 0;
+        IF p_check THEN
+            SELECT pg_catalog.array_agg(c.user_id) INTO v_user_ids
+              FROM public.sendry_changed_contacts(p_user_ids, p_old_email) c;
+        END IF;
+        IF COALESCE(pg_catalog.cardinality(v_user_ids), 0) = 0 THEN
+            RETURN;
+        END IF;
+        IF p_check THEN
+            WITH changed AS MATERIALIZED (
+                SELECT * FROM public.sendry_changed_contacts(v_user_ids, p_old_email)
+            ),
+            queued AS (
+                INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload, status, last_error)
+                SELECT p_class, 'upsert', d.user_id, d.email, d.old_email, d.payload,
+                       CASE WHEN d.problem IS NULL THEN 'pending' ELSE 'failed' END, d.problem
+                FROM changed d
+                RETURNING status
+            ),
+            remembered AS (
+                INSERT INTO public.sendry_contact_state AS s (user_id, email, audiences, contact_hash)
+                SELECT d.user_id, d.state_email, d.state_audiences, d.hash FROM changed d
+                ON CONFLICT (user_id) DO UPDATE
+                   SET email = EXCLUDED.email, audiences = EXCLUDED.audiences,
+                       contact_hash = EXCLUDED.contact_hash, updated_at = pg_catalog.now()
+            )
+            SELECT count(*)::integer, (count(*) FILTER (WHERE q.status = 'failed'))::integer
+              INTO enqueued, failed
+              FROM queued q;
+        ELSE
+            WITH changed AS MATERIALIZED (
+                SELECT * FROM public.sendry_changed_contacts(v_user_ids, p_old_email)
+            ),
+            queued AS (
+                INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload, status, last_error)
+                SELECT p_class, 'upsert', d.user_id, d.email, d.old_email, d.payload,
+                       CASE WHEN d.problem IS NULL THEN 'pending' ELSE 'failed' END, d.problem
+                FROM changed d
+                RETURNING status
+            ),
+            added AS (
+                INSERT INTO public.sendry_contact_state (user_id, email, audiences, contact_hash)
+                SELECT d.user_id, d.state_email, d.state_audiences, d.hash FROM changed d WHERE NOT d.known
+            ),
+            remembered AS (
+                UPDATE public.sendry_contact_state s
+                   SET email = d.state_email, audiences = d.state_audiences, contact_hash = d.hash,
+                       updated_at = pg_catalog.now()
+                  FROM changed d
+                 WHERE d.known AND s.user_id = d.user_id
+            )
+            SELECT count(*)::integer, (count(*) FILTER (WHERE q.status = 'failed'))::integer
+              INTO enqueued, failed
+              FROM queued q;
+        END IF;
+    END
+    $body$
+    $fn$;
+
+    -- The triggers on auth.users. SECURITY DEFINER with an empty search_path: in
+    -- Supabase the auth server writes as supabase_auth_admin with search_path=auth, and
+    -- has no rights on public.sendry_outbox. Anything that goes wrong is turned into a
+    -- WARNING and recorded in public.sendry_enqueue_errors (in a subtransaction of its
+    -- own, so that the WARNING goes out even if that fails): a user's write never fails
+    -- because of the outbox.
+    --
+    -- After an INSERT: a statement-level trigger over the transition table (one
+    -- set-based statement for a bulk import, about half the cost of a row trigger).
     EXECUTE $fn$
     CREATE OR REPLACE FUNCTION public.sendry_auth_users_inserted()
     RETURNS trigger
@@ -288,36 +587,41 @@ BEGIN
     SECURITY DEFINER
     SET search_path = ''
     AS $body$
+    DECLARE
+        v_sync_on text;
     BEGIN
         BEGIN
-            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
-            SELECT 'live', 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
-                   public.sendry_contact_payload(n)
-            FROM new_rows n
-            CROSS JOIN (SELECT COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1),
-                                        'signup') AS sync_on) s
-            WHERE NULLIF(pg_catalog.btrim(n.email), '') IS NOT NULL
-              AND NOT COALESCE(n.is_anonymous, false)
-              AND n.deleted_at IS NULL
-              AND (s.sync_on = 'signup' OR n.email_confirmed_at IS NOT NULL);
+            v_sync_on := COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1), 'signup');
+            PERFORM public.sendry_enqueue_contacts(
+                ARRAY(SELECT n.id FROM new_rows n WHERE public.sendry_user_is_synced(n, v_sync_on)),
+                'live', p_check => false);
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'sendry-sync: could not enqueue new users for Sendry: % (SQLSTATE %)',
                 SQLERRM, SQLSTATE;
+            BEGIN
+                INSERT INTO public.sendry_enqueue_errors (trigger_name, table_name, sqlstate, message, user_ids)
+                VALUES (TG_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, SQLSTATE, SQLERRM,
+                        ARRAY(SELECT n.id FROM new_rows n));
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'sendry-sync: could not record that in public.sendry_enqueue_errors either: % (SQLSTATE %)',
+                    SQLERRM, SQLSTATE;
+            END;
         END;
         RETURN NULL;
     END
     $body$
     $fn$;
 
-    -- An UPDATE is worth syncing when the user (now) has a usable email, is synced
-    -- under sendry_settings.sync_on, and one of these happened: the email was set or
-    -- replaced (the row carries the previous address in old_email, so the worker moves
-    -- the contact instead of leaving a duplicate), an anonymous user became permanent,
-    -- or, in confirmed-only mode, the email was just confirmed. GoTrue's
-    -- role '' -> 'authenticated' update and logins change none of these.
-    -- A soft delete (deleted_at set; GoTrue overwrites email with a hash, never to be
-    -- sent) enqueues the deletion of the previous address (in confirmed-only mode only
-    -- if it was confirmed: an unconfirmed address was never sent, and may be someone else's).
+    -- After an UPDATE: a row-level trigger whose WHEN clause compares only the columns a
+    -- contact can depend on (see the trigger below), so that GoTrue's sign-in and token
+    -- refresh UPDATE (last_sign_in_at, updated_at) and its role '' -> 'authenticated'
+    -- follow-up run no function at all. For a synced user it enqueues the contact if it
+    -- changed (names, metadata, email, audiences; the confirmation under sync_on =
+    -- 'confirmed'; an anonymous user becoming permanent). An email change carries the
+    -- previous address in old_email, so the worker moves the contact. A soft delete
+    -- (deleted_at set; GoTrue overwrites email with a hash, never to be sent) enqueues
+    -- the deletion of the previous address (in confirmed-only mode only if it was
+    -- confirmed: an unconfirmed address was never sent, and may be someone else's).
     EXECUTE $fn$
     CREATE OR REPLACE FUNCTION public.sendry_auth_users_updated()
     RETURNS trigger
@@ -326,41 +630,38 @@ BEGIN
     SET search_path = ''
     AS $body$
     DECLARE
-        v_sync_on   text := COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1), 'signup');
-        v_on_delete text := COALESCE((SELECT on_delete FROM public.sendry_settings LIMIT 1),
-                                     'delete_contact');
+        v_sync_on   text;
+        v_on_delete text;
     BEGIN
         BEGIN
-            INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload)
-            SELECT 'live', 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
-                   CASE WHEN NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
-                         AND pg_catalog.lower(pg_catalog.btrim(o.email))
-                             <> pg_catalog.lower(pg_catalog.btrim(n.email))
-                         AND NOT COALESCE(o.is_anonymous, false)
-                        THEN pg_catalog.lower(pg_catalog.btrim(o.email)) END,
-                   public.sendry_contact_payload(n)
-            FROM new_rows n JOIN old_rows o ON o.id = n.id
-            WHERE NULLIF(pg_catalog.btrim(n.email), '') IS NOT NULL
-              AND NOT COALESCE(n.is_anonymous, false)
-              AND n.deleted_at IS NULL
-              AND (v_sync_on = 'signup' OR n.email_confirmed_at IS NOT NULL)
-              AND (o.email IS DISTINCT FROM n.email
-                   OR (COALESCE(o.is_anonymous, false) AND NOT COALESCE(n.is_anonymous, false))
-                   OR (v_sync_on = 'confirmed' AND o.email_confirmed_at IS NULL));
-
-            IF v_on_delete <> 'keep' THEN
-                INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
-                SELECT 'live', 'delete', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
-                       pg_catalog.jsonb_build_object('delete_mode', v_on_delete)
-                FROM new_rows n JOIN old_rows o ON o.id = n.id
-                WHERE o.deleted_at IS NULL AND n.deleted_at IS NOT NULL
-                  AND NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
-                  AND NOT COALESCE(o.is_anonymous, false)
-                  AND (v_sync_on = 'signup' OR o.email_confirmed_at IS NOT NULL);
+            SELECT s.sync_on, s.on_delete INTO v_sync_on, v_on_delete FROM public.sendry_settings s LIMIT 1;
+            v_sync_on := COALESCE(v_sync_on, 'signup');
+            v_on_delete := COALESCE(v_on_delete, 'delete_contact');
+            IF OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL THEN
+                IF v_on_delete <> 'keep' AND NULLIF(pg_catalog.btrim(OLD.email), '') IS NOT NULL
+                   AND NOT COALESCE(OLD.is_anonymous, false)
+                   AND (v_sync_on = 'signup' OR OLD.email_confirmed_at IS NOT NULL) THEN
+                    INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+                    VALUES ('live', 'delete', OLD.id, pg_catalog.lower(pg_catalog.btrim(OLD.email)),
+                            pg_catalog.jsonb_build_object('delete_mode', v_on_delete));
+                END IF;
+                DELETE FROM public.sendry_contact_state WHERE user_id = OLD.id;
+            ELSIF public.sendry_user_is_synced(NEW, v_sync_on) THEN
+                PERFORM public.sendry_enqueue_contacts(
+                    ARRAY[NEW.id], 'live',
+                    CASE WHEN NOT COALESCE(OLD.is_anonymous, false)
+                         THEN NULLIF(pg_catalog.lower(pg_catalog.btrim(OLD.email)), '') END);
             END IF;
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'sendry-sync: could not enqueue updated users for Sendry: % (SQLSTATE %)',
                 SQLERRM, SQLSTATE;
+            BEGIN
+                INSERT INTO public.sendry_enqueue_errors (trigger_name, table_name, sqlstate, message, user_ids)
+                VALUES (TG_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, SQLSTATE, SQLERRM, ARRAY[NEW.id]);
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'sendry-sync: could not record that in public.sendry_enqueue_errors either: % (SQLSTATE %)',
+                    SQLERRM, SQLSTATE;
+            END;
         END;
         RETURN NULL;
     END
@@ -392,9 +693,18 @@ BEGIN
               AND o.deleted_at IS NULL
               AND s.on_delete <> 'keep'
               AND (s.sync_on = 'signup' OR o.email_confirmed_at IS NOT NULL);
+            DELETE FROM public.sendry_contact_state s USING old_rows o WHERE s.user_id = o.id;
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'sendry-sync: could not enqueue deleted users for Sendry: % (SQLSTATE %)',
                 SQLERRM, SQLSTATE;
+            BEGIN
+                INSERT INTO public.sendry_enqueue_errors (trigger_name, table_name, sqlstate, message, user_ids)
+                VALUES (TG_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, SQLSTATE, SQLERRM,
+                        ARRAY(SELECT o.id FROM old_rows o));
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'sendry-sync: could not record that in public.sendry_enqueue_errors either: % (SQLSTATE %)',
+                    SQLERRM, SQLSTATE;
+            END;
         END;
         RETURN NULL;
     END
@@ -532,19 +842,260 @@ BEGIN
         REFERENCING NEW TABLE AS new_rows
         FOR EACH STATEMENT EXECUTE FUNCTION public.sendry_auth_users_inserted()
     $t$;
-    EXECUTE $t$
+    -- The UPDATE trigger fires only when a column a contact can depend on changed: every
+    -- column of auth.users but GoTrue's bookkeeping (sign-in time, updated_at, role and
+    -- aud, the password hash, tokens and their send times, a pending email or phone
+    -- change) and generated columns. A mapping that reads one of those is not re-synced
+    -- when only they change (the repair pass catches up). The column list (UPDATE OF)
+    -- lets an UPDATE that sets none of them, as GoTrue's sign-in and token refresh do,
+    -- skip the trigger without even reading its WHEN clause (about 40 us a statement);
+    -- the WHEN clause skips an UPDATE that sets them to what they were.
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum),
+           pg_catalog.string_agg(pg_catalog.format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', a.attname),
+                                 ' OR ' ORDER BY a.attnum)
+      INTO v_columns, v_when
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = 'auth.users'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attgenerated = ''
+       AND a.attname NOT IN ('instance_id', 'aud', 'role', 'encrypted_password', 'last_sign_in_at',
+                             'updated_at', 'confirmation_token', 'confirmation_sent_at',
+                             'recovery_token', 'recovery_sent_at', 'email_change_token_new',
+                             'email_change_token_current', 'email_change', 'email_change_sent_at',
+                             'email_change_confirm_status', 'phone_change', 'phone_change_token',
+                             'phone_change_sent_at', 'reauthentication_token',
+                             'reauthentication_sent_at');
+    EXECUTE pg_catalog.format($t$
     CREATE OR REPLACE TRIGGER sendry_sync_users_update
-        AFTER UPDATE ON auth.users
-        REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-        FOR EACH STATEMENT EXECUTE FUNCTION public.sendry_auth_users_updated()
-    $t$;
+        AFTER UPDATE OF %s ON auth.users
+        FOR EACH ROW
+        WHEN (%s)
+        EXECUTE FUNCTION public.sendry_auth_users_updated()
+    $t$, v_columns, v_when);
     EXECUTE $t$
     CREATE OR REPLACE TRIGGER sendry_sync_users_delete
         AFTER DELETE ON auth.users
         REFERENCING OLD TABLE AS old_rows
         FOR EACH STATEMENT EXECUTE FUNCTION public.sendry_auth_users_deleted()
     $t$;
+END
+$install$;
 
+-- Watching the project's own tables: SELECT sendry_watch('public.profiles', 'id') makes
+-- every INSERT, UPDATE and DELETE of public.profiles re-render the contacts of the users
+-- it touched (the uuid column `id` names the user) and enqueue those that changed.
+-- sendry_unwatch('public.profiles') stops it; public.sendry_watched_tables lists them.
+DO $install$
+BEGIN
+    IF pg_catalog.to_regclass('auth.users') IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- The trigger function of every watched table (statement-level, over the transition
+    -- tables; TG_ARGV[0] is the user column). As safe as the auth.users triggers:
+    -- SECURITY DEFINER (the app's roles write these tables), empty search_path, errors
+    -- turned into a WARNING and recorded.
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_watched_changed()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = ''
+    AS $body$
+    DECLARE
+        v_ids     uuid[];
+        v_sync_on text;
+    BEGIN
+        BEGIN
+            -- Static SQL (PL/pgSQL keeps a plan per watched table): the user column is
+            -- read by name from each row as jsonb, cheaper than planning an EXECUTE.
+            IF TG_OP = 'INSERT' THEN
+                SELECT pg_catalog.array_agg(DISTINCT (pg_catalog.to_jsonb(n) ->> TG_ARGV[0])::uuid)
+                  INTO v_ids FROM new_rows n;
+            ELSIF TG_OP = 'DELETE' THEN
+                SELECT pg_catalog.array_agg(DISTINCT (pg_catalog.to_jsonb(o) ->> TG_ARGV[0])::uuid)
+                  INTO v_ids FROM old_rows o;
+            ELSE
+                SELECT pg_catalog.array_agg(DISTINCT k.id) INTO v_ids
+                  FROM (SELECT (pg_catalog.to_jsonb(n) ->> TG_ARGV[0])::uuid AS id FROM new_rows n
+                        UNION ALL
+                        SELECT (pg_catalog.to_jsonb(o) ->> TG_ARGV[0])::uuid FROM old_rows o) k;
+            END IF;
+            v_ids := pg_catalog.array_remove(v_ids, NULL);
+            IF pg_catalog.cardinality(v_ids) > 0 THEN
+                v_sync_on := COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1), 'signup');
+                PERFORM public.sendry_enqueue_contacts(
+                    ARRAY(SELECT u.id FROM auth.users u
+                           WHERE u.id = ANY (v_ids) AND public.sendry_user_is_synced(u, v_sync_on)),
+                    'live');
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'sendry-sync: could not enqueue the users of changed % rows for Sendry: % (SQLSTATE %)',
+                TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, SQLERRM, SQLSTATE;
+            BEGIN
+                INSERT INTO public.sendry_enqueue_errors (trigger_name, table_name, sqlstate, message, user_ids)
+                VALUES (TG_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, SQLSTATE, SQLERRM, v_ids);
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'sendry-sync: could not record that in public.sendry_enqueue_errors either: % (SQLSTATE %)',
+                    SQLERRM, SQLSTATE;
+            END;
+        END;
+        RETURN NULL;
+    END
+    $body$
+    $fn$;
+
+    -- Watch a table: three statement-level triggers (AFTER INSERT, UPDATE, DELETE)
+    -- named sendry_watch_insert/_update/_delete. p_user_column is its uuid column that
+    -- holds the auth.users id. Calling it again replaces them. Needs the TRIGGER
+    -- privilege on the table (it runs with the caller's rights).
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_watch(p_table regclass, p_user_column name DEFAULT 'id')
+    RETURNS text
+    LANGUAGE plpgsql
+    SET search_path = ''
+    AS $body$
+    DECLARE
+        v_type regtype;
+        v_op   text;
+    BEGIN
+        IF p_table = 'auth.users'::regclass THEN
+            RAISE EXCEPTION 'sendry-sync: auth.users needs no watching: its own triggers sync it';
+        END IF;
+        IF (SELECT c.relname LIKE 'sendry\_%' FROM pg_catalog.pg_class c WHERE c.oid = p_table) THEN
+            RAISE EXCEPTION 'sendry-sync: % is one of sendry-sync''s own tables', p_table;
+        END IF;
+        IF (SELECT c.relkind NOT IN ('r', 'p') FROM pg_catalog.pg_class c WHERE c.oid = p_table) THEN
+            RAISE EXCEPTION 'sendry-sync: % is not a table', p_table;
+        END IF;
+        SELECT a.atttypid::regtype INTO v_type
+          FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid = p_table AND a.attname = p_user_column AND a.attnum > 0 AND NOT a.attisdropped;
+        IF v_type IS NULL THEN
+            RAISE EXCEPTION 'sendry-sync: % has no column %', p_table, pg_catalog.quote_ident(p_user_column);
+        ELSIF v_type <> 'uuid'::regtype THEN
+            RAISE EXCEPTION 'sendry-sync: column % of % is %, not uuid (the auth.users id)',
+                pg_catalog.quote_ident(p_user_column), p_table, v_type;
+        END IF;
+        FOREACH v_op IN ARRAY ARRAY['INSERT', 'UPDATE', 'DELETE'] LOOP
+            EXECUTE pg_catalog.format(
+                'CREATE OR REPLACE TRIGGER %I AFTER %s ON %s REFERENCING %s'
+                ' FOR EACH STATEMENT EXECUTE FUNCTION public.sendry_watched_changed(%L)',
+                'sendry_watch_' || pg_catalog.lower(v_op), v_op, p_table,
+                CASE v_op WHEN 'INSERT' THEN 'NEW TABLE AS new_rows'
+                          WHEN 'DELETE' THEN 'OLD TABLE AS old_rows'
+                          ELSE 'OLD TABLE AS old_rows NEW TABLE AS new_rows' END,
+                p_user_column);
+        END LOOP;
+        RETURN pg_catalog.format('sendry-sync: watching %s (user column %I)', p_table, p_user_column);
+    END
+    $body$
+    $fn$;
+
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_unwatch(p_table regclass)
+    RETURNS text
+    LANGUAGE plpgsql
+    SET search_path = ''
+    AS $body$
+    DECLARE
+        v_found boolean := false;
+        v_trigger name;
+    BEGIN
+        FOR v_trigger IN
+            SELECT t.tgname FROM pg_catalog.pg_trigger t
+             WHERE t.tgrelid = p_table AND t.tgfoid = 'public.sendry_watched_changed()'::regprocedure
+        LOOP
+            EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', v_trigger, p_table);
+            v_found := true;
+        END LOOP;
+        RETURN pg_catalog.format(CASE WHEN v_found THEN 'sendry-sync: no longer watching %s'
+                                      ELSE 'sendry-sync: %s was not watched' END, p_table);
+    END
+    $body$
+    $fn$;
+
+    EXECUTE $v$
+    CREATE OR REPLACE VIEW public.sendry_watched_tables WITH (security_invoker = true) AS
+    SELECT t.tgrelid::regclass AS table_name,
+           convert_from(substring(t.tgargs FROM 1 FOR position('\x00'::bytea IN t.tgargs) - 1),
+                        'UTF8') COLLATE "default" AS user_column,
+           t.tgenabled <> 'D' AS enabled
+      FROM pg_catalog.pg_trigger t
+     WHERE t.tgname = 'sendry_watch_update'
+       AND t.tgfoid = 'public.sendry_watched_changed()'::regprocedure
+    $v$;
+
+    -- The repair pass, for contacts that drifted while the triggers could not see it (they
+    -- were disabled or installed late, a table changed before it was watched, the mapping
+    -- was replaced, a TRUNCATE): compares what the mapping renders with what was last
+    -- enqueued for each user and enqueues the differences as class 'bulk' rows (claimed
+    -- after live ones, like a backfill); for a user deleted meanwhile whose contact was
+    -- enqueued, the deletion (as sendry_settings.on_delete says). Each call examines the
+    -- next p_batch users in id order (the position is kept in sendry_sync_state, key
+    -- contacts_reconcile_after) and returns how many rows it enqueued (of which failed:
+    -- the mapping renders them wrongly), how many users it examined, and whether more
+    -- remain: call it until more is false. Calls wait for each other.
+    EXECUTE $fn$
+    CREATE OR REPLACE FUNCTION public.sendry_reconcile_contacts(p_batch integer DEFAULT 1000,
+                                                               OUT enqueued integer, OUT failed integer,
+                                                               OUT examined integer, OUT more boolean)
+    LANGUAGE plpgsql
+    SET search_path = ''
+    AS $body$
+    DECLARE
+        v_after     uuid;
+        v_lo        uuid;
+        v_hi        uuid;
+        v_ids       uuid[];
+        v_sync_on   text;
+        v_on_delete text;
+        v_deletes   integer;
+    BEGIN
+        IF p_batch IS NULL OR p_batch NOT BETWEEN 1 AND 100000 THEN
+            RAISE EXCEPTION 'sendry-sync: the batch must be between 1 and 100000 users, not %', p_batch;
+        END IF;
+        SELECT s.sync_on, s.on_delete INTO v_sync_on, v_on_delete FROM public.sendry_settings s LIMIT 1;
+        INSERT INTO public.sendry_sync_state (key) VALUES ('contacts_reconcile_after')
+            ON CONFLICT (key) DO NOTHING;
+        SELECT st.value::uuid INTO v_after
+          FROM public.sendry_sync_state st WHERE st.key = 'contacts_reconcile_after' FOR UPDATE;
+        -- The users in (v_after, v_hi]; the smallest uuid as the lower bound of the first
+        -- batch, so that each query is one index range scan.
+        v_lo := COALESCE(v_after, '00000000-0000-0000-0000-000000000000');
+        v_ids := ARRAY(SELECT u.id FROM auth.users u
+                        WHERE u.id >= v_lo AND (u.id > v_after OR v_after IS NULL)
+                        ORDER BY u.id LIMIT p_batch);
+        examined := pg_catalog.cardinality(v_ids);
+        more := examined = p_batch;
+        v_hi := CASE WHEN more THEN v_ids[examined] ELSE 'ffffffff-ffff-ffff-ffff-ffffffffffff' END;
+
+        SELECT e.enqueued, e.failed INTO enqueued, failed
+          FROM public.sendry_enqueue_contacts(
+                   ARRAY(SELECT u.id FROM auth.users u
+                          WHERE u.id = ANY (v_ids)
+                            AND public.sendry_user_is_synced(u, COALESCE(v_sync_on, 'signup'))),
+                   'bulk') e;
+
+        WITH gone AS (
+            DELETE FROM public.sendry_contact_state s
+             WHERE s.user_id >= v_lo AND (s.user_id > v_after OR v_after IS NULL) AND s.user_id <= v_hi
+               AND NOT EXISTS (SELECT 1 FROM auth.users u WHERE u.id = s.user_id AND u.deleted_at IS NULL)
+            RETURNING s.user_id, s.email
+        )
+        INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+        SELECT 'bulk', 'delete', g.user_id, g.email,
+               pg_catalog.jsonb_build_object('delete_mode', COALESCE(v_on_delete, 'delete_contact'))
+          FROM gone g
+         WHERE g.email IS NOT NULL AND COALESCE(v_on_delete, 'delete_contact') <> 'keep';
+        GET DIAGNOSTICS v_deletes = ROW_COUNT;
+        enqueued := enqueued + v_deletes;
+
+        UPDATE public.sendry_sync_state
+           SET value = CASE WHEN more THEN v_hi::text END, updated_at = pg_catalog.now()
+         WHERE key = 'contacts_reconcile_after';
+    END
+    $body$
+    $fn$;
 END
 $install$;
 
@@ -647,6 +1198,9 @@ DO $install$
 BEGIN
     IF pg_catalog.to_regclass('auth.users') IS NULL THEN
         RAISE NOTICE 'sendry-sync: no table auth.users here: installed the outbox only, no trigger. Fill public.sendry_outbox from your own users table (see README, "Without Supabase").';
+    END IF;
+    IF pg_catalog.current_setting('sendry.mapping_kept', true) = 'on' THEN
+        RAISE NOTICE 'sendry-sync: kept public.sendry_contacts as it is: the contact mapping is yours, install.sql never replaces it (README, "The contact mapping").';
     END IF;
 END
 $install$;

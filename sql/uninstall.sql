@@ -1,5 +1,7 @@
 -- sendry-sync: remove everything sql/install.sql created, including the outbox, the inbox,
--- the settings and their rows.
+-- the settings and their rows, the triggers sendry_watch() put on the project's tables,
+-- and the contact mapping public.sendry_contacts (yours, if you replaced it: keep a copy
+-- first, SELECT pg_get_viewdef('public.sendry_contacts')).
 --
 --   psql -v ON_ERROR_STOP=1 -f sql/uninstall.sql
 --
@@ -12,7 +14,17 @@ BEGIN;
 SET LOCAL client_min_messages = warning;
 
 DO $uninstall$
+DECLARE
+    t record;
 BEGIN
+    IF pg_catalog.to_regprocedure('public.sendry_watched_changed()') IS NOT NULL THEN
+        FOR t IN
+            SELECT tg.tgname, tg.tgrelid::regclass AS rel FROM pg_catalog.pg_trigger tg
+             WHERE tg.tgfoid = 'public.sendry_watched_changed()'::regprocedure
+        LOOP
+            EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
+        END LOOP;
+    END IF;
     IF pg_catalog.to_regclass('auth.users') IS NOT NULL THEN
         BEGIN
             DROP TRIGGER IF EXISTS sendry_sync_users_insert ON auth.users;
@@ -24,10 +36,22 @@ BEGIN
                              'elsewhere run it as the owner of auth.users or a superuser.';
         END;
         DROP FUNCTION IF EXISTS public.sendry_contact_payload(auth.users);
+        DROP FUNCTION IF EXISTS public.sendry_user_is_synced(auth.users, text);
     END IF;
 END
 $uninstall$;
 
+DROP VIEW IF EXISTS public.sendry_watched_tables;
+DROP FUNCTION IF EXISTS public.sendry_watched_changed();
+DROP FUNCTION IF EXISTS public.sendry_watch(regclass, name);
+DROP FUNCTION IF EXISTS public.sendry_unwatch(regclass);
+DROP FUNCTION IF EXISTS public.sendry_reconcile_contacts(integer);
+DROP FUNCTION IF EXISTS public.sendry_enqueue_contacts(uuid[], text, text, boolean);
+DROP FUNCTION IF EXISTS public.sendry_changed_contacts(uuid[], text);
+DROP FUNCTION IF EXISTS public.sendry_render_contacts(uuid[]);
+DROP FUNCTION IF EXISTS public.sendry_contact_body(text, text, text, jsonb, text[]);
+DROP FUNCTION IF EXISTS public.sendry_contact_problem(text, text, jsonb, text[]);
+DROP VIEW IF EXISTS public.sendry_contacts;
 DROP FUNCTION IF EXISTS public.sendry_auth_users_inserted();
 DROP FUNCTION IF EXISTS public.sendry_auth_users_updated();
 DROP FUNCTION IF EXISTS public.sendry_auth_users_deleted();
@@ -38,6 +62,8 @@ DROP TABLE IF EXISTS public.sendry_outbox;
 DROP TABLE IF EXISTS public.sendry_inbox;
 DROP TABLE IF EXISTS public.sendry_settings;
 DROP TABLE IF EXISTS public.sendry_sync_state;
+DROP TABLE IF EXISTS public.sendry_contact_state;
+DROP TABLE IF EXISTS public.sendry_enqueue_errors;
 DROP FUNCTION IF EXISTS public.sendry_outbox_notify_insert();
 DROP FUNCTION IF EXISTS public.sendry_outbox_notify_update();
 DROP FUNCTION IF EXISTS public.sendry_schema_version();

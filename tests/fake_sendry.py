@@ -5,7 +5,8 @@ Standard library only (Python 3.11).  Usable two ways:
 
 * as a module (pytest)::
 
-      fs = FakeSendry(api_key="sn_test_fake", audience_id="aud_test")
+      fs = FakeSendry(api_key="sn_test_fake", audience_id="aud_test",
+                      audiences={"aud_trial": "Trial", "aud_customers": "Customers"})
       fs.start()
       ...  # point the worker at fs.url
       fs.wait_for(lambda f: len(f.contacts) == 3)
@@ -14,6 +15,7 @@ Standard library only (Python 3.11).  Usable two ways:
 * as a CLI (shell demo / bench scripts)::
 
       /usr/bin/python3 tests/fake_sendry.py --port-file /tmp/port [--rate-limit 100/10 | --no-rate-limit]
+                                            [--audience-id ID] [--extra-audience ID ...]
 
   The CLI prints ``fake-sendry listening on http://127.0.0.1:PORT`` and serves
   until SIGTERM/SIGINT.  Scripts drive it through the unauthenticated
@@ -21,9 +23,11 @@ Standard library only (Python 3.11).  Usable two ways:
 
 Implemented endpoints (behaviour follows /work/shared/docs/sendry-api.md):
 
+    GET    /v1/audiences?limit=&cursor=             every audience, paginated
     GET    /v1/audiences/{id}
-    POST   /v1/audiences/{id}/contacts          {contact_ids:[...]} -> {added}
-    DELETE /v1/audiences/{id}/contacts/{cid}
+    GET    /v1/audiences/{id}/contacts?limit=&cursor=   its members (contacts), paginated
+    POST   /v1/audiences/{id}/contacts          {contact_ids:[1-100]} -> {added} (members not counted)
+    DELETE /v1/audiences/{id}/contacts/{cid}    -> {deleted:true}; 404 if not a member
     POST   /v1/contacts/import                  upsert by e-mail, <= 1000 items
     POST   /v1/contacts                         create (upsert by e-mail in the fake)
     GET    /v1/contacts/by-email?email=[&audience_id=]
@@ -33,6 +37,13 @@ Implemented endpoints (behaviour follows /work/shared/docs/sendry-api.md):
     DELETE /v1/contacts/{id}
     GET    /v1/unsubscribes?limit=&cursor=[&email=&list_id=]
     GET    /v1/suppression?limit=&cursor=[&email=]
+
+Audiences: several exist at once (``audience_id``, the one the worker is configured
+with, plus ``audiences``; add_audience()/remove_audience() at run time); an unknown
+audience id is a 404 everywhere. Membership is as the API has it: an import or a create
+with ``audience_id`` adds the contact to that audience (and leaves its other memberships
+alone), the audience endpoints add and remove members, removing a member never deletes
+the contact, and deleting an audience removes its memberships but not the contacts.
 
 Every request goes through these checks, in order: record, drop_next, delay,
 auth (401 / 403 for a read-only key on writes), per-key rate limit, fail_next,
@@ -347,6 +358,7 @@ class FakeSendry:
     Public state (read freely from tests; mutated only under ``self._lock``):
       requests  list of recorded request dicts (see module doc / brief)
       contacts  dict lower-cased email -> contact dict (``audiences`` is a set)
+      audiences dict audience id -> audience dict (members: see members())
       stats     dict: str(status) -> count, plus "dropped"
       delay_all seconds to sleep before every answer (plain attribute)
     """
@@ -360,6 +372,7 @@ class FakeSendry:
         port=0,
         verbose=False,
         ssl_context=None,
+        audiences=None,
     ):
         if rate_limit is not None:
             n, window = rate_limit
@@ -368,6 +381,12 @@ class FakeSendry:
             rate_limit = (int(n), float(window))
         self.api_key = api_key
         self.audience_id = audience_id
+        # {id: name}: the configured audience first, then the extra ones (a list of ids
+        # or a dict of id -> name). reset() comes back to these.
+        extra = audiences or {}
+        if not isinstance(extra, dict):
+            extra = {aid: aid for aid in extra}
+        self._configured_audiences = {audience_id: "Test audience", **extra}
         self.rate_limit = rate_limit
         self.read_only_key = read_only_key
         self.verbose = verbose
@@ -380,7 +399,6 @@ class FakeSendry:
         self._thread = None
         self._stopping = threading.Event()
         self._lock = threading.RLock()
-        self._audience_created_at = now_iso()
         self.reset()
 
     # ---- lifecycle -------------------------------------------------------
@@ -435,7 +453,8 @@ class FakeSendry:
     # ---- test helpers ----------------------------------------------------
 
     def reset(self):
-        """Forget everything: requests, contacts, faults, lists, rate counters, stats."""
+        """Forget everything: requests, contacts, faults, lists, rate counters, stats;
+        the audiences are back to the configured ones, without members."""
         with self._lock:
             self.requests = []
             self.contacts = {}
@@ -454,6 +473,11 @@ class FakeSendry:
             self._rng = random.Random(1)
             self._reject_re = None
             self.delay_all = 0.0
+            stamp = now_iso()
+            self.audiences = {
+                aid: {"id": aid, "name": name, "description": None, "created_at": stamp, "updated_at": stamp}
+                for aid, name in self._configured_audiences.items()
+            }
 
     def wait_for(self, predicate, timeout=10.0, message=None):
         """Poll predicate(self) every 20 ms until truthy; return its value.
@@ -491,6 +515,31 @@ class FakeSendry:
         with self._lock:
             c = self.contacts.get(email.lower())
             return None if c is None else self._contact_json(c)
+
+    def add_audience(self, audience_id, name=None):
+        """Create an audience (or rename one that exists); returns its JSON."""
+        with self._lock:
+            stamp = now_iso()
+            aud = self.audiences.setdefault(
+                audience_id,
+                {"id": audience_id, "name": name or audience_id, "description": None, "created_at": stamp},
+            )
+            if name:
+                aud["name"] = name
+            aud["updated_at"] = stamp
+            return self._get_audience(audience_id)
+
+    def remove_audience(self, audience_id):
+        """Delete an audience: its memberships go, its contacts stay. KeyError if unknown."""
+        with self._lock:
+            del self.audiences[audience_id]
+            for c in self.contacts.values():
+                c["audiences"].discard(audience_id)
+
+    def members(self, audience_id):
+        """Sorted lower-cased emails of the audience's members."""
+        with self._lock:
+            return sorted(k for k, c in self.contacts.items() if audience_id in c["audiences"])
 
     # ---- fault injection -------------------------------------------------
 
@@ -682,8 +731,12 @@ class FakeSendry:
         if n >= 2 and seg[0] == "v1":
             kind = seg[1]
             if kind == "audiences":
+                if n == 2 and method == "GET":
+                    return 200, self._paginate([self._get_audience(a) for a in self.audiences], query)
                 if n == 3 and method == "GET":
                     return 200, self._get_audience(seg[2])
+                if n == 4 and seg[3] == "contacts" and method == "GET":
+                    return 200, self._list_audience_members(seg[2], query)
                 if n == 4 and seg[3] == "contacts" and method == "POST":
                     return 200, self._add_audience_members(seg[2], body)
                 if n == 5 and seg[3] == "contacts" and method == "DELETE":
@@ -724,21 +777,19 @@ class FakeSendry:
         raise ApiError(404, f"Not found: {method} {path}")
 
     def _get_audience(self, aid):
-        if aid != self.audience_id:
-            raise ApiError(404, "Audience not found")
+        self._check_audience(aid)
         members = sum(1 for c in self.contacts.values() if aid in c["audiences"])
-        return {
-            "id": aid,
-            "name": "Test audience",
-            "description": None,
-            "member_count": members,
-            "created_at": self._audience_created_at,
-            "updated_at": self._audience_created_at,
-        }
+        return dict(self.audiences[aid], member_count=members)
 
     def _check_audience(self, aid):
-        if aid != self.audience_id:
+        if aid not in self.audiences:
             raise ApiError(404, "Audience not found")
+
+    def _list_audience_members(self, aid, query):
+        self._check_audience(aid)
+        members = sorted((c for c in self.contacts.values() if aid in c["audiences"]),
+                         key=lambda c: int(c["id"][3:]))
+        return self._paginate([self._contact_json(c) for c in members], query)
 
     def _add_audience_members(self, aid, body):
         self._check_audience(aid)
@@ -963,6 +1014,8 @@ class FakeSendry:
                     return 200, list(self.requests)
                 if name == "contacts":
                     return 200, [self._contact_json(c) for c in self.contacts.values()]
+                if name == "audiences":
+                    return 200, {aid: self.members(aid) for aid in self.audiences}
                 if name == "stats":
                     out = dict(self.stats)
                     out["requests"] = len(self.requests)
@@ -986,6 +1039,8 @@ class FakeSendry:
                 ),
                 "add_unsubscribe": lambda: self.add_unsubscribe(**kwargs),
                 "add_suppression": lambda: self.add_suppression(**kwargs),
+                "add_audience": lambda: self.add_audience(**kwargs),
+                "remove_audience": lambda: self.remove_audience(kwargs["audience_id"]),
             }
             if name in actions:
                 try:
@@ -1026,6 +1081,8 @@ def main(argv=None):
     p.add_argument("--api-key", default="sn_test_fake")
     p.add_argument("--read-only-key", default=None, help="key that may only read (writes -> 403)")
     p.add_argument("--audience-id", default="aud_test")
+    p.add_argument("--extra-audience", action="append", default=[], metavar="ID",
+                   help="another audience that exists (repeatable)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--rate-limit", type=_parse_rate, default=(100, 10.0), metavar="N/SECONDS")
     group.add_argument("--no-rate-limit", action="store_true")
@@ -1044,6 +1101,7 @@ def main(argv=None):
     fake = FakeSendry(
         api_key=args.api_key,
         audience_id=args.audience_id,
+        audiences=args.extra_audience,
         rate_limit=None if args.no_rate_limit else args.rate_limit,
         read_only_key=args.read_only_key,
         port=args.port,

@@ -2,8 +2,10 @@
 """A throwaway PostgreSQL cluster for tests, the demo and the benchmark.
 
 initdb + pg_ctl in a temporary directory, listening only on a Unix socket in that
-directory, with fsync off. The cluster is always stopped and removed, even when the
-code using it fails. As root (CI), the server runs as the `postgres` system user.
+directory, with fsync off (durable=True, or --server-defaults: PostgreSQL's own defaults
+for fsync, full_page_writes and synchronous_commit, as `make bench` measures). The cluster
+is always stopped and removed, even when the code using it fails. As root (CI), the
+server runs as the `postgres` system user.
 
 As a library (pytest):
     with Cluster(supabase=True) as pg:
@@ -11,7 +13,7 @@ As a library (pytest):
         pg.dsn                             # libpq conninfo for role postgres
 
 As a command (shell scripts, make):
-    pgharness.py run [--supabase] [--install] [--keep-going] -- CMD ARGS...
+    pgharness.py run [--plain] [--install] [--server-defaults] -- CMD ARGS...
 runs CMD with PGHOST, PGPORT, PGUSER, PGDATABASE and DATABASE_URL set, then stops
 the cluster and exits with CMD's status.
 """
@@ -53,8 +55,9 @@ def pg_bindir():
 class Cluster:
     SUPERUSER = "supabase_admin"
 
-    def __init__(self, supabase=True, install=False, port=None):
+    def __init__(self, supabase=True, install=False, port=None, durable=False):
         self.supabase = supabase
+        self.durable = durable
         self.install_on_start = install
         self.bindir = pg_bindir()
         self.port = port or (20000 + os.getpid() % 20000)
@@ -117,8 +120,9 @@ class Cluster:
                         "listen_addresses = ''\n"
                         f"unix_socket_directories = '{self.dir}'\n"
                         f"port = {self.port}\n"
-                        "fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n"
-                        "max_connections = 50\n"
+                        + ("" if self.durable else
+                           "fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n")
+                        + "max_connections = 50\n"
                         "log_min_messages = warning\n")
             self.pg_start()
             if self.supabase:
@@ -196,12 +200,14 @@ def main():
     run.add_argument("--plain", action="store_true",
                      help="a plain PostgreSQL (no Supabase auth schema); default is Supabase-shaped")
     run.add_argument("--install", action="store_true", help="apply sql/install.sql first")
+    run.add_argument("--server-defaults", action="store_true",
+                     help="keep fsync, full_page_writes and synchronous_commit at the server's defaults")
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         ap.error("no command given")
-    cluster = Cluster(supabase=not args.plain, install=args.install)
+    cluster = Cluster(supabase=not args.plain, install=args.install, durable=args.server_defaults)
     # Stop the cluster on SIGTERM too, not only on normal exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with cluster:

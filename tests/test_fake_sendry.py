@@ -1,5 +1,6 @@
 """Self-tests for tests/fake_sendry.py (run: /usr/bin/python3 -m pytest tests/test_fake_sendry.py -q)."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -198,11 +199,13 @@ def test_wait_for_timeout(fs):
         fs.wait_for(lambda f: len(f.contacts) > 0, timeout=0.1)
 
 
-def test_cli_mode(tmp_path):
+@contextlib.contextmanager
+def cli(tmp_path, *args):
+    """The fake as a CLI process: yields (process, base URL); SIGTERM must end it with 0."""
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
         [sys.executable, os.path.join(HERE, "fake_sendry.py"), "--port-file", str(port_file),
-         "--no-rate-limit"],
+         "--no-rate-limit", *args],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -211,8 +214,18 @@ def test_cli_mode(tmp_path):
             assert proc.poll() is None, "fake-sendry exited early"
             assert time.monotonic() < deadline, "port file never appeared"
             time.sleep(0.02)
-        port = int(port_file.read_text())
-        base = f"http://127.0.0.1:{port}"
+        yield proc, f"http://127.0.0.1:{int(port_file.read_text())}"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_cli_mode(tmp_path):
+    with cli(tmp_path) as (proc, base):
         assert proc.stdout.readline().strip() == f"fake-sendry listening on {base}"
 
         assert call(base, "POST", "/_control/fail_next", {"status": 500}, key=None)[0] == 200
@@ -223,10 +236,107 @@ def test_cli_mode(tmp_path):
         assert summary == [{"method": "GET", "path": "/v1/audiences/aud_test", "status": 500,
                             "n_contacts": 0}]
 
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+
+# --- audience membership, as the real API has it (sendry-api.md sections 1 and 2) -----------
+
+@pytest.fixture
+def multi():
+    fake = FakeSendry(api_key=KEY, audience_id="aud_test", rate_limit=None,
+                      audiences={"aud_trial": "Trial", "aud_customers": "Customers"})
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+def test_several_audiences_exist_at_once(multi):
+    status, _, body = call(multi.url, "GET", "/v1/audiences?limit=2")
+    assert status == 200 and [a["id"] for a in body["data"]] == ["aud_test", "aud_trial"] and body["has_more"]
+    body = call(multi.url, "GET", f"/v1/audiences?limit=2&cursor={body['next_cursor']}")[2]
+    assert [(a["id"], a["name"], a["member_count"]) for a in body["data"]] == [("aud_customers", "Customers", 0)]
+    assert not body["has_more"] and body["next_cursor"] is None
+    assert call(multi.url, "GET", "/v1/audiences/aud_trial")[2]["name"] == "Trial"
+    assert call(multi.url, "GET", "/v1/audiences/aud_nope")[0] == 404
+    multi.add_audience("aud_new", "Later")
+    assert call(multi.url, "GET", "/v1/audiences/aud_new")[2]["name"] == "Later"
+    multi.reset()
+    assert sorted(multi.audiences) == ["aud_customers", "aud_test", "aud_trial"], "reset keeps the configured ones"
+
+
+def test_import_adds_membership_of_its_audience_only(multi):
+    call(multi.url, "POST", "/v1/contacts/import",
+         {"contacts": [{"email": "a@x.io"}, {"email": "b@x.io"}], "audience_id": "aud_trial"})
+    call(multi.url, "POST", "/v1/contacts/import", {"contacts": [{"email": "a@x.io"}], "audience_id": "aud_customers"})
+    assert multi.members("aud_trial") == ["a@x.io", "b@x.io"]
+    assert multi.members("aud_customers") == ["a@x.io"]
+    assert multi.members("aud_test") == []
+    assert multi.contacts["a@x.io"]["audiences"] == {"aud_trial", "aud_customers"}
+    assert call(multi.url, "GET", "/v1/audiences/aud_trial")[2]["member_count"] == 2
+    # by-email restricted to an audience finds members only
+    assert call(multi.url, "GET", "/v1/contacts/by-email?email=b@x.io&audience_id=aud_trial")[0] == 200
+    assert call(multi.url, "GET", "/v1/contacts/by-email?email=b@x.io&audience_id=aud_customers")[0] == 404
+    assert call(multi.url, "GET", "/v1/contacts/by-email?email=b@x.io")[0] == 200
+    status, _, body = call(multi.url, "POST", "/v1/contacts/import",
+                           {"contacts": [{"email": "c@x.io"}], "audience_id": "aud_nope"})
+    assert status == 404 and "c@x.io" not in multi.contacts, "an unknown audience fails the whole import"
+
+
+def test_add_and_remove_members(multi):
+    a = call(multi.url, "POST", "/v1/contacts", {"email": "a@x.io", "audience_id": "aud_trial"})[2]
+    b = call(multi.url, "POST", "/v1/contacts", {"email": "b@x.io"})[2]
+    status, _, body = call(multi.url, "POST", "/v1/audiences/aud_customers/contacts",
+                           {"contact_ids": [a["id"], b["id"]]})
+    assert (status, body) == (200, {"added": 2})
+    status, _, body = call(multi.url, "POST", "/v1/audiences/aud_customers/contacts", {"contact_ids": [a["id"]]})
+    assert (status, body) == (200, {"added": 0}), "a member already is not counted again"
+    assert multi.members("aud_customers") == ["a@x.io", "b@x.io"]
+    assert call(multi.url, "POST", "/v1/audiences/aud_customers/contacts", {"contact_ids": []})[0] == 422
+    assert call(multi.url, "POST", "/v1/audiences/aud_customers/contacts",
+                {"contact_ids": ["ct_x"] * 101})[0] == 422, "at most 100 ids"
+    assert call(multi.url, "POST", "/v1/audiences/aud_customers/contacts", {"contact_ids": ["ct_999"]})[0] == 404
+
+    status, _, body = call(multi.url, "DELETE", f"/v1/audiences/aud_trial/contacts/{a['id']}")
+    assert (status, body) == (200, {"deleted": True})
+    assert multi.members("aud_trial") == [] and multi.members("aud_customers") == ["a@x.io", "b@x.io"]
+    assert "a@x.io" in multi.contacts, "leaving an audience never deletes the contact"
+    assert call(multi.url, "DELETE", f"/v1/audiences/aud_trial/contacts/{a['id']}")[0] == 404, "not a member any more"
+    assert call(multi.url, "DELETE", f"/v1/audiences/aud_nope/contacts/{a['id']}")[0] == 404
+    assert call(multi.url, "GET", f"/v1/contacts/{a['id']}")[2]["audiences"] == ["aud_customers"]
+
+
+def test_list_members_paginated(multi):
+    emails = [f"m{i}@x.io" for i in range(5)]
+    call(multi.url, "POST", "/v1/contacts/import",
+         {"contacts": [{"email": e} for e in emails], "audience_id": "aud_customers"})
+    call(multi.url, "POST", "/v1/contacts", {"email": "other@x.io", "audience_id": "aud_trial"})
+    seen, cursor = [], None
+    while True:
+        path = "/v1/audiences/aud_customers/contacts?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        status, _, body = call(multi.url, "GET", path)
+        assert status == 200
+        seen += [c["email"] for c in body["data"]]
+        assert all("aud_customers" in c["audiences"] for c in body["data"])
+        if not body["has_more"]:
+            break
+        cursor = body["next_cursor"]
+    assert seen == emails, "members only, oldest first, every one once"
+    assert call(multi.url, "GET", "/v1/audiences/aud_nope/contacts")[0] == 404
+    assert call(multi.url, "GET", "/v1/audiences/aud_customers/contacts?limit=101")[0] == 422
+
+
+def test_removing_an_audience_keeps_its_contacts(multi):
+    call(multi.url, "POST", "/v1/contacts/import", {"contacts": [{"email": "a@x.io"}], "audience_id": "aud_trial"})
+    multi.remove_audience("aud_trial")
+    assert call(multi.url, "GET", "/v1/audiences/aud_trial")[0] == 404
+    assert multi.contacts["a@x.io"]["audiences"] == set()
+
+
+def test_cli_extra_audiences(tmp_path):
+    with cli(tmp_path, "--extra-audience", "aud_trial") as (_, base):
+        assert call(base, "GET", "/v1/audiences/aud_trial")[0] == 200
+        assert call(base, "POST", "/_control/add_audience", {"audience_id": "aud_more", "name": "More"},
+                    key=None)[0] == 200
+        call(base, "POST", "/v1/contacts/import", {"contacts": [{"email": "a@x.io"}], "audience_id": "aud_more"})
+        assert call(base, "GET", "/_control/audiences", key=None)[2] == {
+            "aud_test": [], "aud_trial": [], "aud_more": ["a@x.io"]}
+        assert call(base, "POST", "/_control/remove_audience", {"audience_id": "aud_more"}, key=None)[0] == 200
+        assert call(base, "GET", "/v1/audiences/aud_more")[0] == 404

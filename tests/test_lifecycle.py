@@ -298,7 +298,8 @@ def test_pending_changes_of_one_user_go_out_as_one(ldb, fake, workers):
               (json.dumps({"first_name": "Ivan", "last_name": "Ivanov"}), uid))
     change_email(ldb, uid, c)
     mine = [r for r in outbox(ldb) if r["user_id"] == uid]
-    assert [r["email"] for r in mine][0] == a and mine[-1]["email"] == c
+    assert [(r["email"], r["old_email"]) for r in mine] == [(a, None), (b, a), (b, None), (c, b)], \
+        "the name change (last_name through raw_user_meta_data) enqueues an upsert of its own"
     post_contact(fake, a)     # Sendry already has the first address
     before = len(user_requests(fake, {a, b, c}))
 
@@ -306,8 +307,9 @@ def test_pending_changes_of_one_user_go_out_as_one(ldb, fake, workers):
     reqs = user_requests(fake, {a, b, c})[before:]
     assert [(r["method"], r["path"], r["query"].get("email"), r["status"]) for r in reqs] == [
         ("PATCH", BY_EMAIL, a, 200)], reqs
-    assert reqs[0]["json"]["email"] == c
+    assert reqs[0]["json"]["email"] == c and reqs[0]["json"]["last_name"] == "Ivanov"
     assert set(fake.contacts) == {c} | {f"other{i}@example.com" for i in range(3)}
+    assert fake.contacts[c]["last_name"] == "Ivanov"
     assert ldb.all_sent(len(mine) + len(others))
     assert len({r["claim_id"] for r in claims(ldb) if r["id"] in {m["id"] for m in mine}}) == 1
 

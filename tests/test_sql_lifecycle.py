@@ -60,8 +60,20 @@ def data_rows(cluster):
         "SELECT 'outbox ' || o::text FROM public.sendry_outbox o"
         " UNION ALL SELECT 'settings ' || s::text FROM public.sendry_settings s"
         " UNION ALL SELECT 'inbox ' || i::text FROM public.sendry_inbox i"
-        " UNION ALL SELECT 'state ' || t::text FROM public.sendry_sync_state t ORDER BY 1",
+        " UNION ALL SELECT 'state ' || t::text FROM public.sendry_sync_state t"
+        " UNION ALL SELECT 'contact ' || c::text FROM public.sendry_contact_state c"
+        " UNION ALL SELECT 'error ' || e::text FROM public.sendry_enqueue_errors e ORDER BY 1",
         user=cluster.SUPERUSER)
+
+
+MAPPING_KEPT = ("NOTICE:  sendry-sync: kept public.sendry_contacts as it is: the contact mapping is yours,"
+                " install.sql never replaces it")
+
+
+def notices_only(stderr, *expected):
+    """stderr holds exactly these messages (each a substring of one line), in order."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == len(expected) and all(e in line for e, line in zip(expected, lines)), stderr
 
 
 def connect(cluster, user):
@@ -175,7 +187,7 @@ def test_install_twice_is_a_noop(pg, gotrue, owner):
 
         r = run_psql(pg, "postgres", "-f", INSTALL)
         assert r.returncode == 0, r.stderr
-        assert r.stderr == "", f"second install printed on stderr:\n{r.stderr}"
+        notices_only(r.stderr, MAPPING_KEPT)
 
         assert pg_dump_schema(pg) == dump_before, "the second install changed the schema"
         assert data_rows(pg) == rows_before, "the second install touched rows (outbox, settings, inbox, state)"
@@ -201,7 +213,10 @@ def test_install_on_plain_postgresql():
             [["sendry_outbox_notify_insert"], ["sendry_outbox_notify_update"]]
         assert plain.query("SELECT relname, relrowsecurity FROM pg_class WHERE relname LIKE 'sendry%'"
                            " AND relkind = 'r' ORDER BY 1") == \
-            [["sendry_inbox", "t"], ["sendry_outbox", "t"], ["sendry_settings", "t"], ["sendry_sync_state", "t"]]
+            [["sendry_contact_state", "t"], ["sendry_enqueue_errors", "t"], ["sendry_inbox", "t"],
+             ["sendry_outbox", "t"], ["sendry_settings", "t"], ["sendry_sync_state", "t"]]
+        assert plain.query("SELECT to_regclass('public.sendry_contacts') IS NULL") == [["t"]], \
+            "no mapping without auth.users"
         assert plain.query("SELECT sync_on, on_delete FROM sendry_settings") == [["signup", "delete_contact"]]
         # The outbox works there: rows can be written and counted.
         plain.query("INSERT INTO sendry_outbox (email, payload) VALUES ('x@example.com', '{}')")
@@ -236,10 +251,17 @@ def test_failed_enqueue_is_a_warning_not_an_error(pg):
         conn.execute("ALTER TABLE public.sendry_outbox ADD CONSTRAINT sendry_test_reject CHECK (false) NOT VALID")
         conn.execute("SET ROLE supabase_auth_admin")
         conn.execute("SET search_path = auth")
+        uid = str(uuid.uuid4())
         conn.execute("INSERT INTO users (id, aud, role, email, raw_app_meta_data, raw_user_meta_data,"
                      " created_at, updated_at) VALUES (%s, 'authenticated', '', 'warn@example.com',"
-                     " '{}', '{}', now(), now())", (str(uuid.uuid4()),))
+                     " '{}', '{}', now(), now())", (uid,))
         assert conn.execute("SELECT count(*) FROM users WHERE email = 'warn@example.com'").fetchone()[0] == 1
+        conn.execute("RESET ROLE")
+        # ... and it is recorded where an operator sees it.
+        assert conn.execute("SELECT trigger_name, table_name, sqlstate, user_ids::text[] FROM public.sendry_enqueue_errors"
+                            " WHERE message LIKE '%sendry_test_reject%'").fetchall() == \
+            [("sendry_sync_users_insert", "auth.users", "23514", [uid])]
+        assert conn.execute("SELECT enqueue_errors_last_hour FROM public.sendry_outbox_stats").fetchone()[0] >= 1
     finally:
         conn.rollback()
         conn.close()
@@ -247,6 +269,31 @@ def test_failed_enqueue_is_a_warning_not_an_error(pg):
     assert len(warnings) == 1, notices
     assert warnings[0].startswith("sendry-sync: could not enqueue new users for Sendry:"), warnings[0]
     assert "sendry_test_reject" in warnings[0] and "23514" in warnings[0]
+
+
+def test_failed_enqueue_not_even_recorded_is_still_a_warning(pg):
+    """When recording the failure in sendry_enqueue_errors fails too, the WARNING still goes
+    out (a second one says that), and the sign-up still succeeds."""
+    conn = psycopg.connect(pg.dsn_for(pg.SUPERUSER))
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append((d.severity_nonlocalized, d.message_primary)))
+    try:
+        conn.execute("ALTER TABLE public.sendry_outbox ADD CONSTRAINT sendry_test_reject CHECK (false) NOT VALID")
+        conn.execute("ALTER TABLE public.sendry_enqueue_errors ADD CONSTRAINT sendry_test_reject_too CHECK (false) NOT VALID")
+        conn.execute("SET ROLE supabase_auth_admin")
+        conn.execute("SET search_path = auth")
+        conn.execute("INSERT INTO users (id, aud, role, email, raw_app_meta_data, raw_user_meta_data,"
+                     " created_at, updated_at) VALUES (%s, 'authenticated', '', 'warn.twice@example.com',"
+                     " '{}', '{}', now(), now())", (str(uuid.uuid4()),))
+        assert conn.execute("SELECT count(*) FROM users WHERE email = 'warn.twice@example.com'").fetchone()[0] == 1
+    finally:
+        conn.rollback()
+        conn.close()
+    warnings = [m for sev, m in notices if sev == "WARNING"]
+    assert len(warnings) == 2, notices
+    assert warnings[0].startswith("sendry-sync: could not enqueue new users for Sendry:"), warnings
+    assert warnings[1].startswith("sendry-sync: could not record that in public.sendry_enqueue_errors either:"), warnings
+    assert "sendry_test_reject_too" in warnings[1]
 
 
 def test_failed_enqueue_on_update_and_delete_is_a_warning(pg):
@@ -425,6 +472,124 @@ def test_design_backfill_statement_as_postgres(pg, listener, gotrue, owner):
                     f" WHERE id > {before} AND email = 'backfill.ada@example.com'") == [["Ada", "Lovelace"]]
 
 
+# --- the contact mapping and watched tables, across transactions ---------------------
+
+PROFILES_MAPPING = """
+CREATE TABLE IF NOT EXISTS public.profiles (id uuid PRIMARY KEY, plan text, locale text);
+CREATE OR REPLACE VIEW public.sendry_contacts WITH (security_invoker = true) AS
+SELECT u.id AS user_id, lower(btrim(u.email)) AS email,
+       NULLIF(btrim(u.raw_user_meta_data ->> 'first_name'), '') AS first_name,
+       NULLIF(btrim(u.raw_user_meta_data ->> 'last_name'), '') AS last_name,
+       jsonb_build_object('supabase_user_id', u.id::text, 'plan', COALESCE(p.plan, 'none'),
+                          'locale', p.locale) AS metadata,
+       CASE WHEN p.plan = 'trial' THEN ARRAY['aud_trial'] ELSE ARRAY['aud_customers'] END AS audiences
+FROM auth.users u LEFT JOIN public.profiles p ON p.id = u.id;
+"""
+
+
+def mapping_definition(cluster):
+    return cluster.query("SELECT replace(pg_get_viewdef('public.sendry_contacts'::regclass), E'\\n', ' ')")[0][0]
+
+
+def test_a_replaced_mapping_survives_reinstall(pg, gotrue, owner):
+    default = mapping_definition(pg)
+    r = run_psql(pg, "postgres", "-c", PROFILES_MAPPING)
+    assert r.returncode == 0, r.stderr
+    try:
+        mine = mapping_definition(pg)
+        assert mine != default and "profiles" in mine
+        r = run_psql(pg, "postgres", "-f", INSTALL)
+        assert r.returncode == 0, r.stderr
+        notices_only(r.stderr, MAPPING_KEPT)
+        assert mapping_definition(pg) == mine, "re-running install.sql replaced the project's mapping"
+        # ... and the triggers render through it.
+        uid = gotrue_signup(gotrue, "mapped@example.com", '{"first_name": "Map"}')
+        assert pg.query(f"SELECT payload->'metadata'->>'plan', payload->'audiences' FROM sendry_outbox"
+                        f" WHERE user_id = '{uid}'") == [["none", '["aud_customers"]']]
+        # The replaced view keeps its privileges: nothing for anon or authenticated.
+        assert pg.query("SELECT count(*) FROM aclexplode((SELECT relacl FROM pg_class"
+                        " WHERE oid = 'public.sendry_contacts'::regclass))"
+                        " WHERE grantee IN ('anon'::regrole, 'authenticated'::regrole)") == [["0"]]
+    finally:
+        owner.execute("DROP VIEW public.sendry_contacts")
+        r = run_psql(pg, "postgres", "-f", INSTALL)
+        assert r.returncode == 0 and "NOTICE" not in r.stderr, r.stderr
+        assert mapping_definition(pg) == default, "a dropped mapping is created again, as shipped"
+
+
+def test_reinstall_warns_about_a_mapping_that_lost_security_invoker(pg, owner):
+    """CREATE OR REPLACE VIEW without WITH (security_invoker = true) drops the option."""
+    definition = pg.query("SELECT pg_get_viewdef('public.sendry_contacts'::regclass)")
+    r = run_psql(pg, "postgres", "-c", "CREATE OR REPLACE VIEW public.sendry_contacts AS "
+                 + "\n".join(row[0] for row in definition))
+    assert r.returncode == 0, r.stderr
+    try:
+        r = run_psql(pg, "postgres", "-f", INSTALL)
+        assert r.returncode == 0, r.stderr
+        notices_only(r.stderr, "WARNING:  sendry-sync: public.sendry_contacts is not security_invoker", MAPPING_KEPT)
+    finally:
+        owner.execute("ALTER VIEW public.sendry_contacts SET (security_invoker = true)")
+    r = run_psql(pg, "postgres", "-f", INSTALL)
+    notices_only(r.stderr, MAPPING_KEPT)
+
+
+def test_notify_once_per_watched_change(pg, listener, gotrue, owner):
+    r = run_psql(pg, "postgres", "-c", PROFILES_MAPPING, "-c", "SELECT sendry_watch('public.profiles', 'id')")
+    assert r.returncode == 0, r.stderr
+    try:
+        uid = gotrue_signup(gotrue, "watched.notify@example.com")
+        assert listener.until_marker(gotrue) == [""]
+        owner.execute("INSERT INTO public.profiles (id, plan) VALUES (%s, 'trial')", (uid,))
+        assert listener.until_marker(owner) == [""], "a profile change that changes the contact notifies once"
+        owner.execute("UPDATE public.profiles SET locale = locale WHERE id = %s", (uid,))
+        assert listener.until_marker(owner) == [], "a profile change that changes no contact notifies nothing"
+        assert pg.query(f"SELECT payload->'audiences', payload->'leave_audiences' FROM sendry_outbox"
+                        f" WHERE user_id = '{uid}' ORDER BY id") == \
+            [['["aud_customers"]', ""], ['["aud_trial"]', '["aud_customers"]']]
+    finally:
+        owner.execute("SELECT sendry_unwatch('public.profiles')")
+        owner.execute("DROP VIEW public.sendry_contacts")
+        owner.execute("DROP TABLE public.profiles")
+        assert run_psql(pg, "postgres", "-f", INSTALL).returncode == 0
+
+
+BASELINE = "bf579a9"
+
+
+def test_upgrade_from_the_previous_release():
+    """install.sql of the previous release, a sign-up, then this one: the sign-up's contact is
+    kept, and a third run changes nothing."""
+    old = subprocess.run(["git", "-C", pgharness.ROOT, "show", f"{BASELINE}:sql/install.sql"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if old.returncode:
+        pytest.skip(f"no git history with {BASELINE} here")
+    with pgharness.Cluster(supabase=True) as cluster:
+        r = subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", cluster.dsn_for("postgres")],
+                           input=old.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert r.returncode == 0, r.stderr
+        conn = connect(cluster, "supabase_auth_admin")
+        try:
+            uid = gotrue_signup(conn, "before.upgrade@example.com", '{"first_name": "Old"}')
+            r = run_psql(cluster, "postgres", "-f", INSTALL)
+            assert r.returncode == 0, r.stderr
+            assert "NOTICE" not in r.stderr, "the upgrade creates the mapping (there was none)"
+            dump = pg_dump_schema(cluster)
+            r = run_psql(cluster, "postgres", "-f", INSTALL)
+            notices_only(r.stderr, MAPPING_KEPT)
+            assert pg_dump_schema(cluster) == dump
+            # A user enqueued before the upgrade has no state: a name change enqueues, an
+            # email change still carries the previous address.
+            conn.execute("UPDATE users SET raw_user_meta_data = '{\"first_name\": \"New\"}' WHERE id = %s", (uid,))
+            conn.execute("UPDATE users SET email = 'after.upgrade@example.com' WHERE id = %s", (uid,))
+            conn.execute("UPDATE users SET last_sign_in_at = now() WHERE id = %s", (uid,))
+        finally:
+            conn.close()
+        assert cluster.query(f"SELECT email, old_email, payload->>'first_name' FROM sendry_outbox"
+                             f" WHERE user_id = '{uid}' ORDER BY id") == \
+            [["before.upgrade@example.com", "", "Old"], ["before.upgrade@example.com", "", "New"],
+             ["after.upgrade@example.com", "before.upgrade@example.com", "New"]]
+
+
 # --- uninstall (last; reinstalls so the order of tests does not matter) -------------
 
 SENDRY_OBJECTS = ("SELECT 'rel ' || relname FROM pg_class WHERE relname LIKE 'sendry%'"
@@ -435,7 +600,11 @@ SENDRY_OBJECTS = ("SELECT 'rel ' || relname FROM pg_class WHERE relname LIKE 'se
 
 
 def test_uninstall(pg):
+    r = run_psql(pg, "postgres", "-c", "CREATE TABLE public.profiles (id uuid PRIMARY KEY, plan text)",
+                 "-c", "SELECT sendry_watch('public.profiles', 'id')")
+    assert r.returncode == 0, r.stderr
     installed = pg.query(SENDRY_OBJECTS, user=pg.SUPERUSER)
+    assert ["trigger sendry_watch_update"] in installed
     for obj in ("trigger sendry_sync_users_insert", "trigger sendry_sync_users_update",
                 "trigger sendry_sync_users_delete", "rel sendry_outbox", "rel sendry_settings",
                 "rel sendry_inbox", "rel sendry_sync_state", "fn sendry_auth_users_deleted",
@@ -465,6 +634,9 @@ def test_uninstall(pg):
         gotrue_signup(gotrue, "after.uninstall@example.com")
     finally:
         gotrue.close()
+    assert pg.query("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.profiles'::regclass"
+                    " AND NOT tgisinternal", user=pg.SUPERUSER) == [["0"]], "the watch triggers are gone"
     r = run_psql(pg, "postgres", "-f", INSTALL)
     assert r.returncode == 0, r.stderr
-    assert pg.query(SENDRY_OBJECTS, user=pg.SUPERUSER) == installed
+    assert pg.query(SENDRY_OBJECTS, user=pg.SUPERUSER) == \
+        [o for o in installed if not o[0].startswith("trigger sendry_watch_")]

@@ -1,7 +1,7 @@
 -- Every object sql/install.sql creates exists, with the shape DESIGN.md promises.
 -- Logged in as postgres (the role that ran the migration and owns the objects).
 BEGIN;
-SELECT plan(118);
+SELECT plan(130);
 
 -- The outbox table and its columns (DESIGN.md: "columns at least").
 SELECT has_table('public', 'sendry_outbox', 'table public.sendry_outbox exists');
@@ -170,7 +170,8 @@ SELECT col_is_pk('public', 'sendry_sync_state', 'key', 'sendry_sync_state.key is
 -- The stats view.
 SELECT has_view('public', 'sendry_outbox_stats', 'view public.sendry_outbox_stats exists');
 SELECT columns_are('public', 'sendry_outbox_stats',
-                   ARRAY['pending', 'due', 'processing', 'sent', 'failed', 'oldest_due_age', 'failed_last_hour'],
+                   ARRAY['pending', 'due', 'processing', 'sent', 'failed', 'oldest_due_age', 'failed_last_hour',
+                         'pending_live', 'pending_bulk', 'enqueue_errors_last_hour'],
                    'sendry_outbox_stats has the documented columns');
 SELECT col_type_is('public', 'sendry_outbox_stats', 'pending', 'bigint', 'stats.pending is bigint');
 SELECT col_type_is('public', 'sendry_outbox_stats', 'oldest_due_age', 'interval', 'stats.oldest_due_age is interval');
@@ -217,39 +218,78 @@ SELECT isnt_definer('public', 'sendry_inbox_apply', ARRAY['bigint'],
                     'sendry_inbox_apply runs with the caller''s rights (not SECURITY DEFINER)');
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
-                   AND p.proconfig IS DISTINCT FROM ARRAY['search_path=""']
+                   AND COALESCE(NOT p.proconfig @> ARRAY['search_path=""'], true)
                  ORDER BY 1),
-          ARRAY['sendry_contact_payload']::text[],
-          'every sendry_* function pins an empty search_path, but the inlinable payload function');
--- The payload function has no SET clause so that it can be inlined; it must then
--- resolve nothing through the caller's search_path: a hostile search_path changes nothing.
+          ARRAY['sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload',
+                'sendry_render_contacts', 'sendry_user_is_synced']::text[],
+          'every sendry_* function pins an empty search_path, but the five SQL ones written to be inlined');
+-- Those have no SET clause so that they can be inlined; they must then resolve nothing
+-- through the caller's search_path: a hostile search_path changes nothing.
+SELECT ok(NOT EXISTS (SELECT 1 FROM pg_proc p
+                       WHERE p.pronamespace = 'public'::regnamespace
+                         AND p.proname IN ('sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload',
+                                           'sendry_render_contacts', 'sendry_user_is_synced')
+                         AND (p.prosecdef OR p.proconfig IS NOT NULL OR p.provolatile = 'v'
+                              OR p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'sql'))),
+          'the inlinable ones stay inlinable: LANGUAGE sql, not volatile, no SET clause, not SECURITY DEFINER');
+INSERT INTO auth.users (id, email, raw_user_meta_data, is_anonymous)
+VALUES ('00000000-0000-4000-8000-000000000091', ' Ada@Example.com ', '{"full_name": "Ada King Lovelace"}', false);
 CREATE SCHEMA hostile_test;
 CREATE FUNCTION hostile_test.lower(text) RETURNS text LANGUAGE sql AS $$ SELECT 'HIJACKED' $$;
 CREATE FUNCTION hostile_test.btrim(text) RETURNS text LANGUAGE sql AS $$ SELECT 'HIJACKED' $$;
+CREATE FUNCTION hostile_test.jsonb_strip_nulls(jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT '{}'::jsonb $$;
 SET LOCAL search_path = hostile_test, pg_catalog, public;
-SELECT is(public.sendry_contact_payload(ROW('00000000-0000-0000-0000-000000000000'::uuid, NULL, NULL, NULL,
-              ' Ada@Example.com ', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-              '{"full_name": "Ada King Lovelace"}'::jsonb, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-              NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, false)::auth.users) ->> 'email',
+SELECT is(public.sendry_contact_payload((SELECT u FROM auth.users u WHERE id = '00000000-0000-4000-8000-000000000091')) ->> 'email',
           'ada@example.com', 'the payload function ignores functions planted earlier on search_path');
+SELECT is((SELECT body ->> 'first_name' FROM public.sendry_render_contacts(ARRAY['00000000-0000-4000-8000-000000000091'::uuid])),
+          'Ada', 'so does sendry_render_contacts');
+SELECT ok((SELECT public.sendry_user_is_synced(u, 'signup') FROM auth.users u WHERE id = '00000000-0000-4000-8000-000000000091'),
+          'and sendry_user_is_synced');
 RESET search_path;
-SELECT ok(NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = 'public.sendry_contact_payload(auth.users)'::regprocedure
-                      AND (p.prosecdef OR p.proconfig IS NOT NULL OR p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'sql'))),
-          'sendry_contact_payload stays inlinable: LANGUAGE sql, no SET clause, not SECURITY DEFINER');
+DELETE FROM auth.users WHERE id = '00000000-0000-4000-8000-000000000091';
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
                  ORDER BY 1),
           ARRAY['sendry_auth_users_deleted', 'sendry_auth_users_inserted', 'sendry_auth_users_updated',
-                'sendry_contact_payload', 'sendry_inbox_apply', 'sendry_inbox_receive',
-                'sendry_outbox_notify_insert', 'sendry_outbox_notify_update', 'sendry_schema_version'],
+                'sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload', 'sendry_contact_problem',
+                'sendry_enqueue_contacts', 'sendry_inbox_apply', 'sendry_inbox_receive',
+                'sendry_outbox_notify_insert', 'sendry_outbox_notify_update', 'sendry_reconcile_contacts',
+                'sendry_render_contacts', 'sendry_schema_version', 'sendry_unwatch', 'sendry_user_is_synced',
+                'sendry_watch', 'sendry_watched_changed'],
           'exactly the expected sendry_* functions exist');
 SELECT matches(public.sendry_schema_version(), '^[0-9]+$',
                'sendry_schema_version() returns the version doctor compares with the binary''s');
+SELECT is_definer('public', 'sendry_watched_changed', ARRAY[]::name[],
+                  'sendry_watched_changed (the trigger of watched tables) is SECURITY DEFINER');
+SELECT ok(NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+                         AND p.proname IN ('sendry_watch', 'sendry_unwatch', 'sendry_reconcile_contacts',
+                                           'sendry_enqueue_contacts', 'sendry_render_contacts', 'sendry_contact_problem')
+                         AND p.prosecdef),
+          'the functions an operator calls run with the caller''s rights');
+
+-- The contact mapping: a view with the documented columns, security_invoker.
+SELECT has_view('public', 'sendry_contacts', 'view public.sendry_contacts (the contact mapping) exists');
+SELECT is(ARRAY(SELECT format('%s %s', attname, format_type(atttypid, atttypmod)) FROM pg_attribute
+                 WHERE attrelid = 'public.sendry_contacts'::regclass AND attnum > 0 ORDER BY attnum),
+          ARRAY['user_id uuid', 'email text', 'first_name text', 'last_name text', 'metadata jsonb', 'audiences text[]'],
+          'sendry_contacts has the documented columns and types');
+SELECT ok((SELECT reloptions @> ARRAY['security_invoker=true'] FROM pg_class
+            WHERE oid = 'public.sendry_contacts'::regclass),
+          'sendry_contacts is security_invoker');
+SELECT has_view('public', 'sendry_watched_tables', 'view public.sendry_watched_tables exists');
+SELECT columns_are('public', 'sendry_contact_state', ARRAY['user_id', 'email', 'audiences', 'contact_hash', 'updated_at'],
+                   'sendry_contact_state has the documented columns');
+SELECT col_is_pk('public', 'sendry_contact_state', 'user_id', 'sendry_contact_state.user_id is the primary key');
+SELECT columns_are('public', 'sendry_enqueue_errors',
+                   ARRAY['id', 'occurred_at', 'trigger_name', 'table_name', 'sqlstate', 'message', 'user_ids'],
+                   'sendry_enqueue_errors has the documented columns');
 
 -- Triggers: on auth.users, AFTER ... FOR EACH STATEMENT (tgtype 4 = AFTER INSERT statement,
 -- 8 = AFTER DELETE statement, 16 = AFTER UPDATE statement), with transition tables, enabled;
--- on the outbox, one NOTIFY per INSERT statement without a transition table, and a row
--- trigger on UPDATE (17) with a WHEN clause.
+-- the UPDATE one on auth.users is AFTER UPDATE OF <columns> FOR EACH ROW WHEN (...)
+-- (tgtype 17), so that GoTrue's sign-in UPDATE runs nothing; on the outbox, one NOTIFY
+-- per INSERT statement without a transition table, and a row trigger on UPDATE (17)
+-- with a WHEN clause.
 SELECT has_trigger('auth', 'users', 'sendry_sync_users_insert', 'trigger sendry_sync_users_insert on auth.users');
 SELECT trigger_is('auth', 'users', 'sendry_sync_users_insert', 'public', 'sendry_auth_users_inserted',
                   'sendry_sync_users_insert calls sendry_auth_users_inserted()');
@@ -271,10 +311,20 @@ SELECT is(ARRAY(SELECT format('%s %s tgtype=%s enabled=%s old_table=%s new_table
                  FROM pg_trigger WHERE tgname LIKE 'sendry%' ORDER BY 1),
           ARRAY['auth.users sendry_sync_users_delete tgtype=8 enabled=O old_table=t new_table=f',
                 'auth.users sendry_sync_users_insert tgtype=4 enabled=O old_table=f new_table=t',
-                'auth.users sendry_sync_users_update tgtype=16 enabled=O old_table=t new_table=t',
+                'auth.users sendry_sync_users_update tgtype=17 enabled=O old_table=f new_table=f',
                 'sendry_outbox sendry_outbox_notify_insert tgtype=4 enabled=O old_table=f new_table=f',
                 'sendry_outbox sendry_outbox_notify_update tgtype=17 enabled=O old_table=f new_table=f'],
-          'the five triggers are AFTER, enabled; the outbox''s copy nothing per row');
+          'the five triggers are AFTER and enabled; the outbox''s copy nothing per row');
+SELECT ok((SELECT tgqual IS NOT NULL AND tgattr::int2[] <> '{}'
+                  AND NOT (tgattr::int2[] && ARRAY(SELECT attnum FROM pg_attribute
+                                                     WHERE attrelid = 'auth.users'::regclass
+                                                       AND attname IN ('last_sign_in_at', 'updated_at', 'role')))
+                  AND tgattr::int2[] @> ARRAY(SELECT attnum FROM pg_attribute
+                                               WHERE attrelid = 'auth.users'::regclass
+                                                 AND attname IN ('email', 'raw_user_meta_data', 'raw_app_meta_data',
+                                                                 'email_confirmed_at', 'is_anonymous', 'deleted_at'))
+             FROM pg_trigger WHERE tgname = 'sendry_sync_users_update'),
+          'the UPDATE trigger lists email, the metadata, confirmation, is_anonymous and deleted_at, not last_sign_in_at, updated_at or role');
 
 -- Row level security.
 SELECT ok((SELECT relrowsecurity FROM pg_class WHERE oid = 'public.sendry_outbox'::regclass),
@@ -282,9 +332,9 @@ SELECT ok((SELECT relrowsecurity FROM pg_class WHERE oid = 'public.sendry_outbox
 SELECT is(ARRAY(SELECT format('%s rls=%s', c.relname, c.relrowsecurity) FROM pg_class c
                  WHERE c.relnamespace = 'public'::regnamespace AND c.relname LIKE 'sendry%'
                    AND c.relkind IN ('r', 'p') ORDER BY 1),
-          ARRAY['sendry_inbox rls=t', 'sendry_outbox rls=t', 'sendry_settings rls=t',
-                'sendry_sync_state rls=t'],
-          'exactly the four sendry_* tables exist, each with row level security enabled');
+          ARRAY['sendry_contact_state rls=t', 'sendry_enqueue_errors rls=t', 'sendry_inbox rls=t',
+                'sendry_outbox rls=t', 'sendry_settings rls=t', 'sendry_sync_state rls=t'],
+          'exactly the six sendry_* tables exist, each with row level security enabled');
 
 SELECT * FROM finish();
 ROLLBACK;

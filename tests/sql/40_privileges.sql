@@ -5,7 +5,7 @@
 -- authenticated have USAGE and EXECUTE, so only the sendry_* objects can deny.
 \connect - authenticator
 BEGIN;
-SELECT plan(89);
+SELECT plan(143);
 
 SELECT is(current_user::text, 'authenticator', 'logged in as authenticator, like PostgREST');
 SELECT throws_ok('SELECT * FROM public.sendry_outbox', '42501', 'permission denied for table sendry_outbox',
@@ -54,6 +54,18 @@ SELECT throws_ok($$SELECT public.sendry_inbox_receive(p_event_id => 'evt_forged'
                  'anon: sendry_inbox_receive with named arguments (as /rest/v1/rpc calls it) is denied');
 SELECT throws_ok('SELECT public.sendry_inbox_apply(1)', '42501', 'permission denied for function sendry_inbox_apply',
                  'anon: EXECUTE sendry_inbox_apply is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_contacts', '42501', 'permission denied for view sendry_contacts',
+                 'anon: SELECT sendry_contacts (every user''s address) is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_contact_state', '42501', 'permission denied for table sendry_contact_state',
+                 'anon: SELECT sendry_contact_state is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_enqueue_errors', '42501', 'permission denied for table sendry_enqueue_errors',
+                 'anon: SELECT sendry_enqueue_errors is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_reconcile_contacts()', '42501',
+                 'permission denied for function sendry_reconcile_contacts', 'anon: EXECUTE sendry_reconcile_contacts is denied');
+SELECT throws_ok($$SELECT public.sendry_watch('public.sendry_settings'::regclass, 'singleton')$$, '42501',
+                 'permission denied for function sendry_watch', 'anon: EXECUTE sendry_watch is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_render_contacts(NULL)', '42501',
+                 'permission denied for function sendry_render_contacts', 'anon: EXECUTE sendry_render_contacts is denied');
 RESET ROLE;
 
 -- As authenticated.
@@ -100,10 +112,17 @@ SELECT throws_ok($$SELECT public.sendry_inbox_receive(p_event_id => 'evt_forged'
                  'authenticated: sendry_inbox_receive with named arguments (as /rest/v1/rpc calls it) is denied');
 SELECT throws_ok('SELECT public.sendry_inbox_apply(1)', '42501', 'permission denied for function sendry_inbox_apply',
                  'authenticated: EXECUTE sendry_inbox_apply is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_contacts', '42501', 'permission denied for view sendry_contacts',
+                 'authenticated: SELECT sendry_contacts is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_enqueue_errors', '42501', 'permission denied for table sendry_enqueue_errors',
+                 'authenticated: SELECT sendry_enqueue_errors is denied');
+SELECT throws_ok('SELECT * FROM public.sendry_reconcile_contacts()', '42501',
+                 'permission denied for function sendry_reconcile_contacts',
+                 'authenticated: EXECUTE sendry_reconcile_contacts is denied');
 RESET ROLE;
 
--- No privilege of any kind for anon, authenticated and PUBLIC, per object (16 objects x 3
--- roles = 48 tests). Trigger functions are checked here rather than called. Functions are
+-- No privilege of any kind for anon, authenticated and PUBLIC, per object (31 objects x 3
+-- roles = 93 tests). Trigger functions are checked here rather than called. Functions are
 -- looked up by OID: authenticator has no USAGE on schema auth to parse "(auth.users)".
 SELECT ok(NOT granted, format('%s has no %s privilege on %s', grantee, kind, obj))
 FROM (
@@ -140,7 +159,22 @@ FROM (
                  (13, 'function', 'sendry_auth_users_deleted'),
                  (14, 'function', 'sendry_inbox_receive'),
                  (15, 'function', 'sendry_inbox_apply'),
-                 (16, 'function', 'sendry_schema_version')) AS o (n, kind, obj)
+                 (16, 'view', 'public.sendry_contacts'),
+                 (17, 'table', 'public.sendry_contact_state'),
+                 (18, 'table', 'public.sendry_enqueue_errors'),
+                 (19, 'sequence', 'public.sendry_enqueue_errors_id_seq'),
+                 (20, 'view', 'public.sendry_watched_tables'),
+                 (21, 'function', 'sendry_watch'),
+                 (22, 'function', 'sendry_unwatch'),
+                 (23, 'function', 'sendry_watched_changed'),
+                 (24, 'function', 'sendry_reconcile_contacts'),
+                 (25, 'function', 'sendry_enqueue_contacts'),
+                 (26, 'function', 'sendry_render_contacts'),
+                 (27, 'function', 'sendry_contact_body'),
+                 (28, 'function', 'sendry_contact_problem'),
+                 (29, 'function', 'sendry_user_is_synced'),
+                 (30, 'function', 'sendry_changed_contacts'),
+                 (31, 'function', 'sendry_schema_version')) AS o (n, kind, obj)
     ORDER BY g.grantee, o.n
 ) AS checks;
 
@@ -168,11 +202,12 @@ $$, 'no ACL entry for anon, authenticated or PUBLIC on any sendry_* relation, co
 SELECT is(ARRAY(SELECT relname::text FROM pg_class WHERE relnamespace = 'public'::regnamespace
                                                   AND relname LIKE 'sendry%' AND relkind IN ('r', 'v', 'S')
                  ORDER BY 1),
-          ARRAY['sendry_inbox', 'sendry_inbox_id_seq', 'sendry_outbox', 'sendry_outbox_id_seq',
-                'sendry_outbox_stats', 'sendry_settings', 'sendry_sync_state'],
-          'the ACL check above saw the four tables, the view and the two sequences');
+          ARRAY['sendry_contact_state', 'sendry_contacts', 'sendry_enqueue_errors', 'sendry_enqueue_errors_id_seq',
+                'sendry_inbox', 'sendry_inbox_id_seq', 'sendry_outbox', 'sendry_outbox_id_seq',
+                'sendry_outbox_stats', 'sendry_settings', 'sendry_sync_state', 'sendry_watched_tables'],
+          'the ACL check above saw the six tables, the three views and the three sequences');
 SELECT is((SELECT count(*)::int FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'sendry%'),
-          9, 'the ACL check above saw the nine functions');
+          19, 'the ACL check above saw the nineteen functions');
 
 SELECT * FROM finish();
 ROLLBACK;
