@@ -166,8 +166,17 @@ void claim_free(struct claimer *c)
     free(c);
 }
 
+static void free_list(char **list, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+}
+
 void row_free(struct row *row)
 {
+    free_list(row->audiences, row->naudiences);
+    free_list(row->leave, row->nleave);
     free(row->email);
     free(row->old_email);
     json_object_put(row->payload);
@@ -193,7 +202,7 @@ static int by_head_then_id(const void *a, const void *b)
 
 /* The contact of rows g[0..n) (oldest first): the newest row's state, moving from the
  * address Sendry knew before the oldest one, if that is another. */
-static struct row *contact_of(PGresult *res, const struct claimed *g, size_t n)
+static struct row *contact_of(const struct claimer *c, PGresult *res, const struct claimed *g, size_t n)
 {
     int newest = g[n - 1].index, oldest = g[0].index;
     struct row *row = xcalloc(1, sizeof *row);
@@ -201,6 +210,7 @@ static struct row *contact_of(PGresult *res, const struct claimed *g, size_t n)
     row->email = sendry_normalize_email(PQgetvalue(res, newest, 2));
     row->payload = json_tokener_parse(PQgetvalue(res, newest, 3));
     row->op = strcmp(PQgetvalue(res, newest, 7), "delete") == 0 ? OP_DELETE : OP_UPSERT;
+    sendry_contact_audiences(row, c->cfg->audience_id);
     const char *before = PQgetisnull(res, oldest, 8) ? PQgetvalue(res, oldest, 2) : PQgetvalue(res, oldest, 8);
     char *old = sendry_normalize_email(before);
     if (strcmp(old, row->email) != 0)
@@ -240,7 +250,7 @@ static void fill_batch(struct claimer *c, PGresult *res, struct claim_batch *bat
     for (int i = 0, j; i < n; i = j) {
         for (j = i; j < n && all[j].head == all[i].head; j++)
             ;
-        batch->rows[batch->n++] = contact_of(res, all + i, (size_t)(j - i));
+        batch->rows[batch->n++] = contact_of(c, res, all + i, (size_t)(j - i));
     }
     free(all);
 }

@@ -103,30 +103,50 @@ void deliver_free(struct deliverer *d)
     free(d);
 }
 
-void deliver_take(struct deliverer *d, struct claim_batch *batch)
+/* The shared request, waiting to fill, of contacts of one class in one audience. */
+struct filling {
+    struct job *job;
+    const char *audience;
+};
+
+static struct job *shared_job(struct deliverer *d, struct filling *f, size_t *nf, const struct row *row)
 {
     size_t limit = d->cfg->mode == MODE_IMPORT ? (size_t)d->cfg->batch_size : 1;
-    enum req_kind shared = d->cfg->mode == MODE_IMPORT ? REQ_IMPORT : REQ_CREATE;
-    struct job *jobs[2] = {NULL, NULL};   /* the shared request of bulk rows, of live rows */
+    const char *audience = row->naudiences ? row->audiences[0] : NULL;
+    for (size_t i = 0; i < *nf; i++) {
+        bool same = f[i].job->live == row->live &&
+                    (audience && f[i].audience ? strcmp(audience, f[i].audience) == 0 : audience == f[i].audience);
+        if (!same)
+            continue;
+        if (f[i].job->n < limit)
+            return f[i].job;
+        push_back(d, f[i].job);
+        f[i] = f[--*nf];
+        break;
+    }
+    struct job *job = job_new(d->cfg->mode == MODE_IMPORT ? REQ_IMPORT : REQ_CREATE, limit);
+    job->shared = true;
+    job_set_audience(job, audience);
+    job->live = row->live;
+    f[(*nf)++] = (struct filling){job, audience};
+    return job;
+}
+
+void deliver_take(struct deliverer *d, struct claim_batch *batch)
+{
+    struct filling *f = xcalloc(batch->n ? batch->n : 1, sizeof *f);
+    size_t nf = 0;
     for (size_t i = 0; i < batch->n; i++) {
         struct row *row = batch->rows[i];
-        struct job *own = job_for_row(row);
-        if (own) {
+        struct job *own = job_for_row(row, d->cfg);
+        if (own)
             push_back(d, own);
-            continue;
-        }
-        struct job **job = &jobs[row->live];
-        if (*job && (*job)->n == limit) {
-            push_back(d, *job);
-            *job = NULL;
-        }
-        if (!*job)
-            *job = job_new(shared, limit);
-        job_add(*job, row);
+        else
+            job_add(shared_job(d, f, &nf, row), row);
     }
-    for (int k = 1; k >= 0; k--)
-        if (jobs[k])
-            push_back(d, jobs[k]);
+    for (size_t i = 0; i < nf; i++)
+        push_back(d, f[i].job);
+    free(f);
     batch->n = 0;
 }
 

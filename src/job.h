@@ -5,6 +5,10 @@
  *   move    PATCH /v1/contacts/by-email?email=<old>; 404 (Sendry never had the old
  *           address) -> import the new one; 409 (both exist) -> import the new one, then
  *           look up and delete the old one
+ *   audiences  a contact in other audiences than the default one alone, or that left
+ *           some: an import into each of its audiences, then a look-up of its id and
+ *           DELETE /v1/audiences/{audience}/contacts/{id} for each it left (a contact is
+ *           never deleted for leaving an audience)
  *   delete  GET /v1/contacts/by-email?email=<address> -> DELETE /v1/contacts/{id}, or
  *           DELETE /v1/audiences/{audience}/contacts/{id}; 404 at any step: done; then
  *           the same for the old address, when the deleted contact was still moving
@@ -29,11 +33,19 @@ enum req_kind {
     REQ_REMOVE_MEMBER    /* DELETE /v1/audiences/{audience}/contacts/{id} */
 };
 
+/* What a look-up of a contact's id is for. */
+enum lookup_for { LOOKUP_DELETE, LOOKUP_OLD, LOOKUP_LEAVE };
+
 struct job {
     enum req_kind req;
     bool live;             /* one of its rows is live: it may use every token */
+    bool shared;           /* the import (or create) of several contacts' one audience */
     bool delete_old;       /* after this step: look up and delete the old address too */
+    enum lookup_for lookup_for;
     const char *lookup;    /* REQ_LOOKUP: the address to look up (borrowed from the row) */
+    char *audience;        /* import, create, remove: which audience (NULL: none); owned */
+    size_t next_audience;  /* a single-row job: the next of its audiences to import into */
+    size_t next_leave;     /* ... and the next audience it left, to take it out of */
     char contact_id[128];  /* from REQ_LOOKUP */
     struct row **rows;     /* owned */
     size_t n, cap;
@@ -51,20 +63,25 @@ enum advance {
 };
 
 struct job *job_new(enum req_kind req, size_t cap);
+/* Sets the audience of the job's next request (copied; NULL: none). */
+void job_set_audience(struct job *job, const char *audience);
 void job_add(struct job *job, struct row *row);
-/* The job a row starts: its own for a move or a deletion, else NULL (it shares one). */
-struct job *job_for_row(struct row *row);
+/* The job a row starts: its own for a move, a deletion or a change of audiences, else
+ * NULL: it shares the import (or, in --mode single, the create) of its one audience. */
+struct job *job_for_row(struct row *row, const struct config *cfg);
 void job_free(struct job *job);
 
 /* The request for the job's current step (never NULL). */
 struct http_request *job_request(const struct job *job, const struct config *cfg);
 /* The path of the job's current request, without the query (for messages). */
 const char *job_path(const struct job *job);
-/* True when the answer concerns the configured audience (a 404 means it is gone). */
-bool job_names_audience(const struct job *job);
+/* True when the request names the configured audience (a 404 may mean it is gone). */
+bool job_names_audience(const struct job *job, const struct config *cfg);
+/* The other audience a request names, whose 404 fails the rows (not the worker), or NULL. */
+const char *job_other_audience(const struct job *job, const struct config *cfg);
 
 /* Moves the job along its steps after an answer (transport_ok answers only). */
-enum advance job_advance(struct job *job, const struct http_request *req);
+enum advance job_advance(struct job *job, const struct http_request *req, const struct config *cfg);
 
 /* Halves a batch rejected as a whole; the job's rows move to *a and *b. */
 void job_split(struct job *job, struct job **a, struct job **b);

@@ -180,20 +180,28 @@ size_t outcome_settle(struct outcome_env *env, struct job *job, const struct htt
         job_free(job);
         return 0;
     }
-    enum advance adv = req->transport_ok ? job_advance(job, req) : ADV_CLASSIFY;
+    enum advance adv = req->transport_ok ? job_advance(job, req, env->cfg) : ADV_CLASSIFY;
     if (adv == ADV_NEXT) {
         again[0] = job;
         return 1;
     }
     enum outcome oc = adv == ADV_DONE    ? OUTCOME_SENT
                       : adv == ADV_RETRY ? OUTCOME_RETRY
-                                         : sendry_classify(req->transport_ok, req->status, job_names_audience(job));
+                                         : sendry_classify(req->transport_ok, req->status,
+                                                           job_names_audience(job, env->cfg));
     char error[600] = "";
     double body_retry_after = -1;
+    const char *other = job_other_audience(job, env->cfg);
     if (adv == ADV_RETRY)
         snprintf(error, sizeof error, "HTTP %ld without a contact id", req->status);
     else if (oc != OUTCOME_SENT)
         outcome_describe(req, error, sizeof error, &body_retry_after);
+    if (other && req->transport_ok && req->status == 404) {
+        char said[400];
+        snprintf(said, sizeof said, "%s", error);
+        utf8_sanitize(said);
+        snprintf(error, sizeof error, "audience %.100s (named by the mapping) does not exist: %s", other, said);
+    }
     log_debug("http: %s %s -> %ld (%s, %zu rows, %.3f s)", req->method, req->url, req->status,
               outcome_name(oc), job->n, req->elapsed);
     int http = req->transport_ok ? (int)req->status : 0;

@@ -90,15 +90,62 @@ char *sendry_import_body(struct row *const *rows, size_t n, const char *audience
     for (size_t i = 0; i < n; i++)
         json_object_array_add(contacts, sendry_contact(rows[i]));
     json_object_object_add(body, "contacts", contacts);
-    json_object_object_add(body, "audience_id", json_object_new_string(audience_id));
+    if (audience_id)
+        json_object_object_add(body, "audience_id", json_object_new_string(audience_id));
     return dup_json(body);
 }
 
 char *sendry_contact_body(const struct row *r, const char *audience_id)
 {
     json_object *c = sendry_contact(r);
-    json_object_object_add(c, "audience_id", json_object_new_string(audience_id));
+    if (audience_id)
+        json_object_object_add(c, "audience_id", json_object_new_string(audience_id));
     return dup_json(c);
+}
+
+static bool listed(char *const *list, size_t n, const char *s)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(list[i], s) == 0)
+            return true;
+    return false;
+}
+
+/* The strings of payload[key], "default" resolved, without repeats or those in `not`. */
+static char **audience_list(json_object *payload, const char *key, const char *dflt,
+                            char *const *not, size_t nnot, size_t *n)
+{
+    json_object *arr = NULL;
+    *n = 0;
+    if (!payload || !json_object_object_get_ex(payload, key, &arr) || !json_object_is_type(arr, json_type_array))
+        return NULL;
+    size_t len = json_object_array_length(arr);
+    char **out = xcalloc(len ? len : 1, sizeof *out);
+    for (size_t i = 0; i < len; i++) {
+        json_object *v = json_object_array_get_idx(arr, i);
+        if (!json_object_is_type(v, json_type_string))
+            continue;
+        const char *id = strcmp(json_object_get_string(v), "default") == 0 ? dflt : json_object_get_string(v);
+        if (!listed(out, *n, id) && !listed(not, nnot, id))
+            out[(*n)++] = xstrdup(id);
+    }
+    return out;
+}
+
+void sendry_contact_audiences(struct row *r, const char *default_audience)
+{
+    json_object *v = NULL;
+    bool named = r->payload && json_object_object_get_ex(r->payload, "audiences", &v) &&
+                 json_object_is_type(v, json_type_array);
+    if (named) {
+        r->audiences = audience_list(r->payload, "audiences", default_audience, NULL, 0, &r->naudiences);
+    } else {
+        r->audiences = xcalloc(1, sizeof *r->audiences);
+        r->audiences[0] = xstrdup(default_audience);
+        r->naudiences = 1;
+    }
+    r->leave = audience_list(r->payload, "leave_audiences", default_audience, r->audiences,
+                             r->naudiences, &r->nleave);
 }
 
 char *sendry_move_body(const struct row *r)

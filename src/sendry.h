@@ -29,6 +29,10 @@ struct row {
     char *old_email;        /* owned, NULL unless the contact moves: the address Sendry knows */
     json_object *payload;   /* owned reference; may be NULL */
     bool live;              /* one of its rows is live (a change made now, not a backfill) */
+    char **audiences;       /* owned: the audiences it belongs to (the default one resolved) */
+    size_t naudiences;
+    char **leave;           /* owned: audiences it left (never among `audiences`) */
+    size_t nleave;
     int attempts;           /* the most of its rows' attempts (for the backoff) */
     int max_attempts;
     struct row_ref *refs;   /* owned: every row this contact's claim holds, oldest first */
@@ -51,11 +55,16 @@ char *sendry_url_encode(const char *s);
 /* The "id" of a contact object in a response body, copied into id (false if none). */
 bool sendry_contact_id(const char *body, size_t len, char *id, size_t id_size);
 
-/* Body of POST /v1/contacts/import for rows[0..n): {"contacts":[...],"audience_id":...}.
- * Returns a malloc'd string (caller frees) or NULL on allocation failure. */
+/* The audiences a contact's payload names: "audiences" (absent or null: the default
+ * one; "default" in it: the default one) and "leave_audiences" (minus those it is in),
+ * each without repeats, into r->audiences and r->leave (which it owns from then on). */
+void sendry_contact_audiences(struct row *r, const char *default_audience);
+
+/* Body of POST /v1/contacts/import for rows[0..n): {"contacts":[...],"audience_id":...}
+ * (no audience_id when audience_id is NULL). Caller frees. */
 char *sendry_import_body(struct row *const *rows, size_t n, const char *audience_id);
 
-/* Body of POST /v1/contacts for one row, with audience_id. Caller frees. */
+/* Body of POST /v1/contacts for one row, with audience_id (unless NULL). Caller frees. */
 char *sendry_contact_body(const struct row *r, const char *audience_id);
 
 /* The contact object for one row: email, first_name, last_name, metadata (every value a
