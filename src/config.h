@@ -2,7 +2,12 @@
  *
  * config_load() fills a struct config or writes one line naming the bad setting into
  * err and returns false (the caller exits 2). Strings in struct config are owned by it
- * and freed by config_free(). The API key is read but never printed. */
+ * and freed by config_free(). The API key is read but never printed.
+ *
+ * Called by main.c (config_load, config_usage), vault.c (config_check_api_key) and
+ * doctor (config_key_source_name). config.c loads; the option table and --help are in
+ * config_options.c, the key sources in config_keys.c, the checks in config_validate.c
+ * (see config_priv.h). */
 #ifndef SENDRY_CONFIG_H
 #define SENDRY_CONFIG_H
 

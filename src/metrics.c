@@ -154,66 +154,89 @@ static void header(struct buf *b, const char *name, const char *type, const char
     put(b, "# HELP sendry_sync_%s %s\n# TYPE sendry_sync_%s %s\n", name, help, name, type);
 }
 
+/* One gauge holding a double (NaN and the infinities as the text format spells them). */
+static void gauge(struct buf *b, const char *name, const char *help, double v)
+{
+    header(b, name, "gauge", help);
+    put(b, "sendry_sync_%s ", name);
+    put_double(b, v);
+    put(b, "\n");
+}
+
+static void render_rows(struct buf *b)
+{
+    header(b, "rows_total", "counter", "Outbox rows completed by the relay, by outcome.");
+    put(b, "sendry_sync_rows_total{outcome=\"sent\"} %llu\n", metrics.rows_sent);
+    put(b, "sendry_sync_rows_total{outcome=\"failed\"} %llu\n", metrics.rows_failed);
+    put(b, "sendry_sync_rows_total{outcome=\"retried\"} %llu\n", metrics.rows_retried);
+}
+
+/* Sendry's answers by status, and the waits its rate limit caused. */
+static void render_http(struct buf *b)
+{
+    header(b, "http_responses_total", "counter",
+           "Sendry API responses by HTTP status; status=\"error\" counts transport errors.");
+    for (int i = 0; i <= METRICS_STATUS_MAX - METRICS_STATUS_MIN; i++)
+        if (metrics.http_status[i])
+            put(b, "sendry_sync_http_responses_total{status=\"%d\"} %llu\n", i + METRICS_STATUS_MIN,
+                metrics.http_status[i]);
+    put(b, "sendry_sync_http_responses_total{status=\"error\"} %llu\n", metrics.http_transport_errors);
+
+    header(b, "rate_limit_waits_total", "counter", "Times sending waited for the Sendry rate limit.");
+    put(b, "sendry_sync_rate_limit_waits_total %llu\n", metrics.rate_limit_waits);
+}
+
+/* The claim histogram: the buckets are kept per bucket and rendered cumulative. */
+static void render_claims(struct buf *b)
+{
+    header(b, "claim_batch_rows", "histogram", "Rows returned by each outbox claim.");
+    unsigned long long cumulative = 0;
+    for (int i = 0; i < METRICS_CLAIM_BUCKETS; i++) {
+        cumulative += metrics.claim_bucket[i];
+        put(b, "sendry_sync_claim_batch_rows_bucket{le=\"%u\"} %llu\n", claim_le[i], cumulative);
+    }
+    put(b, "sendry_sync_claim_batch_rows_bucket{le=\"+Inf\"} %llu\n", metrics.claim_count);
+    put(b, "sendry_sync_claim_batch_rows_sum %llu\n", metrics.claim_sum);
+    put(b, "sendry_sync_claim_batch_rows_count %llu\n", metrics.claim_count);
+}
+
+static void render_webhooks(struct buf *b)
+{
+    header(b, "webhook_events_total", "counter", "Webhook requests received, by event type and result.");
+    for (size_t i = 0; i < metrics.webhook_used; i++) {
+        put(b, "sendry_sync_webhook_events_total{type=\"");
+        put_label(b, metrics.webhook[i].type);
+        put(b, "\",result=\"");
+        put_label(b, metrics.webhook[i].result);
+        put(b, "\"} %llu\n", metrics.webhook[i].count);
+    }
+    header(b, "webhook_events_unrecorded_total", "counter",
+           "Webhook requests not counted by type because the label table was full.");
+    put(b, "sendry_sync_webhook_events_unrecorded_total %llu\n", metrics.webhook_unrecorded);
+}
+
+static void render_health(struct buf *b)
+{
+    header(b, "db_connected", "gauge", "1 if the PostgreSQL connection is up.");
+    put(b, "sendry_sync_db_connected %d\n", metrics.db_connected ? 1 : 0);
+
+    header(b, "sending_stopped", "gauge",
+           "1 if sending stopped on a condition retries cannot fix (bad key, unknown audience...).");
+    put(b, "sendry_sync_sending_stopped %d\n", metrics.sending_stopped ? 1 : 0);
+}
+
 char *metrics_render(void)
 {
     struct buf b = {.p = xmalloc(8192), .cap = 8192};
     b.p[0] = '\0';
-
-    header(&b, "rows_total", "counter", "Outbox rows completed by the relay, by outcome.");
-    put(&b, "sendry_sync_rows_total{outcome=\"sent\"} %llu\n", metrics.rows_sent);
-    put(&b, "sendry_sync_rows_total{outcome=\"failed\"} %llu\n", metrics.rows_failed);
-    put(&b, "sendry_sync_rows_total{outcome=\"retried\"} %llu\n", metrics.rows_retried);
-
-    header(&b, "http_responses_total", "counter",
-           "Sendry API responses by HTTP status; status=\"error\" counts transport errors.");
-    for (int i = 0; i <= METRICS_STATUS_MAX - METRICS_STATUS_MIN; i++)
-        if (metrics.http_status[i])
-            put(&b, "sendry_sync_http_responses_total{status=\"%d\"} %llu\n", i + METRICS_STATUS_MIN,
-                metrics.http_status[i]);
-    put(&b, "sendry_sync_http_responses_total{status=\"error\"} %llu\n", metrics.http_transport_errors);
-
-    header(&b, "rate_limit_waits_total", "counter", "Times sending waited for the Sendry rate limit.");
-    put(&b, "sendry_sync_rate_limit_waits_total %llu\n", metrics.rate_limit_waits);
-
-    header(&b, "claim_batch_rows", "histogram", "Rows returned by each outbox claim.");
-    unsigned long long cumulative = 0;
-    for (int i = 0; i < METRICS_CLAIM_BUCKETS; i++) {
-        cumulative += metrics.claim_bucket[i];
-        put(&b, "sendry_sync_claim_batch_rows_bucket{le=\"%u\"} %llu\n", claim_le[i], cumulative);
-    }
-    put(&b, "sendry_sync_claim_batch_rows_bucket{le=\"+Inf\"} %llu\n", metrics.claim_count);
-    put(&b, "sendry_sync_claim_batch_rows_sum %llu\n", metrics.claim_sum);
-    put(&b, "sendry_sync_claim_batch_rows_count %llu\n", metrics.claim_count);
-
-    header(&b, "backlog_due_rows", "gauge", "Outbox rows due for delivery now.");
-    put(&b, "sendry_sync_backlog_due_rows ");
-    put_double(&b, metrics.backlog_due);
-    put(&b, "\n");
-
-    header(&b, "oldest_due_age_seconds", "gauge", "Age of the oldest outbox row due for delivery.");
-    put(&b, "sendry_sync_oldest_due_age_seconds ");
-    put_double(&b, metrics.oldest_due_age_seconds);
-    put(&b, "\n");
-
-    header(&b, "webhook_events_total", "counter", "Webhook requests received, by event type and result.");
-    for (size_t i = 0; i < metrics.webhook_used; i++) {
-        put(&b, "sendry_sync_webhook_events_total{type=\"");
-        put_label(&b, metrics.webhook[i].type);
-        put(&b, "\",result=\"");
-        put_label(&b, metrics.webhook[i].result);
-        put(&b, "\"} %llu\n", metrics.webhook[i].count);
-    }
-    header(&b, "webhook_events_unrecorded_total", "counter",
-           "Webhook requests not counted by type because the label table was full.");
-    put(&b, "sendry_sync_webhook_events_unrecorded_total %llu\n", metrics.webhook_unrecorded);
-
-    header(&b, "db_connected", "gauge", "1 if the PostgreSQL connection is up.");
-    put(&b, "sendry_sync_db_connected %d\n", metrics.db_connected ? 1 : 0);
-
-    header(&b, "sending_stopped", "gauge",
-           "1 if sending stopped on a condition retries cannot fix (bad key, unknown audience...).");
-    put(&b, "sendry_sync_sending_stopped %d\n", metrics.sending_stopped ? 1 : 0);
-
+    render_rows(&b);
+    render_http(&b);
+    render_claims(&b);
+    gauge(&b, "backlog_due_rows", "Outbox rows due for delivery now.", metrics.backlog_due);
+    gauge(&b, "oldest_due_age_seconds", "Age of the oldest outbox row due for delivery.",
+          metrics.oldest_due_age_seconds);
+    render_webhooks(&b);
+    render_health(&b);
     if (b.failed) {
         free(b.p);
         return NULL;
