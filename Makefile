@@ -20,11 +20,11 @@ SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 SRCS     = src/xalloc.c src/config.c src/config_options.c src/config_keys.c src/config_validate.c \
            src/log.c src/backoff.c src/sendry.c src/http.c src/db.c \
            src/gate.c src/job.c src/claim.c src/deliver.c src/outcome.c src/complete.c \
-           src/reconcile.c src/inbox.c src/audience.c src/health.c \
+           src/reconcile.c src/prune.c src/inbox.c src/audience.c src/health.c \
            src/relay.c src/relay_setup.c src/webhook.c src/metrics.c src/httpd.c src/receiver.c \
            src/dbsync.c src/probe.c src/vault.c src/notify.c src/migrate.c \
            src/doctor.c src/doctor_db.c src/doctor_schema.c src/doctor_api.c \
-           src/status.c src/healthcheck.c src/main.c
+           src/status.c src/healthcheck.c src/backfill.c src/main.c
 HDRS     = $(wildcard src/*.h)
 GEN      = build/install_sql.c
 

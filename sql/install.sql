@@ -88,6 +88,13 @@ BEGIN
 END
 $install$;
 
+-- A queue: every row is written three times (insert, claim, completion) and, after
+-- --retain-sent days, deleted. Vacuum it well before it bloats (the defaults wait for 20%
+-- of the table to be dead), so its partial indexes stay the size of the backlog.
+ALTER TABLE public.sendry_outbox SET (autovacuum_vacuum_scale_factor = 0.02,
+                                      autovacuum_vacuum_insert_scale_factor = 0.05,
+                                      autovacuum_analyze_scale_factor = 0.02);
+
 COMMENT ON TABLE public.sendry_outbox IS
     'sendry-sync: contacts waiting to be delivered to Sendry. Requeue: UPDATE ... SET status=''pending'', next_attempt_at=now() WHERE status=''failed''.';
 

@@ -11,7 +11,8 @@
 /* The commands named by the first argument. */
 static const char *const command_names[] = {
     [CMD_RUN] = NULL, [CMD_MIGRATE] = "migrate", [CMD_DOCTOR] = "doctor",
-    [CMD_STATUS] = "status", [CMD_HEALTHCHECK] = "healthcheck",
+    [CMD_STATUS] = "status", [CMD_HEALTHCHECK] = "healthcheck", [CMD_BACKFILL] = "backfill",
+    [CMD_RECONCILE_CONTACTS] = "reconcile-contacts",
 };
 
 void config_set_string(char **dst, const char *value)
@@ -36,7 +37,9 @@ static void defaults(struct config *cfg)
     cfg->concurrency = 4;
     cfg->rate = 9;
     cfg->live_share = 20;
-    cfg->lease = 60;
+    cfg->lease = 120;
+    cfg->retain_sent = 7;
+    cfg->chunk_size = 5000;
     cfg->max_attempts = 12;
     cfg->poll_interval = 5;
     cfg->backoff_base = 1;
@@ -147,6 +150,7 @@ void config_free(struct config *cfg)
     config_free_secret(&cfg->api_key);
     config_free_secret(&cfg->webhook_secret);
     free(cfg->api_key_vault);
+    free(cfg->api_key_file);
     free(cfg->ca_file);
     free(cfg->listen);
     free(cfg->database_url);

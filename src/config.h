@@ -19,11 +19,14 @@
 
 #define SENDRY_SYNC_VERSION "0.1.0"
 #define SENDRY_MAX_BATCH 1000
+/* The most requests one job makes: an email change that finds both addresses (move,
+ * import, look-up, delete). A lease must outlast them (--lease >= this x --http-timeout). */
+#define SENDRY_JOB_MAX_REQUESTS 4
 
 enum send_mode { MODE_IMPORT = 0, MODE_SINGLE };
 /* The first argument picks the command; the worker (CMD_RUN) when there is none. */
-enum command { CMD_RUN = 0, CMD_MIGRATE, CMD_DOCTOR, CMD_STATUS, CMD_HEALTHCHECK, CMD_HELP,
-               CMD_VERSION };
+enum command { CMD_RUN = 0, CMD_MIGRATE, CMD_DOCTOR, CMD_STATUS, CMD_HEALTHCHECK, CMD_BACKFILL,
+               CMD_RECONCILE_CONTACTS, CMD_HELP, CMD_VERSION };
 /* Where the API key comes from: exactly one of SENDRY_API_KEY, SENDRY_API_KEY_FILE
  * (--api-key-file) and SENDRY_API_KEY_VAULT (--api-key-vault). */
 enum key_source { KEY_NONE = 0, KEY_ENV, KEY_FILE, KEY_VAULT };
@@ -36,6 +39,7 @@ struct config {
     char *api_key;          /* NULL with KEY_VAULT until vault_load_key() read it */
     enum key_source key_source;
     char *api_key_vault;    /* KEY_VAULT: the secret's name in vault.decrypted_secrets */
+    char *api_key_file;     /* KEY_FILE: the file, read again on SIGHUP */
     char *ca_file;          /* --ca-file / SENDRY_CA_FILE: CA bundle for the API, or NULL */
     char *audience_id;
     char *api_url;          /* without a trailing slash */
@@ -51,6 +55,9 @@ struct config {
     double http_timeout;    /* seconds */
     double drain_timeout;   /* seconds to wait for in-flight requests on SIGTERM */
     double reconcile_interval; /* seconds between reconciliations, 0 = off */
+    double retain_sent;     /* days sent rows are kept, 0 = forever */
+    int chunk_size;         /* backfill, reconcile-contacts: users per transaction */
+    bool dry_run;           /* backfill: count and estimate only */
     char *listen;           /* --listen / SENDRY_LISTEN ADDR:PORT, NULL = no HTTP server */
     char *webhook_secret;   /* SENDRY_WEBHOOK_SECRET */
     size_t webhook_max_body;
@@ -70,6 +77,10 @@ void config_free(struct config *cfg);
 /* Checks an API key read after config_load() (from Vault): not empty, no whitespace or
  * control characters. `source` names it in the message ("SENDRY_API_KEY_VAULT ..."). */
 bool config_check_api_key(const char *key, const char *source, char *err, size_t errsize);
+
+/* The key file read again (SIGHUP): the new key in *key (malloc'd; the caller wipes and
+ * frees it), or false with one line in err. */
+bool config_reread_key_file(const struct config *cfg, char **key, char *err, size_t errsize);
 
 /* "SENDRY_API_KEY", "SENDRY_API_KEY_FILE" or "SENDRY_API_KEY_VAULT" (for messages). */
 const char *config_key_source_name(enum key_source source);

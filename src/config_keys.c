@@ -69,12 +69,21 @@ bool config_use_key_file(struct config *cfg, const char *path, char *err, size_t
     free(cfg->api_key_vault);
     cfg->api_key_vault = NULL;
     cfg->key_source = KEY_FILE;
+    config_set_string(&cfg->api_key_file, path);
     return read_key_file(path, &cfg->api_key, err, errsize);
+}
+
+bool config_reread_key_file(const struct config *cfg, char **key, char *err, size_t errsize)
+{
+    return read_key_file(cfg->api_key_file, key, err, errsize) &&
+           config_check_api_key(*key, "SENDRY_API_KEY_FILE", err, errsize);
 }
 
 void config_use_key_vault(struct config *cfg, const char *name)
 {
     config_free_secret(&cfg->api_key);
+    free(cfg->api_key_file);
+    cfg->api_key_file = NULL;
     cfg->key_source = KEY_VAULT;
     config_set_string(&cfg->api_key_vault, name);
 }

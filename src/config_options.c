@@ -36,7 +36,8 @@ static const struct option_def options[] = {
      "share of the request budget that bulk work (backfills, reconciliation)\n"
      "leaves to live changes, 0-90 (default 20)", ALL},
     {"lease", OPT_SECONDS, OFF(lease), 1, 86400, "SECONDS",
-     "how long a claimed row is held before another worker may take it (default 60)", ALL},
+     "how long a claimed row is held before another worker may take it, renewed\n"
+     "while held; at least 4 x --http-timeout (default 120)", ALL},
     {"max-attempts", OPT_INT, OFF(max_attempts), 1, 1000, "N",
      "attempts before a row is marked failed, unless the row sets max_attempts (default 12)", ALL},
     {"poll-interval", OPT_SECONDS, OFF(poll_interval), 0.05, 86400, "SECONDS",
@@ -52,6 +53,15 @@ static const struct option_def options[] = {
     {"reconcile-interval", OPT_SECONDS, OFF(reconcile_interval), 0, 604800, "SECONDS",
      "page Sendry's unsubscribes and suppressions into the inbox this often,\n"
      "0 = off (default 3600)", ALL},
+    {"retain-sent", OPT_RATE, OFF(retain_sent), 0, 3650, "DAYS",
+     "delete sent rows older than this, in small batches; 0 = keep them (default 7)",
+     FOR(CMD_RUN)},
+    {"chunk-size", OPT_INT, OFF(chunk_size), 1, 100000, "N",
+     "backfill, reconcile-contacts: users per transaction (default 5000)",
+     FOR(CMD_BACKFILL) | FOR(CMD_RECONCILE_CONTACTS)},
+    {"dry-run", OPT_FLAG, OFF(dry_run), 0, 0, NULL,
+     "backfill, reconcile-contacts: count and estimate, change nothing",
+     FOR(CMD_BACKFILL) | FOR(CMD_RECONCILE_CONTACTS)},
     {"listen", OPT_STRING, OFF(listen), 0, 0, "ADDR:PORT",
      "serve POST /webhooks/sendry, GET /healthz and GET /metrics\n"
      "(env SENDRY_LISTEN; off by default; needs SENDRY_WEBHOOK_SECRET)", ALL},
@@ -80,6 +90,10 @@ void config_usage(FILE *out)
             "       sendry-sync status [--json]    the outbox at a glance\n"
             "       sendry-sync healthcheck        0 if healthy (the local /healthz with --listen,\n"
             "                                      else the database), 1 if not\n"
+            "       sendry-sync backfill [--dry-run] [--chunk-size N]\n"
+            "                                      enqueue every user not yet pending or sent\n"
+            "       sendry-sync reconcile-contacts [--dry-run] [--chunk-size N]\n"
+            "                                      enqueue users whose contact differs from the last sent\n"
             "       sendry-sync --help | --version\n\n"
             "Environment: DATABASE_URL, SENDRY_API_KEY or SENDRY_API_KEY_FILE or\n"
             "SENDRY_API_KEY_VAULT, SENDRY_AUDIENCE_ID, SENDRY_API_URL, SENDRY_CA_FILE,\n"
@@ -101,7 +115,9 @@ void config_usage(FILE *out)
     }
     fprintf(out, "  %-26s show this help\n  %-26s show the version\n\n"
                  "Exit status: 0 done (or stopped by SIGTERM/SIGINT), 1 runtime error\n"
-                 "(or, with --once, a row failed), 2 bad configuration or rejected API key/audience.\n"
+                 "(or, with --once, a row failed), 2 bad configuration or rejected API key/audience,\n"
+                 "3 (--once) rows could not be delivered now and wait for their retry.\n"
+                 "SIGHUP reads the API key again (file or Vault).\n"
                  "doctor: 0 all good, 1 warnings, 2 failures. healthcheck: 0 healthy, 1 not.\n",
             "-h, --help", "-V, --version");
 }
@@ -195,6 +211,8 @@ static void apply_flag(struct config *cfg, const struct option_def *o)
         cfg->output = OUTPUT_JSON;
     else if (o->offset == OFF(migrate_action))
         cfg->migrate_action = MIGRATE_PRINT;
+    else if (o->offset == OFF(dry_run))
+        cfg->dry_run = true;
 }
 
 bool config_apply_option(struct config *cfg, const struct option_def *o, const char *value,

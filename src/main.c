@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backfill.h"
 #include "config.h"
 #include "dbsync.h"
 #include "doctor.h"
@@ -24,6 +25,13 @@
 #include "relay.h"
 #include "status.h"
 #include "vault.h"
+
+static void on_hup(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    relay_reload_key(w->data);
+}
 
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 {
@@ -42,6 +50,8 @@ static int run_command(const struct config *cfg)
     case CMD_DOCTOR: return doctor_run(cfg);
     case CMD_STATUS: return status_run(cfg);
     case CMD_HEALTHCHECK: return healthcheck_run(cfg);
+    case CMD_BACKFILL: return backfill_run(cfg);
+    case CMD_RECONCILE_CONTACTS: return reconcile_contacts_run(cfg);
     default: return -1;
     }
 }
@@ -70,12 +80,14 @@ static int run_worker(struct config *cfg)
         ev_loop_destroy(loop);
         return 2;
     }
-    ev_signal sigterm, sigint;
+    ev_signal sigterm, sigint, sighup;
     ev_signal_init(&sigterm, on_signal, SIGTERM);
     ev_signal_init(&sigint, on_signal, SIGINT);
-    sigterm.data = sigint.data = relay;
+    ev_signal_init(&sighup, on_hup, SIGHUP);
+    sigterm.data = sigint.data = sighup.data = relay;
     ev_signal_start(loop, &sigterm);
     ev_signal_start(loop, &sigint);
+    ev_signal_start(loop, &sighup);
 
     relay_start(relay);
     notify_watchdog_start(loop); /* WATCHDOG=1 only while the loop runs */
@@ -86,6 +98,7 @@ static int run_worker(struct config *cfg)
     relay_free(relay);
     ev_signal_stop(loop, &sigterm);
     ev_signal_stop(loop, &sigint);
+    ev_signal_stop(loop, &sighup);
     ev_loop_destroy(loop);
     return status;
 }

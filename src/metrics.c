@@ -225,6 +225,17 @@ static void render_health(struct buf *b)
     put(b, "sendry_sync_sending_stopped %d\n", metrics.sending_stopped ? 1 : 0);
 }
 
+/* The housekeeping: sent rows pruned, inbox events applied again. */
+static void render_upkeep(struct buf *b)
+{
+    header(b, "rows_pruned_total", "counter", "Sent rows deleted after --retain-sent days.");
+    put(b, "sendry_sync_rows_pruned_total %llu\n", metrics.rows_pruned);
+    header(b, "inbox_retries_total", "counter",
+           "Stored inbox events an error had left unapplied, applied again, by result.");
+    put(b, "sendry_sync_inbox_retries_total{result=\"applied\"} %llu\n", metrics.inbox_retried);
+    put(b, "sendry_sync_inbox_retries_total{result=\"error\"} %llu\n", metrics.inbox_retry_failed);
+}
+
 char *metrics_render(void)
 {
     struct buf b = {.p = xmalloc(8192), .cap = 8192};
@@ -236,6 +247,7 @@ char *metrics_render(void)
     gauge(&b, "oldest_due_age_seconds", "Age of the oldest outbox row due for delivery.",
           metrics.oldest_due_age_seconds);
     render_webhooks(&b);
+    render_upkeep(&b);
     render_health(&b);
     if (b.failed) {
         free(b.p);

@@ -48,6 +48,7 @@ struct metrics {
     size_t webhook_used;
     unsigned long long webhook_unrecorded;    /* table full even for "other" */
     /* inbox events applied again by the retry timer, and those that failed again */
+    unsigned long long rows_pruned;          /* sent rows deleted after --retain-sent */
     unsigned long long inbox_retried;
     unsigned long long inbox_retry_failed;
     /* health */

@@ -42,6 +42,9 @@ void relay_start(struct relay *r);
  * drain timeout, releases what it holds but did not send, then breaks the loop. A second
  * call exits at once. */
 void relay_shutdown(struct relay *r);
+/* SIGHUP: reads the API key again from its file or from Vault and sends it from then on
+ * (a key in SENDRY_API_KEY cannot be read again: it says so). Nothing else is reloaded. */
+void relay_reload_key(struct relay *r);
 /* The process exit status once the loop has returned (see --help). */
 int relay_exit_status(const struct relay *r);
 void relay_free(struct relay *r);

@@ -15,6 +15,7 @@
 #include "http.h"
 #include "httpd.h"
 #include "inbox.h"
+#include "prune.h"
 #include "reconcile.h"
 #include "vault.h"
 
@@ -39,6 +40,7 @@ struct relay {
     struct reconciler *reconcile;
     struct inbox *inbox;
     struct health *health;
+    struct pruner *prune;
     struct httpd *httpd;       /* --listen, or NULL */
     struct vault_watch *vault; /* SENDRY_API_KEY_VAULT: read again after a refusal; or NULL */
 

@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -122,6 +123,33 @@ static void on_key_rotated(const char *key, void *ud)
     relay_kick(r);
 }
 
+void relay_reload_key(struct relay *r)
+{
+    const struct config *c = r->cfg;
+    char err[600], *key = NULL;
+    switch (c->key_source) {
+    case KEY_FILE:
+        if (!config_reread_key_file(c, &key, err, sizeof err)) {
+            log_error("SIGHUP: %s; keeping the key in use", err);
+            return;
+        }
+        on_key_rotated(key, r);
+        memset(key, 0, strlen(key));
+        free(key);
+        log_info("SIGHUP: read the API key again from SENDRY_API_KEY_FILE (%s)", c->api_key_file);
+        return;
+    case KEY_VAULT:
+        log_info("SIGHUP: reading the API key again from Vault (secret \"%s\")", c->api_key_vault);
+        vault_watch_kick(r->vault);
+        return;
+    case KEY_ENV:
+    case KEY_NONE:
+        break;
+    }
+    log_warn("SIGHUP: the API key comes from SENDRY_API_KEY, which a running process cannot read "
+             "again: restart the worker to change it (or use SENDRY_API_KEY_FILE)");
+}
+
 struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
 {
     struct relay *r = xcalloc(1, sizeof *r);
@@ -148,6 +176,7 @@ struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
     r->reconcile = reconcile_new(loop, cfg, r->aux, r->http, r->gate, relay_kick_cb, r);
     r->inbox = inbox_new(loop, r->aux, 6 * cfg->poll_interval);
     r->health = health_new(loop, cfg, r->db, r->aux, r->gate);
+    r->prune = prune_new(loop, r->aux, cfg->once ? 0 : cfg->retain_sent);
     if (cfg->key_source == KEY_VAULT)
         r->vault = vault_watch_new(loop, r->aux, cfg->api_key_vault, cfg->api_key, on_key_rotated, r);
     init_timers(r);
@@ -182,6 +211,7 @@ void relay_start(struct relay *r)
         ev_timer_start(r->loop, &r->reconcile_timer);
     if (!c->once)
         inbox_retry_start(r->inbox);
+    prune_start(r->prune);
     if (c->once)
         relay_arm(r, &r->once_db_deadline, ONCE_DB_TIMEOUT);
     db_start(r->db);
@@ -209,6 +239,7 @@ void relay_shutdown(struct relay *r)
     ev_timer_stop(r->loop, &r->reconcile_timer);
     health_stop(r->health);
     inbox_retry_stop(r->inbox);
+    prune_stop(r->prune);
     reconcile_stop(r->reconcile);
     deliver_drain(r->deliver);
     relay_arm(r, &r->drain_timer, r->cfg->drain_timeout);
@@ -243,6 +274,7 @@ void relay_free(struct relay *r)
     claim_free(r->claim);
     complete_free(r->complete);
     health_free(r->health);
+    prune_free(r->prune);
     inbox_free(r->inbox);
     db_free(r->db);
     db_free(r->aux);

@@ -346,8 +346,9 @@ def test_backfill_5000(db, fake, workers):
 # --- 7. kill -9 mid-batch ----------------------------------------------------------------------
 
 def test_kill9_mid_batch_then_restart(db, fake, workers):
-    w1 = start_daemon(workers, "--lease", "2", "--batch-size", "100", "--concurrency", "2")
-    fake.delay_all = 2
+    w1 = start_daemon(workers, "--lease", "2", "--http-timeout", "0.5", "--batch-size", "100",
+                      "--concurrency", "2")
+    fake.delay_all = 0.4
     emails = db.signup_many(600)
     wait_until(lambda: db.counts().get("processing", 0) > 0 and import_requests(fake),
                T, "rows in flight")
