@@ -19,7 +19,7 @@ SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 
 SRCS     = src/xalloc.c src/config.c src/config_options.c src/config_keys.c src/config_validate.c \
            src/log.c src/backoff.c src/sendry.c src/http.c src/db.c \
-           src/gate.c src/job.c src/claim.c src/deliver.c src/outcome.c src/complete.c \
+           src/gate.c src/budget.c src/job.c src/claim.c src/deliver.c src/outcome.c src/complete.c \
            src/reconcile.c src/prune.c src/inbox.c src/audience.c src/health.c \
            src/relay.c src/relay_setup.c src/webhook.c src/metrics.c src/httpd.c src/receiver.c \
            src/dbsync.c src/probe.c src/vault.c src/notify.c src/migrate.c \
@@ -51,7 +51,7 @@ sendry-sync-asan: $(SRCS) $(HDRS) $(GEN)
 	$(CC) $(CFLAGS) $(SAN) -O1 -Isrc -o $@ $(SRCS) $(GEN) $(LDFLAGS) $(LDLIBS)
 
 # Unit tests: pure modules linked into small test binaries, under the sanitizers.
-UNIT_SRCS = src/xalloc.c src/config.c src/config_options.c src/config_keys.c src/config_validate.c \
+UNIT_SRCS = src/xalloc.c src/budget.c src/db.c src/config.c src/config_options.c src/config_keys.c src/config_validate.c \
             src/log.c src/backoff.c src/sendry.c src/gate.c
 build/unit_test: tests/unit/unit_test.c tests/unit/check.h $(UNIT_SRCS) $(HDRS)
 	@mkdir -p build

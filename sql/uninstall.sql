@@ -42,6 +42,8 @@ END
 $uninstall$;
 
 DROP VIEW IF EXISTS public.sendry_watched_tables;
+DROP FUNCTION IF EXISTS public.sendry_rate_take(text, double precision, double precision, integer, double precision);
+DROP FUNCTION IF EXISTS public.sendry_rate_pause(text, double precision);
 DROP FUNCTION IF EXISTS public.sendry_watched_changed();
 DROP FUNCTION IF EXISTS public.sendry_watch(regclass, name);
 DROP FUNCTION IF EXISTS public.sendry_unwatch(regclass);
@@ -62,6 +64,7 @@ DROP TABLE IF EXISTS public.sendry_outbox;
 DROP TABLE IF EXISTS public.sendry_inbox;
 DROP TABLE IF EXISTS public.sendry_settings;
 DROP TABLE IF EXISTS public.sendry_sync_state;
+DROP TABLE IF EXISTS public.sendry_rate_budget;
 DROP TABLE IF EXISTS public.sendry_contact_state;
 DROP TABLE IF EXISTS public.sendry_enqueue_errors;
 DROP FUNCTION IF EXISTS public.sendry_outbox_notify_insert();

@@ -265,6 +265,19 @@ bool deliver_waiting(const struct deliverer *d)
     return d->live.head || d->bulk.head;
 }
 
+static size_t rows_in(const struct job *job)
+{
+    size_t n = 0;
+    for (; job; job = job->next)
+        n += job->n;
+    return n;
+}
+
+size_t deliver_waiting_rows(const struct deliverer *d)
+{
+    return rows_in(d->live.head) + rows_in(d->bulk.head);
+}
+
 int deliver_in_flight(const struct deliverer *d)
 {
     return d->in_flight;

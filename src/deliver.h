@@ -37,6 +37,7 @@ void deliver_take(struct deliverer *d, struct claim_batch *batch);
 void deliver_pump(struct deliverer *d);
 
 bool deliver_waiting(const struct deliverer *d);     /* jobs are queued */
+size_t deliver_waiting_rows(const struct deliverer *d);   /* contacts in the queued jobs */
 int deliver_in_flight(const struct deliverer *d);    /* requests under way */
 int deliver_free_slots(const struct deliverer *d);
 

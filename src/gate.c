@@ -5,12 +5,14 @@
 #include <time.h>
 
 #include "backoff.h"
+#include "budget.h"
 #include "xalloc.h"
 
 struct gate {
     gate_clock_fn clock;
     void *clock_ud;
     struct token_bucket bucket;
+    struct budget *budget;     /* shared with other workers, or NULL: the local bucket */
     double reserve;            /* tokens bulk requests leave for live ones */
     double pause_until;        /* GATE_PAUSED until then */
     int rate_limited_streak;   /* 429s in a row */
@@ -45,6 +47,16 @@ struct gate *gate_new(double rate, double burst, double live_share, gate_clock_f
     return g;
 }
 
+void gate_use_budget(struct gate *g, struct budget *b)
+{
+    g->budget = b;
+}
+
+double gate_reserve(const struct gate *g)
+{
+    return g->reserve;
+}
+
 void gate_free(struct gate *g)
 {
     free(g);
@@ -72,6 +84,19 @@ const char *gate_state_name(enum gate_state s)
     return "?";
 }
 
+/* A token from the shared budget or the local bucket: 0, or the seconds to wait. */
+static double token(struct gate *g, enum gate_class c, bool take, double now)
+{
+    if (g->budget) {
+        double paused = budget_paused(g->budget);
+        if (paused > 0 && now + paused > g->pause_until)
+            g->pause_until = now + paused;
+        return paused > 0 ? paused : budget_take(g->budget, c == GATE_BULK, !take);
+    }
+    struct token_bucket copy = g->bucket;
+    return bucket_take_above(take ? &g->bucket : &copy, now, c == GATE_BULK ? g->reserve : 0);
+}
+
 static double wait_of(struct gate *g, enum gate_class c, bool take)
 {
     double now = gate_now(g);
@@ -79,8 +104,7 @@ static double wait_of(struct gate *g, enum gate_class c, bool take)
         return g->pause_until - now;
     if (g->stopped && now < g->probe_at)
         return g->probe_at - now;
-    struct token_bucket copy = g->bucket;
-    double wait = bucket_take_above(take ? &g->bucket : &copy, now, c == GATE_BULK ? g->reserve : 0);
+    double wait = token(g, c, take, now);
     if (wait > 0 || !take)
         return wait;
     if (g->stopped)
@@ -110,6 +134,8 @@ int gate_tokens(struct gate *g, enum gate_class c)
         return 0;
     if (g->stopped)
         return 1;
+    if (g->budget)
+        return budget_tokens(g->budget) > 0 ? budget_tokens(g->budget) : 1;
     int n = bucket_available(&g->bucket, gate_now(g)) - (c == GATE_BULK ? (int)g->reserve : 0);
     return n > 0 ? n : 1;
 }
@@ -125,6 +151,8 @@ double gate_pause(struct gate *g, double seconds, double unit)
     double until = gate_now(g) + seconds;
     if (until > g->pause_until)
         g->pause_until = until;
+    if (g->budget)
+        budget_pause(g->budget, seconds);   /* the other workers of the key wait too */
     return seconds;
 }
 

@@ -1,6 +1,7 @@
 /* gate: "may I send now?", one per worker, asked by delivery and reconciliation alike.
  *
- * Owns the token bucket (--rate), the 429 pause and the stopped state (401/402/403 or an
+ * Owns the token bucket (--rate; or the key's budget shared with other workers through
+ * the database, budget.h), the 429 pause and the stopped state (401/402/403 or an
  * unknown audience) with its probes. Live requests (changes made by users now) may take
  * any token; bulk requests (backfills, reconciliation) leave a share of the bucket
  * (--live-share) to them, so a live change never waits for a token behind a backfill.
@@ -30,6 +31,8 @@ enum gate_state {
 /* Who asks: live work may use every token, bulk work leaves the live share. */
 enum gate_class { GATE_LIVE, GATE_BULK };
 
+struct budget;
+
 /* Seconds on a monotonic clock. */
 typedef double (*gate_clock_fn)(void *ud);
 
@@ -40,6 +43,11 @@ struct gate;
 struct gate *gate_new(double rate, double burst, double live_share, gate_clock_fn clock,
                       void *clock_ud);
 void gate_free(struct gate *g);
+/* Takes tokens from the key's shared budget (budget.h) instead of the local bucket; the
+ * budget is borrowed. A pause the budget reports (a 429 another worker met) pauses here. */
+void gate_use_budget(struct gate *g, struct budget *b);
+/* The tokens bulk requests leave to live ones. */
+double gate_reserve(const struct gate *g);
 
 double gate_now(const struct gate *g);
 enum gate_state gate_state(struct gate *g);   /* a pause that ended is OPEN again */

@@ -103,31 +103,29 @@ void relay_finish(struct relay *r, int status)
 
 /* ---- claiming ---------------------------------------------------------------------- */
 
-/* Claims when something may be due and it could be sent: live rows whenever a live
- * request could go, bulk rows only when a bulk one could (they leave the live share). */
+/* Claims when something may be due and sending is not paused. Claims run ahead of the
+ * requests: up to a batch of contacts waits queued, its leases renewed, so a request
+ * slot never waits for a claim. Live rows jump that queue: while it is full, a NOTIFY,
+ * a poll or a due row still claims the live rows alone. */
 static void maybe_claim(struct relay *r)
 {
-    if (!r->claim_wanted || claim_busy(r->claim) || !db_connected(r->db) || deliver_waiting(r->deliver))
+    if (!r->claim_wanted || claim_busy(r->claim) || !db_connected(r->db))
         return;
-    int slots = deliver_free_slots(r->deliver);
-    if (slots <= 0)
-        return;
+    enum gate_state gs = gate_state(r->gate);
     double wait = gate_peek(r->gate, GATE_LIVE);
-    if (wait > 0) {
-        relay_arm(r, &r->claim_timer, wait);
+    if (gs == GATE_PAUSED || (gs == GATE_STOPPED && wait > 0)) {
+        relay_arm(r, &r->claim_timer, wait);   /* the pause's end, or the next probe */
         return;
     }
-    int limit = r->cfg->batch_size, bulk = gate_peek(r->gate, GATE_BULK) > 0 ? 0 : limit;
-    if (r->cfg->mode == MODE_SINGLE) {
-        int live_tokens = gate_tokens(r->gate, GATE_LIVE), bulk_tokens = gate_tokens(r->gate, GATE_BULK);
-        limit = slots < live_tokens ? slots : live_tokens;
-        if (limit > r->cfg->batch_size)
-            limit = r->cfg->batch_size;
-        if (bulk)
-            bulk = limit < bulk_tokens ? limit : bulk_tokens;
-    }
-    r->bulk_held_back = bulk == 0;
-    claim_take(r->claim, limit, bulk, now_of(r) - r->connected_at);
+    int batch = r->cfg->batch_size, room = batch - (int)deliver_waiting_rows(r->deliver);
+    if (room < 0)
+        room = 0;
+    if (room == 0 && !r->live_wanted)
+        return;   /* the queue is full; a job that starts makes room and claims again */
+    r->bulk_held_back = room < batch;
+    r->live_wanted = false;
+    claim_take(r->claim, gs == GATE_STOPPED ? 1 : batch, gs == GATE_STOPPED ? 1 : room,
+               now_of(r) - r->connected_at);
 }
 
 static void warn_no_notify(struct relay *r, size_t fresh)
@@ -157,8 +155,7 @@ void relay_on_claimed(void *ud, struct claim_batch *batch)
     if (r->state == RELAY_DRAINING) {
         deliver_release_waiting(r->deliver);
     } else if (r->bulk_held_back) {
-        /* Bulk rows were left for when a bulk request may go. */
-        relay_arm(r, &r->claim_timer, gate_peek(r->gate, GATE_BULK));
+        /* Bulk rows were left for when the queue has room: a job starting claims again. */
     } else if (!all_due) {
         r->claim_wanted = false;   /* nothing more is due now: wake up when the next row is */
         claim_next_due(r->claim);
@@ -270,7 +267,7 @@ void relay_on_wake(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct relay *r = relay_of(w);
-    r->claim_wanted = true;   /* the poll, the next due row, or the gate opening again */
+    r->claim_wanted = r->live_wanted = true;   /* the poll, a due row, the gate opening again */
     relay_kick(r);
 }
 
@@ -325,7 +322,7 @@ void relay_on_db_connected(void *ud)
     claim_release_orphans(r->claim, held);
     json_object_put(held);
     renew_leases(r, now_of(r));   /* all we hold, before any claim could take it again */
-    r->claim_wanted = true; /* catch up on what was inserted while we were away */
+    r->claim_wanted = r->live_wanted = true; /* catch up on what came while we were away */
     relay_kick(r);
 }
 
@@ -350,7 +347,7 @@ void relay_on_db_notified(void *ud)
 {
     struct relay *r = ud;
     r->notifies_since_connect++;
-    r->claim_wanted = true;
+    r->claim_wanted = r->live_wanted = true;
     relay_kick(r);
 }
 

@@ -6,6 +6,7 @@
 #include "relay.h"
 
 #include "audience.h"
+#include "budget.h"
 #include "claim.h"
 #include "complete.h"
 #include "db.h"
@@ -27,10 +28,12 @@ struct relay {
     enum relay_state state;
     int exit_status;
     bool claim_wanted;         /* something may be due: claim when the gate allows */
-    bool bulk_held_back;       /* the claim in flight left bulk rows for later */
+    bool live_wanted;          /* a NOTIFY, a poll or a due row: live rows may be there */
+    bool bulk_held_back;       /* the last claim left bulk rows for when the queue has room */
     char locked_by[256];
 
     struct gate *gate;
+    struct budget *budget;     /* the key's requests, shared by its workers; NULL at --rate 0 */
     struct http *http;
     struct db *db;             /* the relay's connection: claim, complete, LISTEN */
     struct db *aux;            /* webhooks, reconciliation, metrics */

@@ -118,6 +118,8 @@ static void on_key_rotated(const char *key, void *ud)
 {
     struct relay *r = ud;
     http_set_api_key(r->http, key);
+    if (r->budget)
+        budget_set_key(r->budget, key);
     gate_probe_now(r->gate);
     r->claim_wanted = true;
     relay_kick(r);
@@ -170,6 +172,11 @@ struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
     r->aux = db_new(loop, "aux", cfg->database_url, NULL,
                     (struct db_callbacks){.connected = relay_on_aux_changed,
                                           .disconnected = relay_on_aux_changed, .ud = r});
+    if (cfg->rate > 0) {
+        r->budget = budget_new(loop, r->aux, cfg->api_key, cfg->rate, cfg->rate,
+                               gate_reserve(r->gate), relay_kick_cb, r);
+        gate_use_budget(r->gate, r->budget);
+    }
     r->complete = complete_new(r->db, r->aux, r->locked_by, relay_on_completed, r);
     r->claim = claim_new(r->db, cfg, r->locked_by, relay_on_claimed, relay_on_next_due, r);
     r->deliver = deliver_new(loop, cfg, r->http, r->gate, r->complete, relay_kick_cb, r);
@@ -280,5 +287,6 @@ void relay_free(struct relay *r)
     db_free(r->aux);
     vault_watch_free(r->vault);   /* after db_free, which drops its query */
     gate_free(r->gate);
+    budget_free(r->budget);
     free(r);
 }

@@ -87,6 +87,9 @@ class Db:
 
     def truncate(self):
         self.query("TRUNCATE public.sendry_outbox RESTART IDENTITY", user="postgres")
+        self.query("TRUNCATE public.sendry_contact_state, public.sendry_rate_budget", user="postgres")
+        self.query("DELETE FROM public.sendry_sync_state WHERE key = 'contacts_reconcile_after'",
+                   user="postgres")
         self.query("TRUNCATE auth.users CASCADE", user=pgharness.Cluster.SUPERUSER)
 
     # sign-ups, as GoTrue makes them (role supabase_auth_admin)

@@ -1,0 +1,189 @@
+"""Backfills and many workers at the provider's limit (live before bulk, the live share,
+one request budget per key however many workers), with the real binary against a fake
+Sendry that enforces a rate limit, and the backfill command.
+
+    make && /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/test_budget.py
+"""
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from conftest import (API_KEY, AUDIENCE, BIN, T, import_requests, start_daemon, wait_until,
+                      worker_env)
+from fake_sendry import FakeSendry
+from test_lifecycle import ldb, request_emails  # noqa: F401
+
+BACKFILL = ("INSERT INTO public.sendry_outbox (user_id, email, payload)"
+            " SELECT id, email, public.sendry_contact_payload(u) FROM auth.users u"
+            " WHERE email IS NOT NULL")
+
+
+def existing_users(db, n, prefix="old"):
+    """n users that signed up before sendry-sync was installed: no outbox rows."""
+    db.query("ALTER TABLE auth.users DISABLE TRIGGER USER", user="supabase_admin")
+    try:
+        return db.signup_many(n, prefix=prefix)
+    finally:
+        db.query("ALTER TABLE auth.users ENABLE TRIGGER USER", user="supabase_admin")
+
+
+@pytest.fixture
+def limited():
+    """A fake Sendry allowing 20 requests per 10 s per key, like Sendry's 100 per 10 s."""
+    f = FakeSendry(api_key=API_KEY, audience_id=AUDIENCE, rate_limit=(20, 10.0))
+    f.start()
+    yield f
+    f.stop()
+
+
+def rate_limited(fake):
+    return [r for r in fake.requests if r.get("status") == 429]
+
+
+# --- live before bulk ------------------------------------------------------------------
+
+def test_a_live_row_is_claimed_before_the_bulk_backlog(ldb, fake, workers):
+    existing_users(ldb, 3000)
+    ldb.query(BACKFILL)
+    assert ldb.scalar("SELECT count(*) FROM public.sendry_outbox WHERE class = 'bulk'") == 3000
+    ldb.signup("live@example.com")
+    w = workers("--once", "--batch-size", "100", "--concurrency", "1")
+    assert w.wait(T) == 0, w.log()
+    imports = import_requests(fake)
+    assert "live@example.com" in request_emails(imports[0]), "the live row goes first"
+    assert all(len(request_emails(r)) <= 100 for r in imports)
+    assert ldb.all_sent(3001)
+
+
+def test_a_requeue_keeps_the_row_class(ldb, fake, workers):
+    existing_users(ldb, 2)
+    ldb.query(BACKFILL)
+    ldb.signup("live2@example.com")
+    ldb.query("UPDATE public.sendry_outbox SET status = 'failed'")
+    ldb.query("UPDATE public.sendry_outbox SET status = 'pending', next_attempt_at = now()"
+              " WHERE status = 'failed'")
+    classes = {r["email"]: r["class"] for r in ldb.query("SELECT email, class FROM public.sendry_outbox")}
+    assert classes["live2@example.com"] == "live"
+    assert sorted(c for e, c in classes.items() if e != "live2@example.com") == ["bulk", "bulk"]
+
+
+def test_bulk_work_leaves_the_live_share_in_the_budget(ldb, limited, cluster, workers, tmp_path):
+    """While only bulk rows go, the key's shared bucket never drops below the live share
+    (here 0.8 of a request: the share of a burst of 1.8, at most the burst less one); a
+    live row takes from it at once."""
+    existing_users(ldb, 400)
+    ldb.query(BACKFILL)
+    env = worker_env(cluster, limited)
+    w = workers("--rate", "1.8", "--batch-size", "20", fast=False, env={"SENDRY_API_URL": limited.url})
+    w.wait_ready(T)
+    lows = []
+
+    def sample():
+        v = ldb.scalar("SELECT min(tokens) FROM public.sendry_rate_budget")
+        if v is not None:
+            lows.append(v)
+        return len(import_requests(limited)) >= 6
+
+    wait_until(sample, T, "bulk imports", interval=0.05)
+    assert min(lows) >= 0.8 - 1e-9, f"bulk work took the live share: {min(lows)}"
+    ldb.signup("jumper@example.com")
+    wait_until(lambda: any("jumper@example.com" in request_emails(r) for r in import_requests(limited)),
+               T, "the live row sent")
+    assert not rate_limited(limited), "no 429 at the limit"
+    w.terminate()
+    assert w.wait(T) == 0, w.log()
+    del env
+
+
+# --- one budget for the key ------------------------------------------------------------
+
+@pytest.fixture
+def fast_limited():
+    """A fake Sendry allowing 30 requests per 3 s per key."""
+    f = FakeSendry(api_key=API_KEY, audience_id=AUDIENCE, rate_limit=(30, 3.0))
+    f.start()
+    yield f
+    f.stop()
+
+
+@pytest.mark.parametrize("n_workers", [2, 3])
+def test_workers_share_the_key_budget_without_429(ldb, fast_limited, workers, n_workers):
+    """--rate 7 with a burst of 7 stays under 30 per 3 s; each worker on its own budget
+    would send 7 a second, n of them 7n: together they stay at 7, and none is left out."""
+    existing_users(ldb, 600)
+    ldb.query(BACKFILL)
+    flags = ("--rate", "7", "--batch-size", "10", "--poll-interval", "0.5")
+    ws = [workers(*flags, fast=False, env={"SENDRY_API_URL": fast_limited.url}) for _ in range(n_workers)]
+    wait_until(lambda: ldb.all_sent(600), 60, "the backfill sent")
+    assert not rate_limited(fast_limited), f"{len(rate_limited(fast_limited))} answers were 429"
+    for w in ws:
+        w.terminate()
+        assert w.wait(T) == 0, w.log()
+    sent_by = ldb.query("SELECT count(DISTINCT claim_id) AS claims FROM public.sendry_outbox")
+    assert sent_by[0]["claims"] >= 60 - 5
+
+
+def test_kill9_of_the_busiest_worker_the_others_go_on(ldb, fake, workers):
+    existing_users(ldb, 2000)
+    ldb.query(BACKFILL)
+    fake.delay_all = 0.2
+    flags = ("--rate", "20", "--batch-size", "50", "--lease", "4", "--http-timeout", "1")
+    ws = [workers(*flags) for _ in range(3)]
+    wait_until(lambda: len(import_requests(fake)) >= 6, T, "all three sending")
+    held = {r["locked_by"]: 0 for r in ldb.query("SELECT DISTINCT locked_by FROM public.sendry_outbox"
+                                                 " WHERE locked_by IS NOT NULL")}
+    busiest = max(ws, key=lambda w: ldb.scalar("SELECT count(*) FROM public.sendry_outbox"
+                                              " WHERE locked_by LIKE %s", (f"%:{w.pid}:%",)))
+    busiest.kill9()
+    before = len(import_requests(fake))
+    wait_until(lambda: len(import_requests(fake)) > before + 2, 5, "the others going on within 5 s")
+    wait_until(lambda: ldb.all_sent(2000), 60, "every row sent, the killed worker's after its lease")
+    del held
+
+
+# --- the backfill command --------------------------------------------------------------
+
+def run_cmd(cluster, *args, timeout=T):
+    env = worker_env(cluster, None)
+    return subprocess.run([BIN, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=timeout)
+
+
+def test_backfill_dry_run_changes_nothing(ldb, cluster):
+    existing_users(ldb, 120)
+    r = run_cmd(cluster, "backfill", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "120 of 120 synced users have no contact enqueued yet: 120 rows, 1 requests" in r.stdout, r.stdout
+    assert ldb.scalar("SELECT count(*) FROM public.sendry_outbox") == 0
+
+
+def test_backfill_enqueues_each_user_once_across_an_interruption(ldb, cluster):
+    emails = existing_users(ldb, 3000)
+    env = worker_env(cluster, None)
+    p = subprocess.Popen([BIN, "backfill", "--chunk-size", "100"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: ldb.scalar("SELECT count(*) FROM public.sendry_outbox") >= 200, T, "the backfill under way")
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=T)
+    assert p.returncode == 1, err
+    assert "interrupted after" in err and "run it again" in err, err
+    partial = ldb.scalar("SELECT count(*) FROM public.sendry_outbox")
+    assert 0 < partial < 3000, partial
+    r = run_cmd(cluster, "backfill", "--chunk-size", "100")
+    assert r.returncode == 0, r.stderr
+    rows = ldb.query("SELECT email, class FROM public.sendry_outbox")
+    assert sorted(x["email"] for x in rows) == sorted(emails), "each user exactly once"
+    assert {x["class"] for x in rows} == {"bulk"}
+    again = run_cmd(cluster, "backfill")
+    assert again.returncode == 0 and ldb.scalar("SELECT count(*) FROM public.sendry_outbox") == 3000
+
+
+def test_backfill_chunks_bound_the_transaction(ldb, cluster):
+    existing_users(ldb, 1000)
+    r = run_cmd(cluster, "backfill", "--chunk-size", "150")
+    assert r.returncode == 0, r.stderr
+    per_txn = ldb.query("SELECT xmin::text, count(*)::int AS n FROM public.sendry_outbox GROUP BY 1")
+    assert len(per_txn) >= 7 and max(t["n"] for t in per_txn) <= 150, per_txn
