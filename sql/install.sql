@@ -1207,7 +1207,7 @@ $$;
 -- change here needs a new binary, or an older binary would not work with it.
 CREATE OR REPLACE FUNCTION public.sendry_schema_version() RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = ''
-    RETURN '1'; -- SENDRY_SCHEMA_VERSION
+    RETURN '2'; -- SENDRY_SCHEMA_VERSION
 
 -- Supabase serves schema public over HTTP to anon and authenticated, and by default
 -- grants them everything postgres creates there (functions are executable by PUBLIC
