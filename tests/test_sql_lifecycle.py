@@ -214,7 +214,8 @@ def test_install_on_plain_postgresql():
         assert plain.query("SELECT relname, relrowsecurity FROM pg_class WHERE relname LIKE 'sendry%'"
                            " AND relkind = 'r' ORDER BY 1") == \
             [["sendry_contact_state", "t"], ["sendry_enqueue_errors", "t"], ["sendry_inbox", "t"],
-             ["sendry_outbox", "t"], ["sendry_settings", "t"], ["sendry_sync_state", "t"]]
+             ["sendry_outbox", "t"], ["sendry_rate_budget", "t"], ["sendry_settings", "t"],
+             ["sendry_sync_state", "t"]]
         assert plain.query("SELECT to_regclass('public.sendry_contacts') IS NULL") == [["t"]], \
             "no mapping without auth.users"
         assert plain.query("SELECT sync_on, on_delete FROM sendry_settings") == [["signup", "delete_contact"]]
