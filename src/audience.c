@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "db.h"
+#include "gate.h"
 #include "log.h"
 #include "outcome.h"
 #include "sendry.h"
@@ -91,4 +93,123 @@ void audience_check(struct ev_loop *loop, struct http *http, const struct config
     ev_timer_init(&c->later, on_later, 0., 0.);
     c->later.data = c;
     ev_timer_start(loop, &c->later);
+}
+
+/* The audiences the mapping names, other than the configured one: a bounded look. */
+static const char NAMED_SQL[] =
+    "SELECT DISTINCT a FROM ("
+    "   SELECT jsonb_array_elements_text(o.payload -> 'audiences') AS a"
+    "   FROM (SELECT payload FROM public.sendry_outbox WHERE status IN ('pending', 'processing')"
+    "         AND class IN ('live', 'bulk') LIMIT 10000) o"
+    "   WHERE jsonb_typeof(o.payload -> 'audiences') = 'array'"
+    "   UNION"
+    "   SELECT unnest(s.audiences) FROM (SELECT audiences FROM public.sendry_contact_state"
+    "                                    WHERE audiences IS NOT NULL LIMIT 100000) s) x"
+    " WHERE a <> 'default' AND a <> $1 AND a ~ '^[A-Za-z0-9_-]+$' ORDER BY 1 LIMIT 50";
+
+enum named_state { NAMED_QUERY, NAMED_WAIT, NAMED_HTTP, NAMED_DONE };
+
+struct audience_named {
+    struct ev_loop *loop;
+    struct http *http;
+    struct gate *gate;
+    const struct config *cfg;
+    enum named_state state;
+    char **ids;
+    size_t n, next;
+    ev_timer wait;
+};
+
+static void named_next(struct audience_named *nm);
+
+static void on_named(struct http_request *req, void *arg)
+{
+    struct audience_named *nm = arg;
+    const char *id = nm->ids[nm->next - 1];
+    if (req->transport_ok && req->status == 200)
+        log_info("audience %s, named by the mapping, exists", id);
+    else if (req->transport_ok && req->status == 404)
+        log_warn("audience %s, named by the mapping (sendry_contacts), does not exist at Sendry: the rows "
+                 "naming it will fail (create it, or fix the mapping)", id);
+    http_request_free(req);
+    if (nm->state == NAMED_HTTP)
+        named_next(nm);
+}
+
+static void on_named_wait(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    named_next(w->data);
+}
+
+static void named_next(struct audience_named *nm)
+{
+    nm->state = NAMED_DONE;
+    if (nm->next >= nm->n)
+        return;
+    double wait = gate_ask(nm->gate, GATE_BULK);
+    if (wait > 0) {
+        nm->state = NAMED_WAIT;
+        ev_timer_set(&nm->wait, wait, 0.);
+        ev_timer_start(nm->loop, &nm->wait);
+        return;
+    }
+    char *id = sendry_url_encode(nm->ids[nm->next++]);
+    size_t n = strlen(nm->cfg->api_url) + strlen(id) + 32;
+    char *url = xmalloc(n);
+    snprintf(url, n, "%s/v1/audiences/%s", nm->cfg->api_url, id);
+    free(id);
+    struct http_request *req = http_request_new("GET", url, NULL);
+    req->done = on_named;
+    req->arg = nm;
+    if (http_start(nm->http, req))
+        nm->state = NAMED_HTTP;
+    else
+        http_request_free(req);
+}
+
+static void on_named_rows(PGresult *res, void *arg)
+{
+    struct audience_named *nm = arg;
+    nm->state = NAMED_DONE;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) == 0)
+        return;
+    nm->n = (size_t)PQntuples(res);
+    nm->ids = xcalloc(nm->n, sizeof *nm->ids);
+    for (size_t i = 0; i < nm->n; i++)
+        nm->ids[i] = xstrdup(PQgetvalue(res, (int)i, 0));
+    named_next(nm);
+}
+
+struct audience_named *audience_check_named(struct ev_loop *loop, struct http *http, struct db *db,
+                                            struct gate *gate, const struct config *cfg)
+{
+    struct audience_named *nm = xcalloc(1, sizeof *nm);
+    *nm = (struct audience_named){.loop = loop, .http = http, .gate = gate, .cfg = cfg,
+                                  .state = NAMED_QUERY};
+    ev_init(&nm->wait, on_named_wait);
+    nm->wait.data = nm;
+    const char *params[1] = {cfg->audience_id};
+    db_query(db, NAMED_SQL, 1, params, on_named_rows, nm);
+    return nm;
+}
+
+void audience_named_stop(struct audience_named *nm)
+{
+    if (!nm)
+        return;
+    ev_timer_stop(nm->loop, &nm->wait);
+    nm->state = NAMED_DONE;
+}
+
+void audience_named_free(struct audience_named *nm)
+{
+    if (!nm)
+        return;
+    audience_named_stop(nm);
+    for (size_t i = 0; i < nm->n; i++)
+        free(nm->ids[i]);
+    free(nm->ids);
+    free(nm);
 }

@@ -24,4 +24,18 @@ typedef void (*audience_cb)(void *ud, enum audience_verdict verdict, long status
 void audience_check(struct ev_loop *loop, struct http *http, const struct config *cfg,
                     const char *what, audience_cb cb, void *ud);
 
+/* After the startup check: every other audience the mapping names that the database can
+ * show (in unfinished rows and in what was last enqueued; a bounded look) is checked the
+ * same way, one after another, each request asking the gate. An audience Sendry does
+ * not know is logged as a warning: the rows naming it fail, not the worker. */
+struct db;
+struct gate;
+struct audience_named;
+struct audience_named *audience_check_named(struct ev_loop *loop, struct http *http, struct db *db,
+                                            struct gate *gate, const struct config *cfg);
+/* stop: no further request (before the relay aborts what is in flight); free: after the
+ * HTTP client and the connection are gone, which drop their callbacks. */
+void audience_named_stop(struct audience_named *nm);
+void audience_named_free(struct audience_named *nm);
+
 #endif

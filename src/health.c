@@ -13,7 +13,7 @@ static const char BACKLOG_SQL[] =
     " FROM public.sendry_outbox WHERE status = 'pending' AND next_attempt_at <= now()"
     "   AND class IN ('live', 'bulk')";
 
-#define BACKLOG_EVERY 15.0
+#define BACKLOG_EVERY 10.0
 #define PROGRESS_EVERY 10.0
 
 struct health {
@@ -40,16 +40,37 @@ static void on_backlog(PGresult *res, void *arg)
     h->backlog_at = gate_now(h->gate);
 }
 
+/* "2 h 5 min", "3 min 20 s", "40 s" */
+static void span(double s, char *out, size_t size)
+{
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(out, size, "%ld h %ld min", t / 3600, t % 3600 / 60);
+    else if (t >= 60)
+        snprintf(out, size, "%ld min %ld s", t / 60, t % 60);
+    else
+        snprintf(out, size, "%ld s", t);
+}
+
+/* Every 10 s while rows are being settled: what went, how fast, what is left (the due
+ * rows of every worker) and when it will be done at this pace. */
 static void on_progress(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
     struct health *h = w->data;
     struct health_totals *win = &h->window;
-    if (win->sent || win->failed || win->retried)
+    double rate = (double)win->sent / w->repeat;
+    metrics.send_rate = rate;
+    metrics.backlog_eta_seconds = rate > 0 ? h->backlog_due / rate : 0;
+    if (win->sent || win->failed || win->retried) {
+        char eta[64] = "";
+        if (rate > 0 && h->backlog_due > 0)
+            span(h->backlog_due / rate, eta, sizeof eta);
         log_info("progress: %lld sent (%.0f/s), %lld failed, %lld to retry in the last %.0f s; "
-                 "%lld sent in all", win->sent, (double)win->sent / w->repeat, win->failed,
-                 win->retried, w->repeat, h->all.sent);
+                 "%lld sent in all; %.0f due left%s%s", win->sent, rate, win->failed, win->retried,
+                 w->repeat, h->all.sent, h->backlog_due, eta[0] ? ", done in about " : "", eta);
+    }
     *win = (struct health_totals){0};
 }
 
@@ -91,10 +112,6 @@ void health_free(struct health *h)
 void health_start(struct health *h)
 {
     ev_timer_start(h->loop, &h->progress);
-}
-
-void health_watch_backlog(struct health *h)
-{
     ev_timer_start(h->loop, &h->timer);
 }
 

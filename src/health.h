@@ -1,11 +1,12 @@
 /* health: is this worker well, and how far along is it? The relay's answer to
  * GET /healthz, the backlog gauge and the progress lines.
  *
- * Every 15 s a query on the aux connection counts the due rows (the backlog) for
- * /metrics. The relay reports each claim that succeeded and hands in every completion
+ * Every 10 s a query on the aux connection counts the due rows (the backlog) for
+ * /metrics and the progress line. The relay reports each claim that succeeded and hands in every completion
  * report; the worker is wedged when rows are due and none has succeeded for longer than
  * any pause of a healthy relay (three polls, a request's timeout, a token's wait). While
- * rows are being settled, a progress line is logged every 10 s. Owned by the relay,
+ * rows are being settled, a progress line is logged every 10 s: rows sent and per
+ * second, the due rows left and when they will be done at this pace. Owned by the relay,
  * which passes in what only it knows (its state, why sending stopped). */
 #ifndef SENDRY_HEALTH_H
 #define SENDRY_HEALTH_H
@@ -32,8 +33,7 @@ struct health *health_new(struct ev_loop *loop, const struct config *cfg, struct
                           struct db *aux, struct gate *gate);
 void health_free(struct health *h);
 
-void health_start(struct health *h);     /* the progress lines */
-void health_watch_backlog(struct health *h);   /* the backlog gauge (with --listen) */
+void health_start(struct health *h);     /* the backlog gauge and the progress lines */
 void health_stop(struct health *h);
 void health_progress(struct health *h);  /* a claim succeeded */
 /* A completion statement ran: counts its rows (and /metrics), and it is progress. */

@@ -246,6 +246,10 @@ char *metrics_render(void)
     gauge(&b, "backlog_due_rows", "Outbox rows due for delivery now.", metrics.backlog_due);
     gauge(&b, "oldest_due_age_seconds", "Age of the oldest outbox row due for delivery.",
           metrics.oldest_due_age_seconds);
+    gauge(&b, "send_rate_rows_per_second", "Rows this worker sent a second over the last 10 s.",
+          metrics.send_rate);
+    gauge(&b, "backlog_eta_seconds", "When the rows due now will be sent at that pace (0 if none).",
+          metrics.backlog_eta_seconds);
     render_webhooks(&b);
     render_upkeep(&b);
     render_health(&b);

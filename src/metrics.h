@@ -3,10 +3,12 @@
  * Everything runs on the one libev loop, so the fields are plain variables: modules
  * update them directly (metrics.rows_sent += n) or through the helpers below, and
  * GET /metrics renders them. Counters only grow; the gauges are set by their owner:
- *   relay (outbox.c)   rows_*, rate_limit_waits, backlog_due, oldest_due_age_seconds,
- *                      sending_stopped + stop_reason, metrics_http(), metrics_claim()
- *   main / db events   db_connected
- *   httpd.c            metrics_webhook() */
+ *   health.c     rows_sent/failed/retried, backlog_due, oldest_due_age_seconds,
+ *                send_rate, backlog_eta_seconds
+ *   outcome.c    rate_limit_waits, sending_stopped + stop_reason (metrics_set_stopped())
+ *   claim.c      metrics_claim();  deliver.c  metrics_http()
+ *   relay.c      db_connected;  prune.c  rows_pruned;  inbox.c  inbox_retr*
+ *   receiver.c   metrics_webhook() */
 #ifndef SENDRY_METRICS_H
 #define SENDRY_METRICS_H
 
@@ -43,6 +45,8 @@ struct metrics {
     /* gauges from the stats view */
     double backlog_due;                       /* rows due now */
     double oldest_due_age_seconds;            /* age of the oldest due row, 0 if none */
+    double send_rate;                         /* rows sent a second over the last 10 s */
+    double backlog_eta_seconds;               /* the due rows at that pace, 0 if none */
     /* webhooks by (type, result) */
     struct metrics_webhook_slot webhook[METRICS_WEBHOOK_SLOTS];
     size_t webhook_used;

@@ -44,6 +44,7 @@ struct relay {
     struct inbox *inbox;
     struct health *health;
     struct pruner *prune;
+    struct audience_named *named; /* the check of the mapping's other audiences, or NULL */
     struct httpd *httpd;       /* --listen, or NULL */
     struct vault_watch *vault; /* SENDRY_API_KEY_VAULT: read again after a refusal; or NULL */
 

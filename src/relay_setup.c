@@ -85,6 +85,8 @@ static void on_verified(void *ud, enum audience_verdict v, long status)
     relay_set_state(r, RELAY_RUNNING);
     if (db_connected(r->db))
         notify_ready();
+    if (r->cfg->verify && !r->cfg->once && !r->named)
+        r->named = audience_check_named(r->loop, r->http, r->aux, r->gate, r->cfg);
     relay_kick(r);
 }
 
@@ -200,7 +202,6 @@ bool relay_listen(struct relay *r, char *err, size_t errsize)
     if (!r->httpd)
         return false;
     log_info("listening on %s (POST /webhooks/sendry, GET /healthz, GET /metrics)", r->cfg->listen);
-    health_watch_backlog(r->health);
     return true;
 }
 
@@ -273,6 +274,7 @@ void relay_free(struct relay *r)
     r->state = RELAY_DONE;
     deliver_drain(r->deliver);
     reconcile_stop(r->reconcile);
+    audience_named_stop(r->named);
     http_abort_all(r->http);
     ev_idle_stop(r->loop, &r->kick_w);
     deliver_free(r->deliver);
@@ -286,6 +288,7 @@ void relay_free(struct relay *r)
     db_free(r->db);
     db_free(r->aux);
     vault_watch_free(r->vault);   /* after db_free, which drops its query */
+    audience_named_free(r->named); /* likewise */
     gate_free(r->gate);
     budget_free(r->budget);
     free(r);
