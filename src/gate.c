@@ -11,6 +11,7 @@
 struct gate {
     gate_clock_fn clock;
     void *clock_ud;
+    double clock_last, clock_skew; /* a clock that steps back is carried on from its last reading */
     struct token_bucket bucket;
     struct budget *budget;     /* shared with other workers, or NULL: the local bucket */
     double reserve;            /* tokens bulk requests leave for live ones */
@@ -38,6 +39,7 @@ struct gate *gate_new(double rate, double burst, double live_share, gate_clock_f
     struct gate *g = xcalloc(1, sizeof *g);
     g->clock = clock ? clock : monotonic;
     g->clock_ud = clock_ud;
+    g->clock_last = g->clock(clock_ud);
     bucket_init(&g->bucket, rate, burst, gate_now(g));
     g->reserve = live_share > 0 ? live_share * g->bucket.burst : 0;
     if (live_share > 0 && g->reserve < 1)
@@ -62,9 +64,15 @@ void gate_free(struct gate *g)
     free(g);
 }
 
-double gate_now(const struct gate *g)
+/* Never backwards: CLOCK_MONOTONIC cannot step back, and an injected clock that does is
+ * taken as standing still, so no pause, probe or token waits out the step. */
+double gate_now(struct gate *g)
 {
-    return g->clock(g->clock_ud);
+    double raw = g->clock(g->clock_ud);
+    if (raw < g->clock_last)
+        g->clock_skew += g->clock_last - raw;
+    g->clock_last = raw;
+    return raw + g->clock_skew;
 }
 
 enum gate_state gate_state(struct gate *g)

@@ -11,7 +11,8 @@
  *
  * Time is a monotonic clock (CLOCK_MONOTONIC unless the caller injects one, as the unit
  * tests do): a wall-clock step backwards never stops sending and a step forwards never
- * cuts a pause short. Pure bookkeeping: no timers and no I/O; callers arm their own
+ * cuts a pause short. An injected clock that steps back is carried on from its last
+ * reading, so even then nothing waits out the step. Pure bookkeeping: no timers and no I/O; callers arm their own
  * timers from the waits it returns. Owned by the relay; deliver.c and reconcile.c borrow it. */
 #ifndef SENDRY_GATE_H
 #define SENDRY_GATE_H
@@ -49,7 +50,7 @@ void gate_use_budget(struct gate *g, struct budget *b);
 /* The tokens bulk requests leave to live ones. */
 double gate_reserve(const struct gate *g);
 
-double gate_now(const struct gate *g);
+double gate_now(struct gate *g);   /* monotonic seconds; never smaller than before */
 enum gate_state gate_state(struct gate *g);   /* a pause that ended is OPEN again */
 const char *gate_state_name(enum gate_state s);
 

@@ -1,5 +1,6 @@
 /* Unit tests for the pure modules: payload building, response classes, error bodies,
- * Retry-After, backoff, the token bucket, email masking and configuration.
+ * Retry-After, backoff, the token bucket, the gate on an injected clock, email masking
+ * and configuration.
  * Built with the sanitizers by `make check-unit`. */
 #include <math.h>
 #include <stdio.h>
@@ -8,6 +9,7 @@
 
 #include "backoff.h"
 #include "config.h"
+#include "gate.h"
 #include "log.h"
 #include "sendry.h"
 
@@ -187,6 +189,99 @@ static void test_backoff(void)
     CHECK(bucket_take(&unl, 0) == 0);
 }
 
+/* The gate on a clock the test sets: "wall-clock" steps are what the test does to it. */
+static double fake_clock(void *ud)
+{
+    return *(double *)ud;
+}
+
+static void test_gate_clock(void)
+{
+    double t = 1000;
+    struct gate *g = gate_new(10, 2, 0, fake_clock, &t);
+    CHECK(gate_ask(g, GATE_LIVE) == 0 && gate_ask(g, GATE_LIVE) == 0);
+    double w = gate_ask(g, GATE_LIVE);
+    CHECK(w > 0.09 && w < 0.11);
+    t -= 3600;                            /* a step back: never an hour without tokens */
+    w = gate_ask(g, GATE_LIVE);
+    CHECK(w > 0 && w <= 0.11);
+    t += 0.11;
+    CHECK(gate_ask(g, GATE_LIVE) == 0);
+
+    CHECK(gate_pause(g, 30, 0) == 30);    /* a 429 with Retry-After: 30 */
+    CHECK(gate_state(g) == GATE_PAUSED);
+    t -= 600;                             /* a step back neither lengthens the pause */
+    w = gate_peek(g, GATE_LIVE);
+    CHECK(w > 29.9 && w <= 30);
+    t += 29.9;                            /* nor does time short of it end it */
+    CHECK(gate_state(g) == GATE_PAUSED && gate_ask(g, GATE_LIVE) > 0);
+    t += 0.1;
+    CHECK(gate_state(g) == GATE_OPEN && gate_ask(g, GATE_LIVE) == 0);
+    gate_free(g);
+
+    /* The real clock is monotonic: readings never go back. */
+    struct gate *m = gate_new(0, 0, 0, NULL, NULL);
+    double a = gate_now(m), b = gate_now(m);
+    CHECK(b >= a);
+    gate_free(m);
+}
+
+static void test_gate_pause_values(void)
+{
+    double t = 0;
+    struct gate *g = gate_new(0, 0, 0, fake_clock, &t);
+    gate_set_backoff(g, 1, 60);
+    /* No delay, or one no limit needs (NaN, infinity, a day): the backoff, within its cap. */
+    double odd[] = {-1, NAN, INFINITY, -INFINITY, 86400, GATE_PAUSE_CAP + 1};
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        double p = gate_pause(g, odd[i], 0.5);
+        CHECK(p >= 0 && p <= 60);
+        t += 61;
+    }
+    CHECK(gate_pause(g, GATE_PAUSE_CAP, 0) == GATE_PAUSE_CAP);
+    CHECK(gate_pause(g, 5, 0) == 5);          /* a shorter pause keeps the longer one */
+    CHECK(gate_peek(g, GATE_LIVE) > GATE_PAUSE_CAP - 1);
+    gate_free(g);
+}
+
+static void test_gate_stop_and_probes(void)
+{
+    double t = 0;
+    struct gate *g = gate_new(0, 0, 0, fake_clock, &t);
+    CHECK(gate_stop(g, "401 invalid key", t));
+    CHECK(gate_state(g) == GATE_STOPPED && strcmp(gate_cause(g), "401 invalid key") == 0);
+    CHECK(gate_ask(g, GATE_LIVE) == GATE_PROBE_FIRST);
+    t += GATE_PROBE_FIRST;
+    CHECK(gate_ask(g, GATE_LIVE) == 0);       /* the period's one probe */
+    CHECK(gate_ask(g, GATE_LIVE) == GATE_PROBE_FIRST);
+    CHECK(!gate_stop(g, "late", -1));         /* started before the stop began: no news */
+    CHECK(gate_probe_in(g) == GATE_PROBE_FIRST);
+    CHECK(gate_stop(g, "401 again", t));      /* the probe's refusal: the wait doubles */
+    CHECK(gate_probe_in(g) == 2 * GATE_PROBE_FIRST);
+    for (int i = 0; i < 10; i++)
+        gate_stop(g, "401", gate_now(g));
+    CHECK(gate_probe_in(g) == GATE_PROBE_MAX);
+    gate_probe_now(g);                        /* a new key: probe at once */
+    CHECK(gate_ask(g, GATE_LIVE) == 0);
+    CHECK(gate_accepted(g) && gate_state(g) == GATE_OPEN && gate_cause(g)[0] == '\0');
+    CHECK(!gate_accepted(g));
+    gate_free(g);
+}
+
+static void test_gate_live_share(void)
+{
+    double t = 0;
+    struct gate *g = gate_new(1, 10, 0.2, fake_clock, &t);
+    CHECK(gate_reserve(g) == 2);
+    int bulk = 0;
+    while (gate_ask(g, GATE_BULK) == 0)
+        bulk++;
+    CHECK(bulk == 8);                         /* bulk leaves the live share */
+    CHECK(gate_ask(g, GATE_LIVE) == 0 && gate_ask(g, GATE_LIVE) == 0);
+    CHECK(gate_ask(g, GATE_LIVE) > 0);
+    gate_free(g);
+}
+
 static void test_mask(void)
 {
     char buf[64];
@@ -352,6 +447,10 @@ int main(void)
     test_classify();
     test_errors();
     test_backoff();
+    test_gate_clock();
+    test_gate_pause_values();
+    test_gate_stop_and_probes();
+    test_gate_live_share();
     test_mask();
     test_config();
     test_config_commands();
