@@ -2,8 +2,10 @@
 """A throwaway PostgreSQL cluster for tests, the demo and the benchmark.
 
 initdb + pg_ctl in a temporary directory, listening only on a Unix socket in that
-directory, with fsync off. The cluster is always stopped and removed, even when the
-code using it fails. As root (CI), the server runs as the `postgres` system user.
+directory, with fsync off (durable=True keeps PostgreSQL's defaults, fsync,
+full_page_writes and synchronous_commit on, for the benchmark). The cluster is always
+stopped and removed, even when the code using it fails. As root (CI), the server runs
+as the `postgres` system user.
 
 As a library (pytest):
     with Cluster(supabase=True) as pg:
@@ -53,8 +55,12 @@ def pg_bindir():
 class Cluster:
     SUPERUSER = "supabase_admin"
 
-    def __init__(self, supabase=True, install=False, port=None):
+    def __init__(self, supabase=True, install=False, port=None, durable=False, conf=()):
+        """durable: PostgreSQL's own fsync, full_page_writes and synchronous_commit (on)
+        instead of the tests' off; conf: more postgresql.conf lines."""
         self.supabase = supabase
+        self.durable = durable
+        self.conf = list(conf)
         self.install_on_start = install
         self.bindir = pg_bindir()
         self.port = port or (20000 + os.getpid() % 20000)
@@ -117,9 +123,11 @@ class Cluster:
                         "listen_addresses = ''\n"
                         f"unix_socket_directories = '{self.dir}'\n"
                         f"port = {self.port}\n"
-                        "fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n"
-                        "max_connections = 50\n"
-                        "log_min_messages = warning\n")
+                        + ("" if self.durable else
+                           "fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n")
+                        + "max_connections = 50\n"
+                        "log_min_messages = warning\n"
+                        + "".join(line + "\n" for line in self.conf))
             self.pg_start()
             if self.supabase:
                 self.psql_as(self.SUPERUSER, "-f", FIXTURE)
