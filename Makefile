@@ -75,6 +75,15 @@ check-valgrind valgrind: sendry-sync
 demo: sendry-sync
 	$(PYTHON) tests/pgharness.py run -- sh contrib/demo.sh
 
+# The bench's fake Sendry (epoll, keep-alive) and the load generator that measures it.
+build/fastapi: tests/bench/fastapi.c
+	@mkdir -p build
+	$(CC) $(CFLAGS) -o $@ $< -lm
+
+build/fastload: tests/bench/fastload.c
+	@mkdir -p build
+	$(CC) $(CFLAGS) -o $@ $<
+
 bench: sendry-sync
 	sh tests/sql_bench.sh
 	$(PYTHON) tests/bench_backfill.py
