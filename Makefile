@@ -4,7 +4,8 @@
 #   make check      unit tests, SQL tests, end-to-end tests (plain build, then ASan/UBSan),
 #                   a --once run under valgrind, and a short fuzz run of the webhook parser
 #   make demo       the whole flow on a throwaway PostgreSQL and a fake Sendry
-#   make bench      performance figures (printed, never pass/fail)
+#   make bench      performance figures (printed, never pass/fail on a timing);
+#                   BASELINE=<checkout> measures that one too, BENCH_QUICK=1 scales it down
 #   make valgrind   a --once run under valgrind, failing on any leak
 
 CC      ?= cc
@@ -58,7 +59,7 @@ check-fuzz:
 check-sql:
 	$(PYTHON) tests/pgharness.py run -- sh tests/sql/run.sh
 
-check-e2e: sendry-sync
+check-e2e: sendry-sync build/fastapi build/fastload
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/
 
 check-asan: sendry-sync-asan
@@ -84,9 +85,10 @@ build/fastload: tests/bench/fastload.c
 	@mkdir -p build
 	$(CC) $(CFLAGS) -o $@ $<
 
-bench: sendry-sync
+# make bench [BASELINE=/path/to/another/checkout] [BENCH_QUICK=1]
+bench: sendry-sync build/fastapi build/fastload
 	sh tests/sql_bench.sh
-	$(PYTHON) tests/bench_backfill.py
+	$(PYTHON) tests/bench/bench.py $(if $(BASELINE),--baseline $(BASELINE))
 
 clean:
 	rm -rf build sendry-sync sendry-sync-asan
