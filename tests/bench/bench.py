@@ -1040,8 +1040,8 @@ def main():
     started = time.monotonic()
     try:
         sides, results, ceiling = run(args, workdir)
-    except BenchError as e:
-        print(f"bench: could not run: {e}", file=sys.stderr)
+    except (BenchError, RuntimeError, psycopg.Error, OSError, subprocess.SubprocessError) as e:
+        print(f"bench: could not run: {e} (work directory {workdir})", file=sys.stderr)
         return 2
     print()
     print("make bench: " + "; ".join(f"{s.name} = {s.checkout} @ {describe(s.checkout)}" for s in sides)
