@@ -134,15 +134,20 @@ def vm_kib(pid, field="VmHWM"):
 
 def cluster_cpu(postmaster):
     """CPU seconds of a cluster so far: the postmaster, its live children, and the children
-    it has reaped (cutime/cstime: backends that exited count too)."""
-    pm = proc_stat(postmaster)
-    total = pm[1] + pm[2]
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = proc_stat(int(name))
-            if st and st[0] == postmaster:
-                total += st[1]
-    return total
+    it has reaped (cutime/cstime: backends that exited count too). Read again when a child
+    was reaped meanwhile, so that no backend is missed or counted twice."""
+    for _ in range(20):
+        before = proc_stat(postmaster)
+        live = 0.0
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                st = proc_stat(int(name))
+                if st and st[0] == postmaster:
+                    live += st[1]
+        after = proc_stat(postmaster)
+        if after[2] == before[2]:
+            break
+    return after[1] + after[2] + live
 
 
 class Worker:
@@ -204,9 +209,10 @@ class Worker:
 
 
 class Sampler(threading.Thread):
-    """While workers run: the CPU of their backends (application_name 'sendry-sync', found in
-    pg_stat_activity) and of this sampler's own backend, read from /proc every 20 ms. A
-    backend's last reading before it exits is kept (at most 20 ms of its CPU is missed)."""
+    """While workers run: the CPU of their backends (application_name 'sendry-sync', looked for
+    in pg_stat_activity every 100 ms) and of this sampler's own backend, read from /proc
+    every 20 ms. A backend's last reading before it exits is kept (at most 20 ms of its CPU
+    is missed)."""
 
     def __init__(self, side):
         super().__init__(daemon=True)
@@ -225,7 +231,7 @@ class Sampler(threading.Thread):
             self._ready.set()
             tick = 0
             while not self._stop_event.is_set():
-                if tick % 10 == 0:
+                if tick % 5 == 0:
                     for (pid,) in conn.execute("SELECT pid FROM pg_stat_activity "
                                                "WHERE application_name = 'sendry-sync'"):
                         with self._lock:
@@ -272,6 +278,8 @@ class Fake:
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         port_file = os.path.join(self.dir, "port")
+        if os.path.exists(port_file):
+            os.remove(port_file)                  # a fake started here before
         self.request_log = os.path.join(self.dir, "requests.log")
         self.email_log = os.path.join(self.dir, "emails.log") if email_log else None
         argv = [os.path.join(ROOT, "build", "fastapi"), "--port-file", port_file,
@@ -298,22 +306,23 @@ class Fake:
             self.proc.terminate()
             self.proc.wait(10)
 
+    def _lines(self, path):
+        """The complete lines of a log the fake may still be writing (a read can end in
+        the middle of its last line)."""
+        with open(path) as f:
+            for line in f:
+                if line.endswith("\n"):
+                    yield line[:-1].split(maxsplit=3)
+
     def requests(self):
         """[(realtime, status, contacts, path)] of every request, in arrival order."""
-        out = []
-        with open(self.request_log) as f:
-            for line in f:
-                t, status, n, path = line.split(maxsplit=3)
-                out.append((float(t), int(status), int(n), path.strip()))
-        return out
+        return [(float(t), int(st), int(n), path) for t, st, n, path in self._lines(self.request_log)]
 
     def arrivals(self):
         """{email: realtime of its first arrival}."""
         seen = {}
-        with open(self.email_log) as f:
-            for line in f:
-                t, email = line.split(maxsplit=1)
-                seen.setdefault(email.strip(), float(t))
+        for t, email in self._lines(self.email_log):
+            seen.setdefault(email, float(t))
         return seen
 
     def wait_contacts(self, n, deadline):
