@@ -5,7 +5,8 @@
 #                   the commands, Vault, TLS, systemd and packaging tests among them),
 #                   a --once run under valgrind, and a short fuzz run of the webhook parser
 #   make demo       the whole flow on a throwaway PostgreSQL and a fake Sendry
-#   make bench      performance figures (printed, never pass/fail): the triggers, then the backfill
+#   make bench      performance figures (printed, never pass/fail on a timing);
+#                   BASELINE=<checkout> measures that one too, BENCH_QUICK=1 scales it down
 #   make valgrind   a --once run under valgrind, failing on any leak
 
 CC      ?= cc
@@ -78,7 +79,7 @@ check-fuzz:
 check-sql:
 	$(PYTHON) tests/pgharness.py run -- sh tests/sql/run.sh
 
-check-e2e: sendry-sync
+check-e2e: sendry-sync build/fastapi build/fastload
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/
 
 check-asan: sendry-sync-asan
@@ -96,9 +97,19 @@ check-valgrind valgrind: sendry-sync
 demo: sendry-sync
 	$(PYTHON) tests/pgharness.py run -- sh contrib/demo.sh
 
-bench: sendry-sync
+# The bench's fake Sendry (epoll, keep-alive) and the load generator that measures it.
+build/fastapi: tests/bench/fastapi.c
+	@mkdir -p build
+	$(CC) $(CFLAGS) -o $@ $< -lm
+
+build/fastload: tests/bench/fastload.c
+	@mkdir -p build
+	$(CC) $(CFLAGS) -o $@ $<
+
+# make bench [BASELINE=/path/to/another/checkout] [BENCH_QUICK=1]
+bench: sendry-sync build/fastapi build/fastload
 	$(PYTHON) tests/bench_triggers.py
-	$(PYTHON) tests/bench_backfill.py
+	$(PYTHON) tests/bench/bench.py $(if $(BASELINE),--baseline $(BASELINE))
 
 clean:
 	rm -rf build sendry-sync sendry-sync-asan

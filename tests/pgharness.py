@@ -55,9 +55,12 @@ def pg_bindir():
 class Cluster:
     SUPERUSER = "supabase_admin"
 
-    def __init__(self, supabase=True, install=False, port=None, durable=False):
+    def __init__(self, supabase=True, install=False, port=None, durable=False, conf=()):
+        """durable: PostgreSQL's own fsync, full_page_writes and synchronous_commit (on)
+        instead of the tests' off; conf: more postgresql.conf lines."""
         self.supabase = supabase
         self.durable = durable
+        self.conf = list(conf)
         self.install_on_start = install
         self.bindir = pg_bindir()
         self.port = port or (20000 + os.getpid() % 20000)
@@ -123,7 +126,8 @@ class Cluster:
                         + ("" if self.durable else
                            "fsync = off\nfull_page_writes = off\nsynchronous_commit = off\n")
                         + "max_connections = 50\n"
-                        "log_min_messages = warning\n")
+                        "log_min_messages = warning\n"
+                        + "".join(line + "\n" for line in self.conf))
             self.pg_start()
             if self.supabase:
                 self.psql_as(self.SUPERUSER, "-f", FIXTURE)
