@@ -27,23 +27,27 @@ static const char COMPLETE_SQL[] =
     " RETURNING o.id";
 
 /* Outcomes the completion could not record: what happened to those rows since. A claim
- * sets updated_at to its own time, so a row last changed before our claim never saw it
- * (the database lost that commit), and one changed since was claimed again or changed
- * by someone else. */
+ * sets updated_at to its own time and counts an attempt, so a row last changed before our
+ * claim never saw it, and one claimed again since with no more attempts than ours had
+ * went back to its state from before our claim first: the database lost that commit
+ * (the next claim counted the same attempt again). More attempts: claimed again after
+ * our lease ran out. The same claim, no longer ours as we left it: someone's UPDATE. */
 static const char EXPLAIN_SQL[] =
     "SELECT count(*) FILTER (WHERE o.id IS NULL),"
-    "       count(*) FILTER (WHERE o.updated_at < to_timestamp(h.claimed_at)),"
+    "       count(*) FILTER (WHERE o.updated_at < to_timestamp(h.claimed_at)"
+    "                          OR (o.claim_id IS DISTINCT FROM h.claim_id AND o.attempts <= h.attempts)),"
     "       count(*) FILTER (WHERE o.updated_at >= to_timestamp(h.claimed_at)"
-    "                          AND o.claim_id IS DISTINCT FROM h.claim_id),"
+    "                          AND o.claim_id IS DISTINCT FROM h.claim_id AND o.attempts > h.attempts),"
     "       count(*) FILTER (WHERE o.updated_at >= to_timestamp(h.claimed_at) AND o.claim_id = h.claim_id),"
     "       string_agg(DISTINCT o.locked_by, ', ') FILTER (WHERE o.claim_id IS DISTINCT FROM h.claim_id"
-    "                                                        AND o.locked_by <> $2)"
-    " FROM jsonb_to_recordset($1::jsonb) AS h(id bigint, claim_id bigint, claimed_at float8)"
+    "                                                        AND o.attempts > h.attempts AND o.locked_by <> $2)"
+    " FROM jsonb_to_recordset($1::jsonb) AS h(id bigint, claim_id bigint, claimed_at float8, attempts int)"
     " LEFT JOIN public.sendry_outbox o ON o.id = h.id";
 
 struct outcome_rec {
     long long id, claim_id;
     double claimed_at;
+    int attempts;          /* the row's attempts as our claim left them */
     enum row_result result;
     int http_status;       /* 0 = none */
     char *error;           /* owned, may be NULL */
@@ -88,7 +92,7 @@ void complete_row(struct completer *c, const struct row_ref *ref, enum row_resul
     xgrow((void **)&c->recs, &c->cap, c->n + 1, sizeof *c->recs);
     c->recs[c->n++] = (struct outcome_rec){
         .id = ref->id, .claim_id = ref->claim_id, .claimed_at = ref->claimed_at,
-        .result = result, .http_status = http_status,
+        .attempts = ref->attempts, .result = result, .http_status = http_status,
         .error = error ? xstrdup(error) : NULL, .delay_ms = (long long)(delay * 1000)};
 }
 
@@ -162,7 +166,7 @@ static void on_explained(PGresult *res, void *arg)
     if (lost)
         log_warn("db: %lld outcomes not recorded: the database no longer has the claim that took "
                  "their rows (its last commits were lost: an immediate restart with "
-                 "synchronous_commit off?); the rows are due again and will be sent again", lost);
+                 "synchronous_commit off?); the rows were due again and are sent again", lost);
     if (gone)
         log_warn("db: %lld outcomes not recorded: their rows were deleted meanwhile", gone);
     if (changed)
@@ -189,6 +193,7 @@ static void explain_unrecorded(struct completer *c, PGresult *res)
         json_object_object_add(o, "id", json_object_new_int64(c->recs[i].id));
         json_object_object_add(o, "claim_id", json_object_new_int64(c->recs[i].claim_id));
         json_object_object_add(o, "claimed_at", json_object_new_double(c->recs[i].claimed_at));
+        json_object_object_add(o, "attempts", json_object_new_int(c->recs[i].attempts));
         json_object_array_add(arr, o);
     }
     const char *params[2] = {json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN), c->locked_by};

@@ -13,6 +13,12 @@ static const char BACKLOG_SQL[] =
     " FROM public.sendry_outbox WHERE status = 'pending' AND next_attempt_at <= now()"
     "   AND class IN ('live', 'bulk')";
 
+/* Errors the triggers on auth.users turned into a WARNING in the last hour (the user's
+ * write succeeded, but no outbox row was written for it). A separate statement: a role
+ * that may not read the table loses this figure, not the backlog. */
+static const char ENQUEUE_ERRORS_SQL[] =
+    "SELECT count(*) FROM public.sendry_enqueue_errors WHERE occurred_at > now() - interval '1 hour'";
+
 #define BACKLOG_EVERY 10.0
 #define PROGRESS_EVERY 10.0
 
@@ -23,11 +29,29 @@ struct health {
     struct gate *gate;
     double last_progress;      /* gate clock */
     double backlog_due, backlog_at;
+    long long enqueue_errors;  /* in the last hour, as last read; -1 unknown */
     bool asking;
     struct health_totals all, window;
     ev_timer timer;            /* the backlog gauge */
     ev_timer progress;         /* the progress line */
 };
+
+static void on_enqueue_errors(PGresult *res, void *arg)
+{
+    struct health *h = arg;
+    h->asking = false;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        h->enqueue_errors = -1;
+        return;
+    }
+    long long n = atoll(PQgetvalue(res, 0, 0));
+    if (n > h->enqueue_errors && h->enqueue_errors >= 0)
+        log_warn("%lld writes to auth.users in the last hour enqueued nothing: a trigger's error was "
+                 "turned into a WARNING (see public.sendry_enqueue_errors and the README's \"Nothing lost "
+                 "silently\" for the repair)", n);
+    h->enqueue_errors = n;
+    metrics.enqueue_errors_last_hour = (double)n;
+}
 
 static void on_backlog(PGresult *res, void *arg)
 {
@@ -38,6 +62,8 @@ static void on_backlog(PGresult *res, void *arg)
     h->backlog_due = metrics.backlog_due = atof(PQgetvalue(res, 0, 0));
     metrics.oldest_due_age_seconds = atof(PQgetvalue(res, 0, 1));
     h->backlog_at = gate_now(h->gate);
+    h->asking = true;
+    db_query(h->aux, ENQUEUE_ERRORS_SQL, 0, NULL, on_enqueue_errors, h);
 }
 
 /* "2 h 5 min", "3 min 20 s", "40 s" */
@@ -165,7 +191,11 @@ bool health_check(struct health *h, enum health_activity activity, const char *s
     else if (activity == HEALTH_SENDING && wedged(h, &idle))
         snprintf(reason, size, "wedged: %.0f rows are due and no claim or completion succeeded for %.0f s",
                  h->backlog_due, idle);
-    else
+    else {
+        if (h->enqueue_errors > 0)   /* healthy, but someone should look */
+            snprintf(reason, size, "degraded: %lld writes to auth.users in the last hour enqueued "
+                     "nothing (public.sendry_enqueue_errors)", h->enqueue_errors);
         return true;
+    }
     return false;
 }

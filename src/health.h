@@ -43,7 +43,8 @@ struct health_totals health_totals(const struct health *h);
 /* What the relay is doing, for the answer. */
 enum health_activity { HEALTH_SENDING, HEALTH_IDLE_OK, HEALTH_STOPPED, HEALTH_SHUTTING_DOWN };
 
-/* true: healthy; false: one line in reason. sending: the relay is running (only then can
+/* true: healthy (reason "degraded: ..." when triggers on auth.users failed to enqueue in
+ * the last hour, else ""); false: one line in reason. sending: the relay is running (only then can
  * it be wedged); stop_cause: why sending stopped, or NULL. */
 bool health_check(struct health *h, enum health_activity activity, const char *stop_cause,
                   char *reason, size_t size);

@@ -25,7 +25,8 @@ bool healthcheck_url(const char *listen, char *url, size_t size)
     return n > 0 && (size_t)n < size;
 }
 
-/* The reason in a 503 {"status":"unhealthy","reason":...}, or the status code. */
+/* The reason in a 503 {"status":"unhealthy","reason":...} (or a 200 "degraded"), or the
+ * status code. */
 static void describe(const struct probe *p, char *out, size_t size)
 {
     json_object *o = json_tokener_parse(p->response ? p->response : "");
@@ -50,7 +51,8 @@ static int check_healthz(const char *listen)
     if (!probe_run(&p)) {
         printf("unhealthy: %s: %s\n", url, p.error);
     } else if (p.status == 200) {
-        printf("healthy: %s answered 200\n", url);
+        describe(&p, why, sizeof why);   /* a reason too: {"status":"degraded",...} */
+        printf("healthy: %s answered %s\n", url, strcmp(why, "HTTP 200") == 0 ? "200" : why);
         status = 0;
     } else {
         describe(&p, why, sizeof why);

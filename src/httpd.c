@@ -113,10 +113,11 @@ char *httpd_json2(const char *k1, const char *v1, const char *k2, const char *v2
 static enum MHD_Result healthz(struct httpd *h, struct MHD_Connection *conn)
 {
     char reason[600] = "";
-    if (h->hooks.health(h->hooks.ud, reason, sizeof reason))
+    bool well = h->hooks.health(h->hooks.ud, reason, sizeof reason);
+    if (well && !reason[0])
         return httpd_reply_json(conn, MHD_HTTP_OK, "{\"status\":\"ok\"}");
-    char *body = httpd_json2("status", "unhealthy", "reason", reason[0] ? reason : "unhealthy");
-    enum MHD_Result r = body ? httpd_reply_json(conn, MHD_HTTP_SERVICE_UNAVAILABLE, body) : MHD_NO;
+    char *body = httpd_json2("status", well ? "degraded" : "unhealthy", "reason", reason[0] ? reason : "unhealthy");
+    enum MHD_Result r = body ? httpd_reply_json(conn, well ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, body) : MHD_NO;
     free(body);
     return r;
 }

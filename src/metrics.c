@@ -248,6 +248,8 @@ char *metrics_render(void)
           metrics.oldest_due_age_seconds);
     gauge(&b, "send_rate_rows_per_second", "Rows this worker sent a second over the last 10 s.",
           metrics.send_rate);
+    gauge(&b, "enqueue_errors_last_hour", "Writes to auth.users whose trigger error enqueued nothing, last hour.",
+          metrics.enqueue_errors_last_hour);
     gauge(&b, "backlog_eta_seconds", "When the rows due now will be sent at that pace (0 if none).",
           metrics.backlog_eta_seconds);
     render_webhooks(&b);

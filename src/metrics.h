@@ -4,7 +4,7 @@
  * update them directly (metrics.rows_sent += n) or through the helpers below, and
  * GET /metrics renders them. Counters only grow; the gauges are set by their owner:
  *   health.c     rows_sent/failed/retried, backlog_due, oldest_due_age_seconds,
- *                send_rate, backlog_eta_seconds
+ *                send_rate, backlog_eta_seconds, enqueue_errors_last_hour
  *   outcome.c    rate_limit_waits, sending_stopped + stop_reason (metrics_set_stopped())
  *   claim.c      metrics_claim();  deliver.c  metrics_http()
  *   relay.c      db_connected;  prune.c  rows_pruned;  inbox.c  inbox_retr*
@@ -44,6 +44,7 @@ struct metrics {
     unsigned long long claim_sum;
     /* gauges from the stats view */
     double backlog_due;                       /* rows due now */
+    double enqueue_errors_last_hour;          /* trigger errors turned into WARNINGs */
     double oldest_due_age_seconds;            /* age of the oldest due row, 0 if none */
     double send_rate;                         /* rows sent a second over the last 10 s */
     double backlog_eta_seconds;               /* the due rows at that pace, 0 if none */

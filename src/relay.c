@@ -152,7 +152,10 @@ void relay_on_claimed(void *ud, struct claim_batch *batch)
         batch->rows[i]->held_since = now_of(r);
     bool all_due = (int)batch->n >= batch->limit;
     deliver_take(r->deliver, batch);
-    if (r->state == RELAY_DRAINING) {
+    bool no_probe_now = gate_state(r->gate) == GATE_STOPPED && gate_peek(r->gate, GATE_LIVE) > 0;
+    if (r->state == RELAY_DRAINING || no_probe_now) {
+        /* Draining, or sending stopped while this claim ran: give them back now rather
+         * than hold them until the next probe (another worker may have a working key). */
         deliver_release_waiting(r->deliver);
     } else if (r->bulk_held_back) {
         /* Bulk rows were left for when the queue has room: a job starting claims again. */
@@ -278,8 +281,9 @@ static void on_renewed(void *ud, const long long *lost, size_t n)
     struct relay *r = ud;
     if (n == 0)
         return;
-    log_warn("%zu rows this worker held were claimed again by another worker after their lease "
-             "(--lease %.0f s) ran out: they are theirs now, and are not sent from here", n, r->cfg->lease);
+    log_warn("%zu rows this worker held are no longer its own in the database (claimed again after "
+             "their lease, --lease %.0f s, ran out, or a claim whose commit the database lost in a "
+             "crash): they are not sent from here", n, r->cfg->lease);
     deliver_forget(r->deliver, lost, n);
     relay_kick(r);
 }

@@ -327,6 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
             "time": time.monotonic(),
         }
         drop, delay = fake._begin(record)
+        if fake.on_request:
+            fake.on_request(record)
         if drop:
             # Request fully read; hang up without a single byte of response.
             self.close_connection = True
@@ -393,6 +395,7 @@ class FakeSendry:
         self.ssl_context = ssl_context  # an ssl.SSLContext: serve HTTPS instead of HTTP
         self.delay_all = 0.0
         self.stuck_cursor = None  # GET /v1/unsubscribes answers this next_cursor forever
+        self.on_request = None    # called with each request's record once it is read (tests)
 
         self._port_wanted = port
         self._server = None
