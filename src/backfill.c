@@ -37,6 +37,7 @@ struct walk {
     double started, shown;
     long long total;        /* synced users, for the bar */
     bool tty;
+    const char *what;       /* "backfill" or "reconcile-contacts" */
 };
 
 static double now_s(void)
@@ -56,8 +57,8 @@ static void show(struct walk *w, bool last)
                 w->examined, w->total, w->enqueued, rate, last ? "\n" : "");
         fflush(stderr);
     } else if (last || t - w->shown >= 5) {
-        log_info("backfill: %lld of about %lld users examined, %lld enqueued, %lld failed the mapping "
-                 "(%.0f users/s)", w->examined, w->total, w->enqueued, w->failed, rate);
+        log_info("%s: %lld of about %lld users examined, %lld enqueued, %lld failed the mapping "
+                 "(%.0f users/s)", w->what, w->examined, w->total, w->enqueued, w->failed, rate);
         w->shown = t;
     }
 }
@@ -71,7 +72,7 @@ static bool step(PGconn *conn, const struct config *cfg, struct walk *w, int *st
     PGresult *res = PQexecParams(conn, STEP_SQL, 1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         char line[768];
-        log_error("backfill: %s", dbsync_result_error(res, line, sizeof line));
+        log_error("%s: %s", w->what, dbsync_result_error(res, line, sizeof line));
         PQclear(res);
         *status = 1;
         return false;
@@ -87,7 +88,7 @@ static bool step(PGconn *conn, const struct config *cfg, struct walk *w, int *st
 
 static int walk(PGconn *conn, const struct config *cfg, long long total, const char *what)
 {
-    struct walk w = {.started = now_s(), .total = total, .tty = isatty(STDERR_FILENO)};
+    struct walk w = {.started = now_s(), .total = total, .tty = isatty(STDERR_FILENO), .what = what};
     w.shown = w.started;
     struct sigaction sa = {.sa_handler = on_interrupt};
     sigemptyset(&sa.sa_mask);
