@@ -23,7 +23,9 @@
 struct claim_batch {
     struct row **rows;     /* n contacts, each owned by the callee (free with row_free) */
     size_t n;
-    int limit;             /* the contacts asked for: n < limit means nothing more is due */
+    int limit;             /* the contacts asked for */
+    bool more;             /* the candidates filled their limit: more may be due (n < limit
+                            * then means some were held back or coalesced, not none left) */
     size_t fresh;          /* first attempts created after the connection began */
     bool failed;           /* the claim failed (connection lost or statement error) */
 };

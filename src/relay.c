@@ -150,7 +150,7 @@ void relay_on_claimed(void *ud, struct claim_batch *batch)
     warn_no_notify(r, batch->fresh);
     for (size_t i = 0; i < batch->n; i++)
         batch->rows[i]->held_since = now_of(r);
-    bool all_due = (int)batch->n >= batch->limit;
+    bool all_due = (int)batch->n >= batch->limit || batch->more;
     deliver_take(r->deliver, batch);
     bool no_probe_now = gate_state(r->gate) == GATE_STOPPED && gate_peek(r->gate, GATE_LIVE) > 0;
     if (r->state == RELAY_DRAINING || no_probe_now) {
