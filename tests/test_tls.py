@@ -77,6 +77,14 @@ def test_without_ca_file_verification_fails_and_rows_stay_pending(db, tls_fake, 
     assert not tls_fake.requests, "no request got through"
 
 
+def test_once_that_could_deliver_nothing_over_tls_exits_3(db, tls_fake, workers):
+    """For cron and CI: a --once run whose every request failed (here TLS) is not 0."""
+    db.signup("cron@example.com")
+    w = workers("--once", env={"SENDRY_API_URL": tls_fake.url})
+    assert w.wait(T) == 3, w.log()
+    assert db.row("cron@example.com")["status"] == "pending"
+
+
 def test_unreadable_ca_file_exits_2(fake, workers, tmp_path):
     w = workers("--ca-file", str(tmp_path / "missing.pem"), fast=False)
     assert w.wait(T) == 2
