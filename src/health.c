@@ -20,6 +20,9 @@ static const char ENQUEUE_ERRORS_SQL[] =
     "SELECT count(*) FROM public.sendry_enqueue_errors WHERE occurred_at > now() - interval '1 hour'";
 
 #define BACKLOG_EVERY 10.0
+/* Counting a big backlog is not free for the user's database: the count waits at least
+ * a hundred times as long as it took (a 0.5 s count of 1M due rows: every 50 s). */
+#define BACKLOG_COST_FACTOR 100.0
 #define PROGRESS_EVERY 10.0
 
 struct health {
@@ -29,6 +32,7 @@ struct health {
     struct gate *gate;
     double last_progress;      /* gate clock */
     double backlog_due, backlog_at;
+    double asked_at;           /* when the backlog query went out (gate clock) */
     long long enqueue_errors;  /* in the last hour, as last read; -1 unknown */
     bool asking;
     struct health_totals all, window;
@@ -62,6 +66,10 @@ static void on_backlog(PGresult *res, void *arg)
     h->backlog_due = metrics.backlog_due = atof(PQgetvalue(res, 0, 0));
     metrics.oldest_due_age_seconds = atof(PQgetvalue(res, 0, 1));
     h->backlog_at = gate_now(h->gate);
+    double every = BACKLOG_COST_FACTOR * (h->backlog_at - h->asked_at);
+    h->timer.repeat = every > BACKLOG_EVERY ? every : BACKLOG_EVERY;
+    if (ev_is_active(&h->timer))   /* not after health_stop */
+        ev_timer_again(h->loop, &h->timer);
     h->asking = true;
     db_query(h->aux, ENQUEUE_ERRORS_SQL, 0, NULL, on_enqueue_errors, h);
 }
@@ -108,6 +116,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     if (h->asking || !db_connected(h->aux))
         return;
     h->asking = true;
+    h->asked_at = gate_now(h->gate);
     db_query(h->aux, BACKLOG_SQL, 0, NULL, on_backlog, h);
 }
 
@@ -175,7 +184,7 @@ static bool wedged(struct health *h, double *idle)
     double now = gate_now(h->gate);
     double limit = 3 * c->poll_interval + c->http_timeout + (c->rate > 0 ? 1 / c->rate : 0);
     *idle = now - h->last_progress;
-    return h->backlog_due > 0 && now - h->backlog_at < 2 * BACKLOG_EVERY && *idle > limit;
+    return h->backlog_due > 0 && now - h->backlog_at < 2 * h->timer.repeat && *idle > limit;
 }
 
 bool health_check(struct health *h, enum health_activity activity, const char *stop_cause,

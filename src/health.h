@@ -1,8 +1,10 @@
 /* health: is this worker well, and how far along is it? The relay's answer to
  * GET /healthz, the backlog gauge and the progress lines.
  *
- * Every 10 s a query on the aux connection counts the due rows (the backlog) for
- * /metrics and the progress line. The relay reports each claim that succeeded and hands in every completion
+ * Every 10 s (or, for a backlog so big that counting it takes a while, a hundred times
+ * as long as the count took) a query on the aux connection counts the due rows (the
+ * backlog) for /metrics and the progress line, and another the trigger errors of the
+ * last hour. The relay reports each claim that succeeded and hands in every completion
  * report; the worker is wedged when rows are due and none has succeeded for longer than
  * any pause of a healthy relay (three polls, a request's timeout, a token's wait). While
  * rows are being settled, a progress line is logged every 10 s: rows sent and per
