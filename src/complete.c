@@ -1,7 +1,10 @@
 #include "complete.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <json-c/linkhash.h>
 
 #include "log.h"
 #include "xalloc.h"
@@ -56,6 +59,7 @@ struct outcome_rec {
 
 struct completer {
     struct db *db;
+    struct lh_table *waiting;  /* complete_track_waiting: ids made pending again, not yet settled */
     struct db *aux;        /* where unrecorded outcomes are looked into */
     char *locked_by;
     complete_cb done;
@@ -79,6 +83,8 @@ struct completer *complete_new(struct db *db, struct db *aux, const char *locked
 
 void complete_free(struct completer *c)
 {
+    if (c->waiting)
+        lh_table_free(c->waiting);
     for (size_t i = 0; i < c->n; i++)
         free(c->recs[i].error);
     free(c->recs);
@@ -128,6 +134,24 @@ static json_object *rec_json(const struct outcome_rec *r)
 }
 
 /* Counts what the written records did, then drops them. */
+/* A row's id as a key of the waiting set (ids are positive: never LH_EMPTY or LH_FREED). */
+static const void *key_of(long long id)
+{
+    return (const void *)(uintptr_t)id;
+}
+
+static void track(struct completer *c, const struct outcome_rec *r)
+{
+    if (!c->waiting)
+        return;
+    bool waits = r->result == RESULT_RETRY || r->result == RESULT_RELEASE;
+    bool known = lh_table_lookup_ex(c->waiting, key_of(r->id), NULL);
+    if (waits && !known)
+        lh_table_insert(c->waiting, key_of(r->id), NULL);
+    else if (!waits && known)
+        lh_table_delete(c->waiting, key_of(r->id));
+}
+
 static void settle(struct completer *c, struct complete_report *rep)
 {
     size_t n = c->in_flight;
@@ -135,6 +159,7 @@ static void settle(struct completer *c, struct complete_report *rep)
     rep->soonest = -1;
     for (size_t i = 0; i < n; i++) {
         struct outcome_rec *r = &c->recs[i];
+        track(c, r);
         if (r->result == RESULT_SENT)
             rep->sent++;
         else if (r->result == RESULT_FAILED)
@@ -237,6 +262,17 @@ void complete_flush(struct completer *c)
     db_query(c->db, COMPLETE_SQL, 2, params, on_written, c);
     c->in_flight = c->n;
     json_object_put(arr);
+}
+
+void complete_track_waiting(struct completer *c)
+{
+    if (!c->waiting)
+        c->waiting = lh_kptr_table_new(64, NULL);
+}
+
+long long complete_waiting(const struct completer *c)
+{
+    return c->waiting ? lh_table_length(c->waiting) : 0;
 }
 
 size_t complete_pending(const struct completer *c)

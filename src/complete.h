@@ -58,6 +58,10 @@ void complete_flush(struct completer *c);
 
 /* Outcomes queued or being written (their rows are still processing in the database). */
 size_t complete_pending(const struct completer *c);
+/* For --once: remember the rows this run made pending again (a retry, a release) until
+ * a later outcome of theirs settles them; complete_waiting() counts those left. */
+void complete_track_waiting(struct completer *c);
+long long complete_waiting(const struct completer *c);
 /* Appends the ids of those rows to `ids` (a json array). */
 void complete_add_ids(const struct completer *c, json_object *ids);
 

@@ -219,10 +219,12 @@ static void check_once(struct relay *r)
     if (r->claim_wanted)
         return;
     struct health_totals t = health_totals(r->health);
-    log_info("--once: done: %lld sent, %lld failed, %lld retried later", t.sent, t.failed, t.retried);
-    if (t.retried && !t.failed)
-        log_warn("--once: %lld rows could not be delivered now and wait for their retry (exit 3)", t.retried);
-    relay_finish(r, t.failed ? 1 : t.retried ? 3 : 0);
+    long long waiting = complete_waiting(r->complete);   /* retried, and not sent since */
+    log_info("--once: done: %lld sent, %lld failed, %lld retried (%lld of them still waiting)",
+             t.sent, t.failed, t.retried, waiting);
+    if (waiting && !t.failed)
+        log_warn("--once: %lld rows could not be delivered now and wait for their retry (exit 3)", waiting);
+    relay_finish(r, t.failed ? 1 : waiting ? 3 : 0);
 }
 
 static void relay_step(struct relay *r)

@@ -180,6 +180,8 @@ struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
         gate_use_budget(r->gate, r->budget);
     }
     r->complete = complete_new(r->db, r->aux, r->locked_by, relay_on_completed, r);
+    if (cfg->once)
+        complete_track_waiting(r->complete);   /* exit 3 counts what still waits */
     r->claim = claim_new(r->db, cfg, r->locked_by, relay_on_claimed, relay_on_next_due, r);
     r->deliver = deliver_new(loop, cfg, r->http, r->gate, r->complete, relay_kick_cb, r);
     r->reconcile = reconcile_new(loop, cfg, r->aux, r->http, r->gate, relay_kick_cb, r);

@@ -229,7 +229,7 @@ def test_an_error_body_in_neither_of_sendrys_shapes_is_kept_as_text(ldb, fake, w
     body, ctype, text = BODIES[shape]
     ldb.signup("proxy@example.com")
     fake.fail_next(502, raw_body=body + " " + "x" * 5000, content_type=ctype, path_prefix=IMPORT)
-    w = workers("--once")
+    w = workers("--once", "--backoff-base", "60", "--backoff-cap", "60")   # the retry is not due in this run
     assert w.wait(T) == 3, w.log()   # a row that waits for its retry
     row = ldb.query("SELECT last_error, last_http_status FROM public.sendry_outbox")[0]
     assert row["last_http_status"] == 502

@@ -547,8 +547,8 @@ def test_emails_masked_when_sendry_echoes_the_address(db, fake, workers):
 def test_log_format_json(db, fake, workers):
     fake.fail_next(503, path_prefix=IMPORT)
     db.signup_many(3)
-    w = workers("--once", "--log-format", "json")
-    assert w.wait(T) == 3, w.log()   # the rows wait for their retry
+    w = workers("--once", "--log-format", "json", "--backoff-base", "60", "--backoff-cap", "60")
+    assert w.wait(T) == 3, w.log()   # the rows wait for their retry, not due in this run
     lines = w.lines()
     assert len(lines) >= 3, lines
     levels = set()
@@ -626,7 +626,8 @@ def test_once_valgrind(db, fake, workers):
                         "--error-exitcode=99"])
     rc = w.wait(180)
     log = w.log()
-    assert rc == 0, log
+    # 0 if the retried batch fell due and went out before the run ended, else 3 (it waits)
+    assert rc == (0 if db.all_sent(21) else 3), log
     assert not re.search(r"definitely lost: [1-9]", log), log
     assert not re.search(r"indirectly lost: [1-9]", log), log
     assert "ERROR SUMMARY: 0 errors" in log, log
