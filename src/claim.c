@@ -117,7 +117,8 @@ static const char RELEASE_ORPHANS_SQL[] =
 
 /* Rows this worker holds longer than a moment (a 429 pause, a move of several requests,
  * a slow answer) keep their lease: only the columns of the lease change. Returns the rows
- * still ours; the others were taken over. */
+ * no longer ours, each with whether another worker holds it now (else the claim is gone:
+ * the database lost its commit, or someone changed the row). */
 static const char RENEW_SQL[] =
     "WITH held AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS h(id bigint, claim_id bigint)),"
     " renewed AS ("
@@ -127,7 +128,9 @@ static const char RENEW_SQL[] =
     "   FROM held h"
     "   WHERE o.id = h.id AND o.claim_id = h.claim_id AND o.locked_by = $3 AND o.status = 'processing'"
     "   RETURNING o.id)"
-    " SELECT h.id FROM held h WHERE h.id NOT IN (SELECT id FROM renewed)";
+    " SELECT h.id, o.status = 'processing' AND o.locked_by <> $3"
+    " FROM held h LEFT JOIN public.sendry_outbox o ON o.id = h.id"
+    " WHERE h.id NOT IN (SELECT id FROM renewed)";
 
 static const char NEXT_DUE_SQL[] =
     "SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8"
@@ -330,11 +333,13 @@ static void on_renewed(PGresult *res, void *arg)
             log_error("db: renewing leases failed: %s", PQresultErrorMessage(res));
         return;   /* tried again at the next renewal, and after a reconnect */
     }
-    size_t n = (size_t)PQntuples(res);
+    size_t n = (size_t)PQntuples(res), taken = 0;
     long long *lost = xcalloc(n ? n : 1, sizeof *lost);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         lost[i] = atoll(PQgetvalue(res, (int)i, 0));
-    done(c->ud, lost, n);
+        taken += *PQgetvalue(res, (int)i, 1) == 't';
+    }
+    done(c->ud, lost, n, taken);
     free(lost);
 }
 
