@@ -198,7 +198,7 @@ size_t outcome_settle(struct outcome_env *env, struct job *job, const struct htt
         outcome_describe(req, error, sizeof error, &body_retry_after);
     if (other && req->transport_ok && req->status == 404) {
         char said[400];
-        snprintf(said, sizeof said, "%s", error);
+        snprintf(said, sizeof said, "%.*s", (int)sizeof said - 1, error);   /* cut to fit */
         utf8_sanitize(said);
         snprintf(error, sizeof error, "audience %.100s (named by the mapping) does not exist: %s", other, said);
     }
