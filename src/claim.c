@@ -180,6 +180,7 @@ void row_free(struct row *row)
 {
     free_list(row->audiences, row->naudiences);
     free_list(row->leave, row->nleave);
+    free_list(row->via, row->nvia);
     free(row->email);
     free(row->old_email);
     json_object_put(row->payload);
@@ -203,6 +204,26 @@ static int by_head_then_id(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* The addresses of the older rows g[0..n-1) that are neither the contact's nor the one
+ * it moves from, each once: Sendry may hold the contact there (a move of an earlier
+ * claim that Sendry applied, its outcome lost with a killed worker). */
+static void add_via(struct row *row, PGresult *res, const struct claimed *g, size_t n, const char *from)
+{
+    row->via = xcalloc(n, sizeof *row->via);
+    for (size_t i = 0; i + 1 < n; i++) {
+        char *e = sendry_normalize_email(PQgetvalue(res, g[i].index, 2));
+        bool known = strcmp(e, row->email) == 0 || strcmp(e, from) == 0;
+        for (size_t k = 0; k < row->nvia && !known; k++)
+            known = strcmp(e, row->via[k]) == 0;
+        if (known)
+            free(e);
+        else
+            row->via[row->nvia++] = e;
+    }
+    if (!row->old_email && row->nvia)
+        row->old_email = row->via[--row->nvia];   /* back to an earlier address: move from the last */
+}
+
 /* The contact of rows g[0..n) (oldest first): the newest row's state, moving from the
  * address Sendry knew before the oldest one, if that is another. */
 static struct row *contact_of(const struct claimer *c, PGresult *res, const struct claimed *g, size_t n)
@@ -217,9 +238,9 @@ static struct row *contact_of(const struct claimer *c, PGresult *res, const stru
     const char *before = PQgetisnull(res, oldest, 8) ? PQgetvalue(res, oldest, 2) : PQgetvalue(res, oldest, 8);
     char *old = sendry_normalize_email(before);
     if (strcmp(old, row->email) != 0)
-        row->old_email = old;
-    else
-        free(old);
+        row->old_email = xstrdup(old);
+    add_via(row, res, g, n, old);
+    free(old);
     row->refs = xcalloc(n, sizeof *row->refs);
     row->nrefs = n;
     for (size_t i = 0; i < n; i++) {
