@@ -429,14 +429,16 @@ class FakeSendry:
         return self
 
     def stop(self):
-        """Stop serving and cut open connections (also wakes delayed requests)."""
+        """Stop serving and cut open connections, then wake delayed requests (they are
+        applied, and their answer is lost). In that order: nothing is answered fast while
+        it stops."""
         server, self._server = self._server, None
         if server is None:
             return
-        self._stopping.set()
         server.shutdown()
         server.server_close()
         server.close_all_connections()
+        self._stopping.set()
         self._thread.join(timeout=5)
         self._thread = None
 
@@ -550,6 +552,11 @@ class FakeSendry:
         with self._lock:
             c = self.contacts.get(email.lower())
             return None if c is None else self._contact_json(c)
+
+    def contacts_json(self):
+        """Every contact in its JSON form (what GET /_control/contacts answers)."""
+        with self._lock:
+            return [self._contact_json(c) for c in self.contacts.values()]
 
     def add_audience(self, audience_id, name=None):
         """Create an audience (or rename one that exists); returns its JSON."""
@@ -1072,7 +1079,7 @@ class FakeSendry:
                         ]
                     return 200, list(self.requests)
                 if name == "contacts":
-                    return 200, [self._contact_json(c) for c in self.contacts.values()]
+                    return 200, self.contacts_json()
                 if name == "audiences":
                     return 200, {aid: self.members(aid) for aid in self.audiences}
                 if name == "stats":
