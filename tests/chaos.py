@@ -294,8 +294,10 @@ class Run:
         deadline; returns the time it took."""
         if self.load is not None:
             self.load.finish(T)
+        alive = lambda: any(w.poll() is None for w in self.workers if w not in self.killed)  # noqa: E731
         try:
-            wait_until(lambda: self.unfinished() == 0, self.deadline(rows), "every row finished", 0.1)
+            wait_until(lambda: self.unfinished() == 0 or not alive(), self.deadline(rows),
+                       "every row finished", 0.1)
         except AssertionError:
             pass   # measured as stuck
         return time.monotonic() - self.started_at
@@ -577,6 +579,7 @@ def run_scenario(name, cluster, sizes, logdir, seed=1):
         run.finish(result)
     except AssertionError as exc:   # a wait that timed out: the scenario could not go on
         result.problems.append(f"{name} did not get through: {exc}".splitlines()[0])
+        result.seconds = time.monotonic() - (run.started_at or time.monotonic())
         run.finish(result)
     finally:
         run.close()
