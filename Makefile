@@ -7,6 +7,9 @@
 #   make demo       the whole flow on a throwaway PostgreSQL and a fake Sendry
 #   make bench      performance figures (printed, never pass/fail on a timing);
 #                   BASELINE=<checkout> measures that one too, BENCH_QUICK=1 scales it down
+#   make chaos      the worker under faults (kill -9, three workers, PostgreSQL restarts, 429 and
+#                   5xx storms, the API down): a table of what was lost, stuck, written twice;
+#                   fails on anything lost or stuck. CHAOS_QUICK=1: the short version in make check
 #   make valgrind   a --once run under valgrind, failing on any leak
 
 CC      ?= cc
@@ -112,7 +115,11 @@ bench: sendry-sync build/fastapi build/fastload
 	$(PYTHON) tests/bench_triggers.py
 	$(PYTHON) tests/bench/bench.py $(if $(BASELINE),--baseline $(BASELINE))
 
+# SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan make chaos: the same against the ASan build.
+chaos: sendry-sync
+	$(PYTHON) tests/chaos.py $(if $(CHAOS_QUICK),--quick)
+
 clean:
 	rm -rf build sendry-sync sendry-sync-asan
 
-.PHONY: all check check-unit check-sql check-e2e check-asan check-valgrind check-fuzz valgrind demo bench clean
+.PHONY: all check check-unit check-sql check-e2e check-asan check-valgrind check-fuzz valgrind demo bench chaos clean

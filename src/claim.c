@@ -120,7 +120,8 @@ static const char RELEASE_ORPHANS_SQL[] =
 
 /* Rows this worker holds longer than a moment (a 429 pause, a move of several requests,
  * a slow answer) keep their lease: only the columns of the lease change. Returns the rows
- * still ours; the others were taken over. */
+ * no longer ours, each with whether another worker holds it now (else the claim is gone:
+ * the database lost its commit, or someone changed the row). */
 static const char RENEW_SQL[] =
     "WITH held AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS h(id bigint, claim_id bigint)),"
     " renewed AS ("
@@ -130,7 +131,9 @@ static const char RENEW_SQL[] =
     "   FROM held h"
     "   WHERE o.id = h.id AND o.claim_id = h.claim_id AND o.locked_by = $3 AND o.status = 'processing'"
     "   RETURNING o.id)"
-    " SELECT h.id FROM held h WHERE h.id NOT IN (SELECT id FROM renewed)";
+    " SELECT h.id, o.status = 'processing' AND o.locked_by <> $3"
+    " FROM held h LEFT JOIN public.sendry_outbox o ON o.id = h.id"
+    " WHERE h.id NOT IN (SELECT id FROM renewed)";
 
 static const char NEXT_DUE_SQL[] =
     "SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8"
@@ -180,6 +183,7 @@ void row_free(struct row *row)
 {
     free_list(row->audiences, row->naudiences);
     free_list(row->leave, row->nleave);
+    free_list(row->via, row->nvia);
     free(row->email);
     free(row->old_email);
     json_object_put(row->payload);
@@ -203,6 +207,26 @@ static int by_head_then_id(const void *a, const void *b)
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* The addresses of the older rows g[0..n-1) that are neither the contact's nor the one
+ * it moves from, each once: Sendry may hold the contact there (a move of an earlier
+ * claim that Sendry applied, its outcome lost with a killed worker). */
+static void add_via(struct row *row, PGresult *res, const struct claimed *g, size_t n, const char *from)
+{
+    row->via = xcalloc(n, sizeof *row->via);
+    for (size_t i = 0; i + 1 < n; i++) {
+        char *e = sendry_normalize_email(PQgetvalue(res, g[i].index, 2));
+        bool known = strcmp(e, row->email) == 0 || strcmp(e, from) == 0;
+        for (size_t k = 0; k < row->nvia && !known; k++)
+            known = strcmp(e, row->via[k]) == 0;
+        if (known)
+            free(e);
+        else
+            row->via[row->nvia++] = e;
+    }
+    if (!row->old_email && row->nvia)
+        row->old_email = row->via[--row->nvia];   /* back to an earlier address: move from the last */
+}
+
 /* The contact of rows g[0..n) (oldest first): the newest row's state, moving from the
  * address Sendry knew before the oldest one, if that is another. */
 static struct row *contact_of(const struct claimer *c, PGresult *res, const struct claimed *g, size_t n)
@@ -217,9 +241,9 @@ static struct row *contact_of(const struct claimer *c, PGresult *res, const stru
     const char *before = PQgetisnull(res, oldest, 8) ? PQgetvalue(res, oldest, 2) : PQgetvalue(res, oldest, 8);
     char *old = sendry_normalize_email(before);
     if (strcmp(old, row->email) != 0)
-        row->old_email = old;
-    else
-        free(old);
+        row->old_email = xstrdup(old);
+    add_via(row, res, g, n, old);
+    free(old);
     row->refs = xcalloc(n, sizeof *row->refs);
     row->nrefs = n;
     for (size_t i = 0; i < n; i++) {
@@ -334,11 +358,13 @@ static void on_renewed(PGresult *res, void *arg)
             log_error("db: renewing leases failed: %s", PQresultErrorMessage(res));
         return;   /* tried again at the next renewal, and after a reconnect */
     }
-    size_t n = (size_t)PQntuples(res);
+    size_t n = (size_t)PQntuples(res), taken = 0;
     long long *lost = xcalloc(n ? n : 1, sizeof *lost);
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         lost[i] = atoll(PQgetvalue(res, (int)i, 0));
-    done(c->ud, lost, n);
+        taken += *PQgetvalue(res, (int)i, 1) == 't';
+    }
+    done(c->ud, lost, n, taken);
     free(lost);
 }
 

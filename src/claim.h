@@ -54,9 +54,11 @@ void claim_next_due(struct claimer *c);
  * array of ids we hold in memory) go back to pending, their attempt not counted. */
 void claim_release_orphans(struct claimer *c, json_object *held);
 
-/* The rows of `refs` (a json array of {"id", "claim_id"}) lost their lease to another
- * claim: ids[0..n) are those the renewal did not find ours any more. */
-typedef void (*renew_cb)(void *ud, const long long *lost, size_t n);
+/* The rows of `refs` (a json array of {"id", "claim_id"}) that are not ours any more:
+ * ids[0..n) are those the renewal did not find under our claim; `taken` of them another
+ * worker holds now, the others' claim is gone (its commit lost in a crash of the
+ * database, or the row changed by someone). */
+typedef void (*renew_cb)(void *ud, const long long *lost, size_t n, size_t taken);
 
 /* Renews the lease of the rows in `refs` that are still ours (same claim, processing,
  * our locked_by), for another --lease from now. */

@@ -31,19 +31,24 @@ static const char COMPLETE_SQL[] =
 
 /* Outcomes the completion could not record: what happened to those rows since. A claim
  * sets updated_at to its own time and counts an attempt, so a row last changed before our
- * claim never saw it, and one claimed again since with no more attempts than ours had
- * went back to its state from before our claim first: the database lost that commit
- * (the next claim counted the same attempt again). More attempts: claimed again after
- * our lease ran out. The same claim, no longer ours as we left it: someone's UPDATE. */
+ * claim never saw it (the database lost that commit); one this worker holds again under
+ * another claim came back to it after that loss; one claimed again since, with no more
+ * attempts than ours had, went back to its state from before our claim first (the next
+ * claim counted the same attempt again); more attempts: claimed again after our lease ran
+ * out. The same claim, no longer ours as we left it: someone's UPDATE. */
 static const char EXPLAIN_SQL[] =
     "SELECT count(*) FILTER (WHERE o.id IS NULL),"
     "       count(*) FILTER (WHERE o.updated_at < to_timestamp(h.claimed_at)"
-    "                          OR (o.claim_id IS DISTINCT FROM h.claim_id AND o.attempts <= h.attempts)),"
+    "                          OR (o.claim_id IS DISTINCT FROM h.claim_id AND o.locked_by IS DISTINCT FROM $2"
+    "                              AND o.attempts <= h.attempts)),"
     "       count(*) FILTER (WHERE o.updated_at >= to_timestamp(h.claimed_at)"
-    "                          AND o.claim_id IS DISTINCT FROM h.claim_id AND o.attempts > h.attempts),"
+    "                          AND o.claim_id IS DISTINCT FROM h.claim_id AND o.locked_by IS DISTINCT FROM $2"
+    "                          AND o.attempts > h.attempts),"
     "       count(*) FILTER (WHERE o.updated_at >= to_timestamp(h.claimed_at) AND o.claim_id = h.claim_id),"
     "       string_agg(DISTINCT o.locked_by, ', ') FILTER (WHERE o.claim_id IS DISTINCT FROM h.claim_id"
-    "                                                        AND o.attempts > h.attempts AND o.locked_by <> $2)"
+    "                                                        AND o.attempts > h.attempts AND o.locked_by <> $2),"
+    "       count(*) FILTER (WHERE o.updated_at >= to_timestamp(h.claimed_at)"
+    "                          AND o.claim_id IS DISTINCT FROM h.claim_id AND o.locked_by = $2)"
     " FROM jsonb_to_recordset($1::jsonb) AS h(id bigint, claim_id bigint, claimed_at float8, attempts int)"
     " LEFT JOIN public.sendry_outbox o ON o.id = h.id";
 
@@ -184,10 +189,15 @@ static void on_explained(PGresult *res, void *arg)
         return;
     long long gone = atoll(PQgetvalue(res, 0, 0)), lost = atoll(PQgetvalue(res, 0, 1));
     long long taken = atoll(PQgetvalue(res, 0, 2)), changed = atoll(PQgetvalue(res, 0, 3));
+    long long again = atoll(PQgetvalue(res, 0, 5));
     const char *who = PQgetisnull(res, 0, 4) ? "" : PQgetvalue(res, 0, 4);
     if (taken)
         log_warn("db: %lld outcomes not recorded: their rows were claimed again after their lease "
                  "ran out%s%s; that claim's outcome stands", taken, *who ? ", by " : "", who);
+    if (again)
+        log_warn("db: %lld outcomes not recorded: the database lost the claim that took their rows "
+                 "(an immediate restart with synchronous_commit off?) and this worker claimed them "
+                 "again; that claim's outcome stands", again);
     if (lost)
         log_warn("db: %lld outcomes not recorded: the database no longer has the claim that took "
                  "their rows (its last commits were lost: an immediate restart with "

@@ -212,15 +212,29 @@ static enum advance after_lookup(struct job *job, const struct http_request *req
     return ADV_NEXT;
 }
 
-/* The move went through, or fell back to an import (404: Sendry never had the old
- * address; 409: both exist, the old one to delete after the import). */
+/* Sendry has no contact at the address the move is from: the next address it may be
+ * at (an older row's, see struct row's via), if any is left. */
+static bool move_from_next(struct row *row)
+{
+    if (row->nvia == 0)
+        return false;
+    free(row->old_email);
+    row->old_email = row->via[--row->nvia];
+    return true;
+}
+
+/* The move went through, or is tried from the next address the contact may be at, or
+ * fell back to an import (404: Sendry never had the old address; 409: both exist, the
+ * old one to delete after the import). */
 static enum advance after_move(struct job *job, long st, bool ok, const struct config *cfg)
 {
-    const struct row *row = job->rows[0];
+    struct row *row = job->rows[0];
     if (ok)
         return default_only(row, cfg) ? ADV_CLASSIFY : memberships(job);
     if (st != 404 && st != 409)
         return ADV_CLASSIFY;
+    if (st == 404 && move_from_next(row))
+        return ADV_NEXT;
     job->req = REQ_IMPORT;
     job_set_audience(job, row->naudiences ? row->audiences[0] : NULL);
     job->next_audience = 1;

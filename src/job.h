@@ -3,8 +3,9 @@
  * Plain upserts share one import (or, in --mode single, one create per row); an email
  * change and a deletion are short sequences of single-row requests, stepped here:
  *   move    PATCH /v1/contacts/by-email?email=<old>; 404 (Sendry never had the old
- *           address) -> import the new one; 409 (both exist) -> import the new one, then
- *           look up and delete the old one
+ *           address) -> the same from each address of the contact's older rows (a move
+ *           Sendry applied whose outcome was lost), then import the new one; 409 (both
+ *           exist) -> import the new one, then look up and delete the old one
  *   audiences  a contact in other audiences than the default one alone, or that left
  *           some: an import into each of its audiences, then a look-up of its id and
  *           DELETE /v1/audiences/{audience}/contacts/{id} for each it left (a contact is

@@ -278,14 +278,19 @@ void relay_on_wake(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- leases ------------------------------------------------------------------------ */
 
-static void on_renewed(void *ud, const long long *lost, size_t n)
+static void on_renewed(void *ud, const long long *lost, size_t n, size_t taken)
 {
     struct relay *r = ud;
     if (n == 0)
         return;
-    log_warn("%zu rows this worker held are no longer its own in the database (claimed again after "
-             "their lease, --lease %.0f s, ran out, or a claim whose commit the database lost in a "
-             "crash): they are not sent from here", n, r->cfg->lease);
+    if (taken)
+        log_warn("%zu rows this worker held were claimed again by another worker after their lease "
+                 "(--lease %.0f s) ran out: they are theirs now, and are not sent from here", taken,
+                 r->cfg->lease);
+    if (n > taken)
+        log_warn("%zu rows this worker held are no longer its claim: the database lost the claim's "
+                 "commit (an immediate restart with synchronous_commit off?), or someone changed "
+                 "them; they are not sent from here under that claim", n - taken);
     deliver_forget(r->deliver, lost, n);
     relay_kick(r);
 }

@@ -27,6 +27,11 @@ struct row {
     enum row_op op;
     char *email;            /* owned; normalised (trimmed, lower-case) */
     char *old_email;        /* owned, NULL unless the contact moves: the address Sendry knows */
+    char **via;             /* owned: the addresses of its older rows (oldest first), where
+                             * the contact is if Sendry applied an older move whose outcome
+                             * was never recorded; a move that finds nothing at old_email
+                             * tries them, from the last */
+    size_t nvia;
     json_object *payload;   /* owned reference; may be NULL */
     bool live;              /* one of its rows is live (a change made now, not a backfill) */
     char **audiences;       /* owned: the audiences it belongs to (the default one resolved) */

@@ -47,7 +47,8 @@ the contact, and deleting an audience removes its memberships but not the contac
 
 Every request goes through these checks, in order: record, drop_next, delay,
 auth (401 / 403 for a read-only key on writes), per-key rate limit, fail_next,
-fail_fraction, then the endpoint.
+fail_fraction, then the endpoint. down() takes the whole API away (the port refuses
+connections) until up(); POST /_control/down {"seconds": N} does it from a script.
 """
 
 from __future__ import annotations
@@ -314,6 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
                 traceback.print_exc()
                 status, body = 500, error_body(500, message="fake-sendry control error")
             self._send(status, body)
+            fake.run_after_control()
             return
 
         parsed, json_ok = _parse_json(raw)
@@ -402,6 +404,9 @@ class FakeSendry:
         self._thread = None
         self._stopping = threading.Event()
         self._lock = threading.RLock()
+        self._life_lock = threading.RLock()  # start/stop from down(), up() and their timer
+        self._up_timer = None
+        self._after_control = threading.local()
         self.reset()
 
     # ---- lifecycle -------------------------------------------------------
@@ -427,21 +432,52 @@ class FakeSendry:
         return self
 
     def stop(self):
-        """Stop serving and cut open connections (also wakes delayed requests)."""
+        """Stop serving and cut open connections, then wake delayed requests (they are
+        applied, and their answer is lost). In that order: nothing is answered fast while
+        it stops."""
         server, self._server = self._server, None
         if server is None:
             return
-        self._stopping.set()
         server.shutdown()
         server.server_close()
         server.close_all_connections()
+        self._stopping.set()
         self._thread.join(timeout=5)
         self._thread = None
+
+    def down(self, seconds=None):
+        """The API goes away: the port refuses connections and open ones are cut, until
+        up() (or, with `seconds`, that much later, from a timer). Everything recorded is
+        kept; a request under way when it goes down is still applied, its answer lost."""
+        with self._life_lock:
+            if self._up_timer is not None:
+                self._up_timer.cancel()
+                self._up_timer = None
+            self.stop()
+            if seconds is not None:
+                self._up_timer = threading.Timer(float(seconds), self.up)
+                self._up_timer.daemon = True
+                self._up_timer.start()
+
+    def up(self):
+        """Serve again on the same port after down(); nothing happens while serving."""
+        with self._life_lock:
+            self._up_timer = None
+            if self._server is None:
+                self.start()
+
+    @property
+    def is_down(self) -> bool:
+        return self._server is None
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
+        with self._life_lock:
+            if self._up_timer is not None:
+                self._up_timer.cancel()
+                self._up_timer = None
         self.stop()
 
     @property
@@ -472,7 +508,8 @@ class FakeSendry:
             self._drops = []  # [remaining, path_prefix]
             self._delays = []  # [seconds, remaining]
             self._fraction = 0.0
-            self._fraction_status = 503
+            self._fraction_statuses = [503]
+            self._fraction_retry_after = None
             self._rng = random.Random(1)
             self._reject_re = None
             self.delay_all = 0.0
@@ -518,6 +555,11 @@ class FakeSendry:
         with self._lock:
             c = self.contacts.get(email.lower())
             return None if c is None else self._contact_json(c)
+
+    def contacts_json(self):
+        """Every contact in its JSON form (what GET /_control/contacts answers)."""
+        with self._lock:
+            return [self._contact_json(c) for c in self.contacts.values()]
 
     def add_audience(self, audience_id, name=None):
         """Create an audience (or rename one that exists); returns its JSON."""
@@ -591,11 +633,17 @@ class FakeSendry:
         with self._lock:
             self._delays.append([float(seconds), int(count)])
 
-    def fail_fraction(self, fraction, status=503, seed=1):
-        """Fail each write request with `status` with probability `fraction` (0 = off)."""
+    def fail_fraction(self, fraction, status=503, seed=1, retry_after=None):
+        """Fail each write request with probability `fraction` (0 = off), with `status`, or
+        one of several chosen at random (a list: [500, 502, 503]); with `retry_after`
+        (seconds), the answer carries a Retry-After header (a 429 storm)."""
+        statuses = [int(x) for x in status] if isinstance(status, (list, tuple)) else [int(status)]
+        if not statuses:
+            raise ValueError("fail_fraction: no status")
         with self._lock:
             self._fraction = float(fraction)
-            self._fraction_status = int(status)
+            self._fraction_statuses = statuses
+            self._fraction_retry_after = retry_after
             self._rng = random.Random(seed)
 
     def reject_emails(self, regex):
@@ -713,8 +761,11 @@ class FakeSendry:
                 and method in WRITE_METHODS
                 and self._rng.random() < self._fraction
             ):
-                st = self._fraction_status
-                return st, error_body(st, message=f"Injected random fault: {st}"), {}
+                st = self._rng.choice(self._fraction_statuses)
+                extra = {}
+                if self._fraction_retry_after is not None:
+                    extra["Retry-After"] = str(self._fraction_retry_after)
+                return st, error_body(st, message=f"Injected random fault: {st}"), extra
 
             try:
                 if method in WRITE_METHODS and not json_ok:
@@ -993,6 +1044,21 @@ class FakeSendry:
 
     # ---- control API -------------------------------------------------------
 
+    def _down_after_answer(self, seconds):
+        """/_control/down: goes down once this answer is sent (see run_after_control)."""
+        seconds = float(seconds)
+        if seconds <= 0:
+            raise ValueError("down: seconds must be > 0 (nothing could bring it up again)")
+        self._after_control.fn = lambda: self.down(seconds)
+        return {"down_for": seconds}
+
+    def run_after_control(self):
+        """What a control request left to do once it was answered (this thread's)."""
+        fn = getattr(self._after_control, "fn", None)
+        self._after_control.fn = None
+        if fn is not None:
+            fn()
+
     def _control(self, method, path, query, raw):
         """/_control/* for shell scripts: no auth, no rate limit, not recorded."""
         name = path[len("/_control/"):].strip("/") if path.startswith("/_control/") else ""
@@ -1016,7 +1082,7 @@ class FakeSendry:
                         ]
                     return 200, list(self.requests)
                 if name == "contacts":
-                    return 200, [self._contact_json(c) for c in self.contacts.values()]
+                    return 200, self.contacts_json()
                 if name == "audiences":
                     return 200, {aid: self.members(aid) for aid in self.audiences}
                 if name == "stats":
@@ -1036,6 +1102,7 @@ class FakeSendry:
                 "delay_next": lambda: self.delay_next(**kwargs),
                 "delay_all": lambda: setattr(self, "delay_all", float(kwargs.get("seconds", 0))),
                 "fail_fraction": lambda: self.fail_fraction(**kwargs),
+                "down": lambda: self._down_after_answer(kwargs.get("seconds")),
                 "reject_emails": lambda: self.reject_emails(kwargs.get("regex")),
                 "set_unsubscribed": lambda: self.set_unsubscribed(
                     kwargs["email"], kwargs.get("unsubscribed", True)

@@ -159,6 +159,49 @@ def test_drop_next(fs):
     assert call(fs.url, "POST", "/v1/contacts", {"email": "a@x.io"})[0] == 200
 
 
+def test_fail_fraction_statuses_and_retry_after(fs):
+    fs.fail_fraction(1.0, status=[500, 502, 503], seed=3)
+    seen = {call(fs.url, "POST", "/v1/contacts", {"email": f"a{i}@x.io"})[0] for i in range(30)}
+    assert seen == {500, 502, 503} and fs.contacts == {}
+    assert call(fs.url, "GET", "/v1/audiences/aud_test")[0] == 200, "reads are not failed"
+    fs.fail_fraction(1.0, status=429, retry_after=2)
+    status, headers, _ = call(fs.url, "POST", "/v1/contacts", {"email": "b@x.io"})
+    assert status == 429 and headers["Retry-After"] == "2"
+    fs.fail_fraction(0)
+    assert call(fs.url, "POST", "/v1/contacts", {"email": "b@x.io"})[0] == 200
+
+
+def refused(url):
+    try:
+        call(url, "GET", "/v1/audiences/aud_test", timeout=2)
+    except urllib.error.URLError as exc:
+        return isinstance(exc.reason, ConnectionRefusedError)
+    return False
+
+
+def test_down_refuses_connections_and_up_serves_again_on_the_same_port(fs):
+    assert call(fs.url, "POST", "/v1/contacts", {"email": "kept@x.io"})[0] == 200
+    port = fs.port
+    fs.down()
+    assert fs.is_down and refused(fs.url)
+    fs.up()
+    assert not fs.is_down and fs.port == port
+    assert call(fs.url, "GET", "/v1/contacts/by-email?email=kept@x.io")[0] == 200, "state kept"
+    fs.down(seconds=0.3)
+    assert refused(fs.url)
+    fs.wait_for(lambda f: not f.is_down, timeout=5, message="back up after 0.3 s")
+    assert call(fs.url, "GET", "/v1/audiences/aud_test")[0] == 200
+
+
+def test_control_down_answers_then_goes_down(fs):
+    assert call(fs.url, "POST", "/_control/down", {}, key=None)[0] == 400, "seconds are required"
+    status, _, body = call(fs.url, "POST", "/_control/down", {"seconds": 0.5}, key=None)
+    assert (status, body) == (200, {"down_for": 0.5})
+    fs.wait_for(lambda f: f.is_down, timeout=5, message="down")
+    fs.wait_for(lambda f: not f.is_down, timeout=5, message="up again")
+    assert call(fs.url, "GET", "/v1/audiences/aud_test")[0] == 200
+
+
 def test_unsubscribe_pagination(fs):
     for i in range(5):
         fs.add_unsubscribe(f"u{i}@x.io", reason="link")
