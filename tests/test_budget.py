@@ -187,3 +187,16 @@ def test_backfill_chunks_bound_the_transaction(ldb, cluster):
     assert r.returncode == 0, r.stderr
     per_txn = ldb.query("SELECT xmin::text, count(*)::int AS n FROM public.sendry_outbox GROUP BY 1")
     assert len(per_txn) >= 7 and max(t["n"] for t in per_txn) <= 150, per_txn
+
+
+def test_live_changes_arriving_one_by_one_share_a_request(ldb, fake, workers):
+    """Sign-ups come one transaction at a time, each claimed on its own; while the key's
+    budget (here 1 request a second) holds them back, their queued imports go out
+    together, not one request each."""
+    w = start_daemon(workers, "--rate", "1", "--reconcile-interval", "0", fast=False,
+                     env={"SENDRY_API_URL": fake.url})
+    for i in range(20):
+        ldb.signup(f"burst{i:02d}@example.com")
+    wait_until(lambda: ldb.all_sent(20), T, "the burst sent")
+    assert len(import_requests(fake)) <= 4, [len(request_emails(r)) for r in import_requests(fake)]
+    assert w.poll() is None
