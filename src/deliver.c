@@ -201,6 +201,11 @@ static struct queue *next_queue(struct deliverer *d, enum gate_class *c)
     return d->live.head ? &d->live : d->bulk.head ? &d->bulk : NULL;
 }
 
+static bool mergeable(const struct job *job)
+{
+    return job->shared && !job->split && job->req == REQ_IMPORT;
+}
+
 static bool same_audience(const struct job *a, const struct job *b)
 {
     return a->audience && b->audience ? strcmp(a->audience, b->audience) == 0 : a->audience == b->audience;
@@ -208,14 +213,14 @@ static bool same_audience(const struct job *a, const struct job *b)
 
 /* Shared imports queued one behind the other (live changes arrive a claim at a time)
  * go out as one request, up to a batch: a burst of sign-ups costs one token, not one
- * each. Their contacts are distinct: a claim skips a contact with a row held here. */
+ * each. Their contacts are distinct: a claim skips a contact with a row held here. The
+ * halves of a batch split to find a bad row stay apart. */
 static void absorb(struct deliverer *d, struct queue *q, struct job *job)
 {
     size_t limit = (size_t)d->cfg->batch_size;
-    if (!job->shared || job->req != REQ_IMPORT)
+    if (!mergeable(job))
         return;
-    while (q->head && q->head->shared && q->head->req == REQ_IMPORT && same_audience(job, q->head) &&
-           job->n + q->head->n <= limit) {
+    while (q->head && mergeable(q->head) && same_audience(job, q->head) && job->n + q->head->n <= limit) {
         struct job *next = pop_front(q);
         for (size_t i = 0; i < next->n; i++)
             job_add(job, next->rows[i]);

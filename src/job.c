@@ -269,6 +269,7 @@ void job_split(struct job *job, struct job **a, struct job **b)
     *a = job_new(job->req, half);
     *b = job_new(job->req, job->n - half);
     (*a)->shared = (*b)->shared = job->shared;
+    (*a)->split = (*b)->split = true;
     job_set_audience(*a, job->audience);
     job_set_audience(*b, job->audience);
     for (size_t i = 0; i < job->n; i++)

@@ -41,6 +41,7 @@ struct job {
     enum req_kind req;
     bool live;             /* one of its rows is live: it may use every token */
     bool shared;           /* the import (or create) of several contacts' one audience */
+    bool split;            /* a half of a rejected batch: never merged into another request */
     bool delete_old;       /* after this step: look up and delete the old address too */
     enum lookup_for lookup_for;
     const char *lookup;    /* REQ_LOOKUP: the address to look up (borrowed from the row) */
