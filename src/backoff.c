@@ -1,5 +1,9 @@
 #include "backoff.h"
 
+#include <stdint.h>
+#include <time.h>
+#include <unistd.h>
+
 #include <math.h>
 
 double backoff_delay(double base, double cap, int attempt, double unit)
@@ -58,6 +62,19 @@ int bucket_available(struct token_bucket *b, double now)
         return 1 << 30;
     refill(b, now);
     return (int)b->tokens;
+}
+
+uint64_t rand_seed(const void *salt)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t z = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    z ^= (uint64_t)getpid() << 40 ^ (uint64_t)(uintptr_t)salt;
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return z ? z : 1;
 }
 
 double rand_unit(uint64_t *state)

@@ -29,5 +29,9 @@ int bucket_available(struct token_bucket *b, double now);
 
 /* A random number in [0, 1) from a small xorshift generator seeded by the caller. */
 double rand_unit(uint64_t *state);
+/* A seed for rand_unit, different for every process and every `salt` (an object's
+ * address): the time, the pid and the salt mixed (splitmix64), so that workers started
+ * together, and the two connections of one worker, never back off in lockstep. */
+uint64_t rand_seed(const void *salt);
 
 #endif

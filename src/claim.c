@@ -160,7 +160,7 @@ struct claimer *claim_new(struct db *db, const struct config *cfg, const char *l
     struct claimer *c = xcalloc(1, sizeof *c);
     *c = (struct claimer){.db = db, .cfg = cfg, .locked_by = xstrdup(locked_by),
                           .claimed = claimed, .next_due = next_due, .ud = ud};
-    c->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)c;
+    c->rng = rand_seed(c);
     return c;
 }
 

@@ -122,7 +122,7 @@ static void schedule_reconnect(struct db *db, bool was_up)
     ev_timer_set(&db->retry, delay, 0.);
     ev_timer_start(db->loop, &db->retry);
     if (was_up || grew || ++db->quiet_attempts % 10 == 0)
-        log_error("db: %s (%s connection); reconnecting in %.1f s", db->err, db->name, delay);
+        log_error("db: %s (%s connection); reconnecting in %.2f s", db->err, db->name, delay);
 }
 
 /* Drops the connection: stop the watcher before PQfinish (the fd number may be reused
@@ -381,7 +381,7 @@ struct db *db_new(struct ev_loop *loop, const char *name, const char *conninfo,
         snprintf(db->listen_sql, n, "LISTEN %s", channel);
     }
     db->backoff = BACKOFF_MIN;
-    db->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)db;
+    db->rng = rand_seed(db);
     ev_init(&db->io, on_io);
     db->io.data = db;
     ev_init(&db->retry, on_retry);

@@ -50,7 +50,7 @@ struct deliverer *deliver_new(struct ev_loop *loop, const struct config *cfg, st
     struct deliverer *d = xcalloc(1, sizeof *d);
     *d = (struct deliverer){.loop = loop, .cfg = cfg, .http = http, .gate = gate,
                             .complete = complete, .changed = changed, .ud = ud};
-    d->rng = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)d;
+    d->rng = rand_seed(d);
     ev_init(&d->wait_timer, on_wait_timer);
     d->wait_timer.data = d;
     return d;

@@ -324,7 +324,7 @@ def test_workers_do_not_reconnect_in_lockstep(fake, workers, tmp_path):
     url = f"host={tmp_path} port=5999 user=postgres dbname=postgres"
     ws = [workers(env={"DATABASE_URL": url}) for _ in range(2)]
     delays = [tuple(m.group(1) for m in w.wait_log(r"reconnecting in ([\d.]+) s", T, count=5)[:5])
-              for w in ws]   # five: the first ones are short, and printed to 0.1 s
+              for w in ws]
     assert delays[0] != delays[1], delays
 
 
