@@ -186,7 +186,7 @@ void row_free(struct row *row)
     free_list(row->via, row->nvia);
     free(row->email);
     free(row->old_email);
-    json_object_put(row->payload);
+    free(row->contact);
     free(row->refs);
     free(row);
 }
@@ -235,9 +235,9 @@ static struct row *contact_of(const struct claimer *c, PGresult *res, const stru
     struct row *row = xcalloc(1, sizeof *row);
     row->id = g[n - 1].id;
     row->email = sendry_normalize_email(PQgetvalue(res, newest, 2));
-    row->payload = json_tokener_parse(PQgetvalue(res, newest, 3));
     row->op = strcmp(PQgetvalue(res, newest, 7), "delete") == 0 ? OP_DELETE : OP_UPSERT;
-    sendry_contact_audiences(row, c->cfg->audience_id);
+    sendry_row_payload(row, PQgetisnull(res, newest, 3) ? NULL : PQgetvalue(res, newest, 3),
+                       c->cfg->audience_id);
     const char *before = PQgetisnull(res, oldest, 8) ? PQgetvalue(res, oldest, 2) : PQgetvalue(res, oldest, 8);
     char *old = sendry_normalize_email(before);
     if (strcmp(old, row->email) != 0)

@@ -203,7 +203,7 @@ static enum advance after_lookup(struct job *job, const struct http_request *req
     const struct row *row = job->rows[0];
     if (job->lookup_for == LOOKUP_LEAVE)
         return memberships(job);
-    if (job->lookup_for == LOOKUP_DELETE && sendry_delete_removes_from_audience(row)) {
+    if (job->lookup_for == LOOKUP_DELETE && row->remove_only) {
         job->req = REQ_REMOVE_MEMBER;
         job_set_audience(job, cfg->audience_id);
     } else {

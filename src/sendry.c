@@ -42,11 +42,10 @@ static json_object *limited_string(const char *s, size_t max_chars)
     return json_object_new_string_len(s, (int)i);
 }
 
-json_object *sendry_contact(const struct row *r)
+json_object *sendry_contact(const char *email, json_object *p)
 {
     json_object *c = xcheck(json_object_new_object());
-    json_object_object_add(c, "email", json_object_new_string(r->email));
-    json_object *p = r->payload;
+    json_object_object_add(c, "email", json_object_new_string(email));
     if (p && json_object_is_type(p, json_type_object)) {
         static const char *const names[] = {"first_name", "last_name"};
         for (size_t i = 0; i < 2; i++) {
@@ -83,24 +82,58 @@ static char *dup_json(json_object *o)
     return out;
 }
 
+/* Appends s[0..len) to the buffer at *out (of *used bytes, *cap allocated). */
+static void append(char **out, size_t *used, size_t *cap, const char *s, size_t len)
+{
+    if (*used + len + 1 > *cap) {
+        *cap = (*used + len + 1) * 2;
+        *out = xrealloc(*out, *cap);
+    }
+    memcpy(*out + *used, s, len);
+    *used += len;
+    (*out)[*used] = '\0';
+}
+
+/* ,"audience_id":"<id, JSON-escaped>" */
+static void append_audience(char **out, size_t *used, size_t *cap, const char *audience_id)
+{
+    json_object *id = xcheck(json_object_new_string(audience_id));
+    const char *text = json_object_to_json_string_ext(id, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    append(out, used, cap, ",\"audience_id\":", 15);
+    append(out, used, cap, text, strlen(text));
+    json_object_put(id);
+}
+
+/* The contacts are JSON text already (rendered at the claim): the body is put together
+ * around them, as json-c would print it. */
 char *sendry_import_body(struct row *const *rows, size_t n, const char *audience_id)
 {
-    json_object *body = xcheck(json_object_new_object());
-    json_object *contacts = xcheck(json_object_new_array_ext((int)n));
+    size_t used = 0, cap = 64;
     for (size_t i = 0; i < n; i++)
-        json_object_array_add(contacts, sendry_contact(rows[i]));
-    json_object_object_add(body, "contacts", contacts);
+        cap += strlen(rows[i]->contact) + 1;
+    char *out = xmalloc(cap);
+    append(&out, &used, &cap, "{\"contacts\":[", 13);
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            append(&out, &used, &cap, ",", 1);
+        append(&out, &used, &cap, rows[i]->contact, strlen(rows[i]->contact));
+    }
+    append(&out, &used, &cap, "]", 1);
     if (audience_id)
-        json_object_object_add(body, "audience_id", json_object_new_string(audience_id));
-    return dup_json(body);
+        append_audience(&out, &used, &cap, audience_id);
+    append(&out, &used, &cap, "}", 1);
+    return out;
 }
 
 char *sendry_contact_body(const struct row *r, const char *audience_id)
 {
-    json_object *c = sendry_contact(r);
+    size_t len = strlen(r->contact), used = 0, cap = len + 64;
+    char *out = xmalloc(cap);
+    append(&out, &used, &cap, r->contact, len - 1);   /* without its closing brace */
     if (audience_id)
-        json_object_object_add(c, "audience_id", json_object_new_string(audience_id));
-    return dup_json(c);
+        append_audience(&out, &used, &cap, audience_id);
+    append(&out, &used, &cap, "}", 1);
+    return out;
 }
 
 static bool listed(char *const *list, size_t n, const char *s)
@@ -132,33 +165,41 @@ static char **audience_list(json_object *payload, const char *key, const char *d
     return out;
 }
 
-void sendry_contact_audiences(struct row *r, const char *default_audience)
+static void contact_audiences(struct row *r, json_object *payload, const char *default_audience)
 {
     json_object *v = NULL;
-    bool named = r->payload && json_object_object_get_ex(r->payload, "audiences", &v) &&
+    bool named = payload && json_object_object_get_ex(payload, "audiences", &v) &&
                  json_object_is_type(v, json_type_array);
     if (named) {
-        r->audiences = audience_list(r->payload, "audiences", default_audience, NULL, 0, &r->naudiences);
+        r->audiences = audience_list(payload, "audiences", default_audience, NULL, 0, &r->naudiences);
     } else {
         r->audiences = xcalloc(1, sizeof *r->audiences);
         r->audiences[0] = xstrdup(default_audience);
         r->naudiences = 1;
     }
-    r->leave = audience_list(r->payload, "leave_audiences", default_audience, r->audiences,
+    r->leave = audience_list(payload, "leave_audiences", default_audience, r->audiences,
                              r->naudiences, &r->nleave);
+}
+
+void sendry_row_payload(struct row *r, const char *payload, const char *default_audience)
+{
+    json_object *p = payload ? json_tokener_parse(payload) : NULL;
+    if (!json_object_is_type(p, json_type_object)) {
+        json_object_put(p);
+        p = NULL;
+    }
+    r->contact = dup_json(sendry_contact(r->email, p));
+    json_object *mode;
+    r->remove_only = p && json_object_object_get_ex(p, "delete_mode", &mode) &&
+                     json_object_is_type(mode, json_type_string) &&
+                     strcmp(json_object_get_string(mode), "remove_from_audience") == 0;
+    contact_audiences(r, p, default_audience);
+    json_object_put(p);
 }
 
 char *sendry_move_body(const struct row *r)
 {
-    return dup_json(sendry_contact(r));
-}
-
-bool sendry_delete_removes_from_audience(const struct row *r)
-{
-    json_object *mode;
-    return r->payload && json_object_object_get_ex(r->payload, "delete_mode", &mode) &&
-           json_object_is_type(mode, json_type_string) &&
-           strcmp(json_object_get_string(mode), "remove_from_audience") == 0;
+    return xstrdup(r->contact);
 }
 
 char *sendry_url_encode(const char *s)

@@ -32,7 +32,11 @@ struct row {
                              * was never recorded; a move that finds nothing at old_email
                              * tries them, from the last */
     size_t nvia;
-    json_object *payload;   /* owned reference; may be NULL */
+    char *contact;          /* owned: the contact as Sendry takes it, JSON text ({"email",
+                             * names, metadata}), rendered once from the payload at the
+                             * claim (the parsed payload is not kept: a json-c tree takes
+                             * some 2 KB a row, the text about 150 bytes) */
+    bool remove_only;       /* a delete whose payload says delete_mode remove_from_audience */
     bool live;              /* one of its rows is live (a change made now, not a backfill) */
     char **audiences;       /* owned: the audiences it belongs to (the default one resolved) */
     size_t naudiences;
@@ -50,9 +54,6 @@ struct row {
  * metadata, never `unsubscribed`. Caller frees. */
 char *sendry_move_body(const struct row *r);
 
-/* "remove_from_audience" in a delete row's payload asks to leave the contact and only
- * take it out of the audience; anything else deletes the contact. */
-bool sendry_delete_removes_from_audience(const struct row *r);
 
 /* Percent-encodes s for a URL query value (RFC 3986 unreserved kept). Caller frees. */
 char *sendry_url_encode(const char *s);
@@ -60,10 +61,13 @@ char *sendry_url_encode(const char *s);
 /* The "id" of a contact object in a response body, copied into id (false if none). */
 bool sendry_contact_id(const char *body, size_t len, char *id, size_t id_size);
 
-/* The audiences a contact's payload names: "audiences" (absent or null: the default
- * one; "default" in it: the default one) and "leave_audiences" (minus those it is in),
- * each without repeats, into r->audiences and r->leave (which it owns from then on). */
-void sendry_contact_audiences(struct row *r, const char *default_audience);
+/* Reads a row's payload (JSON text, or NULL) once, with r->email set: r->contact (see
+ * sendry_contact), r->remove_only ("remove_from_audience" in a delete's delete_mode asks
+ * to take the contact out of its audiences and keep it; anything else deletes it), and
+ * the audiences it names: "audiences" (absent or null: the default one; "default" in it:
+ * the default one) and "leave_audiences" (minus those it is in), each without repeats,
+ * into r->audiences and r->leave. The row owns all of them from then on. */
+void sendry_row_payload(struct row *r, const char *payload, const char *default_audience);
 
 /* Body of POST /v1/contacts/import for rows[0..n): {"contacts":[...],"audience_id":...}
  * (no audience_id when audience_id is NULL). Caller frees. */
@@ -72,9 +76,10 @@ char *sendry_import_body(struct row *const *rows, size_t n, const char *audience
 /* Body of POST /v1/contacts for one row, with audience_id (unless NULL). Caller frees. */
 char *sendry_contact_body(const struct row *r, const char *audience_id);
 
-/* The contact object for one row: email, first_name, last_name, metadata (every value a
- * string; others are converted), never `unsubscribed`. New reference, or NULL. */
-json_object *sendry_contact(const struct row *r);
+/* The contact object for an email and a parsed payload (or NULL): email, first_name,
+ * last_name, metadata (every value a string; others are converted), never
+ * `unsubscribed`. New reference. */
+json_object *sendry_contact(const char *email, json_object *payload);
 
 /* Trims ASCII whitespace and lower-cases; returns a malloc'd copy. */
 char *sendry_normalize_email(const char *email);

@@ -20,7 +20,7 @@ static struct row *make_row(long long id, const char *email, const char *payload
     struct row *r = calloc(1, sizeof *r);
     r->id = id;
     r->email = sendry_normalize_email(email);
-    r->payload = payload ? json_tokener_parse(payload) : NULL;
+    sendry_row_payload(r, payload, "aud_default");
     r->attempts = 1;
     r->max_attempts = 5;
     return r;
@@ -29,7 +29,13 @@ static struct row *make_row(long long id, const char *email, const char *payload
 static void free_row(struct row *r)
 {
     free(r->email);
-    json_object_put(r->payload);
+    free(r->contact);
+    for (size_t i = 0; i < r->naudiences; i++)
+        free(r->audiences[i]);
+    free(r->audiences);
+    for (size_t i = 0; i < r->nleave; i++)
+        free(r->leave[i]);
+    free(r->leave);
     free(r);
 }
 
@@ -73,15 +79,45 @@ static void test_payload(void)
         strcat(payload, "\xc3\xab");
     strcat(payload, "\"}");
     struct row *d = make_row(4, "d@example.com", payload);
-    json_object *cd = sendry_contact(d);
+    json_object *cd = json_tokener_parse(d->contact);
     CHECK(json_object_object_get_ex(cd, "first_name", &fn));
     CHECK(json_object_get_string_len(fn) == 400);
     json_object_put(cd);
+
+    /* The bodies are put together around the contacts' text, as json-c prints them. */
+    struct row *pair[] = {b, c};
+    char *two = sendry_import_body(pair, 2, "aud\"2");
+    CHECK_STR(two, "{\"contacts\":[{\"email\":\"zoe@example.com\",\"first_name\":\"Zo\xc3\xab\"},"
+                   "{\"email\":\"x@example.com\"}],\"audience_id\":\"aud\\\"2\"}");
+    free(two);
+    two = sendry_import_body(pair, 2, NULL);
+    CHECK_STR(two, "{\"contacts\":[{\"email\":\"zoe@example.com\",\"first_name\":\"Zo\xc3\xab\"},"
+                   "{\"email\":\"x@example.com\"}]}");
+    free(two);
+    two = sendry_contact_body(c, NULL);
+    CHECK_STR(two, "{\"email\":\"x@example.com\"}");
+    free(two);
+    two = sendry_move_body(b);
+    CHECK_STR(two, "{\"email\":\"zoe@example.com\",\"first_name\":\"Zo\xc3\xab\"}");
+    free(two);
+
+    /* What else the payload says is read at the same time. */
+    struct row *e = make_row(5, "e@example.com", "{\"delete_mode\":\"remove_from_audience\","
+                                                 "\"audiences\":[\"default\",\"aud_2\",\"aud_2\"],"
+                                                 "\"leave_audiences\":[\"aud_3\",\"default\"]}");
+    CHECK(e->remove_only && !a->remove_only);
+    CHECK(e->naudiences == 2 && e->nleave == 1);
+    CHECK_STR(e->audiences[0], "aud_default");
+    CHECK_STR(e->audiences[1], "aud_2");
+    CHECK_STR(e->leave[0], "aud_3");
+    CHECK(c->naudiences == 1 && c->nleave == 0);
+    CHECK_STR(c->audiences[0], "aud_default");
 
     free_row(a);
     free_row(b);
     free_row(c);
     free_row(d);
+    free_row(e);
 }
 
 static void test_classify(void)
