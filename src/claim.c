@@ -345,7 +345,9 @@ void claim_next_due(struct claimer *c)
 void claim_release_orphans(struct claimer *c, json_object *held)
 {
     const char *params[2] = {c->locked_by, json_object_to_json_string_ext(held, JSON_C_TO_STRING_PLAIN)};
-    db_query(c->db, RELEASE_ORPHANS_SQL, 2, params, NULL, NULL);
+    /* First: a claim queued while the connection was going down runs after it, or this
+     * would give back the rows that claim takes (held lists only what came before it). */
+    db_query_first(c->db, RELEASE_ORPHANS_SQL, 2, params, NULL, NULL);
 }
 
 static void on_renewed(PGresult *res, void *arg)

@@ -51,7 +51,9 @@ bool claim_busy(const struct claimer *c);       /* a claim is in flight */
 void claim_next_due(struct claimer *c);
 
 /* After a reconnect: rows still marked processing for us that are not in `held` (a json
- * array of ids we hold in memory) go back to pending, their attempt not counted. */
+ * array of ids we hold in memory) go back to pending, their attempt not counted. Runs
+ * ahead of every statement queued on the connection (a claim queued before it went
+ * down takes rows `held` cannot list). */
 void claim_release_orphans(struct claimer *c, json_object *held);
 
 /* The rows of `refs` (a json array of {"id", "claim_id"}) that are not ours any more:

@@ -421,8 +421,8 @@ void db_free(struct db *db)
     free(db);
 }
 
-void db_query(struct db *db, const char *sql, int nparams, const char *const *params,
-              db_result_cb cb, void *arg)
+static struct query *query_new(const char *sql, int nparams, const char *const *params,
+                               db_result_cb cb, void *arg)
 {
     struct query *q = xcalloc(1, sizeof *q);
     q->sql = xstrdup(sql);
@@ -432,11 +432,29 @@ void db_query(struct db *db, const char *sql, int nparams, const char *const *pa
     q->arg = arg;
     for (int i = 0; i < nparams; i++)
         q->params[i] = params[i] ? xstrdup(params[i]) : NULL;
+    return q;
+}
+
+void db_query(struct db *db, const char *sql, int nparams, const char *const *params,
+              db_result_cb cb, void *arg)
+{
+    struct query *q = query_new(sql, nparams, params, cb, arg);
     if (db->tail)
         db->tail->next = q;
     else
         db->head = q;
     db->tail = q;
+    ev_idle_start(db->loop, &db->pump_w);
+}
+
+void db_query_first(struct db *db, const char *sql, int nparams, const char *const *params,
+                    db_result_cb cb, void *arg)
+{
+    struct query *q = query_new(sql, nparams, params, cb, arg);
+    q->next = db->head;
+    db->head = q;
+    if (!db->tail)
+        db->tail = q;
     ev_idle_start(db->loop, &db->pump_w);
 }
 

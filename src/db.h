@@ -44,6 +44,10 @@ void db_free(struct db *db);
 /* Queues a query (params are copied) and returns; cb (may be NULL) runs from the loop. */
 void db_query(struct db *db, const char *sql, int nparams, const char *const *params,
               db_result_cb cb, void *arg);
+/* The same, ahead of every query queued: for what must run first on a new connection,
+ * before statements queued while the last one was going down (a claim among them). */
+void db_query_first(struct db *db, const char *sql, int nparams, const char *const *params,
+                    db_result_cb cb, void *arg);
 
 /* True for a connection failure no retry can mend: a wrong password, a role or database
  * that does not exist, a host name that does not resolve, a bad connection option. */

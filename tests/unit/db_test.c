@@ -7,6 +7,9 @@
  *   2. The connection comes back after that failure, and a query queued while it was
  *      down runs once it is up.
  *   3. A plain query's callback also runs after db_query() returned.
+ *   4. After the connection is lost with a query queued behind the one in flight, a
+ *      query put first (db_query_first) from the connected callback runs before the
+ *      queued one (the relay's orphan release must run before a claim queued earlier).
  * Every wait is a loop run with a deadline timer. */
 #include <ev.h>
 #include <stdio.h>
@@ -28,10 +31,24 @@ static bool called_before_return;
 static bool got_null, got_rows;
 static char value[64];
 
+static char order[16];          /* test 4: the order the results came in */
+static struct db *first_on_connect;  /* test 4: where the connected callback puts a query first */
+
+static void on_ordered(PGresult *res, void *arg)
+{
+    size_t n = strlen(order);
+    if (n + 1 < sizeof order)
+        order[n] = res && PQresultStatus(res) == PGRES_TUPLES_OK ? *(const char *)arg : 'x';
+    ev_break(loop, EVBREAK_ONE);
+}
+
 static void on_connected(void *ud)
 {
     (void)ud;
     connected_count++;
+    if (first_on_connect)
+        db_query_first(first_on_connect, "SELECT 1", 0, NULL, on_ordered, "F");
+    first_on_connect = NULL;
     ev_break(loop, EVBREAK_ONE);
 }
 
@@ -119,6 +136,26 @@ int main(void)
     CHECK(calls == 1 && got_rows && !called_before_return);
     CHECK_STR(value, "7");
 
+    /* 4. A query in flight when the backend is terminated, one queued behind it; on the
+     *    reconnect a query is put first. Order: the lost one (x), the first (F), the
+     *    queued one (Q). */
+    struct db *killer = db_new(loop, "killer", "", NULL, (struct db_callbacks){.connected = on_connected});
+    db_start(killer);
+    CHECK(run_until_break());
+    query(db, "SELECT pg_backend_pid()::text", 0, NULL);
+    CHECK(run_until_break() && got_rows);
+    char pid[64];
+    snprintf(pid, sizeof pid, "%s", value);
+    db_query(db, "SELECT pg_sleep(30)", 0, NULL, on_ordered, "S");
+    db_query(db, "SELECT 2", 0, NULL, on_ordered, "Q");
+    first_on_connect = db;
+    const char *kp[1] = {pid};
+    query(killer, "SELECT pg_terminate_backend($1::int)::text, pg_sleep(0.2)::text", 1, kp);
+    while (strlen(order) < 3 && run_until_break())
+        ;
+    CHECK_STR(order, "xFQ");
+
+    db_free(killer);
     db_free(db);
     ev_loop_destroy(loop);
     printf("db: %d passed, %d failed\n", passed, failed);
