@@ -27,7 +27,7 @@ static const char COMPLETE_SQL[] =
     "           delay_ms bigint, uncount int)"
     " WHERE o.id = c.id AND o.claim_id = c.claim_id AND o.locked_by = $2"
     "   AND o.status = 'processing'"
-    " RETURNING o.id";
+    " RETURNING o.id, o.claim_id";
 
 /* Outcomes the completion could not record: what happened to those rows since. A claim
  * sets updated_at to its own time and counts an attempt, so a row last changed before our
@@ -209,15 +209,17 @@ static void on_explained(PGresult *res, void *arg)
                  "this worker held them (an operator's UPDATE?)", changed);
 }
 
-/* Looks into the outcomes of the last statement that it did not record. */
+/* Looks into the outcomes of the last statement that it did not record. A row can be
+ * in it twice, under two claims (its first claim lost, this worker claimed it again): an
+ * outcome was recorded when its row and its claim came back. */
 static void explain_unrecorded(struct completer *c, PGresult *res)
 {
     size_t n = c->in_flight, found = (size_t)PQntuples(res);
     char *seen = xcalloc(n ? n : 1, 1);
     for (size_t k = 0; k < found; k++) {
-        long long id = atoll(PQgetvalue(res, (int)k, 0));
+        long long id = atoll(PQgetvalue(res, (int)k, 0)), claim_id = atoll(PQgetvalue(res, (int)k, 1));
         for (size_t i = 0; i < n; i++)
-            if (c->recs[i].id == id)
+            if (c->recs[i].id == id && c->recs[i].claim_id == claim_id)
                 seen[i] = 1;
     }
     json_object *arr = json_object_new_array();

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 
 import psycopg
@@ -160,6 +161,67 @@ def test_a_claim_the_database_lost_is_called_that(ldb, fake, workers, cluster):
     fake.on_request = None
     wait_until(lambda: ldb.all_sent(1), T, "sent again")
     assert not any("another worker" in ln for ln in w.lines()), w.log()
+
+
+SLOW_SENT = """
+CREATE FUNCTION public.test_slow_sent() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.status = 'processing' AND NEW.status = 'sent' AND NEW.email = 'slow@example.com' THEN
+        PERFORM pg_sleep(1.5);   -- the relay's connection is busy recording this outcome
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_slow_sent BEFORE UPDATE ON public.sendry_outbox
+    FOR EACH ROW EXECUTE FUNCTION public.test_slow_sent();
+"""
+
+
+def test_a_lost_claim_is_called_that_when_both_outcomes_go_in_one_statement(ldb, fake, workers, cluster):
+    """A row whose claim the database lost is claimed again by the same worker, so both
+    outcomes of one row can be written by one completion statement (both answers arrive
+    while the previous completion is still being written). Only the second claim's is
+    recorded: the first is still reported, not taken for recorded because its row id came
+    back. The answers for lost@ are held until slow@'s completion is under way."""
+    ldb.query(SLOW_SENT)
+    release = threading.Event()
+    seen = []
+
+    def admin(sql, args=()):
+        with psycopg.connect(cluster.dsn_for("postgres"), autocommit=True) as c:
+            return c.execute(sql, args).fetchall()
+
+    def release_once_slow_completion_sleeps():
+        wait_until(lambda: admin("SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep'"), T,
+                   "slow@'s completion under way")
+        release.set()
+
+    def on_request(record):
+        emails = [c.get("email") for c in (record["json"] or {}).get("contacts", [])]
+        if record["path"] != IMPORT:
+            return
+        if "lost@example.com" in emails:
+            seen.append(record)
+            if len(seen) == 1:   # the claim's commit lost: the row back as before the claim
+                admin("UPDATE public.sendry_outbox SET status = 'pending', attempts = 0, claim_id = NULL,"
+                      " locked_by = NULL, locked_until = NULL, next_attempt_at = created_at,"
+                      " updated_at = created_at WHERE email = 'lost@example.com'")
+            release.wait(T)
+        elif "slow@example.com" in emails:
+            threading.Thread(target=release_once_slow_completion_sleeps, daemon=True).start()
+
+    fake.on_request = on_request
+    try:
+        w = start_daemon(workers, "--reconcile-interval", "0")
+        ldb.signup("lost@example.com")
+        wait_until(lambda: len(seen) >= 2, T, "lost@ claimed again and sent a second time")
+        ldb.signup("slow@example.com")
+        w.wait_log(r"outcomes not recorded: the database (no longer has|lost) the claim", T)
+        wait_until(lambda: ldb.all_sent(2), T, "both sent")
+        assert not any("another worker" in ln for ln in w.lines()), w.log()
+    finally:
+        release.set()
+        fake.on_request = None
+        ldb.query("DROP TRIGGER test_slow_sent ON public.sendry_outbox; DROP FUNCTION public.test_slow_sent()")
 
 
 # --- 7. Retry-After that is not a delay ----------------------------------------------------
