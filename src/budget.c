@@ -106,11 +106,6 @@ double budget_take(struct budget *b, bool bulk, bool peek)
     return later > 0.001 ? later : 0.001;
 }
 
-int budget_tokens(const struct budget *b)
-{
-    return b->tokens;
-}
-
 double budget_paused(const struct budget *b)
 {
     double left = b->paused_until - mono();

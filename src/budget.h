@@ -28,7 +28,6 @@ void budget_free(struct budget *b);
 /* One request now: 0 if it may go (a token taken, unless peek), else the seconds after
  * which asking again makes sense (a grant has been asked for; `granted` will run). */
 double budget_take(struct budget *b, bool bulk, bool peek);
-int budget_tokens(const struct budget *b);        /* requests in the local pool */
 /* Seconds the shared bucket says every worker must still wait (a 429 elsewhere), 0 if none. */
 double budget_paused(const struct budget *b);
 /* Shares a 429's pause with the other workers of the key. */

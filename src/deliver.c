@@ -31,7 +31,6 @@ struct deliverer {
     } live, bulk;              /* waiting, in order: live jobs go first */
     struct job *inflight;      /* requests under way */
     int in_flight;
-    long long requests;
     ev_timer wait_timer;       /* the gate said "not yet" */
 };
 
@@ -181,7 +180,6 @@ static void start_job(struct deliverer *d, struct job *job)
     job->started_at = gate_now(d->gate);
     if (http_start(d->http, req)) {
         link_in_flight(d, job);
-        d->requests++;
         return;
     }
     http_request_free(req);
@@ -313,11 +311,6 @@ int deliver_in_flight(const struct deliverer *d)
     return d->in_flight;
 }
 
-int deliver_free_slots(const struct deliverer *d)
-{
-    return d->cfg->concurrency - d->in_flight;
-}
-
 void deliver_release_waiting(struct deliverer *d)
 {
     while (d->live.head)
@@ -414,9 +407,4 @@ void deliver_forget(struct deliverer *d, const long long *ids, size_t n)
     for (struct job *job = d->inflight; job; job = job->next)
         for (size_t i = 0; i < job->n; i++)
             job->rows[i]->lost |= lost_row(job->rows[i], ids, n);
-}
-
-long long deliver_requests(const struct deliverer *d)
-{
-    return d->requests;
 }

@@ -39,7 +39,6 @@ void deliver_pump(struct deliverer *d);
 bool deliver_waiting(const struct deliverer *d);     /* jobs are queued */
 size_t deliver_waiting_rows(const struct deliverer *d);   /* contacts in the queued jobs */
 int deliver_in_flight(const struct deliverer *d);    /* requests under way */
-int deliver_free_slots(const struct deliverer *d);
 
 /* Draining: no new request starts; waiting rows and the next steps of moves and
  * deletions are given back (pending, attempt not counted). */
@@ -57,6 +56,5 @@ void deliver_forget(struct deliverer *d, const long long *ids, size_t n);
 
 /* Appends the ids of every row held here (waiting or in flight) to `ids`. */
 void deliver_add_ids(const struct deliverer *d, json_object *ids);
-long long deliver_requests(const struct deliverer *d);   /* requests started so far */
 
 #endif

@@ -82,16 +82,6 @@ enum gate_state gate_state(struct gate *g)
     return gate_now(g) < g->pause_until ? GATE_PAUSED : GATE_OPEN;
 }
 
-const char *gate_state_name(enum gate_state s)
-{
-    switch (s) {
-    case GATE_OPEN: return "open";
-    case GATE_PAUSED: return "paused";
-    case GATE_STOPPED: return "stopped";
-    }
-    return "?";
-}
-
 /* A token from the shared budget or the local bucket: 0, or the seconds to wait. */
 static double token(struct gate *g, enum gate_class c, bool take, double now)
 {
@@ -134,18 +124,6 @@ void gate_set_backoff(struct gate *g, double base, double cap)
 {
     g->backoff_base = base;
     g->backoff_cap = cap;
-}
-
-int gate_tokens(struct gate *g, enum gate_class c)
-{
-    if (gate_peek(g, c) > 0)
-        return 0;
-    if (g->stopped)
-        return 1;
-    if (g->budget)
-        return budget_tokens(g->budget) > 0 ? budget_tokens(g->budget) : 1;
-    int n = bucket_available(&g->bucket, gate_now(g)) - (c == GATE_BULK ? (int)g->reserve : 0);
-    return n > 0 ? n : 1;
 }
 
 double gate_pause(struct gate *g, double seconds, double unit)

@@ -52,15 +52,12 @@ double gate_reserve(const struct gate *g);
 
 double gate_now(struct gate *g);   /* monotonic seconds; never smaller than before */
 enum gate_state gate_state(struct gate *g);   /* a pause that ended is OPEN again */
-const char *gate_state_name(enum gate_state s);
 
 /* Asks to send one request now. 0: go (a token is taken; while stopped this request is
  * the period's probe). > 0: the seconds after which asking again makes sense. */
 double gate_ask(struct gate *g, enum gate_class c);
 /* The same question without taking anything: 0 if a request could go now. */
 double gate_peek(struct gate *g, enum gate_class c);
-/* How many requests could go now (1 for a due probe, 0 while paused). */
-int gate_tokens(struct gate *g, enum gate_class c);
 
 /* A 429: nothing goes for `seconds` (a longer pause already running is kept). When the
  * answer named no delay (seconds < 0), or one beyond GATE_PAUSE_CAP (an absurd value,

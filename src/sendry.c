@@ -42,7 +42,10 @@ static json_object *limited_string(const char *s, size_t max_chars)
     return json_object_new_string_len(s, (int)i);
 }
 
-json_object *sendry_contact(const char *email, json_object *p)
+/* The contact object for an email and a parsed payload (or NULL): email, first_name,
+ * last_name, metadata (every value a string; others are converted), never
+ * `unsubscribed`. New reference. */
+static json_object *contact_object(const char *email, json_object *p)
 {
     json_object *c = xcheck(json_object_new_object());
     json_object_object_add(c, "email", json_object_new_string(email));
@@ -188,7 +191,7 @@ void sendry_row_payload(struct row *r, const char *payload, const char *default_
         json_object_put(p);
         p = NULL;
     }
-    r->contact = dup_json(sendry_contact(r->email, p));
+    r->contact = dup_json(contact_object(r->email, p));
     json_object *mode;
     r->remove_only = p && json_object_object_get_ex(p, "delete_mode", &mode) &&
                      json_object_is_type(mode, json_type_string) &&

@@ -61,8 +61,9 @@ char *sendry_url_encode(const char *s);
 /* The "id" of a contact object in a response body, copied into id (false if none). */
 bool sendry_contact_id(const char *body, size_t len, char *id, size_t id_size);
 
-/* Reads a row's payload (JSON text, or NULL) once, with r->email set: r->contact (see
- * sendry_contact), r->remove_only ("remove_from_audience" in a delete's delete_mode asks
+/* Reads a row's payload (JSON text, or NULL) once, with r->email set: r->contact (email,
+ * first_name, last_name, metadata with every value a string, never `unsubscribed`),
+ * r->remove_only ("remove_from_audience" in a delete's delete_mode asks
  * to take the contact out of its audiences and keep it; anything else deletes it), and
  * the audiences it names: "audiences" (absent or null: the default one; "default" in it:
  * the default one) and "leave_audiences" (minus those it is in), each without repeats,
@@ -75,11 +76,6 @@ char *sendry_import_body(struct row *const *rows, size_t n, const char *audience
 
 /* Body of POST /v1/contacts for one row, with audience_id (unless NULL). Caller frees. */
 char *sendry_contact_body(const struct row *r, const char *audience_id);
-
-/* The contact object for an email and a parsed payload (or NULL): email, first_name,
- * last_name, metadata (every value a string; others are converted), never
- * `unsubscribed`. New reference. */
-json_object *sendry_contact(const char *email, json_object *payload);
 
 /* Trims ASCII whitespace and lower-cases; returns a malloc'd copy. */
 char *sendry_normalize_email(const char *email);
