@@ -6,8 +6,9 @@ set -eu
 # Keep these lists in step with the Dockerfile (tests/test_packaging.py checks).
 BUILD_PACKAGES="gcc make pkg-config libc6-dev libpq-dev libcurl4-openssl-dev libjson-c-dev libev-dev libmicrohttpd-dev libssl-dev libsystemd-dev"
 # pgbouncer: doctor through a transaction-mode pooler; openssl: a private CA for --ca-file;
-# systemd: systemd-analyze for the unit (not started); python3-yaml: the compose file.
-TEST_PACKAGES="postgresql-15 postgresql-client-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl python3 python3-pytest python3-psycopg python3-yaml valgrind curl clang libclang-rt-14-dev pgbouncer openssl systemd"
+# systemd: systemd-analyze for the unit (not started); python3-yaml: the compose file;
+# prometheus: promtool, to check and unit-test the alert rules.
+TEST_PACKAGES="postgresql-15 postgresql-client-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl python3 python3-pytest python3-psycopg python3-yaml valgrind curl clang libclang-rt-14-dev pgbouncer openssl systemd prometheus"
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
