@@ -11,13 +11,17 @@
 #                   5xx storms, the API down): a table of what was lost, stuck, written twice;
 #                   fails on anything lost or stuck. CHAOS_QUICK=1: the short version in make check
 #   make valgrind   a --once run under valgrind, failing on any leak
+#   make install    the binary, the man page, the SQL, the systemd unit (its ExecStart
+#                   pointing at BINDIR) and the docs; PREFIX (/usr/local), DESTDIR, BINDIR,
+#                   MANDIR, DATADIR, DOCDIR, UNITDIR as usual. make uninstall removes them.
+#   make deb        a Debian package in build/deb/ (dpkg-buildpackage, debian/)
 
 CC      ?= cc
 PYTHON  ?= /usr/bin/python3
 PKGS     = libpq libcurl json-c libmicrohttpd libcrypto libsystemd
 WARN     = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2 -Wno-format-nonliteral
 CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 $(WARN) -D_GNU_SOURCE $(shell pkg-config --cflags $(PKGS))
+CFLAGS  += -std=c11 $(WARN) -D_GNU_SOURCE $(CPPFLAGS) $(shell pkg-config --cflags $(PKGS))
 LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lev -lm
 SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
@@ -119,7 +123,47 @@ bench: sendry-sync build/fastapi build/fastload
 chaos: sendry-sync
 	$(PYTHON) tests/chaos.py $(if $(CHAOS_QUICK),--quick)
 
+# Where `make install` puts things (GNU conventions; DESTDIR stages them).
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+MANDIR  ?= $(PREFIX)/share/man
+DATADIR ?= $(PREFIX)/share/sendry-sync
+DOCDIR  ?= $(PREFIX)/share/doc/sendry-sync
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+INSTALL ?= install
+DOCS     = README.md $(wildcard docs/*.md)
+
+install: sendry-sync
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(DATADIR)/sql \
+	    $(DESTDIR)$(DATADIR)/prometheus $(DESTDIR)$(DATADIR)/grafana $(DESTDIR)$(DOCDIR) $(DESTDIR)$(UNITDIR)
+	$(INSTALL) -m 0755 sendry-sync $(DESTDIR)$(BINDIR)/sendry-sync
+	$(INSTALL) -m 0644 docs/sendry-sync.1 $(DESTDIR)$(MANDIR)/man1/sendry-sync.1
+	$(INSTALL) -m 0644 sql/install.sql sql/uninstall.sql $(DESTDIR)$(DATADIR)/sql/
+	$(INSTALL) -m 0644 contrib/prometheus/*.yml $(DESTDIR)$(DATADIR)/prometheus/
+	$(INSTALL) -m 0644 contrib/grafana/*.json $(DESTDIR)$(DATADIR)/grafana/
+	$(INSTALL) -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	sed 's|^ExecStart=.*|ExecStart=$(BINDIR)/sendry-sync|' contrib/sendry-sync.service \
+	    > $(DESTDIR)$(UNITDIR)/sendry-sync.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/sendry-sync.service
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/sendry-sync $(DESTDIR)$(MANDIR)/man1/sendry-sync.1 \
+	    $(DESTDIR)$(UNITDIR)/sendry-sync.service
+	rm -rf $(DESTDIR)$(DATADIR) $(DESTDIR)$(DOCDIR)
+
+# A binary Debian package from debian/, built in a copy of the tracked files (or of the
+# tree outside git) so the working tree stays clean; the .deb lands in build/deb/.
+deb:
+	rm -rf build/deb && mkdir -p build/deb/src
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	    git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t build/deb/src; \
+	else \
+	    tar --exclude=./build --exclude=./.git -cf - . | tar -C build/deb/src -xf -; \
+	fi
+	cd build/deb/src && dpkg-buildpackage -b -us -uc --no-sign
+	ls build/deb/*.deb
+
 clean:
 	rm -rf build sendry-sync sendry-sync-asan
 
-.PHONY: all check check-unit check-sql check-e2e check-asan check-valgrind check-fuzz valgrind demo bench chaos clean
+.PHONY: all check install uninstall deb check-unit check-sql check-e2e check-asan check-valgrind check-fuzz valgrind demo bench chaos clean

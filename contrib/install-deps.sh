@@ -7,8 +7,9 @@ set -eu
 BUILD_PACKAGES="gcc make pkg-config libc6-dev libpq-dev libcurl4-openssl-dev libjson-c-dev libev-dev libmicrohttpd-dev libssl-dev libsystemd-dev"
 # pgbouncer: doctor through a transaction-mode pooler; openssl: a private CA for --ca-file;
 # systemd: systemd-analyze for the unit (not started); python3-yaml: the compose file;
-# prometheus: promtool, to check and unit-test the alert rules.
-TEST_PACKAGES="postgresql-15 postgresql-client-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl python3 python3-pytest python3-psycopg python3-yaml valgrind curl clang libclang-rt-14-dev pgbouncer openssl systemd prometheus"
+# prometheus: promtool, to check and unit-test the alert rules; mandoc: the man page's lint;
+# debhelper, dpkg-dev, fakeroot, lintian: make deb and its check.
+TEST_PACKAGES="postgresql-15 postgresql-client-15 postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl python3 python3-pytest python3-psycopg python3-yaml valgrind curl clang libclang-rt-14-dev pgbouncer openssl systemd prometheus mandoc debhelper dpkg-dev fakeroot lintian"
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
