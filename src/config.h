@@ -18,6 +18,9 @@
 #include "log.h"
 
 #define SENDRY_SYNC_VERSION "0.1.0"
+
+/* The shortest webhook signing secret --listen accepts. */
+#define WEBHOOK_SECRET_MIN 16
 #define SENDRY_MAX_BATCH 1000
 /* The most requests one job makes: an email change that finds both addresses (move,
  * import, look-up, delete). A lease must outlast them (--lease >= this x --http-timeout). */
@@ -59,7 +62,7 @@ struct config {
     int chunk_size;         /* backfill, reconcile-contacts: users per transaction */
     bool dry_run;           /* backfill: count and estimate only */
     char *listen;           /* --listen / SENDRY_LISTEN ADDR:PORT, NULL = no HTTP server */
-    char *webhook_secret;   /* SENDRY_WEBHOOK_SECRET */
+    char *webhook_secret;   /* SENDRY_WEBHOOK_SECRET, at least WEBHOOK_SECRET_MIN characters */
     size_t webhook_max_body;
     enum send_mode mode;
     bool once;

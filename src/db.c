@@ -204,7 +204,8 @@ static void became_ready(struct db *db)
     db->backoff = BACKOFF_MIN;
     db->ever_connected = true;
     db->quiet_attempts = 0;
-    log_info("db: connected (%s connection, server %d%s%s)", db->name, PQserverVersion(db->conn),
+    const char *version = PQparameterStatus(db->conn, "server_version");
+    log_info("db: connected (%s connection, PostgreSQL %s%s%s)", db->name, version ? version : "?",
              db->listen_sql ? ", " : "", db->listen_sql ? db->listen_sql : "");
     if (db->cbs.connected)
         db->cbs.connected(db->cbs.ud);

@@ -50,6 +50,18 @@ static char *api_url(const struct doctor *d, const char *path)
     return url;
 }
 
+/* What to do about a request that did not run: the hint in its error names a TLS cause
+ * (http_error_hint); else the URL, the network, a proxy, a CA. */
+static const char *api_fix(const struct doctor *d, const struct probe *p)
+{
+    if (strstr(p->error, "not for this host name"))
+        return "check the host in SENDRY_API_URL; a proxy or a private CA must issue the certificate for it";
+    if (strstr(p->error, "signed the server's certificate") && d->cfg->ca_file)
+        return "give in --ca-file / SENDRY_CA_FILE the certificate of the CA that signed the server's";
+    return "check SENDRY_API_URL and the network; through a proxy set https_proxy (and NO_PROXY); "
+           "for a private CA or a TLS-intercepting proxy --ca-file / SENDRY_CA_FILE";
+}
+
 /* One request to Sendry with the key; false (with the reason in c) if it did not run. */
 static bool call_api(struct doctor *d, struct check *c, struct probe *p, const char *method,
                      const char *path, const char *body)
@@ -61,8 +73,7 @@ static bool call_api(struct doctor *d, struct check *c, struct probe *p, const c
     if (!ok) {
         doctor_report(c, CHECK_FAIL, "%s %s: %s", method, url ? url : path,
                       url ? p->error : "out of memory");
-        doctor_fix(c, "check SENDRY_API_URL and the network; through a proxy set https_proxy (and "
-                      "NO_PROXY); for a private CA or a TLS-intercepting proxy --ca-file / SENDRY_CA_FILE");
+        doctor_fix(c, "%s", api_fix(d, p));
     }
     free(url);
     p->url = NULL;

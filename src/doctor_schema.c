@@ -213,6 +213,12 @@ void doctor_check_exposure(struct doctor *d, struct check *c)
 {
     if (doctor_skip_without_db(d, c))
         return;
+    char outbox[8] = "";
+    if (doctor_value(d, "SELECT pg_catalog.to_regclass('public.sendry_outbox') IS NOT NULL", 0, NULL, outbox,
+                     sizeof outbox) && outbox[0] == 'f') {
+        doctor_report(c, CHECK_SKIP, "nothing installed yet (no public.sendry_outbox), nothing to expose");
+        return;
+    }
     static const char *const roles[] = {"anon", "authenticated"};
     char exposed[1024] = "", present[64] = "";
     for (size_t r = 0; r < 2; r++) {

@@ -192,7 +192,8 @@ static void finish(struct http *h, struct http_request *req, CURLcode result)
         if (!req->error[0])
             snprintf(req->error, sizeof req->error, "%s", curl_easy_strerror(result));
         size_t len = strlen(req->error);
-        snprintf(req->error + len, sizeof req->error - len, "%s", http_error_hint(result));
+        snprintf(req->error + len, sizeof req->error - len, "%s",
+                 http_error_hint(result, req->error, h->ca_file != NULL));
     }
     curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME, &req->elapsed);
     curl_easy_cleanup(easy);
@@ -259,11 +260,19 @@ void http_easy_common(void *easy, const char *ca_file, long timeout_ms)
         curl_easy_setopt(e, CURLOPT_CAINFO, ca_file);
 }
 
-const char *http_error_hint(int curl_code)
+const char *http_error_hint(int curl_code, const char *message, bool ca_file_given)
 {
     switch ((CURLcode)curl_code) {
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_ISSUER_ERROR:
+        /* OpenSSL's words for a name mismatch: "no alternative certificate subject name
+         * matches target host name", "certificate subject name ... does not match". */
+        if (message && (strstr(message, "subject name") || strstr(message, "host name")))
+            return " (the server's certificate is not for this host name: check the host in "
+                   "SENDRY_API_URL, or have the proxy or private CA issue the certificate for it)";
+        if (ca_file_given)
+            return " (no CA in --ca-file / SENDRY_CA_FILE signed the server's certificate: give "
+                   "the certificate of the CA that did)";
         return " (no trusted CA signed the server's certificate: for a private CA or a "
                "TLS-intercepting proxy give its certificate with --ca-file / SENDRY_CA_FILE)";
     case CURLE_SSL_CACERT_BADFILE:

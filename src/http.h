@@ -60,9 +60,10 @@ void http_set_ca_file(struct http *h, const char *ca_file);
  * CURLOPT_CAINFO when ca_file is not NULL. `easy` is a CURL *. */
 void http_easy_common(void *easy, const char *ca_file, long timeout_ms);
 
-/* A hint to append to curl's message for a TLS verification failure (code is a
- * CURLcode), or "" for other errors. */
-const char *http_error_hint(int curl_code);
+/* A hint to append to curl's message (`message`, may be NULL) for a TLS verification
+ * failure (code is a CURLcode): a host name mismatch, or a CA that is not trusted (in
+ * the --ca-file when one was given), or "" for other errors. */
+const char *http_error_hint(int curl_code, const char *message, bool ca_file_given);
 
 /* Never NULL; takes ownership of url and body (body may be NULL). */
 struct http_request *http_request_new(const char *method, char *url_owned, char *body_owned);

@@ -329,8 +329,8 @@ struct httpd *httpd_start(struct ev_loop *loop, const char *listen, const char *
     ev_init(&h->timer, on_timer);
     h->timer.data = h;
     rearm(h);
-    log_info("httpd: listening on %s (port %d)%s", listen, h->port,
-             h->secret ? "" : "; no webhook secret, /webhooks/sendry disabled");
+    log_info("httpd: listening on %s (port %d): %sGET /healthz, GET /metrics", listen, h->port,
+             h->secret ? "POST /webhooks/sendry, " : "no webhook secret, so no /webhooks/sendry; ");
     return h;
 }
 

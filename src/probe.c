@@ -87,8 +87,8 @@ bool probe_run(struct probe *p)
         p->transport_ok = true;
         curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &p->status);
     } else {
-        snprintf(p->error, sizeof p->error, "%s%s", errbuf[0] ? errbuf : curl_easy_strerror(rc),
-                 http_error_hint(rc));
+        const char *message = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+        snprintf(p->error, sizeof p->error, "%s%s", message, http_error_hint(rc, message, p->ca_file != NULL));
     }
     curl_easy_cleanup(e);
     free_headers(headers, p->api_key != NULL);

@@ -201,10 +201,7 @@ bool relay_listen(struct relay *r, char *err, size_t errsize)
     struct httpd_hooks hooks = {.health = relay_health_hook, .inbox = r->inbox, .ud = r};
     r->httpd = httpd_start(r->loop, r->cfg->listen, r->cfg->webhook_secret, &hooks,
                            r->cfg->webhook_max_body, err, errsize);
-    if (!r->httpd)
-        return false;
-    log_info("listening on %s (POST /webhooks/sendry, GET /healthz, GET /metrics)", r->cfg->listen);
-    return true;
+    return r->httpd != NULL;   /* httpd_start logs the one "listening" line */
 }
 
 void relay_start(struct relay *r)
