@@ -11,15 +11,30 @@
 #include "dbsync.h"
 #include "log.h"
 
-/* Users the triggers would sync that have no contact enqueued yet, and all synced users. */
-static const char COUNT_SQL[] =
-    "SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM public.sendry_contact_state s"
-    "                                          WHERE s.user_id = u.id)), count(*)"
-    " FROM auth.users u"
-    " WHERE public.sendry_user_is_synced(u, COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1),"
-    "                                                 'signup'))";
+/* What the walk examines: every user, in id order. */
+static const char TOTAL_SQL[] = "SELECT count(*) FROM auth.users";
 
 static const char STEP_SQL[] = "SELECT enqueued, failed, examined, more FROM public.sendry_reconcile_contacts($1)";
+
+/* The dry run's chunk: the same users the real step takes, and what it would enqueue for
+ * them (sendry_changed_contacts, the function the real step writes from), read-only.
+ * Returns the users examined, the last id, the contacts that would be enqueued, and how
+ * many of those the mapping renders wrongly (enqueued failed). */
+static const char DRY_STEP_SQL[] =
+    "WITH chunk AS MATERIALIZED ("
+    "  SELECT u.id, public.sendry_user_is_synced(u, COALESCE((SELECT s.sync_on FROM public.sendry_settings s"
+    "                                                         LIMIT 1), 'signup')) AS synced"
+    "    FROM auth.users u WHERE $1::uuid IS NULL OR u.id > $1::uuid ORDER BY u.id LIMIT $2)"
+    " SELECT (SELECT count(*) FROM chunk), (SELECT id::text FROM chunk ORDER BY id DESC LIMIT 1),"
+    "        count(c.user_id), count(c.user_id) FILTER (WHERE c.problem IS NOT NULL)"
+    "   FROM public.sendry_changed_contacts(ARRAY(SELECT id FROM chunk WHERE synced)) c";
+
+/* The deletions the walk would enqueue: contacts recorded for users deleted since. */
+static const char DRY_DELETES_SQL[] =
+    "SELECT count(*) FROM public.sendry_contact_state s"
+    " WHERE s.email IS NOT NULL"
+    "   AND COALESCE((SELECT on_delete FROM public.sendry_settings LIMIT 1), 'delete_contact') <> 'keep'"
+    "   AND NOT EXISTS (SELECT 1 FROM auth.users u WHERE u.id = s.user_id AND u.deleted_at IS NULL)";
 
 static const char POSITION_SQL[] =
     "SELECT value IS NOT NULL FROM public.sendry_sync_state WHERE key = 'contacts_reconcile_after'";
@@ -35,9 +50,11 @@ static void on_interrupt(int sig)
 struct walk {
     long long enqueued, failed, examined;
     double started, shown;
-    long long total;        /* synced users, for the bar */
+    long long total;        /* users in auth.users, for the bar */
     bool tty;
     const char *what;       /* "backfill" or "reconcile-contacts" */
+    bool dry;               /* --dry-run: counts what the run would enqueue, writes nothing */
+    char after[40];         /* the dry run's position: the last id examined, "" at first */
 };
 
 static double now_s(void)
@@ -52,13 +69,15 @@ static void show(struct walk *w, bool last)
     double t = now_s(), rate = w->examined / fmax(t - w->started, 1e-3);
     if (w->tty) {
         int width = 30, filled = w->total > 0 ? (int)(width * fmin(1.0, (double)w->examined / w->total)) : 0;
-        fprintf(stderr, "\r[%.*s%.*s] %lld/%lld users, %lld enqueued, %.0f users/s%s", filled,
+        fprintf(stderr, "\r[%.*s%.*s] %lld/%lld users, %lld %s, %.0f users/s%s", filled,
                 "##############################", width - filled, "                              ",
-                w->examined, w->total, w->enqueued, rate, last ? "\n" : "");
+                w->examined, w->total, w->enqueued, w->dry ? "to enqueue" : "enqueued", rate,
+                last ? "\n" : "");
         fflush(stderr);
     } else if (last || t - w->shown >= 5) {
-        log_info("%s: %lld of about %lld users examined, %lld enqueued, %lld failed the mapping "
-                 "(%.0f users/s)", w->what, w->examined, w->total, w->enqueued, w->failed, rate);
+        log_info("%s: %lld of %lld users examined, %lld %s, %lld failing the mapping (%.0f users/s)",
+                 w->what, w->examined, w->examined > w->total ? w->examined : w->total, w->enqueued,
+                 w->dry ? "to enqueue" : "enqueued", w->failed, rate);
         w->shown = t;
     }
 }
@@ -86,70 +105,106 @@ static bool step(PGconn *conn, const struct config *cfg, struct walk *w, int *st
     return more;
 }
 
-static int walk(PGconn *conn, const struct config *cfg, long long total, const char *what)
+/* One chunk of the dry run, read-only; false when the walk is over (or failed). */
+static bool dry_step(PGconn *conn, const struct config *cfg, struct walk *w, int *status)
 {
-    struct walk w = {.started = now_s(), .total = total, .tty = isatty(STDERR_FILENO), .what = what};
-    w.shown = w.started;
+    char chunk[16];
+    snprintf(chunk, sizeof chunk, "%d", cfg->chunk_size);
+    const char *params[2] = {w->after[0] ? w->after : NULL, chunk};
+    PGresult *res = PQexecParams(conn, DRY_STEP_SQL, 2, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
+        char line[768];
+        log_error("%s --dry-run: %s", w->what, dbsync_result_error(res, line, sizeof line));
+        PQclear(res);
+        *status = 1;
+        return false;
+    }
+    long long examined = atoll(PQgetvalue(res, 0, 0));
+    w->examined += examined;
+    w->enqueued += atoll(PQgetvalue(res, 0, 2));
+    w->failed += atoll(PQgetvalue(res, 0, 3));
+    if (!PQgetisnull(res, 0, 1))
+        snprintf(w->after, sizeof w->after, "%s", PQgetvalue(res, 0, 1));
+    PQclear(res);
+    bool more = examined == cfg->chunk_size;
+    show(w, !more);
+    return more;
+}
+
+typedef bool step_fn(PGconn *conn, const struct config *cfg, struct walk *w, int *status);
+
+/* Steps until the walk is over, interrupted (exit 1: run it again to go on) or failed. */
+static int walk(PGconn *conn, const struct config *cfg, struct walk *w, step_fn *next)
+{
     struct sigaction sa = {.sa_handler = on_interrupt};
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     int status = 0;
-    while (step(conn, cfg, &w, &status)) {
+    while (next(conn, cfg, w, &status)) {
         if (interrupted) {
-            if (w.tty)
+            if (w->tty)
                 fputc('\n', stderr);
-            log_warn("%s: interrupted after %lld users (%lld enqueued); run it again to go on from "
-                     "there", what, w.examined, w.enqueued);
+            log_warn("%s: interrupted after %lld users (%lld %s)%s", w->what, w->examined, w->enqueued,
+                     w->dry ? "to enqueue" : "enqueued", w->dry ? "" : "; run it again to go on from there");
             return 1;
         }
     }
-    if (status == 0)
+    if (status == 0 && !w->dry)
         log_info("%s: done: %lld users examined, %lld enqueued, %lld failed the mapping (see "
-                 "last_error), in %.1f s", what, w.examined, w.enqueued, w.failed, now_s() - w.started);
+                 "last_error), in %.1f s", w->what, w->examined, w->enqueued, w->failed, now_s() - w->started);
     return status;
 }
 
-/* What the backfill will do, at the worker's --rate and --batch-size. */
-static void estimate(PGconn *conn, const struct config *cfg, const char *what, long long todo,
-                     long long synced)
+/* What the walk found it would do, at the worker's --rate and --batch-size. */
+static void estimate(PGconn *conn, const struct config *cfg, const struct walk *w)
 {
+    char deletes_s[32] = "0";
+    dbsync_scalar(conn, DRY_DELETES_SQL, 0, NULL, deletes_s, sizeof deletes_s);
+    long long deletes = atoll(deletes_s), upserts = w->enqueued - w->failed;
     long long per = cfg->mode == MODE_IMPORT ? cfg->batch_size : 1;
-    long long requests = (todo + per - 1) / per;
-    char resuming[8] = "";
-    dbsync_scalar(conn, POSITION_SQL, 0, NULL, resuming, sizeof resuming);
-    printf("%s: %lld of %lld synced users have no contact enqueued yet: %lld rows, %lld requests "
-           "(%s of %lld)", what, todo, synced, todo, requests, cfg->mode == MODE_IMPORT ? "imports" : "creates",
-           per);
+    long long requests = (upserts + per - 1) / per + deletes;
+    printf("%s --dry-run: %lld users examined; the run would enqueue %lld rows: %lld contacts to send "
+           "(%lld requests, %s of up to %lld), %lld failing the mapping (marked failed at once), "
+           "%lld deletions of users gone", w->what, w->examined, w->enqueued + deletes, upserts,
+           requests - deletes, cfg->mode == MODE_IMPORT ? "imports" : "creates", per, w->failed, deletes);
     if (cfg->rate > 0)
-        printf(", about %.0f s at --rate %g", (double)requests / cfg->rate, cfg->rate);
-    printf(".\n  Users whose contact changed since it was enqueued are enqueued too. In chunks of "
-           "%d users%s.\n", cfg->chunk_size,
-           strcmp(resuming, "t") == 0 ? "; an earlier run was interrupted: this one goes on from there" : "");
+        printf("; about %.0f s at --rate %g", (double)requests / cfg->rate, cfg->rate);
+    printf(". Nothing was changed.\n");
     fflush(stdout);
 }
 
 static int run(const struct config *cfg, bool backfill)
 {
-    char err[1024], line[768];
+    char err[1024], line[768], total[32] = "";
     PGconn *conn = dbsync_connect(cfg->database_url, "sendry-sync backfill", 10, err, sizeof err);
     if (!conn) {
         log_error("%s", err);
         return 1;
     }
-    PGresult *res = PQexec(conn, COUNT_SQL);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        log_error("backfill: cannot count the users: %s (is sql/install.sql installed, with auth.users?)",
-                  dbsync_result_error(res, line, sizeof line));
-        PQclear(res);
+    const char *what = backfill ? "backfill" : "reconcile-contacts";
+    if (!dbsync_scalar(conn, TOTAL_SQL, 0, NULL, total, sizeof total)) {
+        log_error("%s: cannot count the users: %s (is sql/install.sql installed, with auth.users?)", what,
+                  dbsync_error(total, line, sizeof line));
         PQfinish(conn);
         return 1;
     }
-    long long todo = atoll(PQgetvalue(res, 0, 0)), synced = atoll(PQgetvalue(res, 0, 1));
-    PQclear(res);
-    const char *what = backfill ? "backfill" : "reconcile-contacts";
-    estimate(conn, cfg, what, todo, synced);
-    int status = cfg->dry_run ? 0 : walk(conn, cfg, synced, what);
+    struct walk w = {.started = now_s(), .total = atoll(total), .tty = isatty(STDERR_FILENO), .what = what,
+                     .dry = cfg->dry_run};
+    w.shown = w.started;
+    int status;
+    if (w.dry) {
+        status = walk(conn, cfg, &w, dry_step);
+        if (status == 0)
+            estimate(conn, cfg, &w);
+    } else {
+        char resuming[8] = "";
+        dbsync_scalar(conn, POSITION_SQL, 0, NULL, resuming, sizeof resuming);
+        log_info("%s: examining %lld users in chunks of %d; a user whose contact differs from the one "
+                 "last enqueued is enqueued%s", what, w.total, cfg->chunk_size,
+                 strcmp(resuming, "t") == 0 ? " (an earlier run was interrupted: going on from there)" : "");
+        status = walk(conn, cfg, &w, step);
+    }
     PQfinish(conn);
     return status;
 }

@@ -6,10 +6,11 @@
  * now, is what was last enqueued (pending or sent) is skipped, the others are enqueued
  * as bulk rows (below live changes, within the key's budget). The position is kept in
  * the database, so an interrupted run (Ctrl-C, a lost connection) goes on where it
- * stopped and enqueues nothing twice. Before anything, backfill counts the users the
- * triggers would sync and have no contact enqueued yet, and prints the rows, requests
- * and the time they take at --rate; --dry-run stops there. Progress: a bar on a
- * terminal, a log line every 5 s otherwise. Blocking libpq: runs without the loop. */
+ * stopped and enqueues nothing twice. --dry-run walks the same users, read-only, through
+ * sendry_changed_contacts() (what the real step writes from) and prints exactly what the
+ * run would enqueue, the requests and the time they take at --rate. Progress (of every
+ * user in auth.users): a bar on a terminal, a log line every 5 s otherwise. Blocking
+ * libpq: runs without the loop. */
 #ifndef SENDRY_BACKFILL_H
 #define SENDRY_BACKFILL_H
 

@@ -6,6 +6,7 @@ Sendry that enforces a rate limit, and the backfill command.
 """
 
 import os
+import re
 import signal
 import subprocess
 
@@ -156,8 +157,54 @@ def test_backfill_dry_run_changes_nothing(ldb, cluster):
     existing_users(ldb, 120)
     r = run_cmd(cluster, "backfill", "--dry-run")
     assert r.returncode == 0, r.stderr
-    assert "120 of 120 synced users have no contact enqueued yet: 120 rows, 1 requests" in r.stdout, r.stdout
+    assert ("backfill --dry-run: 120 users examined; the run would enqueue 120 rows: 120 contacts to send "
+            "(1 requests, imports of up to 1000), 0 failing the mapping") in r.stdout, r.stdout
     assert ldb.scalar("SELECT count(*) FROM public.sendry_outbox") == 0
+
+
+def test_dry_run_counts_what_the_real_run_enqueues(ldb, cluster):
+    """The estimate counted only users never enqueued: after a change of the mapping (every contact
+    differs from the one sent) it said 0 and the run then enqueued every user. Now the dry run walks the
+    same users through the same comparison, read-only: changed contacts, contacts the mapping renders
+    wrongly, and contacts of users deleted since, and the real run enqueues exactly that."""
+    for i in range(40):
+        ldb.signup(f"mapped{i:02d}@example.com", meta={"first_name": f"M{i}"})
+    ldb.query("ALTER TABLE auth.users DISABLE TRIGGER USER", user="supabase_admin")
+    try:
+        ldb.query("DELETE FROM auth.users WHERE email IN ('mapped00@example.com', 'mapped01@example.com')")
+    finally:
+        ldb.query("ALTER TABLE auth.users ENABLE TRIGGER USER", user="supabase_admin")
+    existing_users(ldb, 5, prefix="never")
+    ldb.query("TRUNCATE public.sendry_outbox")
+    ldb.query("UPDATE public.sendry_contact_state SET contact_hash = contact_hash + 1")   # every contact differs
+    r = run_cmd(cluster, "reconcile-contacts", "--dry-run", "--chunk-size", "7")
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"(\d+) users examined; the run would enqueue (\d+) rows: (\d+) contacts to send .*"
+                  r"(\d+) failing the mapping .*, (\d+) deletions", r.stdout)
+    assert m, r.stdout
+    examined, rows, send, failing, deletions = map(int, m.groups())
+    assert examined == ldb.scalar("SELECT count(*) FROM auth.users")
+    assert ldb.scalar("SELECT count(*) FROM public.sendry_outbox") == 0, "the dry run wrote nothing"
+    real = run_cmd(cluster, "reconcile-contacts", "--chunk-size", "7")
+    assert real.returncode == 0, real.stderr
+    counts = ldb.query("SELECT op, status, count(*)::int AS n FROM public.sendry_outbox GROUP BY 1, 2")
+    got = {(c["op"], c["status"]): c["n"] for c in counts}
+    assert rows == sum(got.values()) and rows > 40, (r.stdout, got)
+    assert deletions == got.get(("delete", "pending"), 0) == 2, (r.stdout, got)
+    assert failing == got.get(("upsert", "failed"), 0), (r.stdout, got)
+    assert send == got.get(("upsert", "pending"), 0), (r.stdout, got)
+
+
+def test_progress_counts_every_user_it_examines(ldb, cluster):
+    """The walk examines every user (anonymous ones too): "6 of about 2 users examined" came from
+    counting only synced users for the total."""
+    existing_users(ldb, 2)
+    for i in range(4):
+        ldb.signup(None, anonymous=True)
+    r = run_cmd(cluster, "backfill", "--chunk-size", "2")
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"backfill: (\d+) of (\d+) users examined", r.stderr)
+    assert m and m.group(1) == m.group(2) == "6", r.stderr
 
 
 def test_backfill_enqueues_each_user_once_across_an_interruption(ldb, cluster):
