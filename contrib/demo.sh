@@ -2,8 +2,10 @@
 # The whole flow on a throwaway database: run by `make demo` under tests/pgharness.py,
 # which starts a Supabase-shaped PostgreSQL and sets PGHOST/PGPORT/DATABASE_URL.
 # Installs the migration, starts a fake Sendry and the worker, signs up a few users,
-# shows what Sendry received and the outbox, then brings an unsubscribe in Sendry back
-# into auth.users (reconciliation and a signed webhook), and stops everything it started.
+# shows what Sendry received and the outbox, brings an unsubscribe in Sendry back into
+# auth.users (reconciliation and a signed webhook), changes an address, deletes a user,
+# shows a contact Sendry rejects and its requeue, ends with `status` and `doctor`, and
+# stops everything it started.
 set -eu
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
@@ -73,13 +75,21 @@ echo "signed up: ada@example.com, grace@example.com (OAuth), one anonymous user,
 wait_sql 15 "select count(*) = 2 and bool_and(status = 'sent') from public.sendry_outbox" \
     || { cat "$work/worker.log" >&2; exit 1; }
 
-step "4. What Sendry received"
-curl -s "$api/_control/requests" | $PY -c '
+# Prints the requests Sendry received after the first $1 (all with 0).
+show_requests() {
+    curl -s "$api/_control/requests" | $PY -c '
 import json, sys
-for r in json.load(sys.stdin):
+for r in json.load(sys.stdin)[int(sys.argv[1]):]:
     print(r["method"], r["path"], "->", r["status"])
     if r.get("json"):
-        print("  " + json.dumps(r["json"], indent=2, ensure_ascii=False).replace("\n", "\n  "))'
+        print("  " + json.dumps(r["json"], indent=2, ensure_ascii=False).replace("\n", "\n  "))' "$1"
+}
+requests_so_far() {
+    curl -s "$api/_control/requests?summary=1" | $PY -c 'import json, sys; print(len(json.load(sys.stdin)))'
+}
+
+step "4. What Sendry received"
+show_requests 0
 
 step "5. The outbox"
 psql -X -c "select id, op, email, status, attempts, last_http_status, sent_at is not null as sent from public.sendry_outbox order by id"
@@ -114,7 +124,49 @@ step "8. The opt-outs in auth.users (raw_app_meta_data) and the inbox"
 psql -X -U supabase_admin -c "select email, raw_app_meta_data->'sendry_unsubscribed' as unsubscribed, raw_app_meta_data->>'sendry_unsubscribed_reason' as reason from auth.users where email is not null order by email"
 psql -X -c "select source, type, email, status, reason from public.sendry_inbox where status <> 'ignored' or email like '%example.com' order by id"
 
-step "9. Stop the worker (SIGTERM drains and exits 0)"
+step "9. Ada changes her address (GoTrue's UPDATE): the contact moves, it is not duplicated"
+seen=$(requests_so_far)
+psql -X -q -U supabase_auth_admin -v ON_ERROR_STOP=1 \
+    -c "update users set email = 'ada.lovelace@example.com', updated_at = now() where email = 'ada@example.com'"
+wait_sql 15 "select count(*) = 1 from public.sendry_outbox where email = 'ada.lovelace@example.com' and status = 'sent'" \
+    || { cat "$work/worker.log" >&2; exit 1; }
+show_requests "$seen"
+
+step "10. Grace deletes her account: her contact is deleted in Sendry (sendry_settings.on_delete)"
+seen=$(requests_so_far)
+psql -X -q -U supabase_auth_admin -v ON_ERROR_STOP=1 -c "delete from users where email = 'grace@example.com'"
+wait_sql 15 "select count(*) = 1 from public.sendry_outbox where op = 'delete' and status = 'sent'" \
+    || { cat "$work/worker.log" >&2; exit 1; }
+show_requests "$seen"
+
+step "11. Sendry rejects a contact (422): the row fails with the reason, nothing else is held up"
+curl -s -X POST "$api/_control/reject_emails" -d '{"regex":"^typo@"}' >/dev/null
+psql -X -q -U supabase_auth_admin -v ON_ERROR_STOP=1 <<'SQL'
+INSERT INTO users (id, email, role, raw_user_meta_data, raw_app_meta_data, created_at, updated_at) VALUES
+  (gen_random_uuid(), 'typo@example.com', '', '{}', '{"provider":"email","providers":["email"]}', now(), now());
+SQL
+wait_sql 15 "select count(*) = 1 from public.sendry_outbox where email = 'typo@example.com' and status = 'failed'" \
+    || { cat "$work/worker.log" >&2; exit 1; }
+psql -X -c "select id, email, status, attempts, last_http_status, last_error from public.sendry_outbox where status = 'failed'"
+
+step "12. Fixed on Sendry's side: requeue the failed rows with one UPDATE"
+curl -s -X POST "$api/_control/reject_emails" -d '{"regex":null}' >/dev/null
+psql -X -c "update public.sendry_outbox set status = 'pending', next_attempt_at = now() where status = 'failed'"
+wait_sql 15 "select count(*) = 1 from public.sendry_outbox where email = 'typo@example.com' and status = 'sent'" \
+    || { cat "$work/worker.log" >&2; exit 1; }
+echo "typo@example.com: sent on the requeue"
+
+step "13. sendry-sync status: the outbox at a glance"
+./sendry-sync status
+
+step "14. sendry-sync doctor: what would break in production (exit 0 all good, 1 warnings, 2 failures)"
+rc=0
+SENDRY_API_URL="$api" SENDRY_API_KEY=sn_test_fake SENDRY_AUDIENCE_ID=aud_test SENDRY_WEBHOOK_SECRET=$secret \
+    SENDRY_LISTEN="127.0.0.1:$listen_port" ./sendry-sync doctor || rc=$?
+echo "doctor exited $rc"
+[ "$rc" -le 1 ] || { echo "demo: doctor found failures" >&2; exit 1; }
+
+step "15. Stop the worker (SIGTERM drains and exits 0)"
 kill -TERM "$worker_pid"
 wait "$worker_pid" && echo "worker exited 0"
 worker_pid=""
