@@ -70,5 +70,11 @@ DROP TABLE IF EXISTS public.sendry_enqueue_errors;
 DROP FUNCTION IF EXISTS public.sendry_outbox_notify_insert();
 DROP FUNCTION IF EXISTS public.sendry_outbox_notify_update();
 DROP FUNCTION IF EXISTS public.sendry_schema_version();
+DROP FUNCTION IF EXISTS public.sendry_migrate_step(text, text, text, text[]);
+DROP FUNCTION IF EXISTS public.sendry_migrate_trigger(regclass, name, text);
+DROP FUNCTION IF EXISTS public.sendry_migrate_lockdown();
+DROP FUNCTION IF EXISTS public.sendry_migrate_lock_holders();
+DROP TABLE IF EXISTS public.sendry_migrations;
+DROP TABLE IF EXISTS public.sendry_migrate_triggers;
 
 COMMIT;
