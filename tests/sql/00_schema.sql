@@ -253,7 +253,8 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
           ARRAY['sendry_auth_users_deleted', 'sendry_auth_users_inserted', 'sendry_auth_users_updated',
                 'sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload', 'sendry_contact_problem',
                 'sendry_enqueue_contacts', 'sendry_inbox_apply', 'sendry_inbox_receive',
-                'sendry_outbox_notify_insert', 'sendry_outbox_notify_update', 'sendry_rate_pause',
+                'sendry_migrate_lock_holders', 'sendry_migrate_lockdown', 'sendry_migrate_step',
+                'sendry_migrate_trigger', 'sendry_outbox_notify_insert', 'sendry_outbox_notify_update', 'sendry_rate_pause',
                 'sendry_rate_take', 'sendry_reconcile_contacts',
                 'sendry_render_contacts', 'sendry_schema_version', 'sendry_unwatch', 'sendry_user_is_synced',
                 'sendry_watch', 'sendry_watched_changed'],
@@ -334,8 +335,8 @@ SELECT is(ARRAY(SELECT format('%s rls=%s', c.relname, c.relrowsecurity) FROM pg_
                  WHERE c.relnamespace = 'public'::regnamespace AND c.relname LIKE 'sendry%'
                    AND c.relkind IN ('r', 'p') ORDER BY 1),
           ARRAY['sendry_contact_state rls=t', 'sendry_enqueue_errors rls=t', 'sendry_inbox rls=t',
-                'sendry_outbox rls=t', 'sendry_rate_budget rls=t', 'sendry_settings rls=t', 'sendry_sync_state rls=t'],
-          'exactly the seven sendry_* tables exist, each with row level security enabled');
+                'sendry_migrate_triggers rls=t', 'sendry_migrations rls=t', 'sendry_outbox rls=t', 'sendry_rate_budget rls=t', 'sendry_settings rls=t', 'sendry_sync_state rls=t'],
+          'exactly the nine sendry_* tables exist, each with row level security enabled');
 
 SELECT * FROM finish();
 ROLLBACK;
