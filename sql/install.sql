@@ -29,7 +29,9 @@
 DO $bootstrap$
 DECLARE
     v_deadline timestamptz := pg_catalog.clock_timestamp() + interval '5 minutes';
-    v_sigs     text[] := ARRAY['public.sendry_migrate_lock_holders()', 'public.sendry_migrate_lockdown()',
+    v_sigs     text[] := ARRAY['public.sendry_migrate_lock_holders()', 'public.sendry_migrate_missing(text)',
+                               'public.sendry_migrate_fingerprint(text)',
+                               'public.sendry_migrate_lockdown()',
                                'public.sendry_migrate_trigger(regclass, name, text)',
                                'public.sendry_migrate_step(text, text, text, text[])'];
     v_defs     text[] := ARRAY[
@@ -57,6 +59,58 @@ AS $fn$
        AND (l.relation = pg_catalog.to_regclass('auth.users')
             OR (c.relnamespace = 'public'::pg_catalog.regnamespace AND c.relname LIKE 'sendry\_%'))
        AND a.xact_start < pg_catalog.clock_timestamp() - interval '1 second'
+$fn$
+$def$,
+-- ---- sendry_migrate_missing --------------------------------------------------------------
+$def$
+CREATE OR REPLACE FUNCTION public.sendry_migrate_missing(p_sql text)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = ''
+AS $fn$
+    -- The first sendry_* object a step's text creates that is not there (a function, a
+    -- table, view or index, a trigger made by sendry_migrate_trigger, or one disabled), or
+    -- NULL: a repeatable step whose objects were dropped by hand is applied again, so that
+    -- `sendry-sync migrate` repairs what doctor finds missing. Catalog reads only: no lock.
+    SELECT COALESCE(
+        (SELECT 'function public.' || m[1]
+           FROM pg_catalog.regexp_matches(p_sql, 'CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+public\.(sendry_\w+)\s*\(', 'g') m
+          WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+                             WHERE p.pronamespace = 'public'::pg_catalog.regnamespace AND p.proname = m[1])
+          LIMIT 1),
+        (SELECT 'public.' || m[1]
+           FROM pg_catalog.regexp_matches(p_sql,
+                    'CREATE\s+(?:OR\s+REPLACE\s+VIEW|VIEW|TABLE\s+IF\s+NOT\s+EXISTS|INDEX\s+IF\s+NOT\s+EXISTS)\s+(?:public\.)?(sendry_\w+)', 'g') m
+          WHERE pg_catalog.to_regclass('public.' || m[1]) IS NULL
+          LIMIT 1),
+        (SELECT 'trigger ' || m[2] || ' on ' || m[1] || ' (or it is disabled)'
+           FROM pg_catalog.regexp_matches(p_sql, 'sendry_migrate_trigger\(\s*''([^'']+)''\s*,\s*''(\w+)''', 'g') m
+          WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                             WHERE t.tgrelid = pg_catalog.to_regclass(m[1]) AND t.tgname = m[2]
+                               AND t.tgenabled = 'O')
+          LIMIT 1))
+$fn$
+$def$,
+-- ---- sendry_migrate_fingerprint ----------------------------------------------------------
+$def$
+CREATE OR REPLACE FUNCTION public.sendry_migrate_fingerprint(p_sql text)
+RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = ''
+AS $fn$
+    -- md5 of the definitions of the sendry_* functions a step's text creates, as they are
+    -- now (pg_proc only: no lock): recorded when the step is applied, so that one
+    -- replaced by hand since is made again by `sendry-sync migrate`.
+    SELECT pg_catalog.md5(COALESCE(pg_catalog.string_agg(
+               p.oid::pg_catalog.regprocedure::pg_catalog.text || ' ' || p.prosrc || ' '
+               || p.provolatile::pg_catalog.text || p.prosecdef::pg_catalog.text || COALESCE(p.proconfig::pg_catalog.text, ''),
+               ' ' ORDER BY p.oid::pg_catalog.regprocedure::pg_catalog.text), ''))
+      FROM pg_catalog.pg_proc p
+     WHERE p.pronamespace = 'public'::pg_catalog.regnamespace
+       AND p.proname IN (SELECT m[1] FROM pg_catalog.regexp_matches(p_sql,
+                             'CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+public\.(sendry_\w+)\s*\(', 'g') m)
 $fn$
 $def$,
 -- ---- sendry_migrate_lockdown -------------------------------------------------------------
@@ -126,7 +180,7 @@ AS $fn$
 -- Creates or replaces trigger p_name on p_table with p_definition (a CREATE OR REPLACE
 -- TRIGGER statement) only when the definition changed: public.sendry_migrate_triggers
 -- keeps the md5 of the definition that made each trigger, and the trigger's oid (a
--- trigger dropped and made again by hand is made again). Checking takes no lock (catalog
+-- trigger dropped and made again by hand is made again, and so is one disabled). Checking takes no lock (catalog
 -- reads only; not even pg_get_triggerdef, which opens the table to print a WHEN clause;
 -- and a comment on the trigger would need to own auth.users); replacing takes SHARE ROW
 -- EXCLUSIVE on p_table, under the step's lock_timeout. Returns whether it replaced it.
@@ -135,7 +189,7 @@ DECLARE
     v_oid  oid;
 BEGIN
     SELECT t.oid INTO v_oid FROM pg_catalog.pg_trigger t
-     WHERE t.tgrelid = p_table AND t.tgname = p_name AND NOT t.tgisinternal;
+     WHERE t.tgrelid = p_table AND t.tgname = p_name AND NOT t.tgisinternal AND t.tgenabled = 'O';
     IF v_oid IS NOT NULL AND EXISTS (SELECT 1 FROM public.sendry_migrate_triggers m
                                       WHERE m.table_name = p_table::text AND m.trigger_name = p_name
                                         AND m.trigger_oid = v_oid AND m.checksum = v_sum) THEN
@@ -172,7 +226,9 @@ AS $fn$
 --    step and who holds locks, with nothing of the step applied.
 -- p_options: 'requires auth.users' (skipped, and not recorded, where there is none);
 -- 'baseline' (recorded without being run where the previous release, schema version 2
--- or later, is installed: its tables are there). Returns what it did: 'applied',
+-- or later, is installed: its tables are there); 'idempotent' (a versioned step safe to
+-- run again: it is, when an object it creates is missing). A repeatable step is applied
+-- again when an object it creates is missing (sendry_migrate_missing). Returns what it did: 'applied',
 -- 'recorded', 'unchanged', or 'skipped: <why>'.
 DECLARE
     v_sum      text := pg_catalog.md5(p_sql);
@@ -185,6 +241,7 @@ DECLARE
     v_sleep    double precision;
     v_err      text;
     v_holders  text;
+    v_missing  text;
     v_messages text := pg_catalog.current_setting('client_min_messages');
 BEGIN
     IF p_kind NOT IN ('versioned', 'repeatable') THEN
@@ -209,13 +266,24 @@ BEGIN
 
     SELECT * INTO v_have FROM public.sendry_migrations m WHERE m.name = p_name;
     IF FOUND AND (p_kind = 'versioned' OR v_have.checksum = v_sum) THEN
-        RETURN 'unchanged';
+        IF p_kind = 'repeatable' OR 'idempotent' = ANY (p_options) THEN
+            v_missing := public.sendry_migrate_missing(p_sql);
+        END IF;
+        IF v_missing IS NULL AND p_kind = 'repeatable'
+           AND v_have.fingerprint IS DISTINCT FROM public.sendry_migrate_fingerprint(p_sql) THEN
+            v_missing := 'a function it creates, replaced by hand since,';
+        END IF;
+        IF v_missing IS NULL THEN
+            RETURN 'unchanged';
+        END IF;
     END IF;
     IF 'requires auth.users' = ANY (p_options) AND pg_catalog.to_regclass('auth.users') IS NULL THEN
         RETURN 'skipped: no auth.users';
     END IF;
-    IF 'baseline' = ANY (p_options) AND pg_catalog.to_regclass('public.sendry_outbox') IS NOT NULL
-       AND pg_catalog.to_regprocedure('public.sendry_schema_version()') IS NOT NULL THEN
+    IF 'baseline' = ANY (p_options) AND v_have.name IS NULL
+       AND pg_catalog.to_regclass('public.sendry_outbox') IS NOT NULL
+       AND pg_catalog.to_regprocedure('public.sendry_schema_version()') IS NOT NULL
+       AND public.sendry_migrate_missing(p_sql) IS NULL THEN
         IF COALESCE(pg_catalog.substring(public.sendry_schema_version(), '^[0-9]+$')::integer, 0)
            >= v_version THEN
             INSERT INTO public.sendry_migrations (name, kind, version, checksum, how)
@@ -250,16 +318,20 @@ BEGIN
 
     -- What the step set locally (client_min_messages...) ends with it.
     PERFORM pg_catalog.set_config('client_min_messages', v_messages, true);
-    INSERT INTO public.sendry_migrations AS m (name, kind, version, checksum, how, attempts, duration)
-    VALUES (p_name, p_kind, v_version, v_sum, 'ran', v_attempt, pg_catalog.clock_timestamp() - v_start)
+    INSERT INTO public.sendry_migrations AS m (name, kind, version, checksum, fingerprint, how, attempts, duration)
+    VALUES (p_name, p_kind, v_version, v_sum,
+            CASE p_kind WHEN 'repeatable' THEN public.sendry_migrate_fingerprint(p_sql) END,
+            'ran', v_attempt, pg_catalog.clock_timestamp() - v_start)
     ON CONFLICT (name) DO UPDATE
-       SET checksum = EXCLUDED.checksum, how = EXCLUDED.how, attempts = EXCLUDED.attempts,
+       SET checksum = EXCLUDED.checksum, fingerprint = EXCLUDED.fingerprint, how = EXCLUDED.how,
+           attempts = EXCLUDED.attempts,
            duration = EXCLUDED.duration, applied_at = EXCLUDED.applied_at;
     PERFORM public.sendry_migrate_lockdown();
     IF pg_catalog.current_setting('sendry.migrate_quiet', true) IS DISTINCT FROM 'on' THEN
-        RAISE NOTICE 'sendry-sync: % applied (% ms%)', p_name,
+        RAISE NOTICE 'sendry-sync: % applied (% ms%)%', p_name,
             pg_catalog.round(EXTRACT(EPOCH FROM pg_catalog.clock_timestamp() - v_start) * 1000),
-            CASE WHEN v_attempt > 1 THEN pg_catalog.format(', %s attempts', v_attempt) ELSE '' END;
+            CASE WHEN v_attempt > 1 THEN pg_catalog.format(', %s attempts', v_attempt) ELSE '' END,
+            COALESCE(' again: ' || v_missing || ' was missing', '');
     END IF;
     RETURN 'applied';
 END
@@ -276,7 +348,8 @@ BEGIN
     END LOOP;
     IF pg_catalog.to_regclass('public.sendry_migrations') IS NULL THEN
         -- One row per step applied: name (its file under sql/), kind, version (the
-        -- number of a versioned step), checksum (md5 of its text), how ('ran', or
+        -- number of a versioned step), checksum (md5 of its text), fingerprint (of the
+        -- functions a repeatable step made, sendry_migrate_fingerprint), how ('ran', or
         -- 'recorded': the baseline of a database the previous release installed),
         -- when, how many attempts (lock timeouts retried) and how long it took.
         CREATE TABLE public.sendry_migrations (
@@ -284,6 +357,7 @@ BEGIN
             kind       text        NOT NULL,
             version    integer     UNIQUE,
             checksum   text        NOT NULL,
+            fingerprint text,
             how        text        NOT NULL DEFAULT 'ran',
             attempts   integer     NOT NULL DEFAULT 1,
             duration   interval,
@@ -321,12 +395,15 @@ $bootstrap$;
 
 -- ---- migrations/0002_baseline.sql (versioned) ----
 DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('versioned', 'migrations/0002_baseline.sql', $sendry_step$-- sendry-step: baseline
+-- sendry-step: idempotent
 -- Schema version 2: the tables of sendry-sync 0.4 (the release before versioned
 -- migrations), their columns, constraints, indexes, storage settings and the settings row.
 -- A database that release installed has all of it: there this step is recorded without
 -- being run (it would take ACCESS EXCLUSIVE on the outbox for nothing). On an empty
 -- database it creates everything; on an older one (0.1 to 0.3) it upgrades in place, as
 -- install.sql always did (IF NOT EXISTS, constraints added NOT VALID then validated).
+-- Idempotent: run again when a table or index it creates is missing (a dropped claim
+-- index: doctor says `sendry-sync migrate`).
 
 -- "relation already exists, skipping" notices on a re-run are noise.
 SET LOCAL client_min_messages = warning;
@@ -538,7 +615,7 @@ CREATE TABLE IF NOT EXISTS public.sendry_enqueue_errors (
 );
 CREATE INDEX IF NOT EXISTS sendry_enqueue_errors_occurred_at_idx
     ON public.sendry_enqueue_errors (occurred_at);
-$sendry_step$, '{"baseline"}'); END $sendry_do$;
+$sendry_step$, '{"baseline","idempotent"}'); END $sendry_do$;
 
 -- ---- functions/budget.sql (repeatable) ----
 DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions/budget.sql', $sendry_step$-- The key's request budget (sendry_rate_budget, in the baseline): taking and pausing.

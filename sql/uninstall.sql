@@ -73,6 +73,8 @@ DROP FUNCTION IF EXISTS public.sendry_schema_version();
 DROP FUNCTION IF EXISTS public.sendry_migrate_step(text, text, text, text[]);
 DROP FUNCTION IF EXISTS public.sendry_migrate_trigger(regclass, name, text);
 DROP FUNCTION IF EXISTS public.sendry_migrate_lockdown();
+DROP FUNCTION IF EXISTS public.sendry_migrate_missing(text);
+DROP FUNCTION IF EXISTS public.sendry_migrate_fingerprint(text);
 DROP FUNCTION IF EXISTS public.sendry_migrate_lock_holders();
 DROP TABLE IF EXISTS public.sendry_migrations;
 DROP TABLE IF EXISTS public.sendry_migrate_triggers;

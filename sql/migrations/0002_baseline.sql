@@ -1,10 +1,13 @@
 -- sendry-step: baseline
+-- sendry-step: idempotent
 -- Schema version 2: the tables of sendry-sync 0.4 (the release before versioned
 -- migrations), their columns, constraints, indexes, storage settings and the settings row.
 -- A database that release installed has all of it: there this step is recorded without
 -- being run (it would take ACCESS EXCLUSIVE on the outbox for nothing). On an empty
 -- database it creates everything; on an older one (0.1 to 0.3) it upgrades in place, as
 -- install.sql always did (IF NOT EXISTS, constraints added NOT VALID then validated).
+-- Idempotent: run again when a table or index it creates is missing (a dropped claim
+-- index: doctor says `sendry-sync migrate`).
 
 -- "relation already exists, skipping" notices on a re-run are noise.
 SET LOCAL client_min_messages = warning;

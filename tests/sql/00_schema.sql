@@ -253,7 +253,7 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
           ARRAY['sendry_auth_users_deleted', 'sendry_auth_users_inserted', 'sendry_auth_users_updated',
                 'sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload', 'sendry_contact_problem',
                 'sendry_enqueue_contacts', 'sendry_inbox_apply', 'sendry_inbox_receive',
-                'sendry_migrate_lock_holders', 'sendry_migrate_lockdown', 'sendry_migrate_step',
+                'sendry_migrate_fingerprint', 'sendry_migrate_lock_holders', 'sendry_migrate_lockdown', 'sendry_migrate_missing', 'sendry_migrate_step',
                 'sendry_migrate_trigger', 'sendry_outbox_notify_insert', 'sendry_outbox_notify_update', 'sendry_rate_pause',
                 'sendry_rate_take', 'sendry_reconcile_contacts',
                 'sendry_render_contacts', 'sendry_schema_version', 'sendry_unwatch', 'sendry_user_is_synced',

@@ -1,12 +1,13 @@
 -- The migration machinery (sql/bootstrap.sql): what install.sql recorded, and one step at a
 -- time through public.sendry_migrate_step. Logged in as postgres; rolled back.
 BEGIN;
-SELECT plan(16);
+SET LOCAL sendry.migrate_quiet = 'on';
+SELECT plan(19);
 
 SELECT has_table('public', 'sendry_migrations', 'table public.sendry_migrations exists');
 SELECT has_table('public', 'sendry_migrate_triggers', 'table public.sendry_migrate_triggers exists');
 SELECT columns_are('public', 'sendry_migrations',
-                   ARRAY['name', 'kind', 'version', 'checksum', 'how', 'attempts', 'duration', 'applied_at'],
+                   ARRAY['name', 'kind', 'version', 'checksum', 'fingerprint', 'how', 'attempts', 'duration', 'applied_at'],
                    'sendry_migrations has the columns DESIGN.md names');
 SELECT isnt_definer('public', 'sendry_migrate_step', ARRAY['text', 'text', 'text', 'text[]'],
                     'sendry_migrate_step runs with the caller''s rights');
@@ -48,6 +49,17 @@ SELECT is(public.sendry_migrate_step('repeatable', 'functions/test.sql', 'SELECT
           'the same text again is not');
 SELECT is(public.sendry_migrate_step('repeatable', 'functions/test.sql', 'SELECT 2;'), 'applied',
           'a changed text is');
+-- A function of a repeatable step dropped by hand: the step is applied again.
+DROP FUNCTION public.sendry_rate_pause(text, double precision);
+SELECT is(public.sendry_migrate_missing(
+              (SELECT 'CREATE OR REPLACE FUNCTION public.sendry_rate_pause(' )),
+          'function public.sendry_rate_pause', 'sendry_migrate_missing names a dropped function');
+ALTER TABLE public.sendry_outbox DISABLE TRIGGER sendry_outbox_notify_update;
+SELECT is(public.sendry_migrate_missing($$SELECT public.sendry_migrate_trigger('public.sendry_outbox', 'sendry_outbox_notify_update', 'x')$$),
+          'trigger sendry_outbox_notify_update on public.sendry_outbox (or it is disabled)',
+          'and a disabled trigger');
+SELECT is(public.sendry_migrate_missing('CREATE INDEX IF NOT EXISTS sendry_outbox_claim_idx ON public.sendry_outbox'),
+          NULL, 'nothing when all is there');
 SELECT throws_like($$SELECT public.sendry_migrate_step('versioned', 'migrations/x.sql', 'SELECT 1')$$,
                    '%not named migrations/NNNN_name.sql%', 'a versioned step needs a number');
 

@@ -5,7 +5,7 @@
 -- authenticated have USAGE and EXECUTE, so only the sendry_* objects can deny.
 \connect - authenticator
 BEGIN;
-SELECT plan(170);
+SELECT plan(176);
 
 SELECT is(current_user::text, 'authenticator', 'logged in as authenticator, like PostgREST');
 SELECT throws_ok('SELECT * FROM public.sendry_outbox', '42501', 'permission denied for table sendry_outbox',
@@ -121,8 +121,8 @@ SELECT throws_ok('SELECT * FROM public.sendry_reconcile_contacts()', '42501',
                  'authenticated: EXECUTE sendry_reconcile_contacts is denied');
 RESET ROLE;
 
--- No privilege of any kind for anon, authenticated and PUBLIC, per object (40 objects x 3
--- roles = 120 tests). Trigger functions are checked here rather than called. Functions are
+-- No privilege of any kind for anon, authenticated and PUBLIC, per object (42 objects x 3
+-- roles = 126 tests). Trigger functions are checked here rather than called. Functions are
 -- looked up by OID: authenticator has no USAGE on schema auth to parse "(auth.users)".
 SELECT ok(NOT granted, format('%s has no %s privilege on %s', grantee, kind, obj))
 FROM (
@@ -183,7 +183,9 @@ FROM (
                  (37, 'function', 'sendry_migrate_step'),
                  (38, 'function', 'sendry_migrate_trigger'),
                  (39, 'function', 'sendry_migrate_lockdown'),
-                 (40, 'function', 'sendry_migrate_lock_holders')) AS o (n, kind, obj)
+                 (40, 'function', 'sendry_migrate_lock_holders'),
+                 (41, 'function', 'sendry_migrate_missing'),
+                 (42, 'function', 'sendry_migrate_fingerprint')) AS o (n, kind, obj)
     ORDER BY g.grantee, o.n
 ) AS checks;
 
@@ -218,7 +220,7 @@ SELECT is(ARRAY(SELECT relname::text FROM pg_class WHERE relnamespace = 'public'
                 'sendry_watched_tables'],
           'the ACL check above saw the nine tables, the three views and the three sequences');
 SELECT is((SELECT count(*)::int FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'sendry%'),
-          25, 'the ACL check above saw the twenty-five functions');
+          27, 'the ACL check above saw the twenty-seven functions');
 
 SELECT * FROM finish();
 ROLLBACK;
