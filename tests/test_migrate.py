@@ -259,14 +259,15 @@ def test_upgrade_from_v2_keeps_rows_and_mapping(pg, how):
 
 # --- (b) the issue's test: sign-ups never wait on an upgrade ---------------------------
 
-def upgrade_under_load(pg, tmp_path, hold_seconds, env=None):
+def upgrade_under_load(pg, tmp_path, hold_seconds, env=None, install_sql=None):
     """v2, users, a reader holding ACCESS SHARE on the outbox for hold_seconds, sign-ups and
     sign-ins at 20/s each; the upgrade (with the test-only outbox step) by psql. Returns
-    (psql result, the upgrade's wall time, loads, the holder)."""
+    (psql result, the upgrade's wall time, loads, the holder). install_sql: another file to
+    upgrade with (the bench's comparison)."""
     install_v2(pg)
     with connect(pg, "supabase_auth_admin") as gt:
         ids = [gotrue_signup(gt, f"user{i}@example.com")[0] for i in range(50)]
-    install_sql = build_with_extra_steps(tmp_path)
+    install_sql = install_sql or build_with_extra_steps(tmp_path)
     holder = LockHolder(pg, "public.sendry_outbox", "ACCESS SHARE", hold_seconds)
     holder.start()
     assert holder.locked.wait(10)
