@@ -27,6 +27,7 @@ static const struct expected {
     {OBJ_TABLE, "public.sendry_rate_budget", EVERYWHERE},
     {OBJ_TABLE, "public.sendry_contact_state", EVERYWHERE},
     {OBJ_TABLE, "public.sendry_enqueue_errors", EVERYWHERE},
+    {OBJ_TABLE, "public.sendry_changed_users", EVERYWHERE},
     {OBJ_VIEW, "public.sendry_outbox_stats", EVERYWHERE},
     {OBJ_INDEX, "public.sendry_outbox_claim_idx", EVERYWHERE},
     {OBJ_FUNCTION, "public.sendry_schema_version()", EVERYWHERE},
@@ -41,10 +42,12 @@ static const struct expected {
     {OBJ_FUNCTION, "public.sendry_contact_payload(auth.users)", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_inbox_apply(bigint)", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_auth_users_inserted()", WITH_AUTH_USERS},
+    {OBJ_FUNCTION, "public.sendry_auth_users_noted()", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_auth_users_updated()", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_auth_users_deleted()", WITH_AUTH_USERS},
     {OBJ_USERS_TRIGGER, "sendry_sync_users_insert", WITH_AUTH_USERS},
     {OBJ_USERS_TRIGGER, "sendry_sync_users_update", WITH_AUTH_USERS},
+    {OBJ_USERS_TRIGGER, "sendry_sync_users_updated", WITH_AUTH_USERS},
     {OBJ_USERS_TRIGGER, "sendry_sync_users_delete", WITH_AUTH_USERS},
 };
 
@@ -106,8 +109,13 @@ void doctor_check_schema(struct doctor *d, struct check *c)
         doctor_report(c, CHECK_FAIL, "public.sendry_schema_version() failed: %s", installed);
         doctor_fix(c, "sendry-sync migrate");
     } else if (strcmp(installed, sendry_schema_version) != 0) {
-        doctor_report(c, CHECK_FAIL, "the database has schema version %s, this binary embeds %s",
-                      installed, sendry_schema_version);
+        char pending[768];
+        if (pending_steps(d, pending, sizeof pending) > 0)
+            doctor_report(c, CHECK_FAIL, "the database has schema version %s, this binary embeds %s; "
+                          "not applied: %s", installed, sendry_schema_version, pending);
+        else
+            doctor_report(c, CHECK_FAIL, "the database has schema version %s, this binary embeds %s",
+                          installed, sendry_schema_version);
         doctor_fix(c, "apply this binary's SQL: sendry-sync migrate (or a new Supabase migration from "
                       "sendry-sync migrate --print); or run the binary that matches the database");
     } else {
@@ -219,7 +227,7 @@ void doctor_check_triggers(struct doctor *d, struct check *c)
         doctor_fix(c, "sendry-sync migrate (re-creates them enabled), or ALTER TABLE auth.users ENABLE "
                       "TRIGGER <name>; as the table's owner (in Supabase: the SQL editor)");
     } else {
-        doctor_report(c, CHECK_OK, "sendry_sync_users_insert, _update and _delete exist and are enabled");
+        doctor_report(c, CHECK_OK, "sendry_sync_users_insert, _update, _updated and _delete exist and are enabled");
     }
 }
 

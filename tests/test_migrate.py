@@ -32,6 +32,8 @@ import pgharness  # noqa: E402
 from conftest import BIN, INSTANCE_ID, FAST_FLAGS, FakeSendry, API_KEY, AUDIENCE, worker_env, wait_until  # noqa: E402
 
 ROOT = pgharness.ROOT
+VERSION = subprocess.run(["sh", os.path.join(ROOT, "sql", "build.sh"), "version"], stdout=subprocess.PIPE,
+                         text=True, check=True).stdout.strip()
 V2_SQL = os.path.join(ROOT, "tests", "fixtures", "install_v2.sql")
 EXTRA_STEPS = os.path.join(ROOT, "tests", "fixtures", "migrations")
 SU = pgharness.Cluster.SUPERUSER
@@ -234,7 +236,7 @@ def test_upgrade_from_v2_keeps_rows_and_mapping(pg, how):
     assert set(steps) == set(embedded_steps())
     assert steps["migrations/0002_baseline.sql"][:2] == ["versioned", "recorded"]
     assert all(v[1] == "ran" for k, v in steps.items() if k.startswith("functions/"))
-    assert pg.query("SELECT public.sendry_schema_version()") == [["2"]]
+    assert pg.query("SELECT public.sendry_schema_version()") == [[VERSION]]
 
     # Delivery still works, through the project's mapping.
     with connect(pg, "supabase_auth_admin") as gt:
@@ -254,7 +256,7 @@ def test_upgrade_from_v2_keeps_rows_and_mapping(pg, how):
 
     # A second run: nothing to do.
     r = migrate(pg)
-    assert r.returncode == 0 and "nothing to do; schema version 2" in r.stderr, r.stderr
+    assert r.returncode == 0 and f"nothing to do; schema version {VERSION}" in r.stderr, r.stderr
 
 
 # --- (b) the test: sign-ups never wait on an upgrade ---------------------------
@@ -301,8 +303,8 @@ def test_upgrade_under_signups_never_makes_a_signup_wait(pg, tmp_path):
         assert worst < 0.25, f"a {ld.kind} waited {worst * 1000:.0f} ms"
     assert "deadlock detected" not in server_log(pg)
     steps = recorded(pg)
-    assert "migrations/0003_test_outbox_lock.sql" in steps
-    attempts = pg.query("SELECT attempts FROM sendry_migrations WHERE name = 'migrations/0003_test_outbox_lock.sql'")
+    assert "migrations/9000_test_outbox_lock.sql" in steps
+    attempts = pg.query("SELECT attempts FROM sendry_migrations WHERE name = 'migrations/9000_test_outbox_lock.sql'")
     assert int(attempts[0][0]) > 1, "the step retried its lock"
     assert pg.query("SELECT count(*) FROM information_schema.columns WHERE table_name = 'sendry_outbox'"
                     " AND column_name = 'test_note'") == [["1"]]
@@ -319,13 +321,13 @@ def test_upgrade_past_its_deadline_changes_nothing_of_the_step(pg, tmp_path):
     assert r.returncode == 3, r.stderr
     errors = [line for line in r.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1, r.stderr
-    assert "migrations/0003_test_outbox_lock.sql not applied (nothing of it changed)" in errors[0]
+    assert "migrations/9000_test_outbox_lock.sql not applied (nothing of it changed)" in errors[0]
     assert "public.sendry_outbox AccessShareLock by pid" in errors[0] and "lock_holder" in errors[0]
     assert took < 6, f"gave up at its deadline ({took:.1f} s)"
     for ld in loads:
         assert not ld.errors, f"{ld.kind}: {ld.errors[:3]}"
         assert max(ld.durations) < 0.25, f"a {ld.kind} waited {max(ld.durations) * 1000:.0f} ms"
-    assert "migrations/0003_test_outbox_lock.sql" not in recorded(pg)
+    assert "migrations/9000_test_outbox_lock.sql" not in recorded(pg)
     assert pg.query("SELECT count(*) FROM information_schema.columns WHERE table_name = 'sendry_outbox'"
                     " AND column_name = 'test_note'") == [["0"]]
     # The binary: one line, exit 1, the step named (here the outbox's triggers, the v2 ones).
@@ -353,7 +355,7 @@ def test_rerun_with_nothing_pending_takes_no_lock(pg):
     r = migrate(pg)
     assert r.returncode == 0, r.stderr
     before = pg.query("SELECT tgname, oid, xmin FROM pg_trigger WHERE tgname LIKE 'sendry%' ORDER BY 1", user=SU)
-    assert len(before) == 5
+    assert len(before) == 6
     holder = LockHolder(pg, "auth.users, public.sendry_outbox", "ACCESS EXCLUSIVE", 60, user=SU)
     holder.start()
     try:
@@ -394,12 +396,12 @@ def test_status_lists_applied_and_pending(pg):
     r = migrate(pg, "--status")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0] == "schema version: none installed, 2 in this binary"
+    assert lines[0] == f"schema version: none installed, {VERSION} in this binary"
     assert [ln.split()[:2] for ln in lines[1:-1]] == [["pending", n] for n in embedded_steps()]
     assert lines[-1] == f"{len(embedded_steps())} step(s) pending: sendry-sync migrate applies them"
 
     install_v2(pg)
-    assert migrate(pg, "--status").stdout.splitlines()[0] == "schema version: 2 installed, 2 in this binary"
+    assert migrate(pg, "--status").stdout.splitlines()[0] == f"schema version: 2 installed, {VERSION} in this binary"
     fake = FakeSendry(api_key=API_KEY, audience_id=AUDIENCE, rate_limit=None)
     fake.start()
     try:
@@ -415,7 +417,7 @@ def test_status_lists_applied_and_pending(pg):
     pg.query("UPDATE sendry_migrations SET checksum = 'x' WHERE name = 'functions/budget.sql'")
     r = migrate(pg, "--status")
     lines = r.stdout.splitlines()
-    assert lines[0] == "schema version: 2 installed, 2 in this binary"
+    assert lines[0] == f"schema version: {VERSION} installed, {VERSION} in this binary"
     by_name = {ln.split()[1]: ln for ln in lines[1:-1]}
     assert by_name["migrations/0002_baseline.sql"].split()[0] == "applied"
     assert "(installed by the previous release)" in by_name["migrations/0002_baseline.sql"]

@@ -215,8 +215,8 @@ def test_install_on_plain_postgresql():
             [["sendry_outbox_notify_insert"], ["sendry_outbox_notify_update"]]
         assert plain.query("SELECT relname, relrowsecurity FROM pg_class WHERE relname LIKE 'sendry%'"
                            " AND relkind = 'r' ORDER BY 1") == \
-            [["sendry_contact_state", "t"], ["sendry_enqueue_errors", "t"], ["sendry_inbox", "t"],
-             ["sendry_migrate_triggers", "t"], ["sendry_migrations", "t"], ["sendry_outbox", "t"], ["sendry_rate_budget", "t"], ["sendry_settings", "t"],
+            [["sendry_changed_users", "t"], ["sendry_contact_state", "t"], ["sendry_enqueue_errors", "t"],
+             ["sendry_inbox", "t"], ["sendry_migrate_triggers", "t"], ["sendry_migrations", "t"], ["sendry_outbox", "t"], ["sendry_rate_budget", "t"], ["sendry_settings", "t"],
              ["sendry_sync_state", "t"]]
         assert plain.query("SELECT to_regclass('public.sendry_contacts') IS NULL") == [["t"]], \
             "no mapping without auth.users"

@@ -38,16 +38,41 @@ BEGIN
 END
 $$;
 
--- After an UPDATE: a row-level trigger whose WHEN clause compares only the columns a
--- contact can depend on (see the trigger below), so that GoTrue's sign-in and token
--- refresh UPDATE (last_sign_in_at, updated_at) and its role '' -> 'authenticated'
--- follow-up run no function at all. For a synced user it enqueues the contact if it
--- changed (names, metadata, email, audiences; the confirmation under sync_on =
--- 'confirmed'; an anonymous user becoming permanent). An email change carries the
--- previous address in old_email, so the worker moves the contact. A soft delete
--- (deleted_at set; GoTrue overwrites email with a hash, never to be sent) enqueues
--- the deletion of the previous address (in confirmed-only mode only if it was
--- confirmed: an unconfirmed address was never sent, and may be someone else's).
+-- After an UPDATE: two triggers with the same column list (the columns a contact can
+-- depend on; see below), so that GoTrue's sign-in and token refresh UPDATE
+-- (last_sign_in_at, updated_at) and its role '' -> 'authenticated' follow-up run no
+-- function at all, and no subtransaction per row for a bulk UPDATE:
+--  * sendry_sync_users_update, row-level, whose WHEN clause skips a row whose listed
+--    columns did not change: its function (sendry_auth_users_noted) notes the user in
+--    public.sendry_changed_users, with what the old row said, and nothing else: no
+--    EXCEPTION block (one INSERT into an unlogged table of ours: nothing the project's
+--    mapping or data can make fail);
+--  * sendry_sync_users_updated, statement-level, after them: sendry_auth_users_updated
+--    enqueues the noted users set-wise, in ONE subtransaction for the whole statement
+--    (errors: a WARNING and a row in sendry_enqueue_errors naming every user of the
+--    statement, for the repair pass), then forgets them.
+-- For a synced user it enqueues the contact if it changed (names, metadata, email,
+-- audiences; the confirmation under sync_on = 'confirmed'; an anonymous user becoming
+-- permanent). An email change carries the previous address in old_email, so the worker
+-- moves the contact. A soft delete (deleted_at set; GoTrue overwrites email with a hash,
+-- never to be sent) enqueues the deletion of the previous address (in confirmed-only mode
+-- only if it was confirmed: an unconfirmed address was never sent, and may be someone
+-- else's).
+CREATE OR REPLACE FUNCTION public.sendry_auth_users_noted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+BEGIN
+    INSERT INTO public.sendry_changed_users (backend_pid, user_id, old_email, old_anonymous,
+                                             old_confirmed, soft_deleted)
+    VALUES (pg_catalog.pg_backend_pid(), NEW.id, OLD.email, COALESCE(OLD.is_anonymous, false),
+            OLD.email_confirmed_at IS NOT NULL, OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL);
+    RETURN NULL;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION public.sendry_auth_users_updated()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -55,39 +80,69 @@ SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE
+    v_pid       integer := pg_catalog.pg_backend_pid();
     v_sync_on   text;
     v_on_delete text;
+    r           record;
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM public.sendry_changed_users c WHERE c.backend_pid = v_pid) THEN
+        RETURN NULL;
+    END IF;
     BEGIN
         SELECT s.sync_on, s.on_delete INTO v_sync_on, v_on_delete FROM public.sendry_settings s LIMIT 1;
         v_sync_on := COALESCE(v_sync_on, 'signup');
         v_on_delete := COALESCE(v_on_delete, 'delete_contact');
-        IF OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL THEN
-            IF v_on_delete <> 'keep' AND NULLIF(pg_catalog.btrim(OLD.email), '') IS NOT NULL
-               AND NOT COALESCE(OLD.is_anonymous, false)
-               AND (v_sync_on = 'signup' OR OLD.email_confirmed_at IS NOT NULL) THEN
-                INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
-                VALUES ('live', 'delete', OLD.id, pg_catalog.lower(pg_catalog.btrim(OLD.email)),
-                        pg_catalog.jsonb_build_object('delete_mode', v_on_delete));
-            END IF;
-            DELETE FROM public.sendry_contact_state WHERE user_id = OLD.id;
-        ELSIF public.sendry_user_is_synced(NEW, v_sync_on) THEN
-            PERFORM public.sendry_enqueue_contacts(
-                ARRAY[NEW.id], 'live',
-                CASE WHEN NOT COALESCE(OLD.is_anonymous, false)
-                     THEN NULLIF(pg_catalog.lower(pg_catalog.btrim(OLD.email)), '') END);
+        -- Soft deletes: the deletion of the previous address.
+        IF v_on_delete <> 'keep' THEN
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+            SELECT 'live', 'delete', c.user_id, pg_catalog.lower(pg_catalog.btrim(c.old_email)),
+                   pg_catalog.jsonb_build_object('delete_mode', v_on_delete)
+              FROM public.sendry_changed_users c
+             WHERE c.backend_pid = v_pid AND c.soft_deleted
+               AND NULLIF(pg_catalog.btrim(c.old_email), '') IS NOT NULL AND NOT c.old_anonymous
+               AND (v_sync_on = 'signup' OR c.old_confirmed)
+             ORDER BY c.id;
         END IF;
+        DELETE FROM public.sendry_contact_state s
+         USING public.sendry_changed_users c
+         WHERE c.backend_pid = v_pid AND c.soft_deleted AND s.user_id = c.user_id;
+        -- Changes of synced users whose address stayed: one set-based call.
+        PERFORM public.sendry_enqueue_contacts(
+            ARRAY(SELECT u.id FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
+                   WHERE c.backend_pid = v_pid AND NOT c.soft_deleted
+                     AND (c.old_anonymous OR NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '')
+                                              IS NOT DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
+                          OR NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NULL)
+                     AND public.sendry_user_is_synced(u, v_sync_on)
+                   ORDER BY c.id),
+            'live');
+        -- Address changes (rare in bulk): each with its previous address.
+        FOR r IN
+            SELECT u.id, pg_catalog.lower(pg_catalog.btrim(c.old_email)) AS old_email
+              FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
+             WHERE c.backend_pid = v_pid AND NOT c.soft_deleted AND NOT c.old_anonymous
+               AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
+               AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
+                   IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
+               AND public.sendry_user_is_synced(u, v_sync_on)
+             ORDER BY c.id
+        LOOP
+            PERFORM public.sendry_enqueue_contacts(ARRAY[r.id], 'live', r.old_email);
+        END LOOP;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue updated users for Sendry: % (SQLSTATE %)',
             SQLERRM, SQLSTATE;
         BEGIN
             INSERT INTO public.sendry_enqueue_errors (trigger_name, table_name, sqlstate, message, user_ids)
-            VALUES (TG_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, SQLSTATE, SQLERRM, ARRAY[NEW.id]);
+            VALUES (TG_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, SQLSTATE, SQLERRM,
+                    ARRAY(SELECT c.user_id FROM public.sendry_changed_users c
+                           WHERE c.backend_pid = v_pid ORDER BY c.id));
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'sendry-sync: could not record that in public.sendry_enqueue_errors either: % (SQLSTATE %)',
                 SQLERRM, SQLSTATE;
         END;
     END;
+    DELETE FROM public.sendry_changed_users c WHERE c.backend_pid = v_pid;
     RETURN NULL;
 END
 $$;
@@ -138,7 +193,7 @@ $$;
 -- takes no lock on auth.users. Replacing one takes SHARE ROW EXCLUSIVE on auth.users for
 -- a moment, under the step's lock_timeout.
 --
--- The UPDATE trigger fires only when a column a contact can depend on changed: every
+-- The UPDATE triggers fire only when a column a contact can depend on changed: every
 -- column of auth.users but GoTrue's bookkeeping (sign-in time, updated_at, role and
 -- aud, the password hash, tokens and their send times, a pending email or phone
 -- change) and generated columns. A mapping that reads one of those is not re-synced
@@ -176,8 +231,14 @@ BEGIN
             AFTER UPDATE OF %s ON auth.users
             FOR EACH ROW
             WHEN (%s)
-            EXECUTE FUNCTION public.sendry_auth_users_updated()
+            EXECUTE FUNCTION public.sendry_auth_users_noted()
     $t$, v_columns, v_when));
+    PERFORM public.sendry_migrate_trigger('auth.users', 'sendry_sync_users_updated', pg_catalog.format($t$
+        CREATE OR REPLACE TRIGGER sendry_sync_users_updated
+            AFTER UPDATE OF %s ON auth.users
+            FOR EACH STATEMENT
+            EXECUTE FUNCTION public.sendry_auth_users_updated()
+    $t$, v_columns));
     PERFORM public.sendry_migrate_trigger('auth.users', 'sendry_sync_users_delete', $t$
         CREATE OR REPLACE TRIGGER sendry_sync_users_delete
             AFTER DELETE ON auth.users

@@ -28,9 +28,10 @@ SELECT is(ARRAY(SELECT m.table_name || ' ' || m.trigger_name
                   JOIN pg_trigger t ON t.oid = m.trigger_oid AND t.tgname = m.trigger_name
                  ORDER BY 1),
           ARRAY['auth.users sendry_sync_users_delete', 'auth.users sendry_sync_users_insert',
-                'auth.users sendry_sync_users_update', 'public.sendry_outbox sendry_outbox_notify_insert',
+                'auth.users sendry_sync_users_update', 'auth.users sendry_sync_users_updated',
+                'public.sendry_outbox sendry_outbox_notify_insert',
                 'public.sendry_outbox sendry_outbox_notify_update'],
-          'the five triggers are recorded with their oids');
+          'the six triggers are recorded with their oids');
 
 -- One step, twice: applied once.
 SELECT is(public.sendry_migrate_step('versioned', 'migrations/9001_test.sql',
