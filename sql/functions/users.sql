@@ -83,52 +83,65 @@ DECLARE
     v_pid       integer := pg_catalog.pg_backend_pid();
     v_sync_on   text;
     v_on_delete text;
+    v_ids       uuid[];
+    v_deletes   boolean;
+    v_moves     boolean;
     r           record;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM public.sendry_changed_users c WHERE c.backend_pid = v_pid) THEN
-        RETURN NULL;
+        RETURN NULL;   -- every row's WHEN clause said "no change"
     END IF;
     BEGIN
         SELECT s.sync_on, s.on_delete INTO v_sync_on, v_on_delete FROM public.sendry_settings s LIMIT 1;
         v_sync_on := COALESCE(v_sync_on, 'signup');
         v_on_delete := COALESCE(v_on_delete, 'delete_contact');
-        -- Soft deletes: the deletion of the previous address.
-        IF v_on_delete <> 'keep' THEN
-            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
-            SELECT 'live', 'delete', c.user_id, pg_catalog.lower(pg_catalog.btrim(c.old_email)),
-                   pg_catalog.jsonb_build_object('delete_mode', v_on_delete)
-              FROM public.sendry_changed_users c
-             WHERE c.backend_pid = v_pid AND c.soft_deleted
-               AND NULLIF(pg_catalog.btrim(c.old_email), '') IS NOT NULL AND NOT c.old_anonymous
-               AND (v_sync_on = 'signup' OR c.old_confirmed)
-             ORDER BY c.id;
+        -- One pass over the noted users: the synced ones whose address stayed (enqueued in
+        -- one set-based call), and whether any was soft-deleted or moved to a new address.
+        SELECT pg_catalog.array_agg(n.id ORDER BY n.id) FILTER (WHERE NOT n.soft_deleted AND NOT n.moved AND n.synced),
+               COALESCE(pg_catalog.bool_or(n.soft_deleted), false),
+               COALESCE(pg_catalog.bool_or(n.moved AND n.synced AND NOT n.soft_deleted), false)
+          INTO v_ids, v_deletes, v_moves
+          FROM (SELECT u.id, c.soft_deleted, public.sendry_user_is_synced(u, v_sync_on) AS synced,
+                       NOT c.old_anonymous
+                       AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
+                       AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
+                           IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email)) AS moved
+                  FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
+                 WHERE c.backend_pid = v_pid) n;
+        IF v_deletes THEN
+            -- Soft deletes: the deletion of the previous address.
+            IF v_on_delete <> 'keep' THEN
+                INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+                SELECT 'live', 'delete', c.user_id, pg_catalog.lower(pg_catalog.btrim(c.old_email)),
+                       pg_catalog.jsonb_build_object('delete_mode', v_on_delete)
+                  FROM public.sendry_changed_users c
+                 WHERE c.backend_pid = v_pid AND c.soft_deleted
+                   AND NULLIF(pg_catalog.btrim(c.old_email), '') IS NOT NULL AND NOT c.old_anonymous
+                   AND (v_sync_on = 'signup' OR c.old_confirmed)
+                 ORDER BY c.user_id;
+            END IF;
+            DELETE FROM public.sendry_contact_state s
+             USING public.sendry_changed_users c
+             WHERE c.backend_pid = v_pid AND c.soft_deleted AND s.user_id = c.user_id;
         END IF;
-        DELETE FROM public.sendry_contact_state s
-         USING public.sendry_changed_users c
-         WHERE c.backend_pid = v_pid AND c.soft_deleted AND s.user_id = c.user_id;
-        -- Changes of synced users whose address stayed: one set-based call.
-        PERFORM public.sendry_enqueue_contacts(
-            ARRAY(SELECT u.id FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
-                   WHERE c.backend_pid = v_pid AND NOT c.soft_deleted
-                     AND (c.old_anonymous OR NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '')
-                                              IS NOT DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
-                          OR NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NULL)
-                     AND public.sendry_user_is_synced(u, v_sync_on)
-                   ORDER BY c.id),
-            'live');
-        -- Address changes (rare in bulk): each with its previous address.
-        FOR r IN
-            SELECT u.id, pg_catalog.lower(pg_catalog.btrim(c.old_email)) AS old_email
-              FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
-             WHERE c.backend_pid = v_pid AND NOT c.soft_deleted AND NOT c.old_anonymous
-               AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
-               AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
-                   IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
-               AND public.sendry_user_is_synced(u, v_sync_on)
-             ORDER BY c.id
-        LOOP
-            PERFORM public.sendry_enqueue_contacts(ARRAY[r.id], 'live', r.old_email);
-        END LOOP;
+        IF v_ids IS NOT NULL THEN
+            PERFORM public.sendry_enqueue_contacts(v_ids, 'live');
+        END IF;
+        IF v_moves THEN
+            -- Address changes (rare in bulk): each with its previous address.
+            FOR r IN
+                SELECT u.id, pg_catalog.lower(pg_catalog.btrim(c.old_email)) AS old_email
+                  FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
+                 WHERE c.backend_pid = v_pid AND NOT c.soft_deleted AND NOT c.old_anonymous
+                   AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
+                   AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
+                       IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
+                   AND public.sendry_user_is_synced(u, v_sync_on)
+                 ORDER BY u.id
+            LOOP
+                PERFORM public.sendry_enqueue_contacts(ARRAY[r.id], 'live', r.old_email);
+            END LOOP;
+        END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue updated users for Sendry: % (SQLSTATE %)',
             SQLERRM, SQLSTATE;
@@ -136,7 +149,7 @@ BEGIN
             INSERT INTO public.sendry_enqueue_errors (trigger_name, table_name, sqlstate, message, user_ids)
             VALUES (TG_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, SQLSTATE, SQLERRM,
                     ARRAY(SELECT c.user_id FROM public.sendry_changed_users c
-                           WHERE c.backend_pid = v_pid ORDER BY c.id));
+                           WHERE c.backend_pid = v_pid ORDER BY c.user_id));
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'sendry-sync: could not record that in public.sendry_enqueue_errors either: % (SQLSTATE %)',
                 SQLERRM, SQLSTATE;

@@ -3,10 +3,9 @@
 -- enqueued by the statement-level one at the end of the same statement, which then
 -- deletes them (functions/users.sql): so that a bulk UPDATE pays no subtransaction per
 -- row. Rows live for one statement of one session (backend_pid): the table is nearly
--- always empty, and unlogged (nothing to recover after a crash). Creating it locks
--- nothing of the project's.
+-- always empty, unlogged (nothing to recover after a crash) and has one index (each row
+-- costs one heap and one index entry). Creating it locks nothing of the project's.
 CREATE UNLOGGED TABLE IF NOT EXISTS public.sendry_changed_users (
-    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     backend_pid   integer     NOT NULL,
     user_id       uuid        NOT NULL,
     old_email     text,
