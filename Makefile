@@ -38,18 +38,23 @@ GEN      = build/install_sql.c
 
 all: sendry-sync
 
-# The SQL byte for byte, and the version its public.sendry_schema_version() returns
-# (the line marked SENDRY_SCHEMA_VERSION), which `doctor` compares with the database's.
-SCHEMA_VERSION = $(shell sed -n "s/^ *RETURN '\([^']*\)'; *-- SENDRY_SCHEMA_VERSION.*/\1/p" sql/install.sql)
+# sql/install.sql is generated from its steps by sql/build.sh (make install-sql) and committed;
+# the binary embeds the same output, the steps one by one, and the schema version (the
+# number of the last versioned step), which `doctor` compares with the database's.
+SQL_SRCS = sql/build.sh sql/bootstrap.sql $(wildcard sql/migrations/*.sql sql/functions/*.sql)
 
-build/install_sql.c: sql/install.sql
+build/install_sql.c: $(SQL_SRCS)
 	@mkdir -p build
-	@[ -n "$(SCHEMA_VERSION)" ] || { echo "sql/install.sql: no SENDRY_SCHEMA_VERSION line" >&2; exit 1; }
-	@{ echo '/* Generated from sql/install.sql by the Makefile. */'; \
-	   echo 'const char sendry_schema_version[] = "$(SCHEMA_VERSION)";'; \
-	   echo 'const char sendry_install_sql[] = {'; \
-	   od -An -v -tx1 $< | sed 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; \
-	   echo '0x00};'; } > $@.tmp && mv $@.tmp $@
+	sh sql/build.sh c > $@.tmp && mv $@.tmp $@
+
+install-sql: $(SQL_SRCS)
+	sh sql/build.sh > sql/install.sql.tmp && mv sql/install.sql.tmp sql/install.sql
+
+# Fails when the committed sql/install.sql is not what its steps build.
+check-install-sql:
+	@sh sql/build.sh | cmp -s - sql/install.sql || \
+	    { echo "sql/install.sql is out of date with sql/bootstrap.sql, sql/migrations, sql/functions: run make install-sql and commit it" >&2; exit 1; }
+	@echo "sql/install.sql is up to date"
 
 sendry-sync: $(SRCS) $(HDRS) $(GEN)
 	$(CC) $(CFLAGS) -Isrc -o $@ $(SRCS) $(GEN) $(LDFLAGS) $(LDLIBS)
@@ -92,9 +97,10 @@ check-e2e: sendry-sync build/fastapi build/fastload
 check-asan: sendry-sync-asan
 	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py tests/test_lifecycle.py \
 	    tests/test_relay.py tests/test_vault.py tests/test_commands.py tests/test_doctor.py tests/test_tls.py tests/test_systemd.py \
-	    tests/test_guarantees.py tests/test_budget.py tests/test_audiences_e2e.py tests/test_contacts_e2e.py
+	    tests/test_guarantees.py tests/test_budget.py tests/test_audiences_e2e.py tests/test_contacts_e2e.py \
+	    tests/test_migrate.py
 
-SUITES = check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
+SUITES = check-install-sql check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
 check: all $(SUITES)
 	@echo "suites: $(words $(SUITES)) passed, 0 failed"
 
@@ -117,6 +123,7 @@ build/fastload: tests/bench/fastload.c
 # make bench [BASELINE=/path/to/another/checkout] [BENCH_QUICK=1]
 bench: sendry-sync build/fastapi build/fastload
 	$(PYTHON) tests/bench_triggers.py
+	$(PYTHON) tests/bench_upgrade.py
 	$(PYTHON) tests/bench/bench.py $(if $(BASELINE),--baseline $(BASELINE))
 
 # SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan make chaos: the same against the ASan build.
@@ -166,4 +173,4 @@ deb:
 clean:
 	rm -rf build sendry-sync sendry-sync-asan
 
-.PHONY: all check install uninstall deb check-unit check-sql check-e2e check-asan check-valgrind check-fuzz valgrind demo bench chaos clean
+.PHONY: all install-sql check-install-sql check install uninstall deb check-unit check-sql check-e2e check-asan check-valgrind check-fuzz valgrind demo bench chaos clean

@@ -29,6 +29,7 @@ BEGIN
         BEGIN
             DROP TRIGGER IF EXISTS sendry_sync_users_insert ON auth.users;
             DROP TRIGGER IF EXISTS sendry_sync_users_update ON auth.users;
+            DROP TRIGGER IF EXISTS sendry_sync_users_updated ON auth.users;
             DROP TRIGGER IF EXISTS sendry_sync_users_delete ON auth.users;
         EXCEPTION WHEN insufficient_privilege THEN
             RAISE EXCEPTION 'sendry-sync: role % may not drop triggers on auth.users', current_user
@@ -56,6 +57,7 @@ DROP FUNCTION IF EXISTS public.sendry_contact_problem(text, text, jsonb, text[])
 DROP VIEW IF EXISTS public.sendry_contacts;
 DROP FUNCTION IF EXISTS public.sendry_auth_users_inserted();
 DROP FUNCTION IF EXISTS public.sendry_auth_users_updated();
+DROP FUNCTION IF EXISTS public.sendry_auth_users_noted();
 DROP FUNCTION IF EXISTS public.sendry_auth_users_deleted();
 DROP FUNCTION IF EXISTS public.sendry_inbox_receive(text, text, jsonb, text);
 DROP FUNCTION IF EXISTS public.sendry_inbox_apply(bigint);
@@ -67,8 +69,17 @@ DROP TABLE IF EXISTS public.sendry_sync_state;
 DROP TABLE IF EXISTS public.sendry_rate_budget;
 DROP TABLE IF EXISTS public.sendry_contact_state;
 DROP TABLE IF EXISTS public.sendry_enqueue_errors;
+DROP TABLE IF EXISTS public.sendry_changed_users;
 DROP FUNCTION IF EXISTS public.sendry_outbox_notify_insert();
 DROP FUNCTION IF EXISTS public.sendry_outbox_notify_update();
 DROP FUNCTION IF EXISTS public.sendry_schema_version();
+DROP FUNCTION IF EXISTS public.sendry_migrate_step(text, text, text, text[]);
+DROP FUNCTION IF EXISTS public.sendry_migrate_trigger(regclass, name, text);
+DROP FUNCTION IF EXISTS public.sendry_migrate_lockdown();
+DROP FUNCTION IF EXISTS public.sendry_migrate_missing(text);
+DROP FUNCTION IF EXISTS public.sendry_migrate_fingerprint(text);
+DROP FUNCTION IF EXISTS public.sendry_migrate_lock_holders();
+DROP TABLE IF EXISTS public.sendry_migrations;
+DROP TABLE IF EXISTS public.sendry_migrate_triggers;
 
 COMMIT;

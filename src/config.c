@@ -46,6 +46,8 @@ static void defaults(struct config *cfg)
     cfg->backoff_cap = 3600;
     cfg->http_timeout = 30;
     cfg->drain_timeout = 10;
+    cfg->migrate_deadline = 60;
+    cfg->migrate_lock_timeout = 0.1;
     cfg->reconcile_interval = 3600;
     cfg->webhook_max_body = 256 * 1024;
     cfg->mode = MODE_IMPORT;

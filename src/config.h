@@ -34,7 +34,7 @@ enum command { CMD_RUN = 0, CMD_MIGRATE, CMD_DOCTOR, CMD_STATUS, CMD_HEALTHCHECK
  * (--api-key-file) and SENDRY_API_KEY_VAULT (--api-key-vault). */
 enum key_source { KEY_NONE = 0, KEY_ENV, KEY_FILE, KEY_VAULT };
 enum output_format { OUTPUT_TEXT = 0, OUTPUT_JSON };       /* doctor, status: --json */
-enum migrate_action { MIGRATE_APPLY = 0, MIGRATE_PRINT };   /* migrate --print */
+enum migrate_action { MIGRATE_APPLY = 0, MIGRATE_PRINT, MIGRATE_STATUS }; /* migrate --print, --status */
 
 struct config {
     enum command command;
@@ -71,6 +71,9 @@ struct config {
     enum log_level log_level;
     enum output_format output;
     enum migrate_action migrate_action;
+    bool migrate_status;    /* migrate --status (with --print: an error) */
+    double migrate_deadline; /* migrate: seconds a step may retry its locks (--lock-deadline) */
+    double migrate_lock_timeout; /* migrate: lock_timeout of a step's attempt, seconds */
 };
 
 /* Parses argv (argv[0] is the program) over the environment. */

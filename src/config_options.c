@@ -72,7 +72,16 @@ static const struct option_def options[] = {
     {"json", OPT_FLAG, OFF(output), 0, 0, NULL,
      "doctor, status: print one JSON object instead of text", FOR(CMD_DOCTOR) | FOR(CMD_STATUS)},
     {"print", OPT_FLAG, OFF(migrate_action), 0, 0, NULL,
-     "migrate: write the embedded SQL to stdout instead of applying it", FOR(CMD_MIGRATE)},
+     "migrate: write sql/install.sql (the steps, for psql or supabase/migrations)\n"
+     "to stdout instead of applying them", FOR(CMD_MIGRATE)},
+    {"status", OPT_FLAG, OFF(migrate_status), 0, 0, NULL,
+     "migrate: list the steps applied and pending, apply nothing", FOR(CMD_MIGRATE)},
+    {"lock-deadline", OPT_SECONDS, OFF(migrate_deadline), 1, 3600, "SECONDS",
+     "migrate: how long a step may retry its locks before it gives up, changing\n"
+     "nothing (default 60)", FOR(CMD_MIGRATE)},
+    {"lock-timeout", OPT_SECONDS, OFF(migrate_lock_timeout), 0.01, 10, "SECONDS",
+     "migrate: the lock_timeout of each attempt: the longest a write to auth.users or\n"
+     "the outbox may queue behind a step (default 0.1)", FOR(CMD_MIGRATE)},
     {"log-format", OPT_LOGFMT, OFF(log_format), 0, 0, "text|json",
      "log lines as text (default) or one JSON object per line", ALL},
     {"verbose", OPT_FLAG, OFF(log_level), 0, 0, NULL,
@@ -85,7 +94,7 @@ void config_usage(FILE *out)
 {
     fprintf(out,
             "Usage: sendry-sync [OPTIONS]          deliver the outbox to Sendry\n"
-            "       sendry-sync migrate [--print]  apply the embedded sql/install.sql (or print it)\n"
+            "       sendry-sync migrate [--status|--print]  apply the pending SQL steps (or list them, or print install.sql)\n"
             "       sendry-sync doctor [--json]    check what breaks in production, say how to fix it\n"
             "       sendry-sync status [--json]    the outbox at a glance\n"
             "       sendry-sync healthcheck        0 if healthy (the local /healthz with --listen,\n"
@@ -211,6 +220,8 @@ static void apply_flag(struct config *cfg, const struct option_def *o)
         cfg->output = OUTPUT_JSON;
     else if (o->offset == OFF(migrate_action))
         cfg->migrate_action = MIGRATE_PRINT;
+    else if (o->offset == OFF(migrate_status))
+        cfg->migrate_status = true;
     else if (o->offset == OFF(dry_run))
         cfg->dry_run = true;
 }

@@ -157,6 +157,13 @@ static bool validate_database_url(const char *url, char *err, size_t errsize)
  * database or the --listen address, doctor what it cannot report as a failed check. */
 bool config_validate(struct config *cfg, char *err, size_t errsize)
 {
+    if (cfg->command == CMD_MIGRATE && cfg->migrate_status) {
+        if (cfg->migrate_action == MIGRATE_PRINT) {
+            snprintf(err, errsize, "migrate: --status and --print exclude each other");
+            return false;
+        }
+        cfg->migrate_action = MIGRATE_STATUS;
+    }
     if (cfg->command == CMD_MIGRATE && cfg->migrate_action == MIGRATE_PRINT)
         return true;
     if (!cfg->database_url && !(cfg->command == CMD_HEALTHCHECK && cfg->listen)) {

@@ -27,6 +27,7 @@ static const struct expected {
     {OBJ_TABLE, "public.sendry_rate_budget", EVERYWHERE},
     {OBJ_TABLE, "public.sendry_contact_state", EVERYWHERE},
     {OBJ_TABLE, "public.sendry_enqueue_errors", EVERYWHERE},
+    {OBJ_TABLE, "public.sendry_changed_users", EVERYWHERE},
     {OBJ_VIEW, "public.sendry_outbox_stats", EVERYWHERE},
     {OBJ_INDEX, "public.sendry_outbox_claim_idx", EVERYWHERE},
     {OBJ_FUNCTION, "public.sendry_schema_version()", EVERYWHERE},
@@ -41,15 +42,49 @@ static const struct expected {
     {OBJ_FUNCTION, "public.sendry_contact_payload(auth.users)", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_inbox_apply(bigint)", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_auth_users_inserted()", WITH_AUTH_USERS},
+    {OBJ_FUNCTION, "public.sendry_auth_users_noted()", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_auth_users_updated()", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_auth_users_deleted()", WITH_AUTH_USERS},
     {OBJ_USERS_TRIGGER, "sendry_sync_users_insert", WITH_AUTH_USERS},
     {OBJ_USERS_TRIGGER, "sendry_sync_users_update", WITH_AUTH_USERS},
+    {OBJ_USERS_TRIGGER, "sendry_sync_users_updated", WITH_AUTH_USERS},
     {OBJ_USERS_TRIGGER, "sendry_sync_users_delete", WITH_AUTH_USERS},
 };
 
 #define N_EXPECTED (sizeof expected / sizeof expected[0])
 #define KIND(k) (1u << (k))
+
+/* The embedded steps sendry_migrations has not recorded (a repeatable one: not with its
+ * current text), listed in buf; -1 when the table cannot be read. */
+static int pending_steps(struct doctor *d, char *buf, size_t size)
+{
+    char have[256] = "";
+    buf[0] = '\0';
+    if (!doctor_value(d, "SELECT pg_catalog.to_regclass('public.sendry_migrations') IS NOT NULL", 0, NULL,
+                      have, sizeof have)) {
+        snprintf(buf, size, "%s", have);
+        return -1;
+    }
+    bool table = have[0] == 't';
+    int pending = 0;
+    for (size_t i = 0; i < sendry_migrate_nsteps; i++) {
+        const struct migrate_step *s = &sendry_migrate_steps[i];
+        const char *params[1] = {s->name};
+        if (strstr(s->options, "requires auth.users") && d->users != USERS_PRESENT)
+            continue;
+        have[0] = '\0';
+        if (table && !doctor_value(d, "SELECT coalesce((SELECT checksum FROM public.sendry_migrations"
+                                      " WHERE name = $1), '')", 1, params, have, sizeof have)) {
+            snprintf(buf, size, "%s", have);
+            return -1;
+        }
+        if (!have[0] || (!strcmp(s->kind, "repeatable") && strcmp(have, s->checksum) != 0)) {
+            doctor_list_add(buf, size, s->name);
+            pending++;
+        }
+    }
+    return pending;
+}
 
 void doctor_check_schema(struct doctor *d, struct check *c)
 {
@@ -74,12 +109,30 @@ void doctor_check_schema(struct doctor *d, struct check *c)
         doctor_report(c, CHECK_FAIL, "public.sendry_schema_version() failed: %s", installed);
         doctor_fix(c, "sendry-sync migrate");
     } else if (strcmp(installed, sendry_schema_version) != 0) {
-        doctor_report(c, CHECK_FAIL, "the database has install.sql version %s, this binary embeds %s",
-                      installed, sendry_schema_version);
+        char pending[768];
+        if (pending_steps(d, pending, sizeof pending) > 0)
+            doctor_report(c, CHECK_FAIL, "the database has schema version %s, this binary embeds %s; "
+                          "not applied: %s", installed, sendry_schema_version, pending);
+        else
+            doctor_report(c, CHECK_FAIL, "the database has schema version %s, this binary embeds %s",
+                          installed, sendry_schema_version);
         doctor_fix(c, "apply this binary's SQL: sendry-sync migrate (or a new Supabase migration from "
                       "sendry-sync migrate --print); or run the binary that matches the database");
     } else {
-        doctor_report(c, CHECK_OK, "install.sql version %s, as this binary embeds", installed);
+        char pending[768];
+        int n = pending_steps(d, pending, sizeof pending);
+        if (n > 0) {
+            doctor_report(c, CHECK_FAIL, "schema version %s, as this binary embeds, but %d step(s) of its SQL "
+                          "are not applied: %s", installed, n, pending);
+            doctor_fix(c, "sendry-sync migrate (sendry-sync migrate --status lists the steps; or a new "
+                          "Supabase migration from sendry-sync migrate --print)");
+        } else if (n < 0) {
+            doctor_report(c, CHECK_FAIL, "schema version %s, but public.sendry_migrations cannot be read: %s",
+                          installed, pending);
+            doctor_fix(c, "connect as the owner of the sendry_* tables (postgres in Supabase)");
+        } else {
+            doctor_report(c, CHECK_OK, "schema version %s, as this binary embeds; every step applied", installed);
+        }
     }
 }
 
@@ -174,7 +227,7 @@ void doctor_check_triggers(struct doctor *d, struct check *c)
         doctor_fix(c, "sendry-sync migrate (re-creates them enabled), or ALTER TABLE auth.users ENABLE "
                       "TRIGGER <name>; as the table's owner (in Supabase: the SQL editor)");
     } else {
-        doctor_report(c, CHECK_OK, "sendry_sync_users_insert, _update and _delete exist and are enabled");
+        doctor_report(c, CHECK_OK, "sendry_sync_users_insert, _update, _updated and _delete exist and are enabled");
     }
 }
 

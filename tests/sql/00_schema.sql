@@ -1,7 +1,7 @@
 -- Every object sql/install.sql creates exists, with the shape DESIGN.md promises.
 -- Logged in as postgres (the role that ran the migration and owns the objects).
 BEGIN;
-SELECT plan(130);
+SELECT plan(132);
 
 -- The outbox table and its columns (DESIGN.md: "columns at least").
 SELECT has_table('public', 'sendry_outbox', 'table public.sendry_outbox exists');
@@ -250,10 +250,11 @@ DELETE FROM auth.users WHERE id = '00000000-0000-4000-8000-000000000091';
 SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
                  ORDER BY 1),
-          ARRAY['sendry_auth_users_deleted', 'sendry_auth_users_inserted', 'sendry_auth_users_updated',
+          ARRAY['sendry_auth_users_deleted', 'sendry_auth_users_inserted', 'sendry_auth_users_noted', 'sendry_auth_users_updated',
                 'sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload', 'sendry_contact_problem',
                 'sendry_enqueue_contacts', 'sendry_inbox_apply', 'sendry_inbox_receive',
-                'sendry_outbox_notify_insert', 'sendry_outbox_notify_update', 'sendry_rate_pause',
+                'sendry_migrate_fingerprint', 'sendry_migrate_lock_holders', 'sendry_migrate_lockdown', 'sendry_migrate_missing', 'sendry_migrate_step',
+                'sendry_migrate_trigger', 'sendry_outbox_notify_insert', 'sendry_outbox_notify_update', 'sendry_rate_pause',
                 'sendry_rate_take', 'sendry_reconcile_contacts',
                 'sendry_render_contacts', 'sendry_schema_version', 'sendry_unwatch', 'sendry_user_is_synced',
                 'sendry_watch', 'sendry_watched_changed'],
@@ -295,8 +296,10 @@ SELECT has_trigger('auth', 'users', 'sendry_sync_users_insert', 'trigger sendry_
 SELECT trigger_is('auth', 'users', 'sendry_sync_users_insert', 'public', 'sendry_auth_users_inserted',
                   'sendry_sync_users_insert calls sendry_auth_users_inserted()');
 SELECT has_trigger('auth', 'users', 'sendry_sync_users_update', 'trigger sendry_sync_users_update on auth.users');
-SELECT trigger_is('auth', 'users', 'sendry_sync_users_update', 'public', 'sendry_auth_users_updated',
-                  'sendry_sync_users_update calls sendry_auth_users_updated()');
+SELECT trigger_is('auth', 'users', 'sendry_sync_users_update', 'public', 'sendry_auth_users_noted',
+                  'sendry_sync_users_update calls sendry_auth_users_noted() (per row: notes the user)');
+SELECT trigger_is('auth', 'users', 'sendry_sync_users_updated', 'public', 'sendry_auth_users_updated',
+                  'sendry_sync_users_updated calls sendry_auth_users_updated() (per statement: enqueues)');
 SELECT has_trigger('auth', 'users', 'sendry_sync_users_delete', 'trigger sendry_sync_users_delete on auth.users');
 SELECT trigger_is('auth', 'users', 'sendry_sync_users_delete', 'public', 'sendry_auth_users_deleted',
                   'sendry_sync_users_delete calls sendry_auth_users_deleted()');
@@ -313,9 +316,10 @@ SELECT is(ARRAY(SELECT format('%s %s tgtype=%s enabled=%s old_table=%s new_table
           ARRAY['auth.users sendry_sync_users_delete tgtype=8 enabled=O old_table=t new_table=f',
                 'auth.users sendry_sync_users_insert tgtype=4 enabled=O old_table=f new_table=t',
                 'auth.users sendry_sync_users_update tgtype=17 enabled=O old_table=f new_table=f',
+                'auth.users sendry_sync_users_updated tgtype=16 enabled=O old_table=f new_table=f',
                 'sendry_outbox sendry_outbox_notify_insert tgtype=4 enabled=O old_table=f new_table=f',
                 'sendry_outbox sendry_outbox_notify_update tgtype=17 enabled=O old_table=f new_table=f'],
-          'the five triggers are AFTER and enabled; the outbox''s copy nothing per row');
+          'the six triggers are AFTER and enabled; the outbox''s copy nothing per row');
 SELECT ok((SELECT tgqual IS NOT NULL AND tgattr::int2[] <> '{}'
                   AND NOT (tgattr::int2[] && ARRAY(SELECT attnum FROM pg_attribute
                                                      WHERE attrelid = 'auth.users'::regclass
@@ -326,6 +330,9 @@ SELECT ok((SELECT tgqual IS NOT NULL AND tgattr::int2[] <> '{}'
                                                                  'email_confirmed_at', 'is_anonymous', 'deleted_at'))
              FROM pg_trigger WHERE tgname = 'sendry_sync_users_update'),
           'the UPDATE trigger lists email, the metadata, confirmation, is_anonymous and deleted_at, not last_sign_in_at, updated_at or role');
+SELECT is((SELECT tgattr::int2[] FROM pg_trigger WHERE tgname = 'sendry_sync_users_updated'),
+          (SELECT tgattr::int2[] FROM pg_trigger WHERE tgname = 'sendry_sync_users_update'),
+          'the statement-level UPDATE trigger has the same column list (a sign-in fires neither)');
 
 -- Row level security.
 SELECT ok((SELECT relrowsecurity FROM pg_class WHERE oid = 'public.sendry_outbox'::regclass),
@@ -333,9 +340,9 @@ SELECT ok((SELECT relrowsecurity FROM pg_class WHERE oid = 'public.sendry_outbox
 SELECT is(ARRAY(SELECT format('%s rls=%s', c.relname, c.relrowsecurity) FROM pg_class c
                  WHERE c.relnamespace = 'public'::regnamespace AND c.relname LIKE 'sendry%'
                    AND c.relkind IN ('r', 'p') ORDER BY 1),
-          ARRAY['sendry_contact_state rls=t', 'sendry_enqueue_errors rls=t', 'sendry_inbox rls=t',
-                'sendry_outbox rls=t', 'sendry_rate_budget rls=t', 'sendry_settings rls=t', 'sendry_sync_state rls=t'],
-          'exactly the seven sendry_* tables exist, each with row level security enabled');
+          ARRAY['sendry_changed_users rls=t', 'sendry_contact_state rls=t', 'sendry_enqueue_errors rls=t', 'sendry_inbox rls=t',
+                'sendry_migrate_triggers rls=t', 'sendry_migrations rls=t', 'sendry_outbox rls=t', 'sendry_rate_budget rls=t', 'sendry_settings rls=t', 'sendry_sync_state rls=t'],
+          'exactly the ten sendry_* tables exist, each with row level security enabled');
 
 SELECT * FROM finish();
 ROLLBACK;

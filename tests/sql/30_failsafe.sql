@@ -39,7 +39,7 @@ SELECT is((SELECT email::text FROM auth.users WHERE id = '00000000-0000-4000-800
 SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'nothing was enqueued');
 SELECT results_eq($$SELECT trigger_name, table_name, sqlstate, user_ids FROM public.sendry_enqueue_errors ORDER BY id$$,
                   $$VALUES ('sendry_sync_users_insert', 'auth.users', '23514', ARRAY['00000000-0000-4000-8000-000000000201'::uuid]),
-                           ('sendry_sync_users_update', 'auth.users', '23514', ARRAY['00000000-0000-4000-8000-000000000201'::uuid])$$,
+                           ('sendry_sync_users_updated', 'auth.users', '23514', ARRAY['00000000-0000-4000-8000-000000000201'::uuid])$$,
                   'both failures are recorded where an operator sees them (sendry_enqueue_errors)');
 SELECT ok((SELECT bool_and(message LIKE '%sendry_test_reject_everything%') FROM public.sendry_enqueue_errors),
           'with the error message');

@@ -5,7 +5,7 @@
 -- authenticated have USAGE and EXECUTE, so only the sendry_* objects can deny.
 \connect - authenticator
 BEGIN;
-SELECT plan(152);
+SELECT plan(182);
 
 SELECT is(current_user::text, 'authenticator', 'logged in as authenticator, like PostgREST');
 SELECT throws_ok('SELECT * FROM public.sendry_outbox', '42501', 'permission denied for table sendry_outbox',
@@ -121,8 +121,8 @@ SELECT throws_ok('SELECT * FROM public.sendry_reconcile_contacts()', '42501',
                  'authenticated: EXECUTE sendry_reconcile_contacts is denied');
 RESET ROLE;
 
--- No privilege of any kind for anon, authenticated and PUBLIC, per object (34 objects x 3
--- roles = 102 tests). Trigger functions are checked here rather than called. Functions are
+-- No privilege of any kind for anon, authenticated and PUBLIC, per object (44 objects x 3
+-- roles = 132 tests). Trigger functions are checked here rather than called. Functions are
 -- looked up by OID: authenticator has no USAGE on schema auth to parse "(auth.users)".
 SELECT ok(NOT granted, format('%s has no %s privilege on %s', grantee, kind, obj))
 FROM (
@@ -177,7 +177,17 @@ FROM (
                  (31, 'function', 'sendry_schema_version'),
                  (32, 'table', 'public.sendry_rate_budget'),
                  (33, 'function', 'sendry_rate_take'),
-                 (34, 'function', 'sendry_rate_pause')) AS o (n, kind, obj)
+                 (34, 'function', 'sendry_rate_pause'),
+                 (35, 'table', 'public.sendry_migrations'),
+                 (36, 'table', 'public.sendry_migrate_triggers'),
+                 (37, 'function', 'sendry_migrate_step'),
+                 (38, 'function', 'sendry_migrate_trigger'),
+                 (39, 'function', 'sendry_migrate_lockdown'),
+                 (40, 'function', 'sendry_migrate_lock_holders'),
+                 (41, 'function', 'sendry_migrate_missing'),
+                 (42, 'function', 'sendry_migrate_fingerprint'),
+                 (43, 'table', 'public.sendry_changed_users'),
+                 (44, 'function', 'sendry_auth_users_noted')) AS o (n, kind, obj)
     ORDER BY g.grantee, o.n
 ) AS checks;
 
@@ -205,13 +215,14 @@ $$, 'no ACL entry for anon, authenticated or PUBLIC on any sendry_* relation, co
 SELECT is(ARRAY(SELECT relname::text FROM pg_class WHERE relnamespace = 'public'::regnamespace
                                                   AND relname LIKE 'sendry%' AND relkind IN ('r', 'v', 'S')
                  ORDER BY 1),
-          ARRAY['sendry_contact_state', 'sendry_contacts', 'sendry_enqueue_errors', 'sendry_enqueue_errors_id_seq',
-                'sendry_inbox', 'sendry_inbox_id_seq', 'sendry_outbox', 'sendry_outbox_id_seq',
+          ARRAY['sendry_changed_users', 'sendry_contact_state', 'sendry_contacts', 'sendry_enqueue_errors', 'sendry_enqueue_errors_id_seq',
+                'sendry_inbox', 'sendry_inbox_id_seq', 'sendry_migrate_triggers', 'sendry_migrations',
+                'sendry_outbox', 'sendry_outbox_id_seq',
                 'sendry_outbox_stats', 'sendry_rate_budget', 'sendry_settings', 'sendry_sync_state',
                 'sendry_watched_tables'],
-          'the ACL check above saw the seven tables, the three views and the three sequences');
+          'the ACL check above saw the ten tables, the three views and the three sequences');
 SELECT is((SELECT count(*)::int FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'sendry%'),
-          21, 'the ACL check above saw the twenty-one functions');
+          28, 'the ACL check above saw the twenty-eight functions');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -12,7 +12,7 @@
 \set as_owner 'SET ROLE postgres; RESET search_path;'
 \set as_admin 'RESET ROLE; RESET search_path;'
 BEGIN;
-SELECT plan(42);
+SELECT plan(44);
 SET LOCAL track_functions = 'pl';
 
 CREATE FUNCTION pg_temp.calls(fn regprocedure) RETURNS bigint LANGUAGE sql AS
@@ -52,8 +52,8 @@ UPDATE users SET role = 'authenticated', updated_at = now()
  WHERE id IN ('00000000-0000-4000-8000-000000000801', '00000000-0000-4000-8000-000000000802');
 :as_admin
 SELECT is((SELECT count(*) FROM public.sendry_outbox), 2::bigint, 'setup: two sign-ups, two upserts');
-SELECT is(pg_temp.calls('public.sendry_auth_users_updated()'), 0::bigint,
-          'GoTrue''s role '''' -> ''authenticated'' UPDATE runs no function');
+SELECT is(pg_temp.calls('public.sendry_auth_users_updated()') + pg_temp.calls('public.sendry_auth_users_noted()'),
+          0::bigint, 'GoTrue''s role '''' -> ''authenticated'' UPDATE runs no function');
 SELECT results_eq(
     $$SELECT s.user_id, s.email, s.audiences, s.contact_hash FROM public.sendry_contact_state s ORDER BY 1$$,
     $$SELECT o.user_id, o.email, NULL::text[], jsonb_hash_extended(o.payload, 0) FROM public.sendry_outbox o ORDER BY 1$$,
@@ -67,8 +67,9 @@ UPDATE users SET last_sign_in_at = now(), updated_at = now()
  WHERE id IN ('00000000-0000-4000-8000-000000000801', '00000000-0000-4000-8000-000000000802');
 :as_admin
 SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'a sign-in and a token refresh enqueue nothing');
-SELECT is(pg_temp.calls('public.sendry_auth_users_updated()'), 0::bigint,
-          'a sign-in and a token refresh run no function at all (the trigger''s column list skips them)');
+SELECT is(pg_temp.calls('public.sendry_auth_users_updated()') + pg_temp.calls('public.sendry_auth_users_noted()'),
+          0::bigint,
+          'a sign-in and a token refresh run no function at all (the triggers'' column list skips them)');
 SELECT is(pg_temp.calls('public.sendry_enqueue_contacts(uuid[], text, text, boolean)'), 1::bigint,
           '(only the sign-up statement rendered contacts so far: both at once)');
 
@@ -77,8 +78,10 @@ SELECT is(pg_temp.calls('public.sendry_enqueue_contacts(uuid[], text, text, bool
 UPDATE users SET raw_user_meta_data = raw_user_meta_data, updated_at = now()
  WHERE id = '00000000-0000-4000-8000-000000000802';
 :as_admin
-SELECT is(pg_temp.calls('public.sendry_auth_users_updated()'), 0::bigint,
-          'metadata set to what it was: the WHEN clause skips the function');
+SELECT is(pg_temp.calls('public.sendry_auth_users_noted()'), 0::bigint,
+          'metadata set to what it was: the WHEN clause skips the row function');
+SELECT is(pg_temp.calls('public.sendry_auth_users_updated()'), 1::bigint,
+          '(the statement function ran once, found no user noted, and returned)');
 :as_gotrue
 UPDATE users SET raw_user_meta_data = raw_user_meta_data || '{"avatar_url": "https://example.com/g2.png"}',
                  updated_at = now()
@@ -87,8 +90,10 @@ UPDATE users SET raw_app_meta_data = raw_app_meta_data || '{"providers": ["googl
  WHERE id = '00000000-0000-4000-8000-000000000802';
 UPDATE users SET email_confirmed_at = now() WHERE id = '00000000-0000-4000-8000-000000000801';
 :as_admin
-SELECT is(pg_temp.calls('public.sendry_auth_users_updated()'), 3::bigint,
-          'an avatar, app metadata and a confirmation each ran the trigger function once');
+SELECT is(pg_temp.calls('public.sendry_auth_users_noted()'), 3::bigint,
+          'an avatar, app metadata and a confirmation each ran the row function once');
+SELECT is(pg_temp.calls('public.sendry_auth_users_updated()'), 4::bigint,
+          'and the statement function once per statement');
 SELECT is_empty('SELECT 1 FROM public.sendry_outbox',
                 'a new avatar_url, app metadata and a confirmation (sync_on signup) change no contact: nothing enqueued');
 SELECT is(public.sendry_inbox_receive('evt_801', 'contact.updated',
@@ -278,7 +283,7 @@ SELECT ok(EXISTS (SELECT 1 FROM auth.users WHERE id = '00000000-0000-4000-8000-0
 SELECT results_eq($$SELECT trigger_name, table_name, sqlstate, message, user_ids FROM public.sendry_enqueue_errors ORDER BY id$$,
                   $$VALUES ('sendry_sync_users_insert', 'auth.users', '22012', 'division by zero',
                             ARRAY['00000000-0000-4000-8000-000000000804'::uuid]),
-                           ('sendry_sync_users_update', 'auth.users', '22012', 'division by zero',
+                           ('sendry_sync_users_updated', 'auth.users', '22012', 'division by zero',
                             ARRAY['00000000-0000-4000-8000-000000000804'::uuid])$$,
                   'both failures are recorded in sendry_enqueue_errors: trigger, table, SQLSTATE, message, user ids');
 

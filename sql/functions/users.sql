@@ -1,0 +1,262 @@
+-- sendry-step: requires auth.users
+-- The triggers on auth.users. SECURITY DEFINER with an empty search_path: in
+-- Supabase the auth server writes as supabase_auth_admin with search_path=auth, and
+-- has no rights on public.sendry_outbox. Anything that goes wrong is turned into a
+-- WARNING and recorded in public.sendry_enqueue_errors (in a subtransaction of its
+-- own, so that the WARNING goes out even if that fails): a user's write never fails
+-- because of the outbox.
+--
+-- After an INSERT: a statement-level trigger over the transition table (one
+-- set-based statement for a bulk import, about half the cost of a row trigger).
+CREATE OR REPLACE FUNCTION public.sendry_auth_users_inserted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    v_sync_on text;
+BEGIN
+    BEGIN
+        v_sync_on := COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1), 'signup');
+        PERFORM public.sendry_enqueue_contacts(
+            ARRAY(SELECT n.id FROM new_rows n WHERE public.sendry_user_is_synced(n, v_sync_on)),
+            'live', p_check => false);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'sendry-sync: could not enqueue new users for Sendry: % (SQLSTATE %)',
+            SQLERRM, SQLSTATE;
+        BEGIN
+            INSERT INTO public.sendry_enqueue_errors (trigger_name, table_name, sqlstate, message, user_ids)
+            VALUES (TG_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, SQLSTATE, SQLERRM,
+                    ARRAY(SELECT n.id FROM new_rows n));
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'sendry-sync: could not record that in public.sendry_enqueue_errors either: % (SQLSTATE %)',
+                SQLERRM, SQLSTATE;
+        END;
+    END;
+    RETURN NULL;
+END
+$$;
+
+-- After an UPDATE: two triggers with the same column list (the columns a contact can
+-- depend on; see below), so that GoTrue's sign-in and token refresh UPDATE
+-- (last_sign_in_at, updated_at) and its role '' -> 'authenticated' follow-up run no
+-- function at all, and no subtransaction per row for a bulk UPDATE:
+--  * sendry_sync_users_update, row-level, whose WHEN clause skips a row whose listed
+--    columns did not change: its function (sendry_auth_users_noted) notes the user in
+--    public.sendry_changed_users, with what the old row said, and nothing else: no
+--    EXCEPTION block (one INSERT into an unlogged table of ours: nothing the project's
+--    mapping or data can make fail);
+--  * sendry_sync_users_updated, statement-level, after them: sendry_auth_users_updated
+--    enqueues the noted users set-wise, in ONE subtransaction for the whole statement
+--    (errors: a WARNING and a row in sendry_enqueue_errors naming every user of the
+--    statement, for the repair pass), then forgets them.
+-- For a synced user it enqueues the contact if it changed (names, metadata, email,
+-- audiences; the confirmation under sync_on = 'confirmed'; an anonymous user becoming
+-- permanent). An email change carries the previous address in old_email, so the worker
+-- moves the contact. A soft delete (deleted_at set; GoTrue overwrites email with a hash,
+-- never to be sent) enqueues the deletion of the previous address (in confirmed-only mode
+-- only if it was confirmed: an unconfirmed address was never sent, and may be someone
+-- else's).
+CREATE OR REPLACE FUNCTION public.sendry_auth_users_noted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+BEGIN
+    INSERT INTO public.sendry_changed_users (backend_pid, user_id, old_email, old_anonymous,
+                                             old_confirmed, soft_deleted)
+    VALUES (pg_catalog.pg_backend_pid(), NEW.id, OLD.email, COALESCE(OLD.is_anonymous, false),
+            OLD.email_confirmed_at IS NOT NULL, OLD.deleted_at IS NULL AND NEW.deleted_at IS NOT NULL);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION public.sendry_auth_users_updated()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    v_pid       integer := pg_catalog.pg_backend_pid();
+    v_sync_on   text;
+    v_on_delete text;
+    v_ids       uuid[];
+    v_deletes   boolean;
+    v_moves     boolean;
+    r           record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM public.sendry_changed_users c WHERE c.backend_pid = v_pid) THEN
+        RETURN NULL;   -- every row's WHEN clause said "no change"
+    END IF;
+    BEGIN
+        SELECT s.sync_on, s.on_delete INTO v_sync_on, v_on_delete FROM public.sendry_settings s LIMIT 1;
+        v_sync_on := COALESCE(v_sync_on, 'signup');
+        v_on_delete := COALESCE(v_on_delete, 'delete_contact');
+        -- One pass over the noted users: the synced ones whose address stayed (enqueued in
+        -- one set-based call), and whether any was soft-deleted or moved to a new address.
+        SELECT pg_catalog.array_agg(n.id ORDER BY n.id) FILTER (WHERE NOT n.soft_deleted AND NOT n.moved AND n.synced),
+               COALESCE(pg_catalog.bool_or(n.soft_deleted), false),
+               COALESCE(pg_catalog.bool_or(n.moved AND n.synced AND NOT n.soft_deleted), false)
+          INTO v_ids, v_deletes, v_moves
+          FROM (SELECT u.id, c.soft_deleted, public.sendry_user_is_synced(u, v_sync_on) AS synced,
+                       NOT c.old_anonymous
+                       AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
+                       AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
+                           IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email)) AS moved
+                  FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
+                 WHERE c.backend_pid = v_pid) n;
+        IF v_deletes THEN
+            -- Soft deletes: the deletion of the previous address.
+            IF v_on_delete <> 'keep' THEN
+                INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+                SELECT 'live', 'delete', c.user_id, pg_catalog.lower(pg_catalog.btrim(c.old_email)),
+                       pg_catalog.jsonb_build_object('delete_mode', v_on_delete)
+                  FROM public.sendry_changed_users c
+                 WHERE c.backend_pid = v_pid AND c.soft_deleted
+                   AND NULLIF(pg_catalog.btrim(c.old_email), '') IS NOT NULL AND NOT c.old_anonymous
+                   AND (v_sync_on = 'signup' OR c.old_confirmed)
+                 ORDER BY c.user_id;
+            END IF;
+            DELETE FROM public.sendry_contact_state s
+             USING public.sendry_changed_users c
+             WHERE c.backend_pid = v_pid AND c.soft_deleted AND s.user_id = c.user_id;
+        END IF;
+        IF v_ids IS NOT NULL THEN
+            PERFORM public.sendry_enqueue_contacts(v_ids, 'live');
+        END IF;
+        IF v_moves THEN
+            -- Address changes (rare in bulk): each with its previous address.
+            FOR r IN
+                SELECT u.id, pg_catalog.lower(pg_catalog.btrim(c.old_email)) AS old_email
+                  FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
+                 WHERE c.backend_pid = v_pid AND NOT c.soft_deleted AND NOT c.old_anonymous
+                   AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
+                   AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
+                       IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
+                   AND public.sendry_user_is_synced(u, v_sync_on)
+                 ORDER BY u.id
+            LOOP
+                PERFORM public.sendry_enqueue_contacts(ARRAY[r.id], 'live', r.old_email);
+            END LOOP;
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'sendry-sync: could not enqueue updated users for Sendry: % (SQLSTATE %)',
+            SQLERRM, SQLSTATE;
+        BEGIN
+            INSERT INTO public.sendry_enqueue_errors (trigger_name, table_name, sqlstate, message, user_ids)
+            VALUES (TG_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, SQLSTATE, SQLERRM,
+                    ARRAY(SELECT c.user_id FROM public.sendry_changed_users c
+                           WHERE c.backend_pid = v_pid ORDER BY c.user_id));
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'sendry-sync: could not record that in public.sendry_enqueue_errors either: % (SQLSTATE %)',
+                SQLERRM, SQLSTATE;
+        END;
+    END;
+    DELETE FROM public.sendry_changed_users c WHERE c.backend_pid = v_pid;
+    RETURN NULL;
+END
+$$;
+
+-- After a DELETE (a hard delete: GoTrue's DELETE FROM users), the contact goes too,
+-- as sendry_settings.on_delete says; in confirmed-only mode only if the address was
+-- confirmed (an unconfirmed one was never sent, and may be someone else's).
+CREATE OR REPLACE FUNCTION public.sendry_auth_users_deleted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+BEGIN
+    BEGIN
+        INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+        SELECT 'live', 'delete', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
+               pg_catalog.jsonb_build_object('delete_mode', s.on_delete)
+        FROM old_rows o
+        CROSS JOIN (SELECT COALESCE((SELECT on_delete FROM public.sendry_settings LIMIT 1),
+                                    'delete_contact') AS on_delete,
+                           COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1),
+                                    'signup') AS sync_on) s
+        WHERE NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
+          AND NOT COALESCE(o.is_anonymous, false)
+          AND o.deleted_at IS NULL
+          AND s.on_delete <> 'keep'
+          AND (s.sync_on = 'signup' OR o.email_confirmed_at IS NOT NULL);
+        DELETE FROM public.sendry_contact_state s USING old_rows o WHERE s.user_id = o.id;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'sendry-sync: could not enqueue deleted users for Sendry: % (SQLSTATE %)',
+            SQLERRM, SQLSTATE;
+        BEGIN
+            INSERT INTO public.sendry_enqueue_errors (trigger_name, table_name, sqlstate, message, user_ids)
+            VALUES (TG_NAME, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, SQLSTATE, SQLERRM,
+                    ARRAY(SELECT o.id FROM old_rows o));
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'sendry-sync: could not record that in public.sendry_enqueue_errors either: % (SQLSTATE %)',
+                SQLERRM, SQLSTATE;
+        END;
+    END;
+    RETURN NULL;
+END
+$$;
+
+-- The triggers themselves: each replaced only when its definition changed
+-- (sendry_migrate_trigger), so that applying this file again with only a function changed
+-- takes no lock on auth.users. Replacing one takes SHARE ROW EXCLUSIVE on auth.users for
+-- a moment, under the step's lock_timeout.
+--
+-- The UPDATE triggers fire only when a column a contact can depend on changed: every
+-- column of auth.users but GoTrue's bookkeeping (sign-in time, updated_at, role and
+-- aud, the password hash, tokens and their send times, a pending email or phone
+-- change) and generated columns. A mapping that reads one of those is not re-synced
+-- when only they change (the repair pass catches up). The column list (UPDATE OF)
+-- lets an UPDATE that sets none of them, as GoTrue's sign-in and token refresh do,
+-- skip the trigger without even reading its WHEN clause (about 40 us a statement);
+-- the WHEN clause skips an UPDATE that sets them to what they were.
+DO $triggers$
+DECLARE
+    v_columns text;
+    v_when    text;
+BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum),
+           pg_catalog.string_agg(pg_catalog.format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', a.attname),
+                                 ' OR ' ORDER BY a.attnum)
+      INTO v_columns, v_when
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = 'auth.users'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+       AND a.attgenerated = ''
+       AND a.attname NOT IN ('instance_id', 'aud', 'role', 'encrypted_password', 'last_sign_in_at',
+                             'updated_at', 'confirmation_token', 'confirmation_sent_at',
+                             'recovery_token', 'recovery_sent_at', 'email_change_token_new',
+                             'email_change_token_current', 'email_change', 'email_change_sent_at',
+                             'email_change_confirm_status', 'phone_change', 'phone_change_token',
+                             'phone_change_sent_at', 'reauthentication_token',
+                             'reauthentication_sent_at');
+    PERFORM public.sendry_migrate_trigger('auth.users', 'sendry_sync_users_insert', $t$
+        CREATE OR REPLACE TRIGGER sendry_sync_users_insert
+            AFTER INSERT ON auth.users
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION public.sendry_auth_users_inserted()
+    $t$);
+    PERFORM public.sendry_migrate_trigger('auth.users', 'sendry_sync_users_update', pg_catalog.format($t$
+        CREATE OR REPLACE TRIGGER sendry_sync_users_update
+            AFTER UPDATE OF %s ON auth.users
+            FOR EACH ROW
+            WHEN (%s)
+            EXECUTE FUNCTION public.sendry_auth_users_noted()
+    $t$, v_columns, v_when));
+    PERFORM public.sendry_migrate_trigger('auth.users', 'sendry_sync_users_updated', pg_catalog.format($t$
+        CREATE OR REPLACE TRIGGER sendry_sync_users_updated
+            AFTER UPDATE OF %s ON auth.users
+            FOR EACH STATEMENT
+            EXECUTE FUNCTION public.sendry_auth_users_updated()
+    $t$, v_columns));
+    PERFORM public.sendry_migrate_trigger('auth.users', 'sendry_sync_users_delete', $t$
+        CREATE OR REPLACE TRIGGER sendry_sync_users_delete
+            AFTER DELETE ON auth.users
+            REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION public.sendry_auth_users_deleted()
+    $t$);
+END
+$triggers$;
