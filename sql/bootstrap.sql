@@ -12,6 +12,7 @@
 DO $bootstrap$
 DECLARE
     v_deadline timestamptz := pg_catalog.clock_timestamp() + interval '5 minutes';
+    v_timeout  text;
     v_sigs     text[] := ARRAY['public.sendry_migrate_lock_holders()', 'public.sendry_migrate_missing(text)',
                                'public.sendry_migrate_fingerprint(text)',
                                'public.sendry_migrate_lockdown()',
@@ -284,6 +285,8 @@ BEGIN
         v_attempt := v_attempt + 1;
         BEGIN
             EXECUTE p_sql;
+            -- RLS and privileges of what the step created (under the same lock_timeout).
+            PERFORM public.sendry_migrate_lockdown();
             EXIT;
         EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             GET STACKED DIAGNOSTICS v_err = MESSAGE_TEXT;
@@ -309,7 +312,6 @@ BEGIN
        SET checksum = EXCLUDED.checksum, fingerprint = EXCLUDED.fingerprint, how = EXCLUDED.how,
            attempts = EXCLUDED.attempts,
            duration = EXCLUDED.duration, applied_at = EXCLUDED.applied_at;
-    PERFORM public.sendry_migrate_lockdown();
     IF pg_catalog.current_setting('sendry.migrate_quiet', true) IS DISTINCT FROM 'on' THEN
         RAISE NOTICE 'sendry-sync: % applied (% ms%)%', p_name,
             pg_catalog.round(EXTRACT(EPOCH FROM pg_catalog.clock_timestamp() - v_start) * 1000),
@@ -372,6 +374,15 @@ BEGIN
                                       'sendry-sync ' || pg_catalog.md5(v_defs[i]));
         END IF;
     END LOOP;
-    PERFORM public.sendry_migrate_lockdown();
+    -- A privilege granted back by hand, RLS turned off by hand: put right, but never by
+    -- queueing behind another session (ENABLE ROW LEVEL SECURITY takes ACCESS EXCLUSIVE).
+    v_timeout := pg_catalog.current_setting('lock_timeout');
+    BEGIN
+        PERFORM pg_catalog.set_config('lock_timeout', '100ms', true);
+        PERFORM public.sendry_migrate_lockdown();
+    EXCEPTION WHEN lock_not_available THEN
+        RAISE WARNING 'sendry-sync: could not restore RLS or revoke privileges on a sendry_* table now (it is in use): run the migration again';
+    END;
+    PERFORM pg_catalog.set_config('lock_timeout', v_timeout, true);
 END
 $bootstrap$;
