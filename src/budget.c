@@ -23,6 +23,7 @@ struct budget {
     double granted_at;     /* monotonic: when the pool was granted (it lasts BUDGET_HOLD) */
     int debt;              /* requests sent without a token, to pay at the next grant */
     bool asking;
+    double asked_floor;    /* the tokens the ask in flight leaves behind */
     double ask_after;      /* monotonic: the bucket said wait until then */
     double paused_until;   /* monotonic: a pause set by any worker */
     void (*granted)(void *ud);
@@ -93,8 +94,9 @@ static void on_granted(PGresult *res, void *arg)
         b->tokens = granted - paid;   /* a pool left over is older than its hold by now */
         b->granted_at = mono();
         b->ask_after = granted ? 0 : mono() + wait;
-        /* Nothing granted and longer to wait than a token takes: a pause (a 429). */
-        b->paused_until = !granted && wait > 1.5 / b->rate ? mono() + wait : 0;
+        /* Nothing granted and longer to wait than a token (above the floor a bulk ask
+         * leaves) takes: a pause (a 429). A bulk ask's wait is no pause for live work. */
+        b->paused_until = !granted && wait > (1.5 + b->asked_floor) / b->rate ? mono() + wait : 0;
     }
     b->granted(b->ud);
 }
@@ -107,7 +109,8 @@ static void ask(struct budget *b, bool bulk)
     snprintf(rate, sizeof rate, "%g", b->rate);
     snprintf(burst, sizeof burst, "%g", b->burst);
     snprintf(want, sizeof want, "%d", b->want + b->debt);
-    snprintf(floor_, sizeof floor_, "%g", bulk ? b->reserve : 0);
+    b->asked_floor = bulk ? b->reserve : 0;
+    snprintf(floor_, sizeof floor_, "%g", b->asked_floor);
     const char *params[5] = {b->key, rate, burst, want, floor_};
     b->asking = true;
     db_query(b->db, TAKE_SQL, 5, params, on_granted, b);

@@ -69,3 +69,15 @@ def test_a_fault_of_a_second_costs_seconds(ldb, fake, workers):
     assert time.monotonic() - paused < 7, "the first probe within 5 s"
     failed = [r for r in import_requests(fake) if r["status"] and r["status"] >= 500]
     assert len(failed) == 3, f"{len(failed)} requests failed: the pause held the rest back"
+
+
+def test_once_during_an_outage_exits_3_with_the_rows_pending(ldb, fake, workers):
+    """--once meets Sendry down across the board: it gives the rows back with their
+    attempts and exits 3 (rows wait for a retry), not 1 (a row failed or sending stopped)."""
+    fake.fail_fraction(1.0, status=503)
+    ldb.signup_many(10, prefix="once")
+    w = workers("--once", "--batch-size", "2", "--concurrency", "1", *SCALED)
+    assert w.wait(T) == 3, w.log()
+    assert "Sendry unavailable" in w.log()
+    assert ldb.counts() == {"pending": 10}
+    assert ldb.scalar("SELECT max(attempts) FROM public.sendry_outbox") <= 2

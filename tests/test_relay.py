@@ -12,6 +12,7 @@ import threading
 import time
 
 import psycopg
+import pytest
 
 from conftest import T, import_requests, start_daemon, wait_until
 from test_lifecycle import contact_event, ldb, request_emails, sig_hex, start_listener  # noqa: F401
@@ -146,10 +147,11 @@ def test_webhooks_past_the_queue_bound_get_503_with_retry_after(ldb, fake, worke
     assert ldb.scalar("SELECT count(*) FROM public.sendry_inbox") == 4
 
 
-def test_signups_during_webhooks_and_a_long_reconciliation_arrive_within_a_second_at_the_default_rate(
-        ldb, fake, workers):
-    """The same as above at the default --rate (9 a second, shared through the database),
-    with 5,000 webhooks arriving meanwhile: the key's budget is asked on the relay's
+@pytest.mark.parametrize("rate", ["9", "0"])
+def test_signups_during_webhooks_and_a_long_reconciliation_arrive_within_a_second(ldb, fake, workers,
+                                                                                  rate):
+    """The same as above at the default --rate (9 a second, shared through the database)
+    and unlimited, with 5,000 webhooks arriving meanwhile: the key's budget is asked on the relay's
     connection, so neither the webhooks nor the reconciliation's pages (both on the aux
     connection, the first pages slow to store) hold a sign-up back. Webhooks past the
     queue's bound are answered 503 and counted; the rest are stored."""
@@ -167,8 +169,8 @@ def test_signups_during_webhooks_and_a_long_reconciliation_arrive_within_a_secon
             answers.append(post_raw(hook, contact_event(f"storm{i:04d}@example.com"))[0])
 
     try:
-        hook = start_listener(workers, "--reconcile-interval", "3600", "--rate", "9")   # the default rate
-        assert "rate 9/s" in hook.worker.log()
+        hook = start_listener(workers, "--reconcile-interval", "3600", "--rate", rate)   # 9: the default
+        assert f"rate {rate}/s" in hook.worker.log()
         wait_until(lambda: len(fake.requests_matching("GET", UNSUBSCRIBES)) >= 2, T,
                    "the reconciliation under way")
         threads = [threading.Thread(target=storm, args=(k,)) for k in range(8)]
