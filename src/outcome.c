@@ -71,7 +71,7 @@ static void on_outage(struct outcome_env *env, struct job *job, int http, const 
         log_error("sending paused: %s; rows keep their attempts; first probe in %.0f s",
                   gate_cause(env->gate), gate_probe_in(env->gate));
     } else {
-        log_warn("%s (%zu rows): Sendry is still unavailable; next probe in %.0f s",
+        log_warn("%s (%zu rows): sending is stopped, the attempt is not counted; next probe in %.0f s",
                  log_text(error, shown, sizeof shown), job->n, gate_probe_in(env->gate));
     }
     all_rows(env, job, RESULT_RELEASE, http, error, env->cfg->once ? 0 : gate_probe_in(env->gate));
