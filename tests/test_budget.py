@@ -237,6 +237,9 @@ def test_three_workers_at_the_providers_limit_draw_no_429_before_and_after_a_kil
     times = sorted(r["time"] for r in at_the_limit.requests)
     busiest = max(sum(1 for t in times if s <= t < s + 10) for s in times)
     assert busiest <= 20, busiest
+    span = times[-1] - times[0]
+    print(f"{len(times)} requests in {span:.1f} s: {len(times) / span:.2f}/s of the 2/s allowed; "
+          f"busiest 10 s: {busiest}")
     for w in ws[1:]:
         w.terminate()
         assert w.wait(T) == 0, w.log()
