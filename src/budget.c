@@ -17,10 +17,13 @@ struct budget {
     struct ev_loop *loop;
     struct db *db;
     char key[32];          /* the fingerprint */
-    double rate, burst, reserve;
+    double rate, burst, reserve;   /* rate: the bucket's fill rate */
     int want;              /* requests asked for at a time */
     int tokens;            /* the local pool */
+    double granted_at;     /* monotonic: when the pool was granted (it lasts BUDGET_HOLD) */
+    int debt;              /* requests sent without a token, to pay at the next grant */
     bool asking;
+    double asked_floor;    /* the tokens the ask in flight leaves behind */
     double ask_after;      /* monotonic: the bucket said wait until then */
     double paused_until;   /* monotonic: a pause set by any worker */
     void (*granted)(void *ud);
@@ -43,15 +46,29 @@ void budget_set_key(struct budget *b, const char *api_key)
     b->tokens = 0;
 }
 
+double budget_burst(double rate)
+{
+    return fmax(2, rate / 2);
+}
+
+double budget_fill_rate(double rate, double window)
+{
+    double n = rate * window, burst = budget_burst(rate);
+    double fill = (n - burst) / (window * (1 + BUDGET_MARGIN) + BUDGET_HOLD);
+    /* A window too short for the burst: the rate alone, spread over the margin. */
+    return fill > 0 ? fill : rate / (1 + BUDGET_MARGIN);
+}
+
 struct budget *budget_new(struct ev_loop *loop, struct db *db, const char *api_key, double rate,
-                          double burst, double reserve, void (*granted)(void *ud), void *ud)
+                          double window, double reserve, void (*granted)(void *ud), void *ud)
 {
     struct budget *b = xcalloc(1, sizeof *b);
-    *b = (struct budget){.loop = loop, .db = db, .rate = rate, .burst = burst, .reserve = reserve,
+    *b = (struct budget){.loop = loop, .db = db, .rate = budget_fill_rate(rate, window),
+                         .burst = budget_burst(rate), .reserve = reserve,
                          .granted = granted, .ud = ud};
-    /* A few requests a grant: a fifth of a second's worth, so that several workers share
-     * the bucket finely and little is left unspent in a pool. */
-    b->want = (int)fmax(1, floor(rate / 5));
+    /* A few requests a grant: a fifth of a second's worth (less than BUDGET_HOLD), so
+     * that several workers share the bucket finely and little is left unspent in a pool. */
+    b->want = (int)fmax(1, floor(b->rate / 5));
     budget_set_key(b, api_key);
     return b;
 }
@@ -72,10 +89,14 @@ static void on_granted(PGresult *res, void *arg)
     } else {
         int granted = atoi(PQgetvalue(res, 0, 0));
         double wait = atof(PQgetvalue(res, 0, 1));
-        b->tokens += granted;
+        int paid = granted < b->debt ? granted : b->debt;
+        b->debt -= paid;
+        b->tokens = granted - paid;   /* a pool left over is older than its hold by now */
+        b->granted_at = mono();
         b->ask_after = granted ? 0 : mono() + wait;
-        /* Nothing granted and longer to wait than a token takes: a pause (a 429). */
-        b->paused_until = !granted && wait > 1.5 / b->rate ? mono() + wait : 0;
+        /* Nothing granted and longer to wait than a token (above the floor a bulk ask
+         * leaves) takes: a pause (a 429). A bulk ask's wait is no pause for live work. */
+        b->paused_until = !granted && wait > (1.5 + b->asked_floor) / b->rate ? mono() + wait : 0;
     }
     b->granted(b->ud);
 }
@@ -87,21 +108,38 @@ static void ask(struct budget *b, bool bulk)
     char rate[32], burst[32], want[16], floor_[32];
     snprintf(rate, sizeof rate, "%g", b->rate);
     snprintf(burst, sizeof burst, "%g", b->burst);
-    snprintf(want, sizeof want, "%d", b->want);
-    snprintf(floor_, sizeof floor_, "%g", bulk ? b->reserve : 0);
+    snprintf(want, sizeof want, "%d", b->want + b->debt);
+    b->asked_floor = bulk ? b->reserve : 0;
+    snprintf(floor_, sizeof floor_, "%g", b->asked_floor);
     const char *params[5] = {b->key, rate, burst, want, floor_};
     b->asking = true;
     db_query(b->db, TAKE_SQL, 5, params, on_granted, b);
 }
 
+/* The debt is paid as bulk work asks: it leaves the live share. */
+void budget_spent(struct budget *b)
+{
+    b->debt++;
+    ask(b, true);
+}
+
+void budget_connected(struct budget *b)
+{
+    if (b->debt)
+        ask(b, true);
+}
+
 double budget_take(struct budget *b, bool bulk, bool peek)
 {
+    if (b->tokens > 0 && mono() - b->granted_at > BUDGET_HOLD)
+        b->tokens = 0;   /* held too long: spent now, it could exceed the window */
     if (b->tokens > 0) {
         if (!peek)
             b->tokens--;
         return 0;
     }
-    ask(b, bulk);
+    if (!peek)
+        ask(b, bulk);   /* a question takes nothing: a token it took could go unspent */
     double now = mono(), later = b->ask_after > now ? b->ask_after - now : 1.0 / b->rate;
     return later > 0.001 ? later : 0.001;
 }

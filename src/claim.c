@@ -195,6 +195,7 @@ void row_free(struct row *row)
 struct claimed {
     long long head, id, claim_id;
     double claimed_at;     /* the database's clock, seconds */
+    double age;            /* seconds since the row was enqueued */
     int attempts, max_attempts;
     int index;             /* its row in the result */
 };
@@ -249,7 +250,7 @@ static struct row *contact_of(const struct claimer *c, PGresult *res, const stru
     for (size_t i = 0; i < n; i++) {
         row->refs[i] = (struct row_ref){.id = g[i].id, .claim_id = g[i].claim_id,
                                         .claimed_at = g[i].claimed_at, .attempts = g[i].attempts,
-                                        .max_attempts = g[i].max_attempts};
+                                        .max_attempts = g[i].max_attempts, .age = g[i].age};
         if (g[i].attempts > row->attempts)
             row->attempts = g[i].attempts;
         row->live |= *PQgetvalue(res, g[i].index, 10) == 't';
@@ -268,8 +269,9 @@ static void fill_batch(struct claimer *c, PGresult *res, struct claim_batch *bat
                                   .attempts = atoi(PQgetvalue(res, i, 4)),
                                   .max_attempts = atoi(PQgetvalue(res, i, 5)),
                                   .claim_id = atoll(PQgetvalue(res, i, 9)),
-                                  .claimed_at = atof(PQgetvalue(res, i, 11)), .index = i};
-        if (all[i].attempts == 1 && atof(PQgetvalue(res, i, 6)) < c->fresh_window - 1)
+                                  .claimed_at = atof(PQgetvalue(res, i, 11)),
+                                  .age = atof(PQgetvalue(res, i, 6)), .index = i};
+        if (all[i].attempts == 1 && all[i].age < c->fresh_window - 1)
             batch->fresh++;
     }
     qsort(all, (size_t)n, sizeof *all, by_head_then_id);

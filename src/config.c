@@ -50,6 +50,9 @@ static void defaults(struct config *cfg)
     cfg->migrate_lock_timeout = 0.1;
     cfg->reconcile_interval = 3600;
     cfg->webhook_max_body = 256 * 1024;
+    cfg->webhook_queue = 64;
+    cfg->retry_for = 72 * 3600;
+    cfg->rate_window = 10;
     cfg->mode = MODE_IMPORT;
     cfg->verify = true;
     cfg->log_format = LOG_TEXT;

@@ -64,6 +64,9 @@ struct config {
     char *listen;           /* --listen / SENDRY_LISTEN ADDR:PORT, NULL = no HTTP server */
     char *webhook_secret;   /* SENDRY_WEBHOOK_SECRET, at least WEBHOOK_SECRET_MIN characters */
     size_t webhook_max_body;
+    int webhook_queue;      /* webhooks waiting for the database at most; more: 503 */
+    double retry_for;       /* seconds since enqueued before a transient failure may fail a row */
+    double rate_window;     /* seconds: the provider counts --rate x this per window */
     enum send_mode mode;
     bool once;
     bool verify;

@@ -32,6 +32,9 @@ static const struct option_def options[] = {
      "HTTP requests in flight at once, 1-64 (default 4)", ALL},
     {"rate", OPT_RATE, OFF(rate), 0, 1000, "N",
      "requests per second, 0 = unlimited (default 9; Sendry allows 100 per 10 s)", ALL},
+    {"rate-window", OPT_SECONDS, OFF(rate_window), 1, 3600, "SECONDS",
+     "the provider's rate-limit window: no window this long carries more than\n"
+     "--rate x SECONDS requests from all workers of the key (default 10, Sendry's)", ALL},
     {"live-share", OPT_RATE, OFF(live_share), 0, 90, "PERCENT",
      "share of the request budget that bulk work (backfills, reconciliation)\n"
      "leaves to live changes, 0-90 (default 20)", ALL},
@@ -39,7 +42,11 @@ static const struct option_def options[] = {
      "how long a claimed row is held before another worker may take it, renewed\n"
      "while held; at least 4 x --http-timeout (default 120)", ALL},
     {"max-attempts", OPT_INT, OFF(max_attempts), 1, 1000, "N",
-     "attempts before a row is marked failed, unless the row sets max_attempts (default 12)", ALL},
+     "attempts before a row may be marked failed (with --retry-for), unless the row\n"
+     "sets max_attempts (default 12)", ALL},
+    {"retry-for", OPT_SECONDS, OFF(retry_for), 0, 31536000, "SECONDS",
+     "a row's own transient failures (network, 408, 5xx) fail it only after\n"
+     "--max-attempts attempts and this long since it was enqueued (default 259200: 72 h)", ALL},
     {"poll-interval", OPT_SECONDS, OFF(poll_interval), 0.05, 86400, "SECONDS",
      "look for due rows this often even without a NOTIFY (default 5)", ALL},
     {"backoff-base", OPT_SECONDS, OFF(backoff_base), 0.001, 86400, "SECONDS",
@@ -65,6 +72,9 @@ static const struct option_def options[] = {
     {"listen", OPT_STRING, OFF(listen), 0, 0, "ADDR:PORT",
      "serve POST /webhooks/sendry, GET /healthz and GET /metrics\n"
      "(env SENDRY_LISTEN; off by default; needs SENDRY_WEBHOOK_SECRET)", ALL},
+    {"webhook-queue", OPT_INT, OFF(webhook_queue), 1, 10000, "N",
+     "webhooks waiting for the database at most; more are answered 503 with\n"
+     "Retry-After (Sendry redelivers them) (default 64)", FOR(CMD_RUN)},
     {"once", OPT_FLAG, OFF(once), 0, 0, NULL,
      "deliver what is due now, wait for the results, exit (1 if a row failed)", FOR(CMD_RUN)},
     {"no-verify", OPT_FLAG, OFF(verify), 0, 0, NULL,

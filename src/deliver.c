@@ -270,6 +270,7 @@ static void on_http_done(struct http_request *req, void *arg)
     http_request_free(req);
     if (env.recheck_audience && !d->rechecking) {
         d->rechecking = true;
+        gate_spent(d->gate);
         audience_check(d->loop, d->http, d->cfg, "re-check after a 404", on_rechecked, d);
     }
     /* The next step of a move or a deletion, or the halves of a split batch, go first;

@@ -19,6 +19,9 @@ struct gate {
     int rate_limited_streak;   /* 429s in a row */
     double backoff_base, backoff_cap;
     bool stopped;
+    bool soon;                 /* the stop may pass by itself: probes from GATE_PROBE_SOON */
+    bool outage;               /* stopped by transient failures across the board */
+    int transient_streak;      /* transient failures in a row */
     double stop_since;         /* when the current refusal was recorded */
     double probe_at;           /* the next probe may go then */
     double probe_wait;         /* the current wait between probes */
@@ -115,6 +118,14 @@ double gate_ask(struct gate *g, enum gate_class c)
     return wait_of(g, c, true);
 }
 
+void gate_spent(struct gate *g)
+{
+    if (g->budget)
+        budget_spent(g->budget);
+    else if (g->bucket.rate > 0)
+        g->bucket.tokens -= 1;   /* may go below 0: the next token waits longer */
+}
+
 double gate_peek(struct gate *g, enum gate_class c)
 {
     return wait_of(g, c, false);
@@ -129,6 +140,7 @@ void gate_set_backoff(struct gate *g, double base, double cap)
 double gate_pause(struct gate *g, double seconds, double unit)
 {
     g->rate_limited_streak++;
+    g->transient_streak = 0;   /* an answer: the provider is up */
     /* No delay named, or one no limit of Sendry's needs (NaN included): back off. */
     if (!(seconds >= 0 && seconds <= GATE_PAUSE_CAP)) {
         double cap = g->backoff_cap < GATE_PAUSE_CAP ? g->backoff_cap : GATE_PAUSE_CAP;
@@ -142,28 +154,71 @@ double gate_pause(struct gate *g, double seconds, double unit)
     return seconds;
 }
 
-bool gate_stop(struct gate *g, const char *cause, double request_started)
+/* Stops (or, already stopped for the same kind of cause, doubles the wait). */
+static bool stop(struct gate *g, const char *cause, double request_started, bool soon)
 {
     double now = gate_now(g);
     if (g->stopped && request_started < g->stop_since)
         return false;
-    if (!g->stopped) {
-        g->stopped = true;
-        g->probe_wait = GATE_PROBE_FIRST;
-    } else {
-        g->probe_wait = g->probe_wait * 2 > GATE_PROBE_MAX ? GATE_PROBE_MAX : g->probe_wait * 2;
-    }
+    double first = soon ? GATE_PROBE_SOON : GATE_PROBE_FIRST;
+    double max = soon ? GATE_PROBE_SOON_MAX : GATE_PROBE_MAX;
+    if (!g->stopped || g->soon != soon)
+        g->probe_wait = first;
+    else
+        g->probe_wait = g->probe_wait * 2 > max ? max : g->probe_wait * 2;
+    g->stopped = true;
+    g->soon = g->outage = soon;
     g->stop_since = now;
     g->probe_at = now + g->probe_wait;
     snprintf(g->cause, sizeof g->cause, "%s", cause);
     return true;
 }
 
+bool gate_stop(struct gate *g, const char *cause, double request_started)
+{
+    g->transient_streak = 0;   /* an answer: the provider is up */
+    return stop(g, cause, request_started, false);
+}
+
+bool gate_transient(struct gate *g, const char *cause, double request_started)
+{
+    if (g->stopped) {
+        if (g->outage)
+            stop(g, cause, request_started, true);   /* a probe failed again: wait longer */
+        return true;
+    }
+    if (++g->transient_streak < GATE_OUTAGE_AFTER)
+        return false;
+    stop(g, cause, request_started, true);
+    return true;
+}
+
+bool gate_answered(struct gate *g)
+{
+    g->transient_streak = 0;
+    return g->stopped && g->outage && gate_accepted(g);
+}
+
+bool gate_outage(const struct gate *g)
+{
+    return g->stopped && g->outage;
+}
+
+void gate_probe_soon(struct gate *g)
+{
+    if (!g->stopped || g->soon)
+        return;
+    g->soon = true;
+    g->probe_wait = GATE_PROBE_SOON;
+    if (g->probe_at > g->stop_since + GATE_PROBE_SOON)
+        g->probe_at = g->stop_since + GATE_PROBE_SOON;
+}
+
 bool gate_accepted(struct gate *g)
 {
     bool was = g->stopped;
-    g->stopped = false;
-    g->rate_limited_streak = 0;
+    g->stopped = g->soon = g->outage = false;
+    g->rate_limited_streak = g->transient_streak = 0;
     g->cause[0] = '\0';
     return was;
 }
@@ -173,7 +228,7 @@ void gate_probe_now(struct gate *g)
     if (!g->stopped)
         return;
     g->stop_since = g->probe_at = gate_now(g);
-    g->probe_wait = GATE_PROBE_FIRST;
+    g->probe_wait = g->soon ? GATE_PROBE_SOON : GATE_PROBE_FIRST;
 }
 
 const char *gate_cause(const struct gate *g)

@@ -5,9 +5,12 @@
  * unknown audience) with its probes. Live requests (changes made by users now) may take
  * any token; bulk requests (backfills, reconciliation) leave a share of the bucket
  * (--live-share) to them, so a live change never waits for a token behind a backfill.
- * While stopped, one request per probe period may go,
- * the wait doubling from 60 s to 15 min while the answer stays a refusal. Every pause,
- * from any path, is capped at GATE_PAUSE_CAP.
+ * While stopped, one request per probe period may go, the wait doubling while the answer
+ * stays the same: from 60 s to 15 min for a refusal (401/402/403, the audience gone),
+ * from 5 s to 60 s for a cause that may pass by itself (an outage: GATE_OUTAGE_AFTER
+ * transient failures in a row, network errors, 408 or 5xx, across every request; a 404
+ * that the audience re-check contradicts). Every pause, from any path, is capped at
+ * GATE_PAUSE_CAP.
  *
  * Time is a monotonic clock (CLOCK_MONOTONIC unless the caller injects one, as the unit
  * tests do): a wall-clock step backwards never stops sending and a step forwards never
@@ -22,6 +25,9 @@
 #define GATE_PAUSE_CAP 3600.0      /* the longest 429 pause, whatever Retry-After says */
 #define GATE_PROBE_FIRST 60.0      /* first wait after a refusal */
 #define GATE_PROBE_MAX 900.0       /* longest wait between probes */
+#define GATE_PROBE_SOON 5.0        /* first wait when the cause may pass by itself */
+#define GATE_PROBE_SOON_MAX 60.0   /* longest wait between such probes */
+#define GATE_OUTAGE_AFTER 3        /* transient failures in a row that stop sending */
 
 enum gate_state {
     GATE_OPEN,      /* send when the bucket has a token */
@@ -56,6 +62,9 @@ enum gate_state gate_state(struct gate *g);   /* a pause that ended is OPEN agai
 /* Asks to send one request now. 0: go (a token is taken; while stopped this request is
  * the period's probe). > 0: the seconds after which asking again makes sense. */
 double gate_ask(struct gate *g, enum gate_class c);
+/* A request went out without asking (the startup check of the audience): the bucket or
+ * the key's budget counts it all the same. */
+void gate_spent(struct gate *g);
 /* The same question without taking anything: 0 if a request could go now. */
 double gate_peek(struct gate *g, enum gate_class c);
 
@@ -75,6 +84,22 @@ bool gate_stop(struct gate *g, const char *cause, double request_started);
 /* A request was accepted: leaves the stopped state and ends the run of 429s. Returns
  * true if it was stopped. */
 bool gate_accepted(struct gate *g);
+
+/* A request failed transiently (network error, 408, 5xx) with `cause`. Returns true when
+ * the provider counts as down across the board, so the failure is not the row's own (its
+ * attempt is not counted): GATE_OUTAGE_AFTER such failures in a row (no other answer in
+ * between), or any while sending is stopped. The one that completes the run stops
+ * sending (an outage: the first probe after GATE_PROBE_SOON, then doubling); a probe that
+ * fails again doubles the wait. */
+bool gate_transient(struct gate *g, const char *cause, double request_started);
+/* Any answer that is not a transient failure (the provider is up): ends the run, and
+ * an outage stop (returns true if it did). */
+bool gate_answered(struct gate *g);
+/* Stopped for an outage (may pass by itself), not for a refusal. */
+bool gate_outage(const struct gate *g);
+/* The current stop may pass by itself (a 404 the re-check contradicts): the next probe
+ * within GATE_PROBE_SOON, unless the wait is already on that scale. */
+void gate_probe_soon(struct gate *g);
 
 /* A new key to try (a rotation): while stopped, the next request is a probe now, and
  * refusals of requests that started before this say nothing about the new key. */

@@ -74,8 +74,8 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- responses ----------------------------------------------------------------- */
 
-enum MHD_Result httpd_reply(struct MHD_Connection *conn, unsigned status, const char *ctype,
-                             const char *body, const char *allow)
+static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *ctype,
+                             const char *body, const char *allow, const char *retry_after)
 {
     struct MHD_Response *r = MHD_create_response_from_buffer(strlen(body), (void *)body,
                                                              MHD_RESPMEM_MUST_COPY);
@@ -85,9 +85,23 @@ enum MHD_Result httpd_reply(struct MHD_Connection *conn, unsigned status, const 
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     if (allow)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+    if (retry_after)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, retry_after);
     enum MHD_Result ret = MHD_queue_response(conn, status, r);
     MHD_destroy_response(r);
     return ret;
+}
+
+enum MHD_Result httpd_reply(struct MHD_Connection *conn, unsigned status, const char *ctype,
+                            const char *body, const char *allow)
+{
+    return reply(conn, status, ctype, body, allow, NULL);
+}
+
+enum MHD_Result httpd_reply_webhook(struct MHD_Connection *conn, unsigned status, const char *body)
+{
+    return reply(conn, status, "application/json", body, NULL,
+                 status == MHD_HTTP_SERVICE_UNAVAILABLE ? HTTPD_RETRY_AFTER : NULL);
 }
 
 enum MHD_Result httpd_reply_json(struct MHD_Connection *conn, unsigned status, const char *body)
@@ -307,6 +321,8 @@ struct httpd *httpd_start(struct ev_loop *loop, const char *listen, const char *
     h->loop = loop;
     h->hooks = *hooks;
     h->max_body = max_body ? max_body : HTTPD_DEFAULT_MAX_BODY;
+    h->max_queue = hooks->max_queue ? hooks->max_queue : HTTPD_DEFAULT_MAX_QUEUE;
+    metrics.webhook_queue_limit = h->max_queue;
     if (webhook_secret && *webhook_secret)
         h->secret = xstrdup(webhook_secret);
 

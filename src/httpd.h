@@ -10,7 +10,8 @@
  *                          inbox (inbox.h) while the connection is suspended;
  *                          200 {"result":"<its text>"},
  *                          401 bad signature, 400 not a JSON object, 413 body > max_body,
- *                          503 database unavailable (Sendry redelivers), 404 if no secret
+ *                          503 database unavailable, or hooks.max_queue webhooks wait for
+ *                          it already (with Retry-After: Sendry redelivers), 404 if no secret
  *   anything else          404, or 405 with Allow for a known path
  *
  * A webhook waits at most 20 s for the inbox; after that the client gets 503 and the
@@ -28,6 +29,8 @@
 #include "inbox.h"
 
 #define HTTPD_DEFAULT_MAX_BODY (256 * 1024)
+#define HTTPD_DEFAULT_MAX_QUEUE 64
+#define HTTPD_RETRY_AFTER "5"   /* seconds, with every 503 */
 
 struct httpd;
 
@@ -36,6 +39,7 @@ struct httpd_hooks {
     /* true: healthy. false: writes the reason (no secrets) into reason. */
     bool (*health)(void *ud, char *reason, size_t size);
     struct inbox *inbox;    /* where webhook events go; borrowed */
+    size_t max_queue;       /* webhooks waiting for the inbox at most; more: 503 (0: 64) */
     void *ud;
 };
 

@@ -21,6 +21,7 @@ struct httpd {
     struct httpd_hooks hooks;
     char *secret;                /* NULL: webhook route disabled */
     size_t max_body;
+    size_t max_queue;            /* npending at most */
     int port;
     ev_io io;                    /* MHD's epoll fd */
     ev_timer timer;              /* MHD's timeout; also "run soon" after a resume */
@@ -58,6 +59,8 @@ void httpd_kick(struct httpd *h);   /* run MHD soon (after a resume) */
 enum MHD_Result httpd_reply(struct MHD_Connection *conn, unsigned status, const char *ctype,
                             const char *body, const char *allow);
 enum MHD_Result httpd_reply_json(struct MHD_Connection *conn, unsigned status, const char *body);
+/* The same; a 503 carries Retry-After (HTTPD_RETRY_AFTER). */
+enum MHD_Result httpd_reply_webhook(struct MHD_Connection *conn, unsigned status, const char *body);
 /* {"<k1>":"<v1>"[,"<k2>":"<v2>"]}, escaped by json-c; malloc'd. */
 char *httpd_json2(const char *k1, const char *v1, const char *k2, const char *v2);
 

@@ -213,6 +213,14 @@ static void render_webhooks(struct buf *b)
     header(b, "webhook_events_unrecorded_total", "counter",
            "Webhook requests not counted by type because the label table was full.");
     put(b, "sendry_sync_webhook_events_unrecorded_total %llu\n", metrics.webhook_unrecorded);
+    header(b, "webhook_queue_depth", "gauge", "Webhooks waiting for the database now.");
+    put(b, "sendry_sync_webhook_queue_depth %llu\n", metrics.webhook_queue_depth);
+    header(b, "webhook_queue_limit", "gauge",
+           "Webhooks that may wait for the database at once (--webhook-queue).");
+    put(b, "sendry_sync_webhook_queue_limit %llu\n", metrics.webhook_queue_limit);
+    header(b, "webhook_queue_rejections_total", "counter",
+           "Webhooks answered 503 with Retry-After because the queue was full (Sendry redelivers).");
+    put(b, "sendry_sync_webhook_queue_rejections_total %llu\n", metrics.webhook_queue_full);
 }
 
 static void render_health(struct buf *b)

@@ -8,7 +8,7 @@
  *   outcome.c    rate_limit_waits, sending_stopped + stop_reason (metrics_set_stopped())
  *   claim.c      metrics_claim();  deliver.c  metrics_http()
  *   relay.c      db_connected;  prune.c  rows_pruned;  inbox.c  inbox_retr*
- *   receiver.c   metrics_webhook() */
+ *   receiver.c   metrics_webhook(), webhook_queue_depth/limit/full */
 #ifndef SENDRY_METRICS_H
 #define SENDRY_METRICS_H
 
@@ -52,6 +52,11 @@ struct metrics {
     struct metrics_webhook_slot webhook[METRICS_WEBHOOK_SLOTS];
     size_t webhook_used;
     unsigned long long webhook_unrecorded;    /* table full even for "other" */
+    /* webhooks waiting for the database (receiver.c), and those answered 503 because
+     * --webhook-queue of them were waiting already */
+    unsigned long long webhook_queue_depth;
+    unsigned long long webhook_queue_limit;
+    unsigned long long webhook_queue_full;
     /* inbox events applied again by the retry timer, and those that failed again */
     unsigned long long rows_pruned;          /* sent rows deleted after --retain-sent */
     unsigned long long inbox_retried;
@@ -74,7 +79,8 @@ void metrics_claim(int rows);
 /* One webhook request. `type` is the event type ("invalid" before the body could be
  * trusted), cut to 64 bytes, bytes outside printable ASCII replaced with '_'. When 56
  * distinct pairs are in use, new types are counted as "other". `result` is a class:
- * applied, duplicate, ignored, unauthorized, bad_request, too_large, error. */
+ * applied, duplicate, ignored, unauthorized, bad_request, too_large, busy (the queue was
+ * full), error. */
 void metrics_webhook(const char *type, const char *result);
 
 /* Sets sending_stopped and stop_reason (NULL reason = running again). */

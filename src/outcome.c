@@ -52,19 +52,52 @@ static void on_sent(struct outcome_env *env, struct job *job, int http)
     all_rows(env, job, RESULT_SENT, http, NULL, 0);
 }
 
-/* Each held row is retried, or fails when it has had its last attempt (a contact's
- * newer rows then go on without the exhausted older one). */
-static void on_retry(struct outcome_env *env, struct job *job, int http, const char *error)
+/* A row gives up on its own transient failures only when it has had its attempts and
+ * has been retried for --retry-for since it was enqueued. */
+static bool gives_up(const struct outcome_env *env, const struct row_ref *ref)
 {
+    return ref->attempts >= ref->max_attempts && ref->age >= env->cfg->retry_for;
+}
+
+/* The provider is down across the board: nothing of this request counts against its
+ * rows; they wait for the gate's probe (due again after it, so that a probe that fails
+ * again leaves the next probe to another row, if there is one). */
+static void on_outage(struct outcome_env *env, struct job *job, int http, const char *error,
+                      bool began)
+{
+    char shown[700];
+    if (began) {
+        metrics_set_stopped(true, gate_cause(env->gate));
+        log_error("sending paused: %s; rows keep their attempts; first probe in %.0f s",
+                  gate_cause(env->gate), gate_probe_in(env->gate));
+    } else {
+        log_warn("%s (%zu rows): sending is stopped, the attempt is not counted; next probe in %.0f s",
+                 log_text(error, shown, sizeof shown), job->n, gate_probe_in(env->gate));
+    }
+    all_rows(env, job, RESULT_RELEASE, http, error, env->cfg->once ? 0 : gate_probe_in(env->gate));
+}
+
+/* Each held row is retried, or fails when it gave up (a contact's newer rows then go
+ * on without the exhausted older one); unless the failure is across the board. */
+static void on_retry(struct outcome_env *env, struct job *job, int http, const char *error,
+                     bool transient)
+{
+    bool was_outage = gate_outage(env->gate);
+    char cause[800], shown[700], who[128];
+    snprintf(cause, sizeof cause, "Sendry unavailable (%d requests in a row failed: %s)",
+             GATE_OUTAGE_AFTER, log_text(error, shown, sizeof shown));
+    if (transient && gate_transient(env->gate, cause, job->started_at)) {
+        on_outage(env, job, http, error, !was_outage && gate_outage(env->gate));
+        return;
+    }
     size_t gave_up = 0, rows = 0;
-    char shown[700], who[128];
     for (size_t i = 0; i < job->n; i++) {
         struct row *row = job->rows[i];
         double delay = backoff_delay(env->cfg->backoff_base, env->cfg->backoff_cap, row->attempts,
                                      rand_unit(env->rng));
         for (size_t k = 0; k < row->nrefs; k++, rows++) {
             const struct row_ref *ref = &row->refs[k];
-            if (ref->attempts < ref->max_attempts) {
+            if (!gives_up(env, ref)) {
                 complete_row(env->complete, ref, RESULT_RETRY, http, error, delay);
                 continue;
             }
@@ -166,6 +199,8 @@ void outcome_audience_rechecked(struct gate *gate, const struct config *cfg, lon
     if (gate_state(gate) != GATE_STOPPED)
         return;
     gate_set_cause(gate, cause);
+    if (status >= 200 && status < 300)
+        gate_probe_soon(gate);   /* a rewritten URL may be put right: probe within seconds */
     metrics_set_stopped(true, cause);
     log_error("sending stopped: %s", cause);
 }
@@ -205,9 +240,14 @@ size_t outcome_settle(struct outcome_env *env, struct job *job, const struct htt
     log_debug("http: %s %s -> %ld (%s, %zu rows, %.3f s)", req->method, req->url, req->status,
               outcome_name(oc), job->n, req->elapsed);
     int http = req->transport_ok ? (int)req->status : 0;
+    bool transient = oc == OUTCOME_RETRY && adv != ADV_RETRY;   /* no answer, 408, 5xx */
+    if (!transient && oc != OUTCOME_SENT && oc != OUTCOME_STOP && gate_answered(env->gate)) {
+        log_info("sending resumed: Sendry answers again (HTTP %d)", http);
+        metrics_set_stopped(false, NULL);
+    }
     switch (oc) {
     case OUTCOME_SENT: on_sent(env, job, http); break;
-    case OUTCOME_RETRY: on_retry(env, job, http, error); break;
+    case OUTCOME_RETRY: on_retry(env, job, http, error, transient); break;
     case OUTCOME_RATE_LIMITED: on_rate_limited(env, job, req, error, body_retry_after); break;
     case OUTCOME_INVALID: return on_invalid(env, job, req, error, again);
     case OUTCOME_STOP: on_stop(env, job, req, error); break;

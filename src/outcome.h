@@ -2,7 +2,11 @@
  *
  *   2xx                    sent
  *   network error, 408, 5xx   pending again after exponential backoff with full jitter;
- *                          failed after max_attempts
+ *                          failed after max_attempts and --retry-for since enqueued;
+ *                          but when GATE_OUTAGE_AFTER fail in a row (the provider is down
+ *                          across the board), the gate stops for an outage and the rows
+ *                          are pending again with the attempt not counted, as are those
+ *                          failing while it is stopped; any other answer resumes
  *   429                    the gate pauses every request for Retry-After (header, else
  *                          error.retry_after, else backoff); rows pending, attempt not counted
  *   400/404/409/422        failed with the reason; a rejected batch is split in halves

@@ -19,12 +19,14 @@ static void pending_unlink(struct webhook *w)
         return;
     LIST_REMOVE(w->h->pending, w);
     w->h->npending--;
+    metrics.webhook_queue_depth = w->h->npending;
 }
 
 static void pending_link(struct webhook *w)
 {
     LIST_PUSH(w->h->pending, w);
     w->h->npending++;
+    metrics.webhook_queue_depth = w->h->npending;
 }
 
 static void webhook_free(struct webhook *w)
@@ -61,7 +63,7 @@ static void decide_error(struct webhook *w, unsigned status, const char *result,
 
 enum MHD_Result receiver_answer(struct webhook *w, struct MHD_Connection *conn)
 {
-    return httpd_reply_json(conn, w->status, w->answer ? w->answer : "{\"error\":\"out of memory\"}");
+    return httpd_reply_webhook(conn, w->status, w->answer ? w->answer : "{\"error\":\"out of memory\"}");
 }
 
 /* Wakes the client after the db answered or gave up. */
@@ -131,10 +133,19 @@ enum MHD_Result receiver_process(struct httpd *h, struct webhook *w, struct MHD_
         decide_error(w, MHD_HTTP_SERVICE_UNAVAILABLE, "error", "database unavailable");
         return receiver_answer(w, conn);
     }
+    if (h->npending >= h->max_queue) {
+        /* The database is slow: hold no more bodies; Sendry redelivers after Retry-After. */
+        metrics.webhook_queue_full++;
+        decide_error(w, MHD_HTTP_SERVICE_UNAVAILABLE, "busy", "too many webhooks waiting for the database");
+        return receiver_answer(w, conn);
+    }
 
     w->db_pending = true;
     pending_link(w);
     inbox_receive(h->hooks.inbox, w->event_id, w->type, body, on_inbox, w);
+    free(w->body);   /* the query holds its own copy: keep the body once */
+    w->body = NULL;
+    w->len = w->cap = 0;
     MHD_suspend_connection(conn);
     w->suspended = true;
     ev_timer_set(&w->timeout, DB_TIMEOUT, 0.);

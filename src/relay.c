@@ -112,7 +112,7 @@ static void maybe_claim(struct relay *r)
     if (!r->claim_wanted || claim_busy(r->claim) || !db_connected(r->db))
         return;
     enum gate_state gs = gate_state(r->gate);
-    double wait = gate_peek(r->gate, GATE_LIVE);
+    double wait = gs == GATE_PAUSED ? gate_peek(r->gate, GATE_LIVE) : gate_probe_in(r->gate);
     if (gs == GATE_PAUSED || (gs == GATE_STOPPED && wait > 0)) {
         relay_arm(r, &r->claim_timer, wait);   /* the pause's end, or the next probe */
         return;
@@ -152,7 +152,7 @@ void relay_on_claimed(void *ud, struct claim_batch *batch)
         batch->rows[i]->held_since = now_of(r);
     bool all_due = (int)batch->n >= batch->limit || batch->more;
     deliver_take(r->deliver, batch);
-    bool no_probe_now = gate_state(r->gate) == GATE_STOPPED && gate_peek(r->gate, GATE_LIVE) > 0;
+    bool no_probe_now = gate_state(r->gate) == GATE_STOPPED && gate_probe_in(r->gate) > 0;
     if (r->state == RELAY_DRAINING || no_probe_now) {
         /* Draining, or sending stopped while this claim ran: give them back now rather
          * than hold them until the next probe (another worker may have a working key). */
@@ -211,6 +211,11 @@ static void check_once(struct relay *r)
 {
     if (!r->cfg->once || !db_connected(r->db) || r->state == RELAY_PAUSED || !all_settled(r))
         return;
+    if (r->state == RELAY_STOPPED && gate_outage(r->gate)) {
+        log_warn("--once: %s; rows left pending with their attempts (exit 3)", gate_cause(r->gate));
+        relay_finish(r, 3);
+        return;
+    }
     if (r->state == RELAY_STOPPED) {
         log_error("--once: sending is stopped (%s); rows left pending", gate_cause(r->gate));
         relay_finish(r, 1);
@@ -333,6 +338,8 @@ void relay_on_db_connected(void *ud)
     claim_release_orphans(r->claim, held);
     json_object_put(held);
     renew_leases(r, now_of(r));   /* all we hold, before any claim could take it again */
+    if (r->budget)
+        budget_connected(r->budget);   /* the startup check's request */
     r->claim_wanted = r->live_wanted = true; /* catch up on what came while we were away */
     relay_kick(r);
 }

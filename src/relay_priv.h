@@ -35,8 +35,8 @@ struct relay {
     struct gate *gate;
     struct budget *budget;     /* the key's requests, shared by its workers; NULL at --rate 0 */
     struct http *http;
-    struct db *db;             /* the relay's connection: claim, complete, LISTEN */
-    struct db *aux;            /* webhooks, reconciliation, metrics */
+    struct db *db;             /* the relay's connection: claim, complete, LISTEN, the budget */
+    struct db *aux;            /* webhooks, reconciliation, health, pruning: never the budget */
     struct claimer *claim;
     struct deliverer *deliver;
     struct completer *complete;

@@ -162,7 +162,7 @@ struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
     char host[128] = "localhost";
     gethostname(host, sizeof host - 1);
     snprintf(r->locked_by, sizeof r->locked_by, "%s:%ld:%lld", host, (long)getpid(), (long long)time(NULL));
-    r->gate = gate_new(cfg->rate, cfg->rate, cfg->live_share / 100, NULL, NULL);
+    r->gate = gate_new(cfg->rate, budget_burst(cfg->rate), cfg->live_share / 100, NULL, NULL);
     gate_set_backoff(r->gate, cfg->backoff_base, cfg->backoff_cap);
     r->http = http_new(loop, cfg->api_key, cfg->http_timeout);
     http_set_ca_file(r->http, cfg->ca_file);
@@ -175,7 +175,7 @@ struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
                     (struct db_callbacks){.connected = relay_on_aux_changed,
                                           .disconnected = relay_on_aux_changed, .ud = r});
     if (cfg->rate > 0) {
-        r->budget = budget_new(loop, r->aux, cfg->api_key, cfg->rate, cfg->rate,
+        r->budget = budget_new(loop, r->db, cfg->api_key, cfg->rate, cfg->rate_window,
                                gate_reserve(r->gate), relay_kick_cb, r);
         gate_use_budget(r->gate, r->budget);
     }
@@ -198,7 +198,8 @@ bool relay_listen(struct relay *r, char *err, size_t errsize)
 {
     if (!r->cfg->listen)
         return true;
-    struct httpd_hooks hooks = {.health = relay_health_hook, .inbox = r->inbox, .ud = r};
+    struct httpd_hooks hooks = {.health = relay_health_hook, .inbox = r->inbox,
+                                .max_queue = (size_t)r->cfg->webhook_queue, .ud = r};
     r->httpd = httpd_start(r->loop, r->cfg->listen, r->cfg->webhook_secret, &hooks,
                            r->cfg->webhook_max_body, err, errsize);
     return r->httpd != NULL;   /* httpd_start logs the one "listening" line */
@@ -223,8 +224,10 @@ void relay_start(struct relay *r)
         relay_arm(r, &r->once_db_deadline, ONCE_DB_TIMEOUT);
     db_start(r->db);
     db_start(r->aux);
-    if (c->verify)
+    if (c->verify) {
+        gate_spent(r->gate);   /* a request to the key's budget like any other */
         audience_check(r->loop, r->http, c, "startup check", on_verified, r);
+    }
     else
         on_verified(r, AUDIENCE_UNCHECKED, 0);
 }

@@ -18,6 +18,7 @@ struct row_ref {
     double claimed_at;      /* when, on the database's clock (seconds) */
     int attempts;           /* including the current one */
     int max_attempts;
+    double age;             /* seconds since it was enqueued, at the claim */
 };
 
 /* One contact as the worker delivers it: the newest state of the rows of one contact

@@ -47,7 +47,7 @@ the contact, and deleting an audience removes its memberships but not the contac
 
 Every request goes through these checks, in order: record, drop_next, delay,
 auth (401 / 403 for a read-only key on writes), per-key rate limit, fail_next,
-fail_fraction, then the endpoint. down() takes the whole API away (the port refuses
+fail_fraction, fail_emails, then the endpoint. down() takes the whole API away (the port refuses
 connections) until up(); POST /_control/down {"seconds": N} does it from a script.
 """
 
@@ -512,6 +512,7 @@ class FakeSendry:
             self._fraction_retry_after = None
             self._rng = random.Random(1)
             self._reject_re = None
+            self._fail_email = None  # (regex, status): fail_emails()
             self.delay_all = 0.0
             stamp = now_iso()
             self.audiences = {
@@ -651,6 +652,12 @@ class FakeSendry:
         with self._lock:
             self._reject_re = re.compile(regex) if regex else None
 
+    def fail_emails(self, regex, status=500):
+        """Write requests whose body holds an email matching `regex` (re.search) get
+        `status` (a row's own transient failure, while the others go through). None clears."""
+        with self._lock:
+            self._fail_email = (re.compile(regex), int(status)) if regex else None
+
     def add_unsubscribe(self, email, reason=None, list_id=None):
         with self._lock:
             item = {
@@ -766,6 +773,11 @@ class FakeSendry:
                 if self._fraction_retry_after is not None:
                     extra["Retry-After"] = str(self._fraction_retry_after)
                 return st, error_body(st, message=f"Injected random fault: {st}"), extra
+
+            if self._fail_email is not None and method in WRITE_METHODS:
+                regex, st = self._fail_email
+                if regex.search(json.dumps(body)):
+                    return st, error_body(st, message=f"Injected fault for this contact: {st}"), {}
 
             try:
                 if method in WRITE_METHODS and not json_ok:
@@ -1104,6 +1116,7 @@ class FakeSendry:
                 "fail_fraction": lambda: self.fail_fraction(**kwargs),
                 "down": lambda: self._down_after_answer(kwargs.get("seconds")),
                 "reject_emails": lambda: self.reject_emails(kwargs.get("regex")),
+                "fail_emails": lambda: self.fail_emails(kwargs.get("regex"), kwargs.get("status", 500)),
                 "set_unsubscribed": lambda: self.set_unsubscribed(
                     kwargs["email"], kwargs.get("unsubscribed", True)
                 ),

@@ -247,3 +247,46 @@ def test_live_changes_arriving_one_by_one_share_a_request(ldb, fake, workers):
     wait_until(lambda: ldb.all_sent(20), T, "the burst sent")
     assert len(import_requests(fake)) <= 4, [len(request_emails(r)) for r in import_requests(fake)]
     assert w.poll() is None
+
+
+# --- the burst fits the provider's window ----------------------------------------------
+
+@pytest.fixture
+def at_the_limit():
+    """A fake Sendry allowing 20 requests per 10 s per key (a sliding window): Sendry's
+    100 per 10 s, scaled down."""
+    f = FakeSendry(api_key=API_KEY, audience_id=AUDIENCE, rate_limit=(20, 10.0))
+    f.start()
+    yield f
+    f.stop()
+
+
+def test_three_workers_at_the_providers_limit_draw_no_429_before_and_after_a_kill(ldb, at_the_limit,
+                                                                                  workers):
+    """--rate 2 is exactly the provider's 20 per 10 s: three workers share it through the
+    key's budget, whose burst fits the window (no 10 s carry more than 20 requests, the
+    startup checks of the audience included); one is killed half way (its pool of tokens
+    goes with it, its rows come back after the lease) and the two others go on, still
+    without a 429. About 60 requests: some 35 s."""
+    n = 180
+    existing_users(ldb, n)
+    ldb.query(BACKFILL)
+    flags = ("--rate", "2", "--batch-size", "3", "--poll-interval", "0.5", "--lease", "3",
+             "--http-timeout", "0.5", "--reconcile-interval", "0", "--backoff-base", "0.05",
+             "--backoff-cap", "0.2")
+    ws = [workers(*flags, fast=False, env={"SENDRY_API_URL": at_the_limit.url}) for _ in range(3)]
+    sent = lambda: ldb.scalar("SELECT count(*) FROM public.sendry_outbox WHERE status = 'sent'")  # noqa: E731
+    wait_until(lambda: sent() >= n // 2, 60, "half of the backlog sent")
+    assert not rate_limited(at_the_limit), f"{len(rate_limited(at_the_limit))} answers were 429 before the kill"
+    ws[0].kill9()
+    wait_until(lambda: ldb.all_sent(n), 60, "the rest sent by the two others")
+    assert not rate_limited(at_the_limit), f"{len(rate_limited(at_the_limit))} answers were 429 after the kill"
+    times = sorted(r["time"] for r in at_the_limit.requests)
+    busiest = max(sum(1 for t in times if s <= t < s + 10) for s in times)
+    assert busiest <= 20, busiest
+    span = times[-1] - times[0]
+    print(f"{len(times)} requests in {span:.1f} s: {len(times) / span:.2f}/s of the 2/s allowed; "
+          f"busiest 10 s: {busiest}")
+    for w in ws[1:]:
+        w.terminate()
+        assert w.wait(T) == 0, w.log()

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 
 import pytest
@@ -140,17 +141,65 @@ def test_transient_failure_is_retried(db, fake, workers, fault):
     assert statuses == [None if fault == "drop" else int(fault), 200]
 
 
+class Trickle:
+    """Sign-ups one by one every `every` seconds from a thread, until stopped: requests
+    that go through while one row fails on its own."""
+
+    def __init__(self, db, prefix, every=0.03):
+        self.db, self.prefix, self.every = db, prefix, every
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        i = 0
+        while not self.stop_flag.wait(self.every):
+            i += 1
+            self.db.signup(f"{self.prefix}{i:05d}@example.com")
+
+    def stop(self):
+        self.stop_flag.set()
+        self.thread.join(10)
+
+
 def test_max_attempts_marks_failed(db, fake, workers):
-    fake.fail_next(500, count=10, path_prefix=IMPORT)
-    start_daemon(workers, "--max-attempts", "3")
-    db.signup("doomed@example.com")
-    wait_until(lambda: db.counts() == {"failed": 1}, T, "row failed")
+    """A row's own transient failures (the others go through meanwhile) fail it after
+    --max-attempts attempts once --retry-for has passed since it was enqueued."""
+    fake.fail_emails(r"doomed@example\.com", 500)
+    start_daemon(workers, "--max-attempts", "3", "--retry-for", "0", "--batch-size", "1")
+    trickle = Trickle(db, "fine")
+    try:
+        db.signup("doomed@example.com")
+        wait_until(lambda: db.row("doomed@example.com")["status"] == "failed", T, "row failed")
+    finally:
+        trickle.stop()
     row = db.row("doomed@example.com")
     assert row["attempts"] == 3
     assert row["last_http_status"] == 500
     assert "500" in row["last_error"]
     assert row["sent_at"] is None
-    holding(lambda: len(import_requests(fake)) == 3, 0.6, "no request after the last attempt")
+    doomed = lambda: [r for r in import_requests(fake) if "doomed@" in json.dumps(r["json"])]  # noqa: E731
+    holding(lambda: len(doomed()) == 3, 0.6, "no request after the last attempt")
+
+
+def test_a_row_retries_for_retry_for_before_it_fails(db, fake, workers):
+    """--max-attempts alone does not fail a row: its own transient failures go on until
+    --retry-for has passed since it was enqueued (72 h by default)."""
+    fake.fail_emails(r"patient@example\.com", 500)
+    start_daemon(workers, "--max-attempts", "2", "--retry-for", "4", "--batch-size", "1")
+    trickle = Trickle(db, "fine")
+    try:
+        db.signup("patient@example.com")
+        t0 = time.monotonic()
+        wait_until(lambda: db.row("patient@example.com")["attempts"] >= 3, T,
+                   "more attempts than --max-attempts")
+        assert db.row("patient@example.com")["status"] != "failed" and time.monotonic() - t0 < 4
+        wait_until(lambda: db.row("patient@example.com")["status"] == "failed", T,
+                   "failed once --retry-for has passed")
+        assert time.monotonic() - t0 > 3.9
+    finally:
+        trickle.stop()
+    assert not [r for r in db.rows() if r["status"] == "failed" and r["email"] != "patient@example.com"]
 
 
 @pytest.mark.parametrize("where", ["header", "body"])

@@ -9,6 +9,7 @@
 
 #include "backoff.h"
 #include "config.h"
+#include "budget.h"
 #include "gate.h"
 #include "log.h"
 #include "sendry.h"
@@ -304,6 +305,60 @@ static void test_gate_stop_and_probes(void)
     gate_free(g);
 }
 
+/* Transient failures across the board: the third in a row stops sending (an outage),
+ * with probes from 5 s doubling to 60 s; any answer in between ends the run; failures
+ * while stopped are not the rows' own; an answer resumes. */
+static void test_gate_outage(void)
+{
+    double t = 100;
+    struct gate *g = gate_new(0, 0, 0, fake_clock, &t);
+    CHECK(!gate_transient(g, "503", t) && !gate_transient(g, "503", t));
+    CHECK(!gate_answered(g));                  /* a 422 between: the provider is up */
+    CHECK(!gate_transient(g, "503", t) && !gate_transient(g, "503", t));
+    CHECK(gate_transient(g, "503", t));        /* the third in a row */
+    CHECK(gate_state(g) == GATE_STOPPED && gate_outage(g));
+    CHECK(gate_probe_in(g) == GATE_PROBE_SOON && GATE_PROBE_SOON <= 5);
+    CHECK(gate_transient(g, "late", t - 1));   /* in flight when the pause began: not counted */
+    CHECK(gate_probe_in(g) == GATE_PROBE_SOON); /* ... and says nothing new */
+    t += GATE_PROBE_SOON;
+    CHECK(gate_ask(g, GATE_LIVE) == 0);        /* the probe */
+    CHECK(gate_transient(g, "refused", t));    /* fails: the wait doubles */
+    CHECK(gate_probe_in(g) == 2 * GATE_PROBE_SOON);
+    for (int i = 0; i < 10; i++)
+        gate_transient(g, "refused", gate_now(g));
+    CHECK(gate_probe_in(g) == GATE_PROBE_SOON_MAX);
+    CHECK(gate_answered(g) && gate_state(g) == GATE_OPEN);   /* any answer resumes */
+    CHECK(!gate_outage(g));
+    /* A refusal is not an outage: its first probe waits a minute; transient failures
+     * while refused count nothing and change nothing. */
+    CHECK(gate_stop(g, "401", gate_now(g)));
+    CHECK(gate_transient(g, "503", gate_now(g)) && !gate_outage(g));
+    CHECK(gate_probe_in(g) == GATE_PROBE_FIRST);
+    CHECK(!gate_answered(g) && gate_state(g) == GATE_STOPPED);
+    gate_probe_soon(g);                        /* the cause may pass by itself after all */
+    CHECK(gate_probe_in(g) == GATE_PROBE_SOON);
+    gate_free(g);
+}
+
+/* The key's budget never lets a window of the provider's length carry more than
+ * rate x window requests: the burst plus what fills in the window, the margin and the
+ * hold of a token. */
+static void test_budget_fits_the_window(void)
+{
+    const double rates[] = {0.5, 1.8, 2, 9, 10, 40, 1000}, windows[] = {1, 2, 10, 60};
+    for (size_t i = 0; i < sizeof rates / sizeof rates[0]; i++) {
+        for (size_t k = 0; k < sizeof windows / sizeof windows[0]; k++) {
+            double r = rates[i], w = windows[k];
+            double burst = budget_burst(r), fill = budget_fill_rate(r, w);
+            CHECK(burst >= 2 && fill > 0);
+            if (r * w > burst)
+                CHECK(burst + fill * (w * (1 + BUDGET_MARGIN) + BUDGET_HOLD) <= r * w + 1e-9);
+        }
+    }
+    CHECK(budget_fill_rate(2, 10) > 0.8 * 2);   /* 20 per 10 s: some 82 % of it */
+    CHECK(budget_fill_rate(9, 10) > 0.85 * 9);
+}
+
 static void test_gate_live_share(void)
 {
     double t = 0;
@@ -487,6 +542,8 @@ int main(void)
     test_gate_pause_values();
     test_gate_stop_and_probes();
     test_gate_live_share();
+    test_gate_outage();
+    test_budget_fits_the_window();
     test_mask();
     test_config();
     test_config_commands();
