@@ -131,6 +131,13 @@ CREATE INDEX IF NOT EXISTS sendry_outbox_email_idx
 CREATE INDEX IF NOT EXISTS sendry_outbox_old_email_idx
     ON public.sendry_outbox (old_email, id)
     WHERE status <> 'sent' AND status <> 'failed' AND old_email IS NOT NULL;
+-- Added in 0.5: the rows in flight, by worker (a worker's orphan release after a
+-- reconnect, and status's count of workers holding rows). Its size is the rows being
+-- sent: a claim adds an entry, nothing else does. Build it without blocking writes
+-- (CREATE INDEX CONCURRENTLY) on an upgrade of a big outbox.
+CREATE INDEX IF NOT EXISTS sendry_outbox_processing_idx
+    ON public.sendry_outbox (locked_by)
+    WHERE status = 'processing';
 
 -- Settings kept in the database, one row. Change them with UPDATE:
 --   sync_on   'signup' (default): sync a user when they sign up;
@@ -250,6 +257,13 @@ CREATE TABLE IF NOT EXISTS public.sendry_contact_state (
     contact_hash bigint      NOT NULL,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
+-- Added in 0.5: users by the address last enqueued, for the inbox's lookup of SSO users
+-- (GoTrue's only index on auth.users.email is partial, WHERE is_sso_user = false, and
+-- no index may be created in schema auth). Build it without blocking sign-ups (CREATE
+-- INDEX CONCURRENTLY: the triggers write this table in the sign-up's transaction).
+CREATE INDEX IF NOT EXISTS sendry_contact_state_email_idx
+    ON public.sendry_contact_state (email)
+    WHERE email IS NOT NULL;
 
 -- Added in 0.4: every error a trigger turned into a WARNING (so that the user's write
 -- still succeeded), where an operator sees it (sendry_outbox_stats.enqueue_errors_last_hour).
@@ -858,9 +872,23 @@ BEGIN
                 v_result := 'ignored: no email in the event';
             END IF;
             IF v_result IS NULL THEN
+                -- By key at any number of users: GoTrue's unique index on email is
+                -- partial (WHERE is_sso_user = false; SSO users may share an address),
+                -- so the lookup names its predicate. SSO users are found through the
+                -- address last enqueued for them (sendry_contact_state_email_idx; no
+                -- index may be created in schema auth), the most recent first.
                 SELECT u.id, u.raw_app_meta_data ->> 'sendry_unsubscribed_at'
                   INTO v_user, v_prev_text
-                  FROM auth.users u WHERE u.email = v_email FOR UPDATE;
+                  FROM auth.users u WHERE u.email = v_email AND u.is_sso_user = false FOR UPDATE;
+                IF NOT FOUND THEN
+                    SELECT u.id, u.raw_app_meta_data ->> 'sendry_unsubscribed_at'
+                      INTO v_user, v_prev_text
+                      FROM public.sendry_contact_state s
+                      JOIN auth.users u ON u.id = s.user_id
+                     WHERE s.email = v_email AND u.email = v_email AND u.is_sso_user
+                     ORDER BY s.updated_at DESC LIMIT 1
+                     FOR UPDATE OF u;
+                END IF;
                 BEGIN
                     v_prev_at := v_prev_text::timestamptz;
                 EXCEPTION WHEN others THEN
