@@ -809,6 +809,7 @@ BEGIN
         v_why     text;
         v_at      timestamptz;
         v_user    uuid;
+        v_sso     uuid;      -- an SSO user the address was last enqueued for
         v_prev_at timestamptz;
         v_prev_text text;
         v_result  text;
@@ -881,13 +882,14 @@ BEGIN
                   INTO v_user, v_prev_text
                   FROM auth.users u WHERE u.email = v_email AND u.is_sso_user = false FOR UPDATE;
                 IF NOT FOUND THEN
-                    SELECT u.id, u.raw_app_meta_data ->> 'sendry_unsubscribed_at'
-                      INTO v_user, v_prev_text
-                      FROM public.sendry_contact_state s
-                      JOIN auth.users u ON u.id = s.user_id
-                     WHERE s.email = v_email AND u.email = v_email AND u.is_sso_user
-                     ORDER BY s.updated_at DESC LIMIT 1
-                     FOR UPDATE OF u;
+                    FOR v_sso IN SELECT s.user_id FROM public.sendry_contact_state s
+                                  WHERE s.email = v_email ORDER BY s.updated_at DESC LOOP
+                        SELECT u.id, u.raw_app_meta_data ->> 'sendry_unsubscribed_at'
+                          INTO v_user, v_prev_text
+                          FROM auth.users u
+                         WHERE u.id = v_sso AND u.email = v_email AND u.is_sso_user FOR UPDATE;
+                        EXIT WHEN FOUND;
+                    END LOOP;
                 END IF;
                 BEGIN
                     v_prev_at := v_prev_text::timestamptz;

@@ -126,16 +126,17 @@ static const char RELEASE_ORPHANS_SQL[] =
  * no longer ours, each with whether another worker holds it now (else the claim is gone:
  * the database lost its commit, or someone changed the row).
  * By key whatever the statistics, as the completion (complete.c): one probe of the
- * primary key per held row, locked, then the UPDATE by the ctids found. */
+ * primary key per held row, locked, the claim checked outside it, then the UPDATE by
+ * the ctids found. */
 static const char RENEW_SQL[] =
     "WITH held AS MATERIALIZED ("
     "   SELECT h.id, t.tid"
     "   FROM jsonb_to_recordset($1::jsonb) AS h(id bigint, claim_id bigint)"
     "   LEFT JOIN LATERAL ("
-    "       SELECT e.ctid AS tid FROM public.sendry_outbox e"
-    "       WHERE e.id = h.id AND e.claim_id = h.claim_id AND e.locked_by = $3"
-    "         AND e.status = 'processing'"
-    "       OFFSET 0 FOR UPDATE) t ON true),"
+    "       SELECT e.ctid AS tid FROM ("
+    "           SELECT e.ctid, e.claim_id, e.locked_by, e.status FROM public.sendry_outbox e"
+    "           WHERE e.id = h.id OFFSET 0 FOR UPDATE) e"
+    "       WHERE e.claim_id = h.claim_id AND e.locked_by = $3 AND e.status = 'processing') t ON true),"
     " renewed AS ("
     "   UPDATE public.sendry_outbox o"
     "   SET locked_until = now() + $2 * interval '1 second',"

@@ -15,8 +15,10 @@
  * the primary key (OFFSET 0 keeps the probe a per-outcome subquery; as a plain join, a
  * planner without statistics believes this worker holds one row, reads the rows it
  * holds and compares each with every outcome, running jsonb_to_recordset again for
- * each: 261 ms a call at a 10,000-row backlog right after install). FOR UPDATE checks
- * the claim on the row's latest version; the UPDATE goes to exactly those versions by
+ * each: 261 ms a call at a 10,000-row backlog right after install). The claim is checked
+ * outside the probe, so that it cannot become a scan of the rows this worker holds
+ * (sendry_outbox_processing_idx) for each outcome. FOR UPDATE locks the row's latest
+ * version, whose claim is checked; the UPDATE goes to exactly those versions by
  * ctid (a TID scan of the array, not a join that could read the table), and joins them
  * to their outcomes by hashing. Every estimate here is a default (100 outcomes, 10
  * ctids), none comes from the outbox's statistics, so the plan cannot change with them
@@ -28,10 +30,9 @@ static const char COMPLETE_SQL[] =
     "        AS h(id bigint, claim_id bigint, status text, http_status int, error text,"
     "             delay_ms bigint, uncount int)"
     "   CROSS JOIN LATERAL ("
-    "       SELECT e.ctid AS tid FROM public.sendry_outbox e"
-    "       WHERE e.id = h.id AND e.claim_id = h.claim_id AND e.locked_by = $2"
-    "         AND e.status = 'processing'"
-    "       OFFSET 0 FOR UPDATE) t)"
+    "       SELECT e.ctid AS tid, e.claim_id, e.locked_by, e.status FROM public.sendry_outbox e"
+    "       WHERE e.id = h.id OFFSET 0 FOR UPDATE) t"
+    "   WHERE t.claim_id = h.claim_id AND t.locked_by = $2 AND t.status = 'processing')"
     " UPDATE public.sendry_outbox o"
     " SET status = c.status,"
     "     attempts = o.attempts - c.uncount,"
