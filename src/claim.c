@@ -148,13 +148,16 @@ static const char RENEW_SQL[] =
     "                    FROM public.sendry_outbox e WHERE e.id = h.id OFFSET 0) o ON true"
     " WHERE h.tid IS NULL";
 
-/* When the next row is due: the first entry of each class in the claim index. */
+/* When the next row is due: the first entry of each class in the claim index (ORDER BY
+ * ... LIMIT 1 rather than min(): without statistics the planner believes a class has a
+ * row or two and would aggregate them all). */
 static const char NEXT_DUE_SQL[] =
     "SELECT EXTRACT(EPOCH FROM LEAST("
-    "   (SELECT min(next_attempt_at) FROM public.sendry_outbox"
-    "    WHERE class = 'live' AND status IN ('pending', 'processing')),"
-    "   (SELECT min(next_attempt_at) FROM public.sendry_outbox"
-    "    WHERE class = 'bulk' AND status IN ('pending', 'processing'))) - now())::float8";
+    "   (SELECT next_attempt_at FROM public.sendry_outbox"
+    "    WHERE class = 'live' AND status IN ('pending', 'processing') ORDER BY next_attempt_at LIMIT 1),"
+    "   (SELECT next_attempt_at FROM public.sendry_outbox"
+    "    WHERE class = 'bulk' AND status IN ('pending', 'processing') ORDER BY next_attempt_at LIMIT 1))"
+    " - now())::float8";
 
 struct claimer {
     struct db *db;

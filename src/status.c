@@ -10,9 +10,10 @@
 #include "log.h"
 
 /* Every figure is bounded, whatever the size of the outbox (tests/test_hot_plans.py):
- * a count reads at most COUNT_CAP entries of a partial index (the claim index for
- * pending and due rows, the index of rows in flight, the index of failed rows) and says
- * so when it stops there; sent rows have no index of their own, so their total is an
+ * a count reads at most COUNT_CAP entries of a partial index (of each class in the
+ * claim index for pending and due rows, the index of rows in flight, the index of
+ * failed rows), in the index's order (no statistics can then make a sequential scan
+ * with a LIMIT look cheaper), and says so when it stops there; sent rows have no index of their own, so their total is an
  * estimate (PostgreSQL's count of live rows less the others) and the last hour's sends
  * are counted in a sample of at most SAMPLE_PAGES pages of the table (exact while the
  * table is no bigger, scaled and marked estimated beyond). */
@@ -21,23 +22,34 @@
 
 static const char STATS_SQL[] =
     "SELECT (SELECT count(*) FROM (SELECT 1 FROM public.sendry_outbox"
-    "                              WHERE class IN ('live', 'bulk') AND status = 'pending' LIMIT $1) x),"
+    "                              WHERE class = 'live' AND status = 'pending'"
+    "                              ORDER BY next_attempt_at LIMIT $1) x)"
+    "     + (SELECT count(*) FROM (SELECT 1 FROM public.sendry_outbox"
+    "                              WHERE class = 'bulk' AND status = 'pending'"
+    "                              ORDER BY next_attempt_at LIMIT $1) x),"
     "       (SELECT count(*) FROM (SELECT 1 FROM public.sendry_outbox"
-    "                              WHERE class IN ('live', 'bulk') AND status = 'pending'"
-    "                                AND next_attempt_at <= now() LIMIT $1) x),"
+    "                              WHERE class = 'live' AND status = 'pending' AND next_attempt_at <= now()"
+    "                              ORDER BY next_attempt_at LIMIT $1) x)"
+    "     + (SELECT count(*) FROM (SELECT 1 FROM public.sendry_outbox"
+    "                              WHERE class = 'bulk' AND status = 'pending' AND next_attempt_at <= now()"
+    "                              ORDER BY next_attempt_at LIMIT $1) x),"
     "       (SELECT count(*) FROM (SELECT 1 FROM public.sendry_outbox"
-    "                              WHERE status = 'processing' AND locked_by IS NOT NULL LIMIT $1) x),"
+    "                              WHERE status = 'processing' AND locked_by IS NOT NULL"
+    "                              ORDER BY locked_by LIMIT $1) x),"
     "       NULL::bigint,"   /* sent: from SENT_SQL's sample */
     "       (SELECT count(*) FROM (SELECT 1 FROM public.sendry_outbox"
-    "                              WHERE status = 'failed' AND updated_at IS NOT NULL LIMIT $1) x),"
+    "                              WHERE status = 'failed' AND updated_at IS NOT NULL"
+    "                              ORDER BY updated_at DESC LIMIT $1) x),"
     "       EXTRACT(EPOCH FROM now() - LEAST("
-    "           (SELECT min(next_attempt_at) FROM public.sendry_outbox"
-    "            WHERE class = 'live' AND status = 'pending' AND next_attempt_at <= now()),"
-    "           (SELECT min(next_attempt_at) FROM public.sendry_outbox"
-    "            WHERE class = 'bulk' AND status = 'pending' AND next_attempt_at <= now())))::float8,"
+    "           (SELECT next_attempt_at FROM public.sendry_outbox"
+    "            WHERE class = 'live' AND status = 'pending' AND next_attempt_at <= now()"
+    "            ORDER BY next_attempt_at LIMIT 1),"
+    "           (SELECT next_attempt_at FROM public.sendry_outbox"
+    "            WHERE class = 'bulk' AND status = 'pending' AND next_attempt_at <= now()"
+    "            ORDER BY next_attempt_at LIMIT 1)))::float8,"
     "       (SELECT count(*) FROM (SELECT 1 FROM public.sendry_outbox"
     "                              WHERE status = 'failed' AND updated_at > now() - interval '1 hour'"
-    "                              LIMIT $1) x),"
+    "                              ORDER BY updated_at DESC LIMIT $1) x),"
     "       current_database(), current_user, to_char(now(), 'YYYY-MM-DD HH24:MI:SSOF')";
 
 /* Sent rows in a sample of the table's pages ($1 of them at most), per 10 minutes ago
@@ -62,16 +74,20 @@ static const char LAST_SQL[] =
 
 #define MAX_REASONS 20
 /* The most recent failed rows (the index of failed rows, newest first) and the retrying
- * ones (the claim index), at most $1 of each. */
+ * ones among the first pending rows of each class (the claim index), $1 of each. */
 static const char FAILURES_SQL[] =
     "SELECT state, http, error, count(*) FROM ("
     "   (SELECT 'failed' AS state, last_http_status AS http, coalesce(last_error, '') AS error"
     "    FROM public.sendry_outbox WHERE status = 'failed' AND updated_at IS NOT NULL"
     "    ORDER BY updated_at DESC LIMIT $1)"
     "   UNION ALL"
-    "   (SELECT 'retrying', last_http_status, coalesce(last_error, '')"
-    "    FROM public.sendry_outbox WHERE class IN ('live', 'bulk') AND status = 'pending'"
-    "      AND last_error IS NOT NULL LIMIT $1)) f"
+    "   SELECT 'retrying', last_http_status, coalesce(last_error, '') FROM ("
+    "       (SELECT last_http_status, last_error FROM public.sendry_outbox"
+    "        WHERE class = 'live' AND status = 'pending' ORDER BY next_attempt_at LIMIT $1)"
+    "       UNION ALL"
+    "       (SELECT last_http_status, last_error FROM public.sendry_outbox"
+    "        WHERE class = 'bulk' AND status = 'pending' ORDER BY next_attempt_at LIMIT $1)) r"
+    "   WHERE last_error IS NOT NULL) f"
     " GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3 LIMIT 20";
 
 /* The oldest due row: the first due entry of each class in the claim index. */
