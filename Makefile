@@ -88,7 +88,8 @@ check-e2e: sendry-sync build/fastapi build/fastload
 check-asan: sendry-sync-asan
 	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py tests/test_lifecycle.py \
 	    tests/test_relay.py tests/test_vault.py tests/test_commands.py tests/test_doctor.py tests/test_tls.py tests/test_systemd.py \
-	    tests/test_guarantees.py tests/test_budget.py tests/test_audiences_e2e.py tests/test_contacts_e2e.py
+	    tests/test_guarantees.py tests/test_budget.py tests/test_audiences_e2e.py tests/test_contacts_e2e.py \
+	    tests/test_backlog_after_install.py
 
 SUITES = check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
 check: all $(SUITES)

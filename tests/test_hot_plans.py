@@ -38,7 +38,7 @@ BACKLOG = 10_000
 HELD = 500
 WORKER = "plan-test"
 CLAIM_ID = 42
-BIG = {"sendry_outbox", "users", "sendry_contact_state"}
+BIG = {"sendry_outbox", "users", "sendry_contact_state", "sendry_rate_budget"}
 STATES = ("stale", "missing", "fresh")
 
 
@@ -208,13 +208,14 @@ def add_outbox(pg, sent, backlog, held):
 def forget_statistics(pg):
     """As right after install: no column statistics, reltuples unknown."""
     superuser(pg, "DELETE FROM pg_statistic WHERE starelid IN ('public.sendry_outbox'::regclass,"
-                  " 'auth.users'::regclass, 'public.sendry_contact_state'::regclass);"
+                  " 'auth.users'::regclass, 'public.sendry_contact_state'::regclass,"
+                  " 'public.sendry_rate_budget'::regclass);"
                   " UPDATE pg_class SET reltuples = -1, relpages = 0, relallvisible = 0"
                   " WHERE oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN"
                   "   ('public.sendry_outbox'::regclass, 'auth.users'::regclass,"
-                  "    'public.sendry_contact_state'::regclass))"
+                  "    'public.sendry_contact_state'::regclass, 'public.sendry_rate_budget'::regclass))"
                   "  OR oid IN ('public.sendry_outbox'::regclass, 'auth.users'::regclass,"
-                  "             'public.sendry_contact_state'::regclass)")
+                  "             'public.sendry_contact_state'::regclass, 'public.sendry_rate_budget'::regclass)")
 
 
 # --- the inbox's lookup (inside sendry_inbox_apply), through auto_explain -------------------
@@ -226,23 +227,38 @@ INBOX_CASES = [
 ]
 
 
-def inbox_plans(pg, email):
-    """The plans of every statement sendry_inbox_apply runs for an unsubscribe of email,
-    and its result (in a transaction rolled back)."""
+def nested_plans(pg, sql):
+    """The plans of every statement sql runs (functions' statements included), and its
+    result's last line (in a transaction rolled back)."""
     r = pg.psql_as(pgharness.Cluster.SUPERUSER, "-A", "-t",
                    "-c", "LOAD 'auto_explain'",
                    "-c", "SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
                          " SET auto_explain.log_format = json; SET auto_explain.log_level = notice;"
                          " SET client_min_messages = notice",
-                   "-c", "BEGIN",
-                   "-c", "SELECT public.sendry_inbox_receive('plan-test', 'email.complained',"
-                         f" '{{\"data\": {{\"email\": \"{email}\"}}}}'::jsonb)",
-                   "-c", "ROLLBACK")
+                   "-c", "BEGIN", "-c", sql, "-c", "ROLLBACK")
     plans = []
     for m in re.finditer(r"plan:\n(\{.*?\n\})", r.stderr, re.S):
         p = json.loads(m.group(1))
         plans.append((p["Query Text"], p["Plan"]))
     return plans, r.stdout.strip().splitlines()[-1]
+
+
+def inbox_plans(pg, email):
+    """The plans of every statement sendry_inbox_apply runs for an unsubscribe of email."""
+    return nested_plans(pg, "SELECT public.sendry_inbox_receive('plan-test', 'email.complained',"
+                            f" '{{\"data\": {{\"email\": \"{email}\"}}}}'::jsonb)")
+
+
+# The budget's statements (budget.c), with 100,000 keys in the table (it holds one per API
+# key: never that many, but a by-key plan does not care).
+BUDGET_KEYS = 100_000
+
+
+def budget_plans(pg):
+    take = c_statement("budget.c", "TAKE_SQL").replace("$1", "'key-500'").replace("$2", "10") \
+        .replace("$3", "20").replace("$4", "5").replace("$5", "0")
+    pause = c_statement("budget.c", "PAUSE_SQL").replace("$1", "'key-500'").replace("$2", "30")
+    return {"take": nested_plans(pg, take)[0], "pause": nested_plans(pg, pause)[0]}
 
 
 # --- the fixture: the same tables under each state of the statistics ------------------------
@@ -252,7 +268,8 @@ def plans():
     """{state: {name: (plan, expected indexes)}}, {state: {case: (plans, result)}} and
     {state: {name: (rows read, most allowed)}}."""
     with pgharness.Cluster(supabase=True, install=True, port=20000 + (os.getpid() + 307) % 20000) as pg:
-        for t in ("public.sendry_outbox", "auth.users", "public.sendry_contact_state"):
+        for t in ("public.sendry_outbox", "auth.users", "public.sendry_contact_state",
+                  "public.sendry_rate_budget"):
             superuser(pg, f"ALTER TABLE {t} SET (autovacuum_enabled = off)")
         # stale: statistics of tables a hundredth of their size
         add_users(pg, 1, USERS // 100)
@@ -260,16 +277,19 @@ def plans():
         superuser(pg, "ANALYZE auth.users; ANALYZE public.sendry_outbox; ANALYZE public.sendry_contact_state")
         add_users(pg, USERS // 100 + 1, USERS)
         add_outbox(pg, SENT, BACKLOG, HELD)
+        pg.psql("-c", "INSERT INTO public.sendry_rate_budget (key, tokens)"
+                      f" SELECT 'key-' || g, 20 FROM generate_series(1, {BUDGET_KEYS}) g")
         out, inbox, read = {}, {}, {}
         for state in STATES:
             if state == "missing":
                 forget_statistics(pg)
             elif state == "fresh":
                 superuser(pg, "VACUUM ANALYZE auth.users", "VACUUM ANALYZE public.sendry_outbox",
-                          "VACUUM ANALYZE public.sendry_contact_state")
+                          "VACUUM ANALYZE public.sendry_contact_state", "VACUUM ANALYZE public.sendry_rate_budget")
             out[state] = {name: (explain(pg, c_statement(src, var), params), want)
                           for name, src, var, params, want in statements(pg)}
             inbox[state] = {case: inbox_plans(pg, email) for case, email, _ in INBOX_CASES}
+            inbox[state]["budget"] = budget_plans(pg)
             read[state] = {name: (rows_read(explain_analyze(pg, c_statement(src, var), params)), most)
                            for name, src, var, params, most in CAPPED}
         yield out, inbox, read
@@ -332,6 +352,18 @@ def test_inbox_lookup_uses_an_index(plans, state, case, email, result):
         assert "sendry_contact_state_email_idx" in used, f"{case}, {state}: {used}"
     if case == "an SSO user":   # and each candidate by primary key
         assert "users_pkey" in used, f"{case}, {state}: {used}"
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("which", ["take", "pause"])
+def test_budget_reads_its_key_by_key(plans, which, state):
+    found = plans[1][state]["budget"][which]
+    touching = [(q, p) for q, p in found if "sendry_rate_budget" in q]
+    assert touching, f"{which}: no statement on sendry_rate_budget seen: {[q for q, _ in found]}"
+    for q, p in touching:
+        assert not problems(p), f"{which}, {state}: {problems(p)}\n{q}"
+        if "INSERT" not in q:
+            assert "sendry_rate_budget_pkey" in indexes(p), f"{which}, {state}: {indexes(p)}\n{q}"
 
 
 def test_doctor_reads_no_big_table():
