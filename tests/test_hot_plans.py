@@ -240,7 +240,7 @@ def nested_plans(pg, sql):
     for m in re.finditer(r"plan:\n(\{.*?\n\})", r.stderr, re.S):
         p = json.loads(m.group(1))
         plans.append((p["Query Text"], p["Plan"]))
-    return plans, r.stdout.strip().splitlines()[-1]
+    return plans, (r.stdout.strip().splitlines() or [""])[-1]
 
 
 def inbox_plans(pg, email):
