@@ -18,11 +18,12 @@
  * each: 261 ms a call at a 10,000-row backlog right after install). The claim is checked
  * outside the probe, so that it cannot become a scan of the rows this worker holds
  * (sendry_outbox_processing_idx) for each outcome. FOR UPDATE locks the row's latest
- * version, whose claim is checked; the UPDATE goes to exactly those versions by
- * ctid (a TID scan of the array, not a join that could read the table), and joins them
- * to their outcomes by hashing. Every estimate here is a default (100 outcomes, 10
- * ctids), none comes from the outbox's statistics, so the plan cannot change with them
- * (tests/test_hot_plans.py). */
+ * version, whose claim is checked; the UPDATE goes to exactly those versions by ctid
+ * (the array of them, or one TID probe per outcome: never a scan that could read the
+ * table; tests/test_hot_plans.py, tests/test_backlog_after_install.py). A version
+ * committed by someone else after this statement began is locked but not updated (the
+ * UPDATE sees the statement's snapshot): that outcome is reported unrecorded, "changed
+ * by someone else", and the row comes back after its lease, as before. */
 static const char COMPLETE_SQL[] =
     "WITH c AS MATERIALIZED ("
     "   SELECT h.*, t.tid"
