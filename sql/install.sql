@@ -176,6 +176,11 @@ CREATE TABLE IF NOT EXISTS public.sendry_inbox (
     CONSTRAINT sendry_inbox_source_check CHECK (source IN ('webhook', 'reconcile')),
     CONSTRAINT sendry_inbox_status_check CHECK (status IN ('received', 'applied', 'ignored'))
 );
+-- Added in 0.5: the events still to apply (the worker's retry takes them in id order).
+-- Its size is those events, not the inbox, which keeps every event ever received.
+CREATE INDEX IF NOT EXISTS sendry_inbox_received_idx
+    ON public.sendry_inbox (id)
+    WHERE status = 'received';
 
 -- The request budget of an API key, shared by every worker that uses it (Sendry limits
 -- requests per key: about 100 per 10 s). A token bucket: workers take a few requests at

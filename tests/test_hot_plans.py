@@ -5,7 +5,7 @@ big tables, as tests/test_claim_plan.py does for the claim:
   * 1M users in auth.users with GoTrue's real indexes (tests/fixtures/supabase.sql),
     one in a thousand an SSO user; 1M rows in sendry_contact_state;
   * an outbox of 2M sent and failed rows, a backlog of 10k pending rows and 500 rows in
-    flight;
+    flight; an inbox of 500k events applied long ago; 100k keys in the rate budget;
   * three states of the statistics, in this order: stale (ANALYZE ran when the tables
     were a hundredth of their size, then they grew), missing (none, as right after
     install: pg_statistic emptied, reltuples -1), fresh (VACUUM ANALYZE).
@@ -38,7 +38,8 @@ BACKLOG = 10_000
 HELD = 500
 WORKER = "plan-test"
 CLAIM_ID = 42
-BIG = {"sendry_outbox", "users", "sendry_contact_state", "sendry_rate_budget"}
+BIG = {"sendry_outbox", "users", "sendry_contact_state", "sendry_rate_budget", "sendry_inbox"}
+INBOX_EVENTS = 500_000
 STATES = ("stale", "missing", "fresh")
 
 
@@ -95,6 +96,7 @@ def statements(pg):
         ("status failures", "status.c", "FAILURES_SQL", [1000000],
          {"sendry_outbox_claim_idx", "sendry_outbox_failed_idx"}),
         ("status oldest", "status.c", "OLDEST_SQL", [1], {"sendry_outbox_claim_idx"}),
+        ("inbox retry", "inbox.c", "RETRY_SQL", [], {"sendry_inbox_received_idx"}),
     ]
 
 
@@ -136,6 +138,7 @@ CAPPED = [
     ("status oldest", "status.c", "OLDEST_SQL", [1], 2),
     ("next due", "claim.c", "NEXT_DUE_SQL", [], 2),
     ("status sent sample", "status.c", "SENT_SQL", [CAP], 200 * CAP),
+    ("inbox retry", "inbox.c", "RETRY_SQL", [], 100),
 ]
 
 
@@ -210,17 +213,26 @@ def add_outbox(pg, sent, backlog, held):
                   f"              ORDER BY id DESC LIMIT {held})")
 
 
+def add_inbox(pg, first, last):
+    """Events received and applied long ago: the inbox keeps every one."""
+    pg.psql("-c", "INSERT INTO public.sendry_inbox (event_id, type, payload, status, email, applied_at)"
+                  " SELECT 'old-' || g, 'email.complained', '{}', 'applied', 'a@example.com', now()"
+                  f" FROM generate_series({first}, {last}) g")
+
+
 def forget_statistics(pg):
     """As right after install: no column statistics, reltuples unknown."""
     superuser(pg, "DELETE FROM pg_statistic WHERE starelid IN ('public.sendry_outbox'::regclass,"
                   " 'auth.users'::regclass, 'public.sendry_contact_state'::regclass,"
-                  " 'public.sendry_rate_budget'::regclass);"
+                  " 'public.sendry_rate_budget'::regclass, 'public.sendry_inbox'::regclass);"
                   " UPDATE pg_class SET reltuples = -1, relpages = 0, relallvisible = 0"
                   " WHERE oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN"
                   "   ('public.sendry_outbox'::regclass, 'auth.users'::regclass,"
-                  "    'public.sendry_contact_state'::regclass, 'public.sendry_rate_budget'::regclass))"
+                  "    'public.sendry_contact_state'::regclass, 'public.sendry_rate_budget'::regclass,"
+                  "    'public.sendry_inbox'::regclass))"
                   "  OR oid IN ('public.sendry_outbox'::regclass, 'auth.users'::regclass,"
-                  "             'public.sendry_contact_state'::regclass, 'public.sendry_rate_budget'::regclass)")
+                  "             'public.sendry_contact_state'::regclass, 'public.sendry_rate_budget'::regclass,"
+                  "             'public.sendry_inbox'::regclass)")
 
 
 # --- the inbox's lookup (inside sendry_inbox_apply), through auto_explain -------------------
@@ -274,14 +286,17 @@ def plans():
     {state: {name: (rows read, most allowed)}}."""
     with pgharness.Cluster(supabase=True, install=True, port=20000 + (os.getpid() + 307) % 20000) as pg:
         for t in ("public.sendry_outbox", "auth.users", "public.sendry_contact_state",
-                  "public.sendry_rate_budget"):
+                  "public.sendry_rate_budget", "public.sendry_inbox"):
             superuser(pg, f"ALTER TABLE {t} SET (autovacuum_enabled = off)")
         # stale: statistics of tables a hundredth of their size
         add_users(pg, 1, USERS // 100)
         add_outbox(pg, SENT // 100, BACKLOG // 100, HELD // 100)
-        superuser(pg, "ANALYZE auth.users; ANALYZE public.sendry_outbox; ANALYZE public.sendry_contact_state")
+        add_inbox(pg, 1, INBOX_EVENTS // 100)
+        superuser(pg, "ANALYZE auth.users; ANALYZE public.sendry_outbox; ANALYZE public.sendry_contact_state;"
+                      " ANALYZE public.sendry_inbox")
         add_users(pg, USERS // 100 + 1, USERS)
         add_outbox(pg, SENT, BACKLOG, HELD)
+        add_inbox(pg, INBOX_EVENTS // 100 + 1, INBOX_EVENTS)
         pg.psql("-c", "INSERT INTO public.sendry_rate_budget (key, tokens)"
                       f" SELECT 'key-' || g, 20 FROM generate_series(1, {BUDGET_KEYS}) g")
         out, inbox, read = {}, {}, {}
@@ -290,7 +305,8 @@ def plans():
                 forget_statistics(pg)
             elif state == "fresh":
                 superuser(pg, "VACUUM ANALYZE auth.users", "VACUUM ANALYZE public.sendry_outbox",
-                          "VACUUM ANALYZE public.sendry_contact_state", "VACUUM ANALYZE public.sendry_rate_budget")
+                          "VACUUM ANALYZE public.sendry_contact_state", "VACUUM ANALYZE public.sendry_rate_budget",
+                          "VACUUM ANALYZE public.sendry_inbox")
             out[state] = {name: (explain(pg, c_statement(src, var), params), want)
                           for name, src, var, params, want in statements(pg)}
             inbox[state] = {case: inbox_plans(pg, email) for case, email, _ in INBOX_CASES}
@@ -306,7 +322,7 @@ def plans():
 
 STATEMENTS = ["claim", "next due", "orphan release", "lease renewal", "completion", "unrecorded outcomes",
               "prune", "backlog count", "enqueue errors", "status figures", "status sent sample",
-              "status workers", "status failures", "status oldest"]
+              "status workers", "status failures", "status oldest", "inbox retry"]
 
 
 @pytest.mark.parametrize("state", STATES)

@@ -1,7 +1,7 @@
 -- Every object sql/install.sql creates exists, with the shape DESIGN.md promises.
 -- Logged in as postgres (the role that ran the migration and owns the objects).
 BEGIN;
-SELECT plan(131);
+SELECT plan(132);
 
 -- The outbox table and its columns (DESIGN.md: "columns at least").
 SELECT has_table('public', 'sendry_outbox', 'table public.sendry_outbox exists');
@@ -282,6 +282,9 @@ SELECT has_view('public', 'sendry_watched_tables', 'view public.sendry_watched_t
 SELECT columns_are('public', 'sendry_contact_state', ARRAY['user_id', 'email', 'audiences', 'contact_hash', 'updated_at'],
                    'sendry_contact_state has the documented columns');
 SELECT col_is_pk('public', 'sendry_contact_state', 'user_id', 'sendry_contact_state.user_id is the primary key');
+SELECT is(pg_catalog.pg_get_indexdef('public.sendry_inbox_received_idx'::regclass),
+          'CREATE INDEX sendry_inbox_received_idx ON public.sendry_inbox USING btree (id) WHERE (status = ''received''::text)',
+          'sendry_inbox indexes the events still to apply (the worker''s retry)');
 SELECT is(pg_catalog.pg_get_indexdef('public.sendry_contact_state_email_idx'::regclass),
           'CREATE INDEX sendry_contact_state_email_idx ON public.sendry_contact_state USING btree (email) WHERE (email IS NOT NULL)',
           'sendry_contact_state is indexed by address (the inbox''s lookup of SSO users)');
