@@ -99,7 +99,8 @@ check-asan: sendry-sync-asan
 	    tests/test_relay.py tests/test_vault.py tests/test_commands.py tests/test_doctor.py tests/test_tls.py tests/test_systemd.py \
 	    tests/test_guarantees.py tests/test_budget.py tests/test_audiences_e2e.py tests/test_contacts_e2e.py \
 	    tests/test_migrate.py \
-	    tests/test_outage.py
+	    tests/test_outage.py \
+	    tests/test_backlog_after_install.py
 
 SUITES = check-install-sql check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
 check: all $(SUITES)

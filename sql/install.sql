@@ -1,5 +1,5 @@
 -- sendry-sync: install or upgrade the outbox, its triggers on auth.users, the contact
--- mapping and the views, one step at a time (schema version 3).
+-- mapping and the views, one step at a time (schema version 4).
 --
 --   psql -v ON_ERROR_STOP=1 -f sql/install.sql        (or: sendry-sync migrate)
 --
@@ -648,6 +648,32 @@ CREATE INDEX IF NOT EXISTS sendry_changed_users_backend_pid_idx
     ON public.sendry_changed_users (backend_pid);
 $sendry_step$, '{"idempotent"}'); END $sendry_do$;
 
+-- ---- migrations/0004_hot_path_indexes.sql (versioned) ----
+DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('versioned', 'migrations/0004_hot_path_indexes.sql', $sendry_step$-- sendry-step: idempotent
+-- Indexes that keep hot statements by key at any table size (tests/test_hot_plans.py).
+-- Each is partial and small, but its build reads the whole table under a SHARE lock
+-- (writes to that table wait for the build): on a very large outbox, prune sent rows
+-- first, or build them yourself beforehand with CREATE INDEX CONCURRENTLY and the same
+-- definition (this step then finds them and builds nothing).
+--
+-- The rows in flight, by worker (a worker's orphan release after a reconnect, and
+-- status's count of workers holding rows). A claim adds an entry, nothing else does.
+CREATE INDEX IF NOT EXISTS sendry_outbox_processing_idx
+    ON public.sendry_outbox (locked_by)
+    WHERE status = 'processing';
+-- The events still to apply (the worker's retry takes them in id order). Its size is
+-- those events, not the inbox, which keeps every event ever received.
+CREATE INDEX IF NOT EXISTS sendry_inbox_received_idx
+    ON public.sendry_inbox (id)
+    WHERE status = 'received';
+-- Users by the address last enqueued, for the inbox's lookup of SSO users (GoTrue's only
+-- index on auth.users.email is partial, WHERE is_sso_user = false, and no index may be
+-- created in schema auth).
+CREATE INDEX IF NOT EXISTS sendry_contact_state_email_idx
+    ON public.sendry_contact_state (email)
+    WHERE email IS NOT NULL;
+$sendry_step$, '{"idempotent"}'); END $sendry_do$;
+
 -- ---- functions/budget.sql (repeatable) ----
 DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions/budget.sql', $sendry_step$-- The key's request budget (sendry_rate_budget, in the baseline): taking and pausing.
 
@@ -1054,6 +1080,7 @@ DECLARE
     v_why     text;
     v_at      timestamptz;
     v_user    uuid;
+    v_sso     uuid;      -- an SSO user the address was last enqueued for
     v_prev_at timestamptz;
     v_prev_text text;
     v_result  text;
@@ -1117,9 +1144,24 @@ BEGIN
             v_result := 'ignored: no email in the event';
         END IF;
         IF v_result IS NULL THEN
+            -- By key at any number of users: GoTrue's unique index on email is
+            -- partial (WHERE is_sso_user = false; SSO users may share an address),
+            -- so the lookup names its predicate. SSO users are found through the
+            -- address last enqueued for them (sendry_contact_state_email_idx; no
+            -- index may be created in schema auth), the most recent first.
             SELECT u.id, u.raw_app_meta_data ->> 'sendry_unsubscribed_at'
               INTO v_user, v_prev_text
-              FROM auth.users u WHERE u.email = v_email FOR UPDATE;
+              FROM auth.users u WHERE u.email = v_email AND u.is_sso_user = false FOR UPDATE;
+            IF NOT FOUND THEN
+                FOR v_sso IN SELECT s.user_id FROM public.sendry_contact_state s
+                              WHERE s.email = v_email ORDER BY s.updated_at DESC LOOP
+                    SELECT u.id, u.raw_app_meta_data ->> 'sendry_unsubscribed_at'
+                      INTO v_user, v_prev_text
+                      FROM auth.users u
+                     WHERE u.id = v_sso AND u.email = v_email AND u.is_sso_user FOR UPDATE;
+                    EXIT WHEN FOUND;
+                END LOOP;
+            END IF;
             BEGIN
                 v_prev_at := v_prev_text::timestamptz;
             EXCEPTION WHEN others THEN

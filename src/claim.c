@@ -111,6 +111,9 @@ static const char CLAIM_SQL[] =
     "           o.class = 'live', EXTRACT(EPOCH FROM now())::float8,"
     "           (SELECT count(*) FROM live) >= $1 + LEAST($1, 16) OR (SELECT count(*) FROM bulk) >= $2 + LEAST($2, 16)";
 
+/* The rows this worker holds that it no longer tracks (after a reconnect), through the
+ * index of rows in flight (sendry_outbox_processing_idx: its size is the rows being
+ * sent, not the backlog). */
 static const char RELEASE_ORPHANS_SQL[] =
     "UPDATE public.sendry_outbox"
     " SET status = 'pending', attempts = attempts - 1, next_attempt_at = now(),"
@@ -121,23 +124,40 @@ static const char RELEASE_ORPHANS_SQL[] =
 /* Rows this worker holds longer than a moment (a 429 pause, a move of several requests,
  * a slow answer) keep their lease: only the columns of the lease change. Returns the rows
  * no longer ours, each with whether another worker holds it now (else the claim is gone:
- * the database lost its commit, or someone changed the row). */
+ * the database lost its commit, or someone changed the row).
+ * By key whatever the statistics, as the completion (complete.c): one probe of the
+ * primary key per held row, locked, the claim checked outside it, then the UPDATE by
+ * the ctids found. */
 static const char RENEW_SQL[] =
-    "WITH held AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS h(id bigint, claim_id bigint)),"
+    "WITH held AS MATERIALIZED ("
+    "   SELECT h.id, t.tid"
+    "   FROM jsonb_to_recordset($1::jsonb) AS h(id bigint, claim_id bigint)"
+    "   LEFT JOIN LATERAL ("
+    "       SELECT e.ctid AS tid FROM ("
+    "           SELECT e.ctid, e.claim_id, e.locked_by, e.status FROM public.sendry_outbox e"
+    "           WHERE e.id = h.id OFFSET 0 FOR UPDATE) e"
+    "       WHERE e.claim_id = h.claim_id AND e.locked_by = $3 AND e.status = 'processing') t ON true),"
     " renewed AS ("
     "   UPDATE public.sendry_outbox o"
     "   SET locked_until = now() + $2 * interval '1 second',"
     "       next_attempt_at = now() + $2 * interval '1 second'"
-    "   FROM held h"
-    "   WHERE o.id = h.id AND o.claim_id = h.claim_id AND o.locked_by = $3 AND o.status = 'processing'"
-    "   RETURNING o.id)"
-    " SELECT h.id, o.status = 'processing' AND o.locked_by <> $3"
-    " FROM held h LEFT JOIN public.sendry_outbox o ON o.id = h.id"
-    " WHERE h.id NOT IN (SELECT id FROM renewed)";
+    "   WHERE o.ctid = ANY (ARRAY(SELECT tid FROM held WHERE tid IS NOT NULL)))"
+    " SELECT h.id, o.taken"
+    " FROM held h"
+    " LEFT JOIN LATERAL (SELECT e.status = 'processing' AND e.locked_by <> $3 AS taken"
+    "                    FROM public.sendry_outbox e WHERE e.id = h.id OFFSET 0) o ON true"
+    " WHERE h.tid IS NULL";
 
+/* When the next row is due: the first entry of each class in the claim index (ORDER BY
+ * ... LIMIT 1 rather than min(): without statistics the planner believes a class has a
+ * row or two and would aggregate them all). */
 static const char NEXT_DUE_SQL[] =
-    "SELECT EXTRACT(EPOCH FROM min(next_attempt_at) - now())::float8"
-    " FROM public.sendry_outbox WHERE status IN ('pending', 'processing')";
+    "SELECT EXTRACT(EPOCH FROM LEAST("
+    "   (SELECT next_attempt_at FROM public.sendry_outbox"
+    "    WHERE class = 'live' AND status IN ('pending', 'processing') ORDER BY next_attempt_at LIMIT 1),"
+    "   (SELECT next_attempt_at FROM public.sendry_outbox"
+    "    WHERE class = 'bulk' AND status IN ('pending', 'processing') ORDER BY next_attempt_at LIMIT 1))"
+    " - now())::float8";
 
 struct claimer {
     struct db *db;

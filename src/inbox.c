@@ -10,7 +10,8 @@
 
 static const char RECEIVE_SQL[] = "SELECT public.sendry_inbox_receive($1, $2, $3::jsonb)";
 
-/* One page of the events an error left 'received', applied again. */
+/* One page of the events an error left 'received', applied again (through
+ * sendry_inbox_received_idx: its size is those events, not the inbox). */
 static const char RETRY_SQL[] =
     "SELECT count(*) FILTER (WHERE r NOT LIKE 'error%'), count(*) FILTER (WHERE r LIKE 'error%')"
     " FROM (SELECT public.sendry_inbox_apply(id) AS r FROM public.sendry_inbox"

@@ -47,9 +47,12 @@ def test_status_json(cluster, db, fake):
     s = json.loads(r.stdout)
     assert s["outbox"] == {"pending": 3, "due": 2, "processing": 0, "sent": 3, "failed": 3,
                            "oldest_due_age_seconds": s["outbox"]["oldest_due_age_seconds"],
-                           "failed_last_hour": 3}
+                           "failed_last_hour": 3, "sent_estimated": False,
+                           **{f"{k}_capped": False for k in ("pending", "due", "processing", "failed",
+                                                             "failed_last_hour")}}
     assert 590 < s["outbox"]["oldest_due_age_seconds"] < 900
     tp = s["throughput"]
+    assert not tp["estimated"] and tp["sampled_percent"] == 100, "a small table is read whole: exact"
     assert tp["sent_last_hour"] == 2 and tp["sent_last_10_minutes"] == 1
     assert tp["per_10_minutes_oldest_first"] == [0, 0, 0, 1, 0, 1]
     assert 290 < tp["last_sent_seconds_ago"] < 600
@@ -91,7 +94,7 @@ def test_status_of_an_empty_outbox(cluster, db, fake):
 def test_status_without_the_migration_exits_1(cluster, fake):
     r = run(cluster, fake, "status", env={"DATABASE_URL": cluster.dsn_for("postgres", "template1")})
     assert r.returncode == 1
-    assert "sendry_outbox_stats" in r.stderr and "migrate" in r.stderr
+    assert "sendry_outbox" in r.stderr and "migrate" in r.stderr
 
 
 # --- healthcheck ---------------------------------------------------------------------------------

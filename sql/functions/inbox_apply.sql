@@ -20,6 +20,7 @@ DECLARE
     v_why     text;
     v_at      timestamptz;
     v_user    uuid;
+    v_sso     uuid;      -- an SSO user the address was last enqueued for
     v_prev_at timestamptz;
     v_prev_text text;
     v_result  text;
@@ -83,9 +84,24 @@ BEGIN
             v_result := 'ignored: no email in the event';
         END IF;
         IF v_result IS NULL THEN
+            -- By key at any number of users: GoTrue's unique index on email is
+            -- partial (WHERE is_sso_user = false; SSO users may share an address),
+            -- so the lookup names its predicate. SSO users are found through the
+            -- address last enqueued for them (sendry_contact_state_email_idx; no
+            -- index may be created in schema auth), the most recent first.
             SELECT u.id, u.raw_app_meta_data ->> 'sendry_unsubscribed_at'
               INTO v_user, v_prev_text
-              FROM auth.users u WHERE u.email = v_email FOR UPDATE;
+              FROM auth.users u WHERE u.email = v_email AND u.is_sso_user = false FOR UPDATE;
+            IF NOT FOUND THEN
+                FOR v_sso IN SELECT s.user_id FROM public.sendry_contact_state s
+                              WHERE s.email = v_email ORDER BY s.updated_at DESC LOOP
+                    SELECT u.id, u.raw_app_meta_data ->> 'sendry_unsubscribed_at'
+                      INTO v_user, v_prev_text
+                      FROM auth.users u
+                     WHERE u.id = v_sso AND u.email = v_email AND u.is_sso_user FOR UPDATE;
+                    EXIT WHEN FOUND;
+                END LOOP;
+            END IF;
             BEGIN
                 v_prev_at := v_prev_text::timestamptz;
             EXCEPTION WHEN others THEN

@@ -24,6 +24,11 @@ Scenarios (BENCH_QUICK=1 scales the row counts down for a smoke run of a few min
   f  worker RSS (VmHWM) at 3k, 100k and 1M backlog
   g  issue 10: live sign-ups made mid-way through a 100k backfill, the fake at 100 requests/10 s
   h  issue 10: three daemons, one database, the fake at 100 requests/10 s, a 100k backfill
+  i  issue 16: the inbox's apply time (sendry_inbox_receive of an unsubscribe, one
+     statement each) at 10k and 1M users, in a cluster of its own
+  k  issue 16: a 10k backlog right after install (no statistics: autovacuum off for the
+     outbox), --once --rate 0: rows/s and the completion's cost (compare the checkout
+     before the fix with BASELINE=)
 
 Exit status: 0 when every scenario delivered all its rows, 1 when one did not (or its time
 cap ran out), 2 when the bench could not run. Progress goes to stderr, the table to stdout.
@@ -78,6 +83,8 @@ class Scale:
     """Row counts, durations and time caps of the scenarios."""
     users = 200_000 if QUICK else 1_000_000       # auth.users rows, made once per checkout
     tiny = 3_000
+    after_install = 10_000                        # k's backlog (the issue's case: not scaled)
+    inbox_events = (500, 100)                     # i: events timed at 10k and at 1M users
     small = 20_000 if QUICK else 100_000          # a, c, d's backlog
     large = 200_000 if QUICK else 1_000_000       # b's backlog, d's sent rows
     limited = 30_000 if QUICK else 100_000        # g and h, at the fake's limit
@@ -593,6 +600,74 @@ def scenario_c(side):
     return drain_once(side, "c-single", ["--mode", "single"], Scale.small, Scale.cap_single)
 
 
+def scenario_k(side):
+    """10k backlog right after install: no statistics (autovacuum off for the outbox, so
+    that none arrive mid-way), import mode."""
+    side.reinstall()
+    side.autovacuum_off()
+    side.backfill(Scale.after_install)
+    return drain_once(side, "k-after-install", [], Scale.after_install, Scale.cap_small)
+
+
+INBOX_USERS_SQL = ("INSERT INTO users (instance_id, id, aud, role, email, raw_app_meta_data,"
+                   " raw_user_meta_data, is_sso_user, created_at, updated_at)"
+                   " SELECT %s, gen_random_uuid(), 'authenticated', 'authenticated',"
+                   "  'inbox' || g || '@example.com', '{\"provider\": \"email\"}', '{}', g %% 1000 = 0,"
+                   "  now(), now() FROM generate_series(%s::int, %s::int) g")
+
+INBOX_APPLY_SQL = "SELECT public.sendry_inbox_receive(%s, 'email.complained', %s::jsonb)"
+
+
+def inbox_apply_ms(dsn, key, users, events, known):
+    """Mean ms per event of `events` unsubscribes, each its own statement (as the worker
+    sends them: one sendry_inbox_receive per webhook): of existing users spread over the
+    table (known), or of addresses no user has; and how many were applied."""
+    applied = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        t0 = time.monotonic()
+        for g in range(1, events + 1):
+            # Users in no order of the table (a sequential scan stopped at one user starts
+            # the next scan there, synchronize_seqscans: users in the table's order would
+            # each be found a few rows further).
+            email = f"inbox{g * 2654435761 % users + 1}@example.com" if known else f"nobody{g}@example.com"
+            r = conn.execute(INBOX_APPLY_SQL, (f"bench-{key}-{known}-{g}",
+                                               json.dumps({"data": {"email": email}})))
+            applied += r.fetchone()[0] == "applied"
+        return (time.monotonic() - t0) / events * 1000, applied
+
+
+def scenario_i(side):
+    """The inbox's apply time per event at 10k and 1M users (GoTrue's indexes, one user in
+    a thousand SSO), in a cluster of its own with this checkout's install.sql: the
+    events are unsubscribes of existing users, then of addresses no user has, one
+    statement each, as the worker sends them."""
+    c = pgharness.Cluster(supabase=True, port=side.cluster.port + 100, durable=True)
+    c.start()
+    try:
+        c.psql("-f", side.install_sql)
+
+        def sql(text, params=None, user="postgres"):
+            with psycopg.connect(c.dsn_for(user), autocommit=True) as conn:
+                cur = conn.execute(text, params)
+                return cur.fetchall() if cur.description else []
+
+        f, have = {}, 0
+        for users, events, key in ((10_000, Scale.inbox_events[0], "k10"),
+                                   (1_000_000, Scale.inbox_events[1], "m1")):
+            sql(INBOX_USERS_SQL, (INSTANCE_ID, have + 1, users), user="supabase_auth_admin")
+            have = users
+            sql("TRUNCATE public.sendry_outbox, public.sendry_inbox")
+            sql("VACUUM ANALYZE auth.users", user=ADMIN)
+            f[f"known_ms_{key}"], applied = inbox_apply_ms(c.dsn, key, users, events, True)
+            f[f"unknown_ms_{key}"], _ = inbox_apply_ms(c.dsn, key, users, events, False)
+            if applied != events:
+                f["problem"] = f"{applied} of {events} events applied at {users} users"
+        f["ok"] = "problem" not in f
+        return f
+    finally:
+        c.stop()
+
+
 SENT_ROWS_SQL = ("INSERT INTO sendry_outbox (user_id, email, payload, status, attempts,"
                  " next_attempt_at, created_at, updated_at, sent_at)"
                  " SELECT id, email, sendry_contact_payload(u), 'sent', 1, now() - interval '2 days',"
@@ -783,7 +858,8 @@ class BenchError(Exception):
 
 
 SCENARIOS = [("a", scenario_a), ("b", scenario_b), ("c", scenario_c), ("d", scenario_d),
-             ("e", scenario_e), ("f", scenario_tiny), ("g", scenario_g), ("h", scenario_h)]
+             ("e", scenario_e), ("f", scenario_tiny), ("g", scenario_g), ("h", scenario_h),
+             ("i", scenario_i), ("k", scenario_k)]
 
 
 def scenario_title(sc):
@@ -860,6 +936,18 @@ def table_rows():
         (None, "h.utilisation_pct", "utilisation of the allowed rate (%)", ">=", 90),
         (None, "h.n429", "429 answers", "==", 0),
         (None, "h.drain_s", "drain time (s)", None, None),
+        ("i. issue 16: the inbox's apply time per unsubscribe (one statement each, as webhooks arrive)",
+         None, None, None, None),
+        (None, "i.known_ms_k10", f"a user's, at 10k users (ms per event, {S.inbox_events[0]} events)", None, None),
+        (None, "i.unknown_ms_k10", "an address no user has, at 10k users (ms per event)", None, None),
+        (None, "i.known_ms_m1", f"a user's, at 1M users (ms per event, {S.inbox_events[1]} events)", None, None),
+        (None, "i.unknown_ms_m1", "an address no user has, at 1M users (ms per event)", None, None),
+        (f"k. issue 16: {kfmt(S.after_install)} backlog right after install (no statistics, autovacuum "
+         "off for the outbox), --once --rate 0", None, None, None, None),
+        (None, "k.rows_s", "rows/s", None, None),
+        (None, "k.complete_mean_ms", "mean completion (ms)", None, None),
+        (None, "k.complete_ms_k", "completion ms per 1000 rows", None, None),
+        (None, "k.db_us", "database CPU per row, whole cluster (µs)", None, None),
     ]
 
 
@@ -930,6 +1018,7 @@ def short_sql(q, width=100):
 
 # (scenario, its statements' field, its plans' field, title) of the drains measured.
 DRAINS = (("a", "stmts", "plans", "a"), ("b", "stmts", "plans", "b"), ("c", "stmts", "plans", "c"),
+          ("k", "stmts", "plans", "k"),
           ("d", "ref_stmts", "ref_plans", "d, the backlog alone"),
           ("d", "stmts", "plans", "d, with sent rows"))
 
@@ -970,10 +1059,13 @@ def print_plans(results, sides):
 def summary(f):
     if not f.get("ok") and "sent" not in f:
         return "could not run"
-    parts = [f"{f.get('sent')}/{f.get('expect')} rows"]
+    parts = [f"{f.get('sent')}/{f.get('expect')} rows"] if "sent" in f else []
     for key, unit in (("rows_s", "rows/s"), ("db_us", "µs/row in the database"),
                       ("claim_mean_ms", "ms per claim"), ("p99_ms", "ms p99"),
-                      ("live_p99_ms", "ms live p99"), ("n429", "429s"), ("drain_s", "s to drain")):
+                      ("live_p99_ms", "ms live p99"), ("n429", "429s"), ("drain_s", "s to drain"),
+                      ("known_ms_k10", "ms per inbox event at 10k users"),
+                      ("known_ms_m1", "ms per inbox event at 1M users"),
+                      ("unknown_ms_m1", "ms per unknown address at 1M users")):
         if f.get(key) is not None:
             parts.append(f"{fmt(f[key])} {unit}")
     return ", ".join(parts) + ("" if f.get("ok") else " — INCOMPLETE")

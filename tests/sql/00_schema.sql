@@ -101,7 +101,8 @@ SELECT is(ARRAY(SELECT s FROM unnest(ARRAY['pending', 'processing', 'sent', 'fai
 SELECT is(ARRAY(SELECT indexrelid::regclass::text FROM pg_index
                  WHERE indrelid = 'public.sendry_outbox'::regclass ORDER BY 1),
           ARRAY['sendry_outbox_claim_idx', 'sendry_outbox_email_idx', 'sendry_outbox_failed_idx',
-                'sendry_outbox_old_email_idx', 'sendry_outbox_pkey', 'sendry_outbox_user_idx'],
+                'sendry_outbox_old_email_idx', 'sendry_outbox_pkey', 'sendry_outbox_processing_idx',
+                'sendry_outbox_user_idx'],
           'exactly the expected indexes exist on sendry_outbox');
 
 -- Bounds an operator's UPDATE cannot break (SQLSTATE 23514).
@@ -282,6 +283,12 @@ SELECT has_view('public', 'sendry_watched_tables', 'view public.sendry_watched_t
 SELECT columns_are('public', 'sendry_contact_state', ARRAY['user_id', 'email', 'audiences', 'contact_hash', 'updated_at'],
                    'sendry_contact_state has the documented columns');
 SELECT col_is_pk('public', 'sendry_contact_state', 'user_id', 'sendry_contact_state.user_id is the primary key');
+SELECT is(pg_catalog.pg_get_indexdef('public.sendry_inbox_received_idx'::regclass),
+          'CREATE INDEX sendry_inbox_received_idx ON public.sendry_inbox USING btree (id) WHERE (status = ''received''::text)',
+          'sendry_inbox indexes the events still to apply (the worker''s retry)');
+SELECT is(pg_catalog.pg_get_indexdef('public.sendry_contact_state_email_idx'::regclass),
+          'CREATE INDEX sendry_contact_state_email_idx ON public.sendry_contact_state USING btree (email) WHERE (email IS NOT NULL)',
+          'sendry_contact_state is indexed by address (the inbox''s lookup of SSO users)');
 SELECT columns_are('public', 'sendry_enqueue_errors',
                    ARRAY['id', 'occurred_at', 'trigger_name', 'table_name', 'sqlstate', 'message', 'user_ids'],
                    'sendry_enqueue_errors has the documented columns');

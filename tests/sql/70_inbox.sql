@@ -11,7 +11,7 @@
 \set as_worker 'RESET ROLE; RESET search_path; SET ROLE postgres;'
 \set as_admin 'RESET ROLE; RESET search_path;'
 BEGIN;
-SELECT plan(48);
+SELECT plan(51);
 
 -- Setup: one confirmed user per case, as GoTrue stores them (lower-case addresses).
 :as_gotrue
@@ -202,8 +202,35 @@ SELECT results_eq(
     $$VALUES ('applied', 'true'::jsonb)$$, 'the event is applied and the user opted out');
 
 SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'and still no outbox row');
+-- SSO users may share an address, and GoTrue's unique index on email leaves them out
+-- (WHERE is_sso_user = false): the lookup goes by the address last enqueued for them
+-- (sendry_contact_state), the most recent first; an SSO user never enqueued is not found.
+:as_gotrue
+INSERT INTO users (instance_id, id, aud, role, email, email_confirmed_at, raw_app_meta_data,
+                   raw_user_meta_data, is_sso_user, is_anonymous, created_at, updated_at)
+SELECT '00000000-0000-0000-0000-000000000000', ('00000000-0000-4000-8000-0000000008' || lpad(n::text, 2, '0'))::uuid,
+       'authenticated', 'authenticated', email, now(), '{"provider": "sso:acme", "providers": ["sso:acme"]}', '{}',
+       true, false, now(), now()
+FROM (VALUES (1, 'sso@example.com'), (2, 'sso@example.com'), (3, 'sso.unseen@example.com')) AS u (n, email);
+:as_admin
+UPDATE public.sendry_contact_state SET updated_at = now() - interval '1 day'
+ WHERE user_id = '00000000-0000-4000-8000-000000000801';
+DELETE FROM public.sendry_contact_state WHERE user_id = '00000000-0000-4000-8000-000000000803';
+:as_worker
+SELECT is(public.sendry_inbox_receive('evt_sso', 'email.complained', '{"data": {"email": "SSO@example.com"}}'),
+          'applied', 'an SSO user''s address: applied');
+SELECT results_eq(
+    $$SELECT id::text, raw_app_meta_data -> 'sendry_unsubscribed' FROM auth.users
+       WHERE email = 'sso@example.com' ORDER BY id$$,
+    $$VALUES ('00000000-0000-4000-8000-000000000801', NULL::jsonb),
+             ('00000000-0000-4000-8000-000000000802', 'true'::jsonb)$$,
+    'of two SSO users with the address, the one it was enqueued for last opted out');
+SELECT is(public.sendry_inbox_receive('evt_sso_unseen', 'email.complained',
+                                      '{"data": {"email": "sso.unseen@example.com"}}'),
+          'ignored: no user with this email', 'an SSO user whose contact was never enqueued is not found');
+
 SELECT results_eq($$SELECT status, count(*) FROM public.sendry_inbox GROUP BY status ORDER BY status$$,
-                  $$VALUES ('applied', 7::bigint), ('ignored', 7::bigint), ('received', 1::bigint)$$,
+                  $$VALUES ('applied', 8::bigint), ('ignored', 8::bigint), ('received', 1::bigint)$$,
                   'every event was stored exactly once (the redelivery and the refused source were not)');
 
 SELECT * FROM finish();
