@@ -22,7 +22,7 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lev -lm
 SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 SRCS     = src/xalloc.c src/config.c src/config_options.c src/config_keys.c src/config_validate.c \
-           src/log.c src/backoff.c src/sendry.c src/http.c src/db.c \
+           src/log.c src/backoff.c src/sendry.c src/http.c src/db.c src/dbfault.c \
            src/gate.c src/budget.c src/job.c src/claim.c src/deliver.c src/outcome.c src/complete.c \
            src/reconcile.c src/prune.c src/inbox.c src/audience.c src/health.c \
            src/relay.c src/relay_setup.c src/webhook.c src/metrics.c src/httpd.c src/receiver.c \
@@ -88,7 +88,8 @@ check-e2e: sendry-sync build/fastapi build/fastload
 check-asan: sendry-sync-asan
 	SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan $(PYTHON) -m pytest -q -p no:cacheprovider tests/test_worker.py tests/test_lifecycle.py \
 	    tests/test_relay.py tests/test_vault.py tests/test_commands.py tests/test_doctor.py tests/test_tls.py tests/test_systemd.py \
-	    tests/test_guarantees.py tests/test_budget.py tests/test_audiences_e2e.py tests/test_contacts_e2e.py
+	    tests/test_guarantees.py tests/test_budget.py tests/test_audiences_e2e.py tests/test_contacts_e2e.py \
+	    tests/test_live_db.py
 
 SUITES = check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
 check: all $(SUITES)

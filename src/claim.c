@@ -292,6 +292,7 @@ static void on_claimed(PGresult *res, void *arg)
         if (res)
             log_error("db: claim failed: %s", PQresultErrorMessage(res));
         batch.failed = true;
+        batch.error = res;
         c->claimed(c->ud, &batch);
         return;
     }

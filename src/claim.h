@@ -28,6 +28,8 @@ struct claim_batch {
                             * then means some were held back or coalesced, not none left) */
     size_t fresh;          /* first attempts created after the connection began */
     bool failed;           /* the claim failed (connection lost or statement error) */
+    const PGresult *error; /* the statement's error (borrowed, for the callback); NULL if none
+                            * or the connection was lost */
 };
 
 typedef void (*claim_cb)(void *ud, struct claim_batch *batch);

@@ -254,6 +254,7 @@ static void on_written(PGresult *res, void *arg)
         log_error("db: recording %zu outcomes failed: %s; those rows will be retried after "
                   "their lease", c->in_flight, PQresultErrorMessage(res));
         rep.statement_failed = true;
+        rep.error = res;
     } else {
         rep.recorded = PQntuples(res);
         if (rep.recorded != (long long)c->in_flight)

@@ -33,6 +33,7 @@ struct complete_report {
     long long sent, failed, retried;
     double soonest;           /* seconds to the soonest row made pending again, -1 if none */
     bool statement_failed;    /* the statement itself failed: its outcomes were dropped */
+    const PGresult *error;    /* then its error (borrowed, valid during the callback) */
 };
 
 typedef void (*complete_cb)(void *ud, const struct complete_report *report);

@@ -37,7 +37,7 @@ static void defaults(struct config *cfg)
     cfg->concurrency = 4;
     cfg->rate = 9;
     cfg->live_share = 20;
-    cfg->lease = 120;
+    cfg->lease = 30;
     cfg->retain_sent = 7;
     cfg->chunk_size = 5000;
     cfg->max_attempts = 12;
@@ -46,6 +46,9 @@ static void defaults(struct config *cfg)
     cfg->backoff_cap = 3600;
     cfg->http_timeout = 30;
     cfg->drain_timeout = 10;
+    cfg->statement_timeout = 30;
+    cfg->lock_timeout = 2;
+    cfg->idle_in_transaction_timeout = 60;
     cfg->reconcile_interval = 3600;
     cfg->webhook_max_body = 256 * 1024;
     cfg->mode = MODE_IMPORT;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dbfault.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
@@ -101,6 +102,40 @@ void relay_finish(struct relay *r, int status)
     ev_break(r->loop, EVBREAK_ALL);
 }
 
+/* ---- faults that need someone -------------------------------------------------------- */
+
+/* A claim or completion answered: a failure that will not pass by itself is logged
+ * once with its fix and kept for /healthz (and --once's exit) until the same kind of
+ * statement works again. A failure that may pass (a timeout, a lost connection) changes
+ * nothing here. */
+static void note_fault(struct relay *r, enum relay_fault which, const PGresult *error, bool failed)
+{
+    static const char *const what[RELAY_FAULTS] = {"claiming rows", "recording outcomes"};
+    char *slot = r->fault[which];
+    enum db_fault f = failed ? db_fault_of(error) : DB_FAULT_NONE;
+    if (f == DB_FAULT_PASSING)
+        return;
+    if (f == DB_FAULT_NONE) {
+        if (*slot)
+            log_info("db: %s works again", what[which]);
+        *slot = '\0';
+        return;
+    }
+    char line[sizeof r->fault[0]];
+    db_fault_describe(f, error, what[which], db_user(r->db), line, sizeof line);
+    if (strcmp(line, slot) != 0)
+        log_error("db: %s", line);
+    snprintf(slot, sizeof r->fault[0], "%s", line);
+}
+
+static const char *first_fault(const struct relay *r)
+{
+    for (int i = 0; i < RELAY_FAULTS; i++)
+        if (r->fault[i][0])
+            return r->fault[i];
+    return NULL;
+}
+
 /* ---- claiming ---------------------------------------------------------------------- */
 
 /* Claims when something may be due and sending is not paused. Claims run ahead of the
@@ -142,8 +177,11 @@ static void warn_no_notify(struct relay *r, size_t fresh)
 void relay_on_claimed(void *ud, struct claim_batch *batch)
 {
     struct relay *r = ud;
+    note_fault(r, RELAY_FAULT_CLAIM, batch->error, batch->failed);
     if (batch->failed) {
         r->claim_wanted = false; /* the poll timer, or the reconnect, tries again */
+        if (first_fault(r))
+            relay_kick(r);       /* --once: a fault that needs someone ends the run */
         return;
     }
     health_progress(r->health);
@@ -185,6 +223,7 @@ void relay_on_next_due(void *ud, double in)
 void relay_on_completed(void *ud, const struct complete_report *rep)
 {
     struct relay *r = ud;
+    note_fault(r, RELAY_FAULT_COMPLETE, rep->error, rep->statement_failed);
     health_completed(r->health, rep);
     if (rep->sent || rep->failed || rep->statement_failed)
         r->claim_wanted = true;   /* a finished row may unblock a later change of its contact */
@@ -213,6 +252,12 @@ static void check_once(struct relay *r)
         return;
     if (r->state == RELAY_STOPPED) {
         log_error("--once: sending is stopped (%s); rows left pending", gate_cause(r->gate));
+        relay_finish(r, 1);
+        return;
+    }
+    const char *fault = first_fault(r);
+    if (fault) {
+        log_error("--once: %s; exiting 1", fault);
         relay_finish(r, 1);
         return;
     }
@@ -381,6 +426,11 @@ bool relay_health(struct relay *r, char *reason, size_t size)
     case RELAY_DONE: a = HEALTH_SHUTTING_DOWN; break;
     case RELAY_STARTING:
     case RELAY_PAUSED: break;
+    }
+    const char *fault = first_fault(r);
+    if (fault && a != HEALTH_SHUTTING_DOWN) {
+        snprintf(reason, size, "%s", fault);
+        return false;
     }
     return health_check(r->health, a, gate_cause(r->gate), reason, size);
 }

@@ -22,6 +22,8 @@
 
 #define ONCE_DB_TIMEOUT 30.0      /* --once gives up on an unreachable database */
 
+enum relay_fault { RELAY_FAULT_CLAIM, RELAY_FAULT_COMPLETE, RELAY_FAULTS };
+
 struct relay {
     struct ev_loop *loop;
     const struct config *cfg;
@@ -31,6 +33,9 @@ struct relay {
     bool live_wanted;          /* a NOTIFY, a poll or a due row: live rows may be there */
     bool bulk_held_back;       /* the last claim left bulk rows for when the queue has room */
     char locked_by[256];
+    /* A claim or a completion failed for a reason that will not pass by itself (see
+     * dbfault.h): one line with the fix, "" while they work. */
+    char fault[RELAY_FAULTS][600];
 
     struct gate *gate;
     struct budget *budget;     /* the key's requests, shared by its workers; NULL at --rate 0 */

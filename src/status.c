@@ -26,6 +26,16 @@ static const char LAST_SQL[] =
     " count(DISTINCT locked_by) FILTER (WHERE status = 'processing' AND locked_until > now())"
     " FROM public.sendry_outbox";
 
+/* The workers holding rows under a lease that has not run out, by their identity
+ * (locked_by: host:pid:random), with how many rows each. A held row's next_attempt_at is
+ * its lease's end, so these are a range of the claim index (class, next_attempt_at). */
+#define MAX_WORKERS 20
+static const char WORKERS_SQL[] =
+    "SELECT locked_by, count(*) FROM public.sendry_outbox"
+    " WHERE class IN ('live', 'bulk') AND status IN ('pending', 'processing') AND next_attempt_at > now()"
+    "   AND status = 'processing' AND locked_until > now() AND locked_by IS NOT NULL"
+    " GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20";
+
 #define MAX_REASONS 20
 static const char FAILURES_SQL[] =
     "SELECT CASE status WHEN 'failed' THEN 'failed' ELSE 'retrying' END, last_http_status,"
@@ -111,6 +121,18 @@ static json_object *failures_json(const PGresult *res)
     return a;
 }
 
+static json_object *workers_json(const PGresult *res)
+{
+    json_object *a = json_object_new_array();
+    for (int i = 0; i < PQntuples(res); i++) {
+        json_object *w = json_object_new_object();
+        json_object_object_add(w, "worker", json_object_new_string(PQgetvalue(res, i, 0)));
+        json_object_object_add(w, "rows", num(res, i, 1));
+        json_object_array_add(a, w);
+    }
+    return a;
+}
+
 static json_object *oldest_json(const PGresult *res)
 {
     if (PQntuples(res) == 0)
@@ -131,10 +153,11 @@ static json_object *oldest_json(const PGresult *res)
 /* Everything status shows, or NULL with the reason in err. */
 static json_object *collect(PGconn *conn, char *err, size_t errsize)
 {
-    const char *sqls[] = {STATS_SQL, SENT_SQL, LAST_SQL, FAILURES_SQL, OLDEST_SQL};
-    PGresult *res[5] = {0};
+    const char *sqls[] = {STATS_SQL, SENT_SQL, LAST_SQL, FAILURES_SQL, OLDEST_SQL, WORKERS_SQL};
+    enum { N = sizeof sqls / sizeof sqls[0] };
+    PGresult *res[N] = {0};
     json_object *out = NULL;
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < N; i++)
         if (!(res[i] = run(conn, sqls[i], err, errsize)))
             goto done;
     if (PQntuples(res[0]) != 1 || PQntuples(res[2]) != 1) {
@@ -149,8 +172,9 @@ static json_object *collect(PGconn *conn, char *err, size_t errsize)
     json_object_object_add(out, "throughput", throughput_json(res[1], res[2]));
     json_object_object_add(out, "failures", failures_json(res[3]));
     json_object_object_add(out, "oldest_due", oldest_json(res[4]));
+    json_object_object_add(out, "workers", workers_json(res[5]));
 done:
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < N; i++)
         PQclear(res[i]);
     return out;
 }
@@ -190,7 +214,18 @@ static const char *duration(double seconds, char *buf, size_t size)
     return buf;
 }
 
-static void print_outbox(json_object *st, json_object *tp)
+static void print_workers(json_object *workers)
+{
+    size_t n = json_object_array_length(workers);
+    for (size_t i = 0; i < n; i++) {
+        json_object *w = json_object_array_get_idx(workers, i);
+        printf("  %-11s %8s   %lld rows held by worker %s\n", "", "", get_int(w, "rows"), get_str(w, "worker"));
+    }
+    if (n == MAX_WORKERS)
+        printf("  %-11s %8s   (the %d workers holding the most rows)\n", "", "", MAX_WORKERS);
+}
+
+static void print_outbox(json_object *s_root, json_object *st, json_object *tp)
 {
     char d1[32], d2[32];
     printf("outbox\n");
@@ -199,6 +234,9 @@ static void print_outbox(json_object *st, json_object *tp)
         printf(", the oldest due for %s", duration(get_num(st, "oldest_due_age_seconds", 0), d1, sizeof d1));
     printf("\n  %-11s %8lld   held by %lld worker(s)\n", "processing", get_int(st, "processing"),
            get_int(tp, "workers_holding_rows"));
+    json_object *workers = NULL;
+    if (json_object_object_get_ex(s_root, "workers", &workers))
+        print_workers(workers);
     printf("  %-11s %8lld   %lld in the last hour, %lld in the last 10 min", "sent",
            get_int(st, "sent"), get_int(tp, "sent_last_hour"), get_int(tp, "sent_last_10_minutes"));
     double last = get_num(tp, "last_sent_seconds_ago", -1);
@@ -260,7 +298,7 @@ static void print_text(json_object *s)
     json_object_object_get_ex(s, "oldest_due", &oldest);
     printf("sendry-sync status: database %s as %s, %s\n\n", get_str(s, "database"), get_str(s, "role"),
            get_str(s, "at"));
-    print_outbox(outbox, tp);
+    print_outbox(s, outbox, tp);
     print_failures(failures);
     print_oldest(oldest);
 }
