@@ -6,7 +6,7 @@
 enum db_fault db_fault_of(const PGresult *res)
 {
     if (!res)
-        return DB_FAULT_PASSING;
+        return DB_FAULT_TRANSIENT;
     ExecStatusType st = PQresultStatus(res);
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
         return DB_FAULT_NONE;
@@ -17,6 +17,10 @@ enum db_fault db_fault_of(const PGresult *res)
         return DB_FAULT_PRIVILEGE;
     if (strncmp(state, "42", 2) == 0 || strcmp(state, "3F000") == 0 || strcmp(state, "0A000") == 0)
         return DB_FAULT_SCHEMA;
+    static const char *const transient[] = {"57014", "55P03", "40", "53", "08", "57P01", "57P02", "57P03"};
+    for (size_t i = 0; i < sizeof transient / sizeof transient[0]; i++)
+        if (strncmp(state, transient[i], strlen(transient[i])) == 0)
+            return DB_FAULT_TRANSIENT;
     return DB_FAULT_PASSING;
 }
 
@@ -42,6 +46,7 @@ const char *db_fault_describe(enum db_fault fault, const PGresult *res, const ch
                  "sendry-sync migrate (or apply sql/install.sql)", what, server);
         break;
     case DB_FAULT_NONE:
+    case DB_FAULT_TRANSIENT:
     case DB_FAULT_PASSING:
         snprintf(buf, size, "%s failed: %s", what, server);
         break;

@@ -15,13 +15,18 @@
 
 enum db_fault {
     DB_FAULT_NONE,        /* no error */
-    DB_FAULT_PASSING,     /* anything that may pass by itself: retried */
+    DB_FAULT_TRANSIENT,   /* passes by itself, and the same statement may simply run again:
+                           * a statement or lock timeout (57014, 55P03), a serialization
+                           * failure or deadlock (class 40), resources (class 53), the
+                           * connection (class 08, 57P01-57P03) */
+    DB_FAULT_PASSING,     /* anything else that needs no one: retried as the caller does
+                           * (it may fail again with the same data: a check violation) */
     DB_FAULT_PRIVILEGE,   /* 42501 insufficient_privilege: a GRANT (or the owner's role) */
     DB_FAULT_SCHEMA       /* class 42 otherwise (undefined table, column, function...), 3F000
                            * invalid_schema_name, 0A000 feature_not_supported: migrate */
 };
 
-/* NULL (a lost connection) and results that are not errors count as NONE/PASSING. */
+/* NULL (a lost connection) is TRANSIENT; a result that is not an error is NONE. */
 enum db_fault db_fault_of(const PGresult *res);
 
 /* One line: what failed (`what`: "claiming rows"), the server's message and the fix,

@@ -113,7 +113,7 @@ static void note_fault(struct relay *r, enum relay_fault which, const PGresult *
     static const char *const what[RELAY_FAULTS] = {"claiming rows", "recording outcomes"};
     char *slot = r->fault[which];
     enum db_fault f = failed ? db_fault_of(error) : DB_FAULT_NONE;
-    if (f == DB_FAULT_PASSING)
+    if (f == DB_FAULT_TRANSIENT || f == DB_FAULT_PASSING)
         return;
     if (f == DB_FAULT_NONE) {
         if (*slot)

@@ -94,6 +94,27 @@ def test_a_query_stuck_behind_a_lock_on_the_aux_connection_ends_at_its_deadline(
     wait_until(lambda: healthz(hook)[0] == 200, T, "/healthz back to 200 once the lock is gone")
 
 
+def test_a_completion_past_its_lock_timeout_is_written_again_not_dropped(ldb, fake, workers):
+    """Someone holds a row lock on a row whose request is at Sendry: the completion waits
+    --lock-timeout, fails, and is written again once the lock is gone; the row is sent
+    once (an outcome dropped would leave the row to its lease, and send it again)."""
+    w = start_daemon(workers, "--lock-timeout", "0.3", "--lease", "3")
+    fake.delay_next(1.5)
+    email = "row-locked@example.com"
+    ldb.signup(email)
+    wait_until(lambda: import_requests(fake), T, "the request at Sendry")
+    blocker = psycopg.connect(ldb.cluster.dsn_for("postgres"))
+    try:
+        blocker.execute("SELECT id FROM public.sendry_outbox WHERE email = %s FOR UPDATE", (email,))
+        w.wait_log(r"recording 1 outcomes failed: .*lock timeout.*; trying again", T, count=2)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    wait_until(lambda: ldb.counts() == {"sent": 1}, T, "the outcome written once the lock is gone")
+    assert len([r for r in import_requests(fake) if email in request_emails(r)]) == 1
+    assert not any("claimed again" in ln for ln in w.lines())
+
+
 def aux_backend(db):
     """The pid of the worker's aux connection: the one whose last statement was the
     health query (the relay's claims, renewals and LISTEN never read that table)."""
@@ -194,6 +215,19 @@ def test_doctor_names_the_missing_privilege(ldb, fake, norights):
     assert "privilege" in text and NORIGHTS in text and "GRANT" in text, r.stdout
     for c in failed:
         assert "migrate" not in (c.get("fix") or ""), c
+
+
+def test_doctor_names_row_level_security_hiding_the_outbox(ldb, fake, norights):
+    """GRANTed, but not the owner and without BYPASSRLS: RLS (on, no policy) hides every
+    row, and the worker would claim nothing without an error; doctor says so."""
+    ldb.query(GRANT)
+    e = worker_env(ldb.cluster, fake, {"DATABASE_URL": norights})
+    r = subprocess.run([BIN, "doctor", "--json"], env=e, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=120)
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert checks["objects"]["status"] == "fail", r.stdout
+    assert "row level security" in checks["objects"]["detail"], r.stdout
+    assert f"ALTER ROLE {NORIGHTS} BYPASSRLS" in checks["objects"]["fix"], r.stdout
 
 
 # --- 6. the worker's identity -------------------------------------------------------------------
