@@ -4,7 +4,8 @@
  * (built with json-c, read with jsonb_to_recordset). A statement only touches rows that
  * the claim which produced the outcome still holds (same claim_id, still processing, our
  * locked_by): a worker whose lease ran out never overwrites a later claim's row.
- * Outcomes survive a lost connection and are written after the reconnect.
+ * Outcomes survive a lost connection and are written after the reconnect, and a
+ * statement that failed on a timeout or a deadlock (dbfault.h: transient) is sent again.
  *
  * Owned by the relay, which calls complete_flush() when the connection is free; deliver.c
  * and outcome.c add outcomes. The relay db connection is borrowed. */
