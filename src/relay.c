@@ -104,20 +104,45 @@ void relay_finish(struct relay *r, int status)
 
 /* ---- faults that need someone -------------------------------------------------------- */
 
+/* Row level security hides the outbox from our role: claims find nothing, with no error
+ * to see. Asked after each connect, and at each poll while it is so. */
+static void on_hidden(void *ud, bool hidden, const char *role)
+{
+    struct relay *r = ud;
+    char *slot = r->fault[RELAY_FAULT_HIDDEN];
+    if (!hidden) {
+        if (*slot)
+            log_info("db: row level security no longer hides the outbox from role %s", role);
+        *slot = '\0';
+        return;
+    }
+    if (!*slot)
+        log_error("db: row level security hides every row of public.sendry_outbox from role %s (not its "
+                  "owner, no BYPASSRLS, no policy): every claim finds nothing; fix: connect as the owner of "
+                  "the outbox (postgres in Supabase), or ALTER ROLE %s BYPASSRLS (as a superuser)", role, role);
+    snprintf(slot, sizeof r->fault[0], "reading the outbox: row level security hides every row of "
+             "public.sendry_outbox from role %s; fix: connect as the owner of the outbox (postgres in "
+             "Supabase), or ALTER ROLE %s BYPASSRLS", role, role);
+    relay_kick(r);   /* --once: ends the run */
+}
+
 /* A claim or completion answered: a failure that will not pass by itself is logged
  * once with its fix and kept for /healthz (and --once's exit) until the same kind of
  * statement works again. A failure that may pass (a timeout, a lost connection) changes
  * nothing here. */
 static void note_fault(struct relay *r, enum relay_fault which, const PGresult *error, bool failed)
 {
-    static const char *const what[RELAY_FAULTS] = {"claiming rows", "recording outcomes"};
+    static const char *const what[RELAY_FAULTS] = {"claiming rows", "recording outcomes", "reading the outbox"};
     char *slot = r->fault[which];
     enum db_fault f = failed ? db_fault_of(error) : DB_FAULT_NONE;
     if (f == DB_FAULT_TRANSIENT || f == DB_FAULT_PASSING)
         return;
     if (f == DB_FAULT_NONE) {
-        if (*slot)
+        if (*slot) {
             log_info("db: %s works again", what[which]);
+            if (which == RELAY_FAULT_CLAIM)   /* a GRANT alone may leave the rows hidden */
+                claim_check_hidden(r->claim, on_hidden);
+        }
         *slot = '\0';
         return;
     }
@@ -318,6 +343,8 @@ void relay_on_wake(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct relay *r = relay_of(w);
     r->claim_wanted = r->live_wanted = true;   /* the poll, a due row, the gate opening again */
+    if (r->fault[RELAY_FAULT_HIDDEN][0] && db_connected(r->db))
+        claim_check_hidden(r->claim, on_hidden);
     relay_kick(r);
 }
 
@@ -378,6 +405,7 @@ void relay_on_db_connected(void *ud)
     claim_release_orphans(r->claim, held);
     json_object_put(held);
     renew_leases(r, now_of(r));   /* all we hold, before any claim could take it again */
+    claim_check_hidden(r->claim, on_hidden);
     r->claim_wanted = r->live_wanted = true; /* catch up on what came while we were away */
     relay_kick(r);
 }

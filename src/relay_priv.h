@@ -22,7 +22,7 @@
 
 #define ONCE_DB_TIMEOUT 30.0      /* --once gives up on an unreachable database */
 
-enum relay_fault { RELAY_FAULT_CLAIM, RELAY_FAULT_COMPLETE, RELAY_FAULTS };
+enum relay_fault { RELAY_FAULT_CLAIM, RELAY_FAULT_COMPLETE, RELAY_FAULT_HIDDEN, RELAY_FAULTS };
 
 struct relay {
     struct ev_loop *loop;

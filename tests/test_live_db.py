@@ -182,9 +182,14 @@ def test_a_role_without_rights_on_the_outbox_turns_healthz_503(ldb, fake, worker
                                 "/healthz naming the missing privilege")
     assert "claiming rows failed" in reason and GRANT in reason, reason
     assert len(w.wait_log(r"db: claiming rows failed: permission denied", T)) == 1
-    # Granted (and past RLS, as the fix says): the next claim works, the row goes out,
-    # health comes back.
+    # Granted, but row level security (on, no policy) hides every row from the role: the
+    # claims now succeed and find nothing, which is said as loudly.
     ldb.query(GRANT)
+    status, reason = wait_until(lambda: (lambda s: s[0] == 503 and "row level security" in s[1] and s)(
+        healthz(hook)), T, "/healthz naming RLS")
+    assert f"ALTER ROLE {NORIGHTS} BYPASSRLS" in reason, reason
+    assert ldb.counts() == {"pending": 1}
+    # Past RLS too, as the fix says: the row goes out, health comes back.
     ldb.query(f"ALTER ROLE {NORIGHTS} BYPASSRLS", user=ldb.cluster.SUPERUSER)
     wait_until(lambda: ldb.counts() == {"sent": 1}, T, "the row sent once granted")
     wait_until(lambda: healthz(hook)[0] == 200, T, "/healthz back to 200")
@@ -215,6 +220,15 @@ def test_doctor_names_the_missing_privilege(ldb, fake, norights):
     assert "privilege" in text and NORIGHTS in text and "GRANT" in text, r.stdout
     for c in failed:
         assert "migrate" not in (c.get("fix") or ""), c
+
+
+def test_a_role_that_rls_hides_the_outbox_from_makes_once_exit_1(ldb, fake, workers, norights):
+    ldb.signup("pending@example.com")
+    ldb.query(GRANT)
+    w = workers("--once", env={"DATABASE_URL": norights})
+    assert w.wait(T) == 1, w.log()
+    assert f"row level security hides every row of public.sendry_outbox from role {NORIGHTS}" in w.log()
+    assert ldb.counts() == {"pending": 1}
 
 
 def test_doctor_names_row_level_security_hiding_the_outbox(ldb, fake, norights):
