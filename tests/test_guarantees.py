@@ -116,13 +116,14 @@ def test_a_request_longer_than_the_lease_keeps_its_rows(ldb, fake, workers):
     --http-timeout): rows in a request are renewed every third of the lease like rows
     waiting in the queue. A request Sendry answers after 7 s, under a 3 s lease: a second
     worker takes nothing, and the contact goes out once."""
-    fake.delay_next(7)
     a = start_daemon(workers, "--lease", "3", "--http-timeout", "20", "--reconcile-interval", "0")
     b = start_daemon(workers, "--lease", "3", "--http-timeout", "20", "--reconcile-interval", "0")
+    fake.delay_next(7)   # the next request: the import
     ldb.signup("slow@example.com")
-    wait_until(lambda: imports_of(fake, "slow@example.com"), T, "the request at Sendry")
+    arrived = wait_until(lambda: imports_of(fake, "slow@example.com"), T, "the request at Sendry")[0]["time"]
     wait_until(lambda: ldb.all_sent(1), T, "sent once Sendry answers")
-    assert len(imports_of(fake, "slow@example.com")) == 1
+    assert len(imports_of(fake, "slow@example.com")) == 1, "taken over and sent again"
+    assert time.monotonic() - arrived > 6, "the request was not the delayed one"
     assert not any("claimed again" in ln for ln in a.lines() + b.lines())
 
 
