@@ -12,7 +12,8 @@
  *      queued one (the relay's orphan release must run before a claim queued earlier).
  *   5. A connection with session settings SETs them at connect (SHOW reads them back);
  *      a statement the server ends at its statement_timeout marks the connection past
- *      its deadline (db_overdue) until the next query is answered.
+ *      its deadline (db_overdue) until a query is answered two deadlines after the last
+ *      one that was not.
  *   6. A query with no answer (its backend stopped with SIGSTOP) drops the connection
  *      at twice its statement_timeout (0.5 s; the grace is at most DB_ANSWER_GRACE):
  *      its callback gets NULL, db_overdue says
