@@ -298,9 +298,9 @@ def test_a_killed_workers_rows_are_sent_by_another_within_40_s_by_default(ldb, f
     a = start_daemon(workers, fast=False)
     fake.delay_all = 120
     emails = ldb.signup_many(5, prefix="killed")
-    wait_until(lambda: ldb.counts().get("processing") == 5
-               and {e for r in import_requests(fake) for e in request_emails(r)} == set(emails), T,
-               "the rows held in requests Sendry does not answer")
+    # All five held (claimed; in requests Sendry does not answer, or queued behind them).
+    wait_until(lambda: ldb.counts().get("processing") == 5 and import_requests(fake), T,
+               "the rows held, requests at Sendry unanswered")
     a.kill9()
     killed = time.monotonic()
     fake.delay_all = 0
