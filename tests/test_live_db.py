@@ -271,8 +271,8 @@ def test_the_identity_is_random_per_process(ldb, fake, workers):
 def unshare_works():
     if not shutil.which("unshare"):
         return "no unshare(1)"
-    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True, timeout=30)
+    r = subprocess.run(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "true"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
     return None if r.returncode == 0 else f"unshare --pid is not permitted here: {r.stderr.strip()}"
 
 
@@ -280,7 +280,8 @@ def test_two_workers_in_separate_pid_namespaces_get_different_identities(ldb, fa
     why = unshare_works()
     if why:
         pytest.skip(why)
-    prefix = ("unshare", "--pid", "--fork", "--mount-proc")
+    # --kill-child: the worker (pid 1 inside) dies with unshare when the fixture kills it.
+    prefix = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
     a = start_daemon(workers, prefix=prefix)
     b = start_daemon(workers, prefix=prefix)
     ia, ib = identity(a), identity(b)
