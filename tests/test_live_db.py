@@ -129,19 +129,31 @@ def aux_backend(db):
                      " AND query LIKE '%sendry_enqueue_errors%' LIMIT 1")
 
 
+def unread_bytes(pid):
+    """Bytes waiting unread on the sockets of process pid (ss's Recv-Q)."""
+    out = subprocess.run(["ss", "-xpn"], stdout=subprocess.PIPE, text=True, timeout=10).stdout
+    return max([int(ln.split()[2]) for ln in out.splitlines() if f"pid={pid}," in ln] or [0])
+
+
 def test_a_query_with_no_answer_drops_its_connection_past_the_deadline(ldb, fake, workers):
     """The aux connection's server process stops answering (SIGSTOP: a hung backend, a
     network that drops packets). No statement_timeout can help there: past the deadline
-    (--statement-timeout and as long again, at most 5 s) the worker drops the connection, /healthz says so, and it
-    reconnects; the relay's connection delivers a sign-up meanwhile within a second."""
+    (--statement-timeout and as long again, at most 5 s) the worker drops the connection,
+    /healthz says so, and it reconnects; the relay's connection delivers a sign-up
+    meanwhile within a second."""
+    if not shutil.which("ss"):
+        pytest.skip("no ss(8) to see a query waiting at the stopped backend")
     hook = start_listener(workers, "--statement-timeout", "1")
     pid = wait_until(lambda: aux_backend(ldb), T, "the aux connection's health query")
     os.kill(pid, signal.SIGSTOP)
     try:
+        # The next aux query (the inbox's retry pass, every 1.2 s here) sits unread.
+        wait_until(lambda: unread_bytes(pid) > 0, T, "a query waiting at the stopped backend")
         email = "while-aux-hangs@example.com"
         ldb.signup(email)
         committed = time.monotonic()
         latency = first_arrival(fake, email)["time"] - committed
+        assert not any("got no answer" in ln for ln in hook.worker.lines()), "the aux query was not stuck"
         assert latency < 1.0, f"the sign-up took {latency:.2f} s while the aux connection hung"
         hook.worker.wait_log(r"aux connection: a query got no answer for 2 s, past its 1 s deadline", T)
         status, reason = wait_until(lambda: (lambda s: s[0] == 503 and s)(healthz(hook)), T,
