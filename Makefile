@@ -114,6 +114,7 @@ build/fastload: tests/bench/fastload.c
 # make bench [BASELINE=/path/to/another/checkout] [BENCH_QUICK=1]
 bench: sendry-sync build/fastapi build/fastload
 	$(PYTHON) tests/bench_triggers.py
+	$(PYTHON) tests/bench_lease.py
 	$(PYTHON) tests/bench/bench.py $(if $(BASELINE),--baseline $(BASELINE))
 
 # SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan make chaos: the same against the ASan build.
