@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dbfault.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
@@ -102,65 +101,6 @@ void relay_finish(struct relay *r, int status)
     ev_break(r->loop, EVBREAK_ALL);
 }
 
-/* ---- faults that need someone -------------------------------------------------------- */
-
-/* Row level security hides the outbox from our role: claims find nothing, with no error
- * to see. Asked after each connect, and at each poll while it is so. */
-static void on_hidden(void *ud, bool hidden, const char *role)
-{
-    struct relay *r = ud;
-    char *slot = r->fault[RELAY_FAULT_HIDDEN];
-    if (!hidden) {
-        if (*slot)
-            log_info("db: row level security no longer hides the outbox from role %s", role);
-        *slot = '\0';
-        return;
-    }
-    if (!*slot)
-        log_error("db: row level security hides every row of public.sendry_outbox from role %s (not its "
-                  "owner, no BYPASSRLS, no policy): every claim finds nothing; fix: connect as the owner of "
-                  "the outbox (postgres in Supabase), or ALTER ROLE %s BYPASSRLS (as a superuser)", role, role);
-    snprintf(slot, sizeof r->fault[0], "reading the outbox: row level security hides every row of "
-             "public.sendry_outbox from role %s; fix: connect as the owner of the outbox (postgres in "
-             "Supabase), or ALTER ROLE %s BYPASSRLS", role, role);
-    relay_kick(r);   /* --once: ends the run */
-}
-
-/* A claim or completion answered: a failure that will not pass by itself is logged
- * once with its fix and kept for /healthz (and --once's exit) until the same kind of
- * statement works again. A failure that may pass (a timeout, a lost connection) changes
- * nothing here. */
-static void note_fault(struct relay *r, enum relay_fault which, const PGresult *error, bool failed)
-{
-    static const char *const what[RELAY_FAULTS] = {"claiming rows", "recording outcomes", "reading the outbox"};
-    char *slot = r->fault[which];
-    enum db_fault f = failed ? db_fault_of(error) : DB_FAULT_NONE;
-    if (f == DB_FAULT_TRANSIENT || f == DB_FAULT_PASSING)
-        return;
-    if (f == DB_FAULT_NONE) {
-        if (*slot) {
-            log_info("db: %s works again", what[which]);
-            if (which == RELAY_FAULT_CLAIM)   /* a GRANT alone may leave the rows hidden */
-                claim_check_hidden(r->claim, on_hidden);
-        }
-        *slot = '\0';
-        return;
-    }
-    char line[sizeof r->fault[0]];
-    db_fault_describe(f, error, what[which], db_user(r->db), line, sizeof line);
-    if (strcmp(line, slot) != 0)
-        log_error("db: %s", line);
-    snprintf(slot, sizeof r->fault[0], "%s", line);
-}
-
-static const char *first_fault(const struct relay *r)
-{
-    for (int i = 0; i < RELAY_FAULTS; i++)
-        if (r->fault[i][0])
-            return r->fault[i];
-    return NULL;
-}
-
 /* ---- claiming ---------------------------------------------------------------------- */
 
 /* Claims when something may be due and sending is not paused. Claims run ahead of the
@@ -202,10 +142,10 @@ static void warn_no_notify(struct relay *r, size_t fresh)
 void relay_on_claimed(void *ud, struct claim_batch *batch)
 {
     struct relay *r = ud;
-    note_fault(r, RELAY_FAULT_CLAIM, batch->error, batch->failed);
+    relay_note_fault(r, RELAY_FAULT_CLAIM, batch->error, batch->failed);
     if (batch->failed) {
         r->claim_wanted = false; /* the poll timer, or the reconnect, tries again */
-        if (first_fault(r))
+        if (relay_first_fault(r))
             relay_kick(r);       /* --once: a fault that needs someone ends the run */
         return;
     }
@@ -248,7 +188,7 @@ void relay_on_next_due(void *ud, double in)
 void relay_on_completed(void *ud, const struct complete_report *rep)
 {
     struct relay *r = ud;
-    note_fault(r, RELAY_FAULT_COMPLETE, rep->error, rep->statement_failed);
+    relay_note_fault(r, RELAY_FAULT_COMPLETE, rep->error, rep->statement_failed);
     health_completed(r->health, rep);
     if (rep->sent || rep->failed || rep->statement_failed)
         r->claim_wanted = true;   /* a finished row may unblock a later change of its contact */
@@ -280,7 +220,7 @@ static void check_once(struct relay *r)
         relay_finish(r, 1);
         return;
     }
-    const char *fault = first_fault(r);
+    const char *fault = relay_first_fault(r);
     if (fault) {
         log_error("--once: %s; exiting 1", fault);
         relay_finish(r, 1);
@@ -344,7 +284,7 @@ void relay_on_wake(struct ev_loop *loop, ev_timer *w, int revents)
     struct relay *r = relay_of(w);
     r->claim_wanted = r->live_wanted = true;   /* the poll, a due row, the gate opening again */
     if (r->fault[RELAY_FAULT_HIDDEN][0] && db_connected(r->db))
-        claim_check_hidden(r->claim, on_hidden);
+        relay_check_hidden(r);
     relay_kick(r);
 }
 
@@ -405,7 +345,7 @@ void relay_on_db_connected(void *ud)
     claim_release_orphans(r->claim, held);
     json_object_put(held);
     renew_leases(r, now_of(r));   /* all we hold, before any claim could take it again */
-    claim_check_hidden(r->claim, on_hidden);
+    relay_check_hidden(r);
     r->claim_wanted = r->live_wanted = true; /* catch up on what came while we were away */
     relay_kick(r);
 }
@@ -455,7 +395,7 @@ bool relay_health(struct relay *r, char *reason, size_t size)
     case RELAY_STARTING:
     case RELAY_PAUSED: break;
     }
-    const char *fault = first_fault(r);
+    const char *fault = relay_first_fault(r);
     if (fault && a != HEALTH_SHUTTING_DOWN) {
         snprintf(reason, size, "%s", fault);
         return false;

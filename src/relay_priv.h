@@ -1,5 +1,6 @@
-/* relay_priv: the relay's parts and state, shared by relay.c (what runs next) and
- * relay_setup.c (building and tearing down). Nothing else includes it. */
+/* relay_priv: the relay's parts and state, shared by relay.c (what runs next),
+ * relay_setup.c (building and tearing down) and relay_faults.c (what needs someone).
+ * Nothing else includes it. */
 #ifndef SENDRY_RELAY_PRIV_H
 #define SENDRY_RELAY_PRIV_H
 
@@ -83,5 +84,12 @@ void relay_on_db_notified(void *ud);
 void relay_on_db_refused(void *ud, const char *why);
 void relay_on_aux_changed(void *ud);
 bool relay_health_hook(void *ud, char *reason, size_t size);
+
+/* relay_faults.c: a claim's or completion's answer (failed: its error, NULL if the
+ * connection was lost); the first fault that needs someone, or NULL; ask whether row level
+ * security hides the outbox (after a connect, and at each poll while it does). */
+void relay_note_fault(struct relay *r, enum relay_fault which, const PGresult *error, bool failed);
+const char *relay_first_fault(const struct relay *r);
+void relay_check_hidden(struct relay *r);
 
 #endif
