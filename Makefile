@@ -65,7 +65,7 @@ build/webhook_test: tests/unit/webhook_test.c tests/unit/check.h src/webhook.c s
 	@mkdir -p build
 	$(CC) $(CFLAGS) $(SAN) -Isrc -Itests/unit -o $@ tests/unit/webhook_test.c src/webhook.c src/metrics.c src/log.c src/xalloc.c $(LDFLAGS) $(LDLIBS)
 
-DB_TEST_SRCS = src/db.c src/log.c src/xalloc.c src/backoff.c
+DB_TEST_SRCS = src/db.c src/dbfault.c src/log.c src/xalloc.c src/backoff.c
 build/db_test: tests/unit/db_test.c tests/unit/check.h $(DB_TEST_SRCS) $(HDRS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) $(SAN) -Isrc -Itests/unit -o $@ tests/unit/db_test.c $(DB_TEST_SRCS) $(LDFLAGS) $(LDLIBS)

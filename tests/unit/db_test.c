@@ -18,6 +18,9 @@
  *      at twice its statement_timeout (0.5 s; the grace is at most DB_ANSWER_GRACE):
  *      its callback gets NULL, db_overdue says
  *      so, and the connection comes back.
+ *   7. dbfault.c on real errors: an undefined table or column (class 42) needs a migrate,
+ *      insufficient_privilege a GRANT, a statement timeout passes by itself (transient),
+ *      a division by zero is neither (passing), a lost connection is transient.
  * Every wait is a loop run with a deadline timer. */
 #include <errno.h>
 #include <ev.h>
@@ -28,6 +31,7 @@
 #include <unistd.h>
 
 #include "db.h"
+#include "dbfault.h"
 #include "log.h"
 
 #include "check.h"
@@ -99,6 +103,26 @@ static bool run_until_break(void)
     bool in_time = ev_is_active(&deadline);
     ev_timer_stop(loop, &deadline);
     return in_time;
+}
+
+static enum db_fault fault;    /* test 7 */
+static char described[600];
+
+static void on_fault(PGresult *res, void *arg)
+{
+    fault = db_fault_of(res);
+    db_fault_describe(fault, res, "claiming rows", "worker_role", described, sizeof described);
+    (void)arg;
+    ev_break(loop, EVBREAK_ONE);
+}
+
+static enum db_fault fault_of(struct db *db, const char *sql)
+{
+    fault = DB_FAULT_NONE;
+    described[0] = '\0';
+    db_query(db, sql, 0, NULL, on_fault, NULL);
+    CHECK(run_until_break());
+    return fault;
 }
 
 static void query(struct db *db, const char *sql, int nparams, const char *const *params)
@@ -219,6 +243,19 @@ int main(void)
         CHECK(run_until_break() && got_rows);
         CHECK_STR(db_overdue(timed), "");
     }
+
+    /* 7. What failed statements say. */
+    CHECK(fault_of(timed, "SELECT 1") == DB_FAULT_NONE);
+    CHECK(fault_of(timed, "SELECT * FROM public.no_such_table") == DB_FAULT_SCHEMA);
+    CHECK(strstr(described, "(SQLSTATE 42P01)") && strstr(described, "fix: sendry-sync migrate"));
+    CHECK(fault_of(timed, "SELECT no_such_column FROM pg_class") == DB_FAULT_SCHEMA);
+    CHECK(fault_of(timed, "SELECT 1 / 0") == DB_FAULT_PASSING);
+    CHECK(fault_of(timed, "SELECT pg_sleep(3)") == DB_FAULT_TRANSIENT);
+    CHECK(fault_of(timed, "DO $$ BEGIN RAISE insufficient_privilege USING MESSAGE = 'permission denied for "
+                          "table sendry_outbox'; END $$") == DB_FAULT_PRIVILEGE);
+    CHECK(strstr(described, "permission denied for table sendry_outbox (SQLSTATE 42501)") &&
+          strstr(described, "GRANT SELECT, UPDATE ON public.sendry_outbox TO worker_role"));
+    CHECK(db_fault_of(NULL) == DB_FAULT_TRANSIENT);
     db_free(timed);
     ev_loop_destroy(loop);
     printf("db: %d passed, %d failed\n", passed, failed);
