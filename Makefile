@@ -26,10 +26,10 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lev -lm
 SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 SRCS     = src/xalloc.c src/config.c src/config_options.c src/config_keys.c src/config_validate.c \
-           src/log.c src/backoff.c src/sendry.c src/http.c src/db.c \
+           src/log.c src/backoff.c src/sendry.c src/http.c src/db.c src/dbfault.c \
            src/gate.c src/budget.c src/job.c src/claim.c src/deliver.c src/outcome.c src/complete.c \
            src/reconcile.c src/prune.c src/inbox.c src/audience.c src/health.c \
-           src/relay.c src/relay_setup.c src/webhook.c src/metrics.c src/httpd.c src/receiver.c \
+           src/relay.c src/relay_setup.c src/relay_faults.c src/webhook.c src/metrics.c src/httpd.c src/receiver.c \
            src/dbsync.c src/probe.c src/vault.c src/notify.c src/migrate.c \
            src/doctor.c src/doctor_db.c src/doctor_schema.c src/doctor_api.c \
            src/status.c src/healthcheck.c src/backfill.c src/main.c
@@ -74,7 +74,7 @@ build/webhook_test: tests/unit/webhook_test.c tests/unit/check.h src/webhook.c s
 	@mkdir -p build
 	$(CC) $(CFLAGS) $(SAN) -Isrc -Itests/unit -o $@ tests/unit/webhook_test.c src/webhook.c src/metrics.c src/log.c src/xalloc.c $(LDFLAGS) $(LDLIBS)
 
-DB_TEST_SRCS = src/db.c src/log.c src/xalloc.c src/backoff.c
+DB_TEST_SRCS = src/db.c src/dbfault.c src/log.c src/xalloc.c src/backoff.c
 build/db_test: tests/unit/db_test.c tests/unit/check.h $(DB_TEST_SRCS) $(HDRS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) $(SAN) -Isrc -Itests/unit -o $@ tests/unit/db_test.c $(DB_TEST_SRCS) $(LDFLAGS) $(LDLIBS)
@@ -100,7 +100,8 @@ check-asan: sendry-sync-asan
 	    tests/test_guarantees.py tests/test_budget.py tests/test_audiences_e2e.py tests/test_contacts_e2e.py \
 	    tests/test_migrate.py \
 	    tests/test_outage.py \
-	    tests/test_backlog_after_install.py
+	    tests/test_backlog_after_install.py \
+	    tests/test_live_db.py
 
 SUITES = check-install-sql check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
 check: all $(SUITES)
@@ -126,6 +127,7 @@ build/fastload: tests/bench/fastload.c
 bench: sendry-sync build/fastapi build/fastload
 	$(PYTHON) tests/bench_triggers.py
 	$(PYTHON) tests/bench_upgrade.py
+	$(PYTHON) tests/bench_lease.py
 	$(PYTHON) tests/bench/bench.py $(if $(BASELINE),--baseline $(BASELINE))
 
 # SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan make chaos: the same against the ASan build.

@@ -148,6 +148,13 @@ static const char RENEW_SQL[] =
     "                    FROM public.sendry_outbox e WHERE e.id = h.id OFFSET 0) o ON true"
     " WHERE h.tid IS NULL";
 
+static const char HIDDEN_SQL[] =
+    "SELECT c.relrowsecurity AND NOT (pg_catalog.pg_has_role(c.relowner, 'USAGE') OR r.rolbypassrls)"
+    "       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid),"
+    "       current_user"
+    " FROM pg_catalog.pg_class c, pg_catalog.pg_roles r"
+    " WHERE c.oid = pg_catalog.to_regclass('public.sendry_outbox') AND r.rolname = current_user";
+
 /* When the next row is due: the first entry of each class in the claim index (ORDER BY
  * ... LIMIT 1 rather than min(): without statistics the planner believes a class has a
  * row or two and would aggregate them all). */
@@ -169,6 +176,7 @@ struct claimer {
     bool busy;             /* a claim is in flight */
     bool asking;           /* a next-due question is in flight */
     renew_cb renewed;      /* of the renewal in flight, or NULL */
+    hidden_cb hidden;      /* of the RLS question in flight, or NULL */
     uint64_t rng;          /* claim ids */
     int limit;
     double fresh_window;
@@ -314,6 +322,7 @@ static void on_claimed(PGresult *res, void *arg)
         if (res)
             log_error("db: claim failed: %s", PQresultErrorMessage(res));
         batch.failed = true;
+        batch.error = res;
         c->claimed(c->ud, &batch);
         return;
     }
@@ -402,4 +411,22 @@ void claim_renew(struct claimer *c, json_object *refs, renew_cb done)
                              c->locked_by};
     c->renewed = done;
     db_query(c->db, RENEW_SQL, 3, params, on_renewed, c);
+}
+
+static void on_hidden(PGresult *res, void *arg)
+{
+    struct claimer *c = arg;
+    hidden_cb done = c->hidden;
+    c->hidden = NULL;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+        return;   /* no outbox, or a role that may not read the catalog: the claim says why */
+    done(c->ud, *PQgetvalue(res, 0, 0) == 't', PQgetvalue(res, 0, 1));
+}
+
+void claim_check_hidden(struct claimer *c, hidden_cb done)
+{
+    if (c->hidden)
+        return;
+    c->hidden = done;
+    db_query(c->db, HIDDEN_SQL, 0, NULL, on_hidden, c);
 }

@@ -28,6 +28,8 @@ struct claim_batch {
                             * then means some were held back or coalesced, not none left) */
     size_t fresh;          /* first attempts created after the connection began */
     bool failed;           /* the claim failed (connection lost or statement error) */
+    const PGresult *error; /* the statement's error (borrowed, for the callback); NULL if none
+                            * or the connection was lost */
 };
 
 typedef void (*claim_cb)(void *ud, struct claim_batch *batch);
@@ -65,6 +67,12 @@ typedef void (*renew_cb)(void *ud, const long long *lost, size_t n, size_t taken
 /* Renews the lease of the rows in `refs` that are still ours (same claim, processing,
  * our locked_by), for another --lease from now. */
 void claim_renew(struct claimer *c, json_object *refs, renew_cb done);
+
+/* Whether row level security hides every outbox row from the connection's role (RLS on,
+ * no policy, neither the owner nor BYPASSRLS): then every claim finds nothing, without an
+ * error. done gets the answer and the role (not called if the question failed). */
+typedef void (*hidden_cb)(void *ud, bool hidden, const char *role);
+void claim_check_hidden(struct claimer *c, hidden_cb done);
 
 /* Frees a contact handed out by a claim (not NULL). */
 void row_free(struct row *row);

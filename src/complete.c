@@ -6,6 +6,7 @@
 
 #include <json-c/linkhash.h>
 
+#include "dbfault.h"
 #include "log.h"
 #include "xalloc.h"
 
@@ -265,6 +266,17 @@ static void on_written(PGresult *res, void *arg)
         return;
     }
     struct complete_report rep = {0};
+    if (PQresultStatus(res) != PGRES_TUPLES_OK && db_fault_of(res) == DB_FAULT_TRANSIENT) {
+        /* A statement or lock timeout, a deadlock: it passes, and dropping the outcomes
+         * would send their rows again. Kept and written with the next statement (the
+         * relay flushes again at once; each try waits at most the lock timeout). */
+        log_warn("db: recording %zu outcomes failed: %s; trying again", c->in_flight,
+                 PQresultErrorMessage(res));
+        c->in_flight = 0;
+        rep = (struct complete_report){.statement_failed = true, .error = res, .soonest = -1};
+        c->done(c->ud, &rep);
+        return;
+    }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         /* Not the connection: the statement itself failed, and sending it again would
          * fail again and hold up every later outcome. Drop these; their rows are still
@@ -272,6 +284,7 @@ static void on_written(PGresult *res, void *arg)
         log_error("db: recording %zu outcomes failed: %s; those rows will be retried after "
                   "their lease", c->in_flight, PQresultErrorMessage(res));
         rep.statement_failed = true;
+        rep.error = res;
     } else {
         rep.recorded = PQntuples(res);
         if (rep.recorded != (long long)c->in_flight)

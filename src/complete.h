@@ -4,7 +4,8 @@
  * (built with json-c, read with jsonb_to_recordset). A statement only touches rows that
  * the claim which produced the outcome still holds (same claim_id, still processing, our
  * locked_by): a worker whose lease ran out never overwrites a later claim's row.
- * Outcomes survive a lost connection and are written after the reconnect.
+ * Outcomes survive a lost connection and are written after the reconnect, and a
+ * statement that failed on a timeout or a deadlock (dbfault.h: transient) is sent again.
  *
  * Owned by the relay, which calls complete_flush() when the connection is free; deliver.c
  * and outcome.c add outcomes. The relay db connection is borrowed. */
@@ -33,6 +34,7 @@ struct complete_report {
     long long sent, failed, retried;
     double soonest;           /* seconds to the soonest row made pending again, -1 if none */
     bool statement_failed;    /* the statement itself failed: its outcomes were dropped */
+    const PGresult *error;    /* then its error (borrowed, valid during the callback) */
 };
 
 typedef void (*complete_cb)(void *ud, const struct complete_report *report);

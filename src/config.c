@@ -37,7 +37,7 @@ static void defaults(struct config *cfg)
     cfg->concurrency = 4;
     cfg->rate = 9;
     cfg->live_share = 20;
-    cfg->lease = 120;
+    cfg->lease = 30;
     cfg->retain_sent = 7;
     cfg->chunk_size = 5000;
     cfg->max_attempts = 12;
@@ -48,6 +48,9 @@ static void defaults(struct config *cfg)
     cfg->drain_timeout = 10;
     cfg->migrate_deadline = 60;
     cfg->migrate_lock_timeout = 0.1;
+    cfg->statement_timeout = 30;
+    cfg->lock_timeout = 2;
+    cfg->idle_in_transaction_timeout = 60;
     cfg->reconcile_interval = 3600;
     cfg->webhook_max_body = 256 * 1024;
     cfg->webhook_queue = 64;

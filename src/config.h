@@ -23,7 +23,7 @@
 #define WEBHOOK_SECRET_MIN 16
 #define SENDRY_MAX_BATCH 1000
 /* The most requests one job makes: an email change that finds both addresses (move,
- * import, look-up, delete). A lease must outlast them (--lease >= this x --http-timeout). */
+ * import, look-up, delete). */
 #define SENDRY_JOB_MAX_REQUESTS 4
 
 enum send_mode { MODE_IMPORT = 0, MODE_SINGLE };
@@ -57,6 +57,9 @@ struct config {
     double backoff_cap;     /* seconds */
     double http_timeout;    /* seconds */
     double drain_timeout;   /* seconds to wait for in-flight requests on SIGTERM */
+    double statement_timeout; /* seconds: every session's statement_timeout (the relay's: at most lease / 6) */
+    double lock_timeout;    /* seconds: every session's lock_timeout */
+    double idle_in_transaction_timeout; /* seconds: idle_in_transaction_session_timeout */
     double reconcile_interval; /* seconds between reconciliations, 0 = off */
     double retain_sent;     /* days sent rows are kept, 0 = forever */
     int chunk_size;         /* backfill, reconcile-contacts: users per transaction */

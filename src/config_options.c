@@ -40,7 +40,7 @@ static const struct option_def options[] = {
      "leaves to live changes, 0-90 (default 20)", ALL},
     {"lease", OPT_SECONDS, OFF(lease), 1, 86400, "SECONDS",
      "how long a claimed row is held before another worker may take it, renewed\n"
-     "while held; at least 4 x --http-timeout (default 120)", ALL},
+     "every third of it while held: a killed worker's rows are free after it (default 30)", ALL},
     {"max-attempts", OPT_INT, OFF(max_attempts), 1, 1000, "N",
      "attempts before a row may be marked failed (with --retry-for), unless the row\n"
      "sets max_attempts (default 12)", ALL},
@@ -55,6 +55,15 @@ static const struct option_def options[] = {
      "longest retry delay (default 3600)", ALL},
     {"http-timeout", OPT_SECONDS, OFF(http_timeout), 0.1, 600, "SECONDS",
      "timeout of one HTTP request (default 30)", ALL},
+    {"statement-timeout", OPT_SECONDS, OFF(statement_timeout), 0.1, 86400, "SECONDS",
+     "the server ends a statement of ours after this (statement_timeout); a query\n"
+     "with no answer by then and as long again (at most 5 s) more drops its\n"
+     "connection (default 30)", ALL},
+    {"lock-timeout", OPT_SECONDS, OFF(lock_timeout), 0.1, 86400, "SECONDS",
+     "a statement of ours waits at most this for a lock (lock_timeout; default 2)", ALL},
+    {"idle-in-transaction-timeout", OPT_SECONDS, OFF(idle_in_transaction_timeout), 1, 86400, "SECONDS",
+     "the server ends a session of ours left idle inside a transaction\n"
+     "(idle_in_transaction_session_timeout; default 60)", ALL},
     {"drain-timeout", OPT_SECONDS, OFF(drain_timeout), 0, 600, "SECONDS",
      "on SIGTERM, wait this long for requests in flight (default 10)", ALL},
     {"reconcile-interval", OPT_SECONDS, OFF(reconcile_interval), 0, 604800, "SECONDS",
@@ -89,7 +98,7 @@ static const struct option_def options[] = {
     {"lock-deadline", OPT_SECONDS, OFF(migrate_deadline), 1, 3600, "SECONDS",
      "migrate: how long a step may retry its locks before it gives up, changing\n"
      "nothing (default 60)", FOR(CMD_MIGRATE)},
-    {"lock-timeout", OPT_SECONDS, OFF(migrate_lock_timeout), 0.01, 10, "SECONDS",
+    {"step-lock-timeout", OPT_SECONDS, OFF(migrate_lock_timeout), 0.01, 10, "SECONDS",
      "migrate: the lock_timeout of each attempt: the longest a write to auth.users or\n"
      "the outbox may queue behind a step (default 0.1)", FOR(CMD_MIGRATE)},
     {"log-format", OPT_LOGFMT, OFF(log_format), 0, 0, "text|json",

@@ -119,13 +119,6 @@ static bool validate_run(struct config *cfg, char *err, size_t errsize)
                  strlen(cfg->webhook_secret), WEBHOOK_SECRET_MIN);
         return false;
     }
-    double longest = SENDRY_JOB_MAX_REQUESTS * cfg->http_timeout;
-    if (cfg->lease < longest) {
-        snprintf(err, errsize, "--lease %g is shorter than the longest job can take: %d requests x "
-                 "--http-timeout %g s = %g s (raise --lease or lower --http-timeout)", cfg->lease,
-                 SENDRY_JOB_MAX_REQUESTS, cfg->http_timeout, longest);
-        return false;
-    }
     if (cfg->backoff_cap < cfg->backoff_base) {
         snprintf(err, errsize, "--backoff-cap (%g) is shorter than --backoff-base (%g)",
                  cfg->backoff_cap, cfg->backoff_base);

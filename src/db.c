@@ -1,5 +1,6 @@
 #include "db.h"
 
+#include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,7 @@
 enum db_state {
     DB_DISCONNECTED,   /* waiting for the reconnect timer */
     DB_CONNECTING,     /* PQconnectPoll in progress */
-    DB_LISTENING,      /* LISTEN sent, waiting for its result */
+    DB_SETTING_UP,     /* the session's SETs and LISTEN (if any) sent, waiting for them */
     DB_READY           /* idle, or running `running` */
 };
 
@@ -31,6 +32,8 @@ struct db {
     char *name;
     char *conninfo;
     char *listen_sql;        /* NULL: no LISTEN */
+    struct db_session session;
+    char *setup_sql;         /* the SETs, then the LISTEN; NULL: nothing to set up */
     struct db_callbacks cbs;
     enum db_state state;
     PGconn *conn;
@@ -38,6 +41,7 @@ struct db {
     int io_events;
     ev_timer retry;          /* reconnect after backoff */
     ev_timer deadline;       /* connection attempt timeout */
+    ev_timer answer;         /* the running query's deadline */
     ev_idle pump_w;          /* db_query() sends from the loop, never inside the call */
     double backoff;
     uint64_t rng;            /* reconnect jitter, seeded per process */
@@ -48,6 +52,8 @@ struct db {
     struct query *running;   /* sent, results not all read */
     PGresult *result;        /* the last result of `running` */
     char err[512];
+    char overdue[512];       /* db_overdue(); "" while queries are answered in time */
+    ev_tstamp overdue_at;    /* when the last query passed its deadline */
 };
 
 #define CONNECT_TIMEOUT 15.0
@@ -56,6 +62,14 @@ struct db {
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void connect_start(struct db *db);
+
+/* How long a query may go unanswered: its statement_timeout, then as long again, at most
+ * DB_ANSWER_GRACE, for the server's answer to arrive. 0: no deadline. */
+static double answer_deadline(const struct db *db)
+{
+    double s = db->session.statement_timeout;
+    return s + (s < DB_ANSWER_GRACE ? s : DB_ANSWER_GRACE);
+}
 
 static void query_free(struct query *q)
 {
@@ -129,13 +143,14 @@ static void schedule_reconnect(struct db *db, bool was_up)
  * by the next socket), fail the query in flight, keep the queue for the next one. */
 static void lost(struct db *db, const char *why)
 {
-    bool was_up = db->state == DB_READY || db->state == DB_LISTENING;
+    bool was_up = db->state == DB_READY || db->state == DB_SETTING_UP;
     if (why)
         set_error(db, why);
     if (!was_up && !db->ever_connected && db_error_is_permanent(db->err) && db->cbs.refused)
         db->cbs.refused(db->cbs.ud, db->err);
     ev_io_stop(db->loop, &db->io);
     ev_timer_stop(db->loop, &db->deadline);
+    ev_timer_stop(db->loop, &db->answer);
     if (db->conn)
         PQfinish(db->conn);
     db->conn = NULL;
@@ -183,6 +198,10 @@ static void pump(struct db *db)
         lost(db, "could not send query: ");
         return;
     }
+    if (db->session.statement_timeout > 0) {
+        ev_timer_set(&db->answer, answer_deadline(db), 0.);
+        ev_timer_start(db->loop, &db->answer);
+    }
     flush(db);
 }
 
@@ -211,20 +230,50 @@ static void became_ready(struct db *db)
         db->cbs.connected(db->cbs.ud);
 }
 
-static void on_listen_done(struct db *db, PGresult *res)
+static void on_setup_done(struct db *db, PGresult *res)
 {
+    ev_timer_stop(db->loop, &db->answer);
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        snprintf(db->err, sizeof db->err, "LISTEN failed: %s", PQresultErrorMessage(res));
+        snprintf(db->err, sizeof db->err, "setting up the session (%s) failed: %s", db->setup_sql,
+                 PQresultErrorMessage(res));
         lost(db, NULL);
         return;
     }
     became_ready(db);
 }
 
+/* The server ended the statement at its statement_timeout (57014: also a cancel by
+ * someone else, which is as much a statement that did not finish) or lock_timeout
+ * (55P03): the connection is past its deadline. Any other answer is an answer in time. */
+static void note_answer(struct db *db, const PGresult *res)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (state && strcmp(state, "57014") == 0)
+        snprintf(db->overdue, sizeof db->overdue, "%s connection: a query was cancelled at its %g s "
+                 "deadline (--statement-timeout): %s", db->name, db->session.statement_timeout,
+                 msg ? msg : "canceled");
+    else if (state && strcmp(state, "55P03") == 0)
+        snprintf(db->overdue, sizeof db->overdue, "%s connection: a query waited for a lock longer "
+                 "than its %g s deadline (--lock-timeout): %s", db->name, db->session.lock_timeout,
+                 msg ? msg : "lock not available");
+    else {
+        /* Answered in time: the connection is well again once no query passed its
+         * deadline for two deadlines, at most DB_OVERDUE_HOLD (so a query that keeps
+         * getting stuck while others pass in between keeps it reported). */
+        double hold = 2 * answer_deadline(db);
+        if (ev_now(db->loop) - db->overdue_at > (hold < DB_OVERDUE_HOLD ? hold : DB_OVERDUE_HOLD))
+            db->overdue[0] = '\0';
+        return;
+    }
+    db->overdue_at = ev_now(db->loop);
+    log_warn("db: %s", db->overdue);
+}
+
 /* Reads whatever results are complete; a NULL from PQgetResult ends a query. */
 static void read_results(struct db *db)
 {
-    while (db->conn && (db->running || db->state == DB_LISTENING) && !PQisBusy(db->conn)) {
+    while (db->conn && (db->running || db->state == DB_SETTING_UP) && !PQisBusy(db->conn)) {
         PGresult *res = PQgetResult(db->conn);
         if (res) {
             PQclear(db->result);
@@ -233,11 +282,13 @@ static void read_results(struct db *db)
         }
         res = db->result;
         db->result = NULL;
-        if (db->state == DB_LISTENING) {
-            on_listen_done(db, res);
+        if (db->state == DB_SETTING_UP) {
+            on_setup_done(db, res);
         } else {
             struct query *q = db->running;
             db->running = NULL;
+            ev_timer_stop(db->loop, &db->answer);
+            note_answer(db, res);
             if (q->cb)
                 q->cb(res, q->arg);
             query_free(q);
@@ -269,16 +320,22 @@ static void connect_step(struct db *db)
         lost(db, "PQsetnonblocking: ");
         return;
     }
-    if (!db->listen_sql) {
+    if (!db->setup_sql) {
         arm(db, EV_READ);
         became_ready(db);
         pump(db);
         return;
     }
-    db->state = DB_LISTENING;
-    if (!PQsendQuery(db->conn, db->listen_sql)) {
-        lost(db, "could not send LISTEN: ");
+    /* One simple-protocol string: the SETs, then the LISTEN; the last result says whether
+     * all of it went through (an error skips the statements after it). */
+    db->state = DB_SETTING_UP;
+    if (!PQsendQuery(db->conn, db->setup_sql)) {
+        lost(db, "could not set up the session: ");
         return;
+    }
+    if (db->session.statement_timeout > 0) {
+        ev_timer_set(&db->answer, answer_deadline(db), 0.);
+        ev_timer_start(db->loop, &db->answer);
     }
     flush(db);
 }
@@ -329,6 +386,23 @@ static void on_deadline(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct db *db = w->data;
     snprintf(db->err, sizeof db->err, "connect timed out after %.0f s", CONNECT_TIMEOUT);
+    lost(db, NULL);
+}
+
+/* No answer to the running query past its statement_timeout and the grace: drop the
+ * connection (see db.h for why not PQcancel); its callback gets NULL, as on any loss. */
+static void on_answer_deadline(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct db *db = w->data;
+    double waited = answer_deadline(db);
+    snprintf(db->overdue, sizeof db->overdue, "%s connection: a query got no answer for %.0f s, past "
+             "its %g s deadline (--statement-timeout); the connection was dropped and is reconnected",
+             db->name, waited, db->session.statement_timeout);
+    log_error("db: %s", db->overdue);
+    db->overdue_at = ev_now(db->loop);
+    snprintf(db->err, sizeof db->err, "no answer to a query for %.0f s", waited);
     lost(db, NULL);
 }
 
@@ -383,15 +457,52 @@ struct db *db_new(struct ev_loop *loop, const char *name, const char *conninfo,
     }
     db->backoff = BACKOFF_MIN;
     db->rng = rand_seed(db);
+    if (db->listen_sql)
+        db->setup_sql = xstrdup(db->listen_sql);
     ev_init(&db->io, on_io);
     db->io.data = db;
     ev_init(&db->retry, on_retry);
     db->retry.data = db;
     ev_init(&db->deadline, on_deadline);
     db->deadline.data = db;
+    ev_init(&db->answer, on_answer_deadline);
+    db->answer.data = db;
     ev_idle_init(&db->pump_w, on_pump);
     db->pump_w.data = db;
     return db;
+}
+
+const char *db_session_sql(const struct db_session *s, char *buf, size_t size)
+{
+    static const char *const names[] = {"statement_timeout", "lock_timeout",
+                                        "idle_in_transaction_session_timeout"};
+    const double secs[] = {s->statement_timeout, s->lock_timeout, s->idle_in_transaction_timeout};
+    size_t n = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof secs / sizeof secs[0] && n < size; i++) {
+        if (secs[i] <= 0)
+            continue;
+        long ms = (long)(secs[i] * 1000 + 0.5);
+        int w = snprintf(buf + n, size - n, "%sSET %s = %ld", n ? "; " : "", names[i], ms > 0 ? ms : 1);
+        n += w > 0 ? (size_t)w : 0;
+    }
+    return buf;
+}
+
+void db_set_session(struct db *db, const struct db_session *session)
+{
+    assert(db->state == DB_DISCONNECTED && !db->conn);
+    db->session = *session;
+    char sets[256];
+    db_session_sql(session, sets, sizeof sets);
+    free(db->setup_sql);
+    db->setup_sql = NULL;
+    if (!*sets && !db->listen_sql)
+        return;
+    size_t n = strlen(sets) + (db->listen_sql ? strlen(db->listen_sql) : 0) + 3;
+    db->setup_sql = xmalloc(n);
+    snprintf(db->setup_sql, n, "%s%s%s", sets, *sets && db->listen_sql ? "; " : "",
+             db->listen_sql ? db->listen_sql : "");
 }
 
 void db_start(struct db *db)
@@ -406,6 +517,7 @@ void db_free(struct db *db)
     ev_io_stop(db->loop, &db->io);
     ev_timer_stop(db->loop, &db->retry);
     ev_timer_stop(db->loop, &db->deadline);
+    ev_timer_stop(db->loop, &db->answer);
     ev_idle_stop(db->loop, &db->pump_w);
     if (db->conn)
         PQfinish(db->conn);
@@ -419,6 +531,7 @@ void db_free(struct db *db)
     free(db->name);
     free(db->conninfo);
     free(db->listen_sql);
+    free(db->setup_sql);
     free(db);
 }
 
@@ -472,4 +585,15 @@ bool db_idle(const struct db *db)
 const char *db_last_error(const struct db *db)
 {
     return db->err;
+}
+
+const char *db_overdue(const struct db *db)
+{
+    return db->overdue;
+}
+
+const char *db_user(const struct db *db)
+{
+    const char *u = db->conn ? PQuser(db->conn) : NULL;
+    return u ? u : "";
 }

@@ -9,16 +9,40 @@
  * Callbacks never run inside the call that caused them: db_query() only queues and
  * returns; results, failures and connection events are delivered from the loop.
  * Queries queued while disconnected wait for the next connection; a query in flight when
- * the connection drops gets its callback with res == NULL (its outcome is unknown). */
+ * the connection drops gets its callback with res == NULL (its outcome is unknown).
+ *
+ * Timeouts (db_set_session): every new connection first SETs statement_timeout,
+ * lock_timeout and idle_in_transaction_session_timeout, so the server itself ends a
+ * statement of ours that runs or waits for a lock too long (it fails with SQLSTATE 57014
+ * or 55P03, and its locks are gone). Every query also has a deadline of its own: the
+ * statement timeout and as long again, at most DB_ANSWER_GRACE, more. A query with no answer by then (the server
+ * or the network stopped answering, or something reset our statement_timeout) drops the
+ * connection: libpq 15's PQcancel opens a new connection and blocks, which a libev
+ * callback must not do, and a server that does not answer would not act on a cancel
+ * either; a live server ends the statement at its statement_timeout. Both count as the
+ * connection being past its deadline (db_overdue). */
 #ifndef SENDRY_DB_H
 #define SENDRY_DB_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include <ev.h>
 #include <libpq-fe.h>
 
 struct db;
+
+/* The session settings, in seconds (0: left as the server has them). */
+struct db_session {
+    double statement_timeout, lock_timeout, idle_in_transaction_timeout;
+};
+
+/* A query with no answer this long (or its statement_timeout if shorter) after its
+ * statement_timeout drops the connection. */
+#define DB_ANSWER_GRACE 5.0
+/* A connection past its deadline is reported (db_overdue) at most this long after the
+ * last query that passed it, once queries are answered in time again. */
+#define DB_OVERDUE_HOLD 30.0
 
 /* res is borrowed: valid only during the callback. NULL: the connection was lost. */
 typedef void (*db_result_cb)(PGresult *res, void *arg);
@@ -37,6 +61,8 @@ struct db_callbacks {
 /* name labels log lines ("relay", "aux"); channel NULL: no LISTEN. Strings are copied. */
 struct db *db_new(struct ev_loop *loop, const char *name, const char *conninfo,
                   const char *channel, struct db_callbacks cbs);
+/* Before db_start: the timeouts every connection sets (copied). */
+void db_set_session(struct db *db, const struct db_session *session);
 void db_start(struct db *db);
 /* Closes the connection. Queued and running queries get no callback. */
 void db_free(struct db *db);
@@ -57,5 +83,16 @@ bool db_connected(const struct db *db);
 bool db_idle(const struct db *db);    /* connected, nothing running or queued */
 /* Why the last connection attempt or the connection failed ("" if none). */
 const char *db_last_error(const struct db *db);
+/* "" or one line saying that a query on this connection passed its deadline (the server
+ * cancelled it at its statement or lock timeout, or no answer came and the connection was
+ * dropped), until a later query on it is answered in time, two deadlines (at most
+ * DB_OVERDUE_HOLD) after the last one that was not. */
+const char *db_overdue(const struct db *db);
+/* The role the connection is logged in as ("" while disconnected). */
+const char *db_user(const struct db *db);
+
+/* The SET statements of `session` (one string, semicolon-separated) into buf; "" when it
+ * sets nothing. Used for the worker's connections and the commands' (dbsync.c). */
+const char *db_session_sql(const struct db_session *session, char *buf, size_t size);
 
 #endif

@@ -38,6 +38,13 @@ const char *dbsync_result_error(const PGresult *res, char *buf, size_t bufsize)
     return dbsync_error(primary ? primary : res ? PQresultErrorMessage(res) : "out of memory", buf, bufsize);
 }
 
+static struct db_session session;
+
+void dbsync_set_session(const struct db_session *s)
+{
+    session = *s;
+}
+
 PGconn *dbsync_connect(const char *conninfo, const char *appname, int timeout_s, char *err,
                        size_t errsize)
 {
@@ -59,6 +66,19 @@ PGconn *dbsync_connect(const char *conninfo, const char *appname, int timeout_s,
         return NULL;
     }
     PQsetNoticeProcessor(conn, notice_to_log, NULL);
+    char sets[256];
+    if (*db_session_sql(&session, sets, sizeof sets)) {
+        PGresult *res = PQexec(conn, sets);
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            char line[768];
+            snprintf(err, errsize, "cannot set up the session (%s): %s", sets,
+                     dbsync_result_error(res, line, sizeof line));
+            PQclear(res);
+            PQfinish(conn);
+            return NULL;
+        }
+        PQclear(res);
+    }
     return conn;
 }
 

@@ -13,6 +13,13 @@
 
 #include <libpq-fe.h>
 
+#include "db.h"
+
+/* The session settings every connection dbsync_connect() opens SETs first (main sets
+ * them once from the configuration; until then none): the commands' statements have the
+ * same statement, lock and idle-in-transaction timeouts as the worker's. */
+void dbsync_set_session(const struct db_session *session);
+
 /* application_name defaults to appname; connect_timeout to timeout_s, unless the
  * connection string sets them. */
 PGconn *dbsync_connect(const char *conninfo, const char *appname, int timeout_s, char *err,

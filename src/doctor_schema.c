@@ -105,7 +105,16 @@ void doctor_check_schema(struct doctor *d, struct check *c)
                       "supabase/migrations/<timestamp>_sendry_sync.sql && supabase db push)");
         return;
     }
-    if (!doctor_value(d, "SELECT public.sendry_schema_version()", 0, NULL, installed, sizeof installed)) {
+    char may[8] = "";
+    doctor_value(d, "SELECT has_function_privilege('public.sendry_schema_version()', 'EXECUTE')", 0, NULL,
+                 may, sizeof may);
+    if (may[0] == 'f') {
+        /* Installed, but this role may not use it: a missing privilege, not a missing schema. */
+        doctor_report(c, CHECK_FAIL, "role %s lacks the EXECUTE privilege on public.sendry_schema_version() "
+                      "(install.sql grants nothing to other roles)", PQuser(d->conn));
+        doctor_fix(c, "connect as the owner of the sendry_* objects (postgres in Supabase), or GRANT EXECUTE "
+                      "ON FUNCTION public.sendry_schema_version() TO %s", PQuser(d->conn));
+    } else if (!doctor_value(d, "SELECT public.sendry_schema_version()", 0, NULL, installed, sizeof installed)) {
         doctor_report(c, CHECK_FAIL, "public.sendry_schema_version() failed: %s", installed);
         doctor_fix(c, "sendry-sync migrate");
     } else if (strcmp(installed, sendry_schema_version) != 0) {
@@ -189,10 +198,25 @@ void doctor_check_objects(struct doctor *d, struct check *c)
                     " AND has_table_privilege('public.sendry_outbox', 'UPDATE')", 0, NULL, rights,
                  sizeof rights);
     if (rights[0] != 't') {
-        doctor_report(c, CHECK_FAIL, "role %s may not SELECT and UPDATE public.sendry_outbox",
+        doctor_report(c, CHECK_FAIL, "role %s lacks the SELECT and UPDATE privileges on "
+                      "public.sendry_outbox: every claim would fail with \"permission denied\"",
                       PQuser(d->conn));
         doctor_fix(c, "connect as the owner of the outbox (postgres in Supabase), or GRANT SELECT, UPDATE "
-                      "ON public.sendry_outbox TO %s", PQuser(d->conn));
+                      "ON public.sendry_outbox TO %s (and BYPASSRLS or a policy: RLS is on)", PQuser(d->conn));
+        return;
+    }
+    /* RLS is on and has no policy: a role that neither owns the table nor bypasses RLS
+     * sees no row at all, and would claim nothing without an error. */
+    doctor_value(d, "SELECT pg_catalog.pg_has_role(c.relowner, 'USAGE') OR r.rolbypassrls"
+                    " OR NOT c.relrowsecurity"
+                    " FROM pg_catalog.pg_class c, pg_catalog.pg_roles r"
+                    " WHERE c.oid = 'public.sendry_outbox'::regclass AND r.rolname = current_user",
+                 0, NULL, rights, sizeof rights);
+    if (rights[0] == 'f') {
+        doctor_report(c, CHECK_FAIL, "role %s may SELECT and UPDATE public.sendry_outbox but row level "
+                      "security hides every row from it: it would claim nothing", PQuser(d->conn));
+        doctor_fix(c, "connect as the owner of the outbox (postgres in Supabase), or ALTER ROLE %s "
+                      "BYPASSRLS (as a superuser)", PQuser(d->conn));
         return;
     }
     doctor_report(c, CHECK_OK, "the tables, the stats view and the functions exist; role %s may use "

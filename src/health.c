@@ -214,8 +214,11 @@ bool health_check(struct health *h, enum health_activity activity, const char *s
     else if (activity == HEALTH_STOPPED)
         snprintf(reason, size, "%s", stop_cause && *stop_cause ? stop_cause : "sending stopped");
     else if (activity == HEALTH_SENDING && wedged(h, &idle))
-        snprintf(reason, size, "wedged: %.0f rows are due and no claim or completion succeeded for %.0f s",
-                 h->backlog_due, idle);
+        snprintf(reason, size, "wedged: %.0f rows are due and no claim or completion succeeded for %.0f s%s%s%s",
+                 h->backlog_due, idle, *db_overdue(h->db) ? " (" : "", db_overdue(h->db),
+                 *db_overdue(h->db) ? ")" : "");
+    else if (*db_overdue(h->db) || *db_overdue(h->aux))   /* a query past its deadline */
+        snprintf(reason, size, "%s", *db_overdue(h->db) ? db_overdue(h->db) : db_overdue(h->aux));
     else {
         if (h->enqueue_errors > 0)   /* healthy, but someone should look */
             snprintf(reason, size, "degraded: %lld writes to auth.users in the last hour enqueued "

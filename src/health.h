@@ -8,7 +8,8 @@
  * report; the worker is wedged when rows are due and none has succeeded for longer than
  * any pause of a healthy relay (three polls, a request's timeout, a token's wait). While
  * rows are being settled, a progress line is logged every 10 s: rows sent and per
- * second, the due rows left and when they will be done at this pace. Owned by the relay,
+ * second, the due rows left and when they will be done at this pace. A connection past
+ * its query deadline (db_overdue) is unhealthy, with db.c's reason. Owned by the relay,
  * which passes in what only it knows (its state, why sending stopped). */
 #ifndef SENDRY_HEALTH_H
 #define SENDRY_HEALTH_H

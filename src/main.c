@@ -133,6 +133,8 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
+    dbsync_set_session(&(struct db_session){cfg.statement_timeout, cfg.lock_timeout,
+                                            cfg.idle_in_transaction_timeout});
     int status = run_command(&cfg);
     if (status < 0) {
         if (!(curl_version_info(CURLVERSION_NOW)->features & CURL_VERSION_ASYNCHDNS))

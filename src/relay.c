@@ -142,8 +142,11 @@ static void warn_no_notify(struct relay *r, size_t fresh)
 void relay_on_claimed(void *ud, struct claim_batch *batch)
 {
     struct relay *r = ud;
+    relay_note_fault(r, RELAY_FAULT_CLAIM, batch->error, batch->failed);
     if (batch->failed) {
         r->claim_wanted = false; /* the poll timer, or the reconnect, tries again */
+        if (relay_first_fault(r))
+            relay_kick(r);       /* --once: a fault that needs someone ends the run */
         return;
     }
     health_progress(r->health);
@@ -185,6 +188,7 @@ void relay_on_next_due(void *ud, double in)
 void relay_on_completed(void *ud, const struct complete_report *rep)
 {
     struct relay *r = ud;
+    relay_note_fault(r, RELAY_FAULT_COMPLETE, rep->error, rep->statement_failed);
     health_completed(r->health, rep);
     if (rep->sent || rep->failed || rep->statement_failed)
         r->claim_wanted = true;   /* a finished row may unblock a later change of its contact */
@@ -218,6 +222,12 @@ static void check_once(struct relay *r)
     }
     if (r->state == RELAY_STOPPED) {
         log_error("--once: sending is stopped (%s); rows left pending", gate_cause(r->gate));
+        relay_finish(r, 1);
+        return;
+    }
+    const char *fault = relay_first_fault(r);
+    if (fault) {
+        log_error("--once: %s; exiting 1", fault);
         relay_finish(r, 1);
         return;
     }
@@ -278,6 +288,8 @@ void relay_on_wake(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct relay *r = relay_of(w);
     r->claim_wanted = r->live_wanted = true;   /* the poll, a due row, the gate opening again */
+    if (r->fault[RELAY_FAULT_HIDDEN][0] && db_connected(r->db))
+        relay_check_hidden(r);
     relay_kick(r);
 }
 
@@ -340,6 +352,7 @@ void relay_on_db_connected(void *ud)
     renew_leases(r, now_of(r));   /* all we hold, before any claim could take it again */
     if (r->budget)
         budget_connected(r->budget);   /* the startup check's request */
+    relay_check_hidden(r);
     r->claim_wanted = r->live_wanted = true; /* catch up on what came while we were away */
     relay_kick(r);
 }
@@ -388,6 +401,11 @@ bool relay_health(struct relay *r, char *reason, size_t size)
     case RELAY_DONE: a = HEALTH_SHUTTING_DOWN; break;
     case RELAY_STARTING:
     case RELAY_PAUSED: break;
+    }
+    const char *fault = relay_first_fault(r);
+    if (fault && a != HEALTH_SHUTTING_DOWN) {
+        snprintf(reason, size, "%s", fault);
+        return false;
     }
     return health_check(r->health, a, gate_cause(r->gate), reason, size);
 }

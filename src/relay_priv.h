@@ -1,5 +1,6 @@
-/* relay_priv: the relay's parts and state, shared by relay.c (what runs next) and
- * relay_setup.c (building and tearing down). Nothing else includes it. */
+/* relay_priv: the relay's parts and state, shared by relay.c (what runs next),
+ * relay_setup.c (building and tearing down) and relay_faults.c (what needs someone).
+ * Nothing else includes it. */
 #ifndef SENDRY_RELAY_PRIV_H
 #define SENDRY_RELAY_PRIV_H
 
@@ -22,6 +23,8 @@
 
 #define ONCE_DB_TIMEOUT 30.0      /* --once gives up on an unreachable database */
 
+enum relay_fault { RELAY_FAULT_CLAIM, RELAY_FAULT_COMPLETE, RELAY_FAULT_HIDDEN, RELAY_FAULTS };
+
 struct relay {
     struct ev_loop *loop;
     const struct config *cfg;
@@ -31,6 +34,9 @@ struct relay {
     bool live_wanted;          /* a NOTIFY, a poll or a due row: live rows may be there */
     bool bulk_held_back;       /* the last claim left bulk rows for when the queue has room */
     char locked_by[256];
+    /* A claim or a completion failed for a reason that will not pass by itself (see
+     * dbfault.h): one line with the fix, "" while they work. */
+    char fault[RELAY_FAULTS][600];
 
     struct gate *gate;
     struct budget *budget;     /* the key's requests, shared by its workers; NULL at --rate 0 */
@@ -78,5 +84,12 @@ void relay_on_db_notified(void *ud);
 void relay_on_db_refused(void *ud, const char *why);
 void relay_on_aux_changed(void *ud);
 bool relay_health_hook(void *ud, char *reason, size_t size);
+
+/* relay_faults.c: a claim's or completion's answer (failed: its error, NULL if the
+ * connection was lost); the first fault that needs someone, or NULL; ask whether row level
+ * security hides the outbox (after a connect, and at each poll while it does). */
+void relay_note_fault(struct relay *r, enum relay_fault which, const PGresult *error, bool failed);
+const char *relay_first_fault(const struct relay *r);
+void relay_check_hidden(struct relay *r);
 
 #endif

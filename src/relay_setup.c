@@ -6,7 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/random.h>
 #include <unistd.h>
+
+#include "backoff.h"
 
 #include "log.h"
 #include "notify.h"
@@ -154,14 +157,28 @@ void relay_reload_key(struct relay *r)
              "again: restart the worker to change it (or use SENDRY_API_KEY_FILE)");
 }
 
+/* The worker's identity (locked_by): host:pid:<64 random bits>. The host and the pid say
+ * where it runs; the random part makes it unique per process, chosen at start: two
+ * containers with the host's name and a PID namespace of their own (both pid 1) never
+ * share one, nor does a restart that gets the same pid. */
+static void worker_identity(char *out, size_t size)
+{
+    char host[128] = "localhost";
+    gethostname(host, sizeof host - 1);
+    uint64_t bits = 0;
+    if (getrandom(&bits, sizeof bits, 0) != (ssize_t)sizeof bits) {
+        /* No getrandom (a kernel before 3.17): the clock, the pid and an address. */
+        bits = rand_seed(&bits) ^ rand_seed(out);
+    }
+    snprintf(out, size, "%s:%ld:%016llx", host, (long)getpid(), (unsigned long long)bits);
+}
+
 struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
 {
     struct relay *r = xcalloc(1, sizeof *r);
     r->loop = loop;
     r->cfg = cfg;
-    char host[128] = "localhost";
-    gethostname(host, sizeof host - 1);
-    snprintf(r->locked_by, sizeof r->locked_by, "%s:%ld:%lld", host, (long)getpid(), (long long)time(NULL));
+    worker_identity(r->locked_by, sizeof r->locked_by);
     r->gate = gate_new(cfg->rate, budget_burst(cfg->rate), cfg->live_share / 100, NULL, NULL);
     gate_set_backoff(r->gate, cfg->backoff_base, cfg->backoff_cap);
     r->http = http_new(loop, cfg->api_key, cfg->http_timeout);
@@ -174,6 +191,10 @@ struct relay *relay_new(struct ev_loop *loop, const struct config *cfg)
     r->aux = db_new(loop, "aux", cfg->database_url, NULL,
                     (struct db_callbacks){.connected = relay_on_aux_changed,
                                           .disconnected = relay_on_aux_changed, .ud = r});
+    struct db_session session = {cfg->statement_timeout, cfg->lock_timeout,
+                                 cfg->idle_in_transaction_timeout};
+    db_set_session(r->db, &session);
+    db_set_session(r->aux, &session);
     if (cfg->rate > 0) {
         r->budget = budget_new(loop, r->db, cfg->api_key, cfg->rate, cfg->rate_window,
                                gate_reserve(r->gate), relay_kick_cb, r);

@@ -17,6 +17,8 @@
  * estimate (PostgreSQL's count of live rows less the others) and the last hour's sends
  * are counted in a sample of at most SAMPLE_PAGES pages of the table (exact while the
  * table is no bigger, scaled and marked estimated beyond). */
+#define STR_(x) #x
+#define STR(x) STR_(x)
 #define COUNT_CAP "1000000"
 #define SAMPLE_PAGES "2000"
 
@@ -91,6 +93,15 @@ static const char FAILURES_SQL[] =
     " GROUP BY 1, 2, 3 ORDER BY 4 DESC, 1, 2, 3 LIMIT 20";
 
 /* The oldest due row: the first due entry of each class in the claim index. */
+/* The workers holding rows under a lease that has not run out, by their identity
+ * (locked_by: host:pid:random), with how many rows each: the in-flight index
+ * (sendry_outbox_processing_idx), whose size is the rows being sent. $1: how many. */
+#define MAX_WORKERS 20
+static const char WORKERS_SQL[] =
+    "SELECT locked_by, count(*) FROM public.sendry_outbox"
+    " WHERE status = 'processing' AND locked_by IS NOT NULL AND locked_until > now()"
+    " GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $1";
+
 static const char OLDEST_SQL[] =
     "SELECT id, op, email, attempts, EXTRACT(EPOCH FROM now() - next_attempt_at)::float8,"
     " last_http_status, coalesce(last_error, '')"
@@ -192,6 +203,18 @@ static json_object *failures_json(const PGresult *res)
     return a;
 }
 
+static json_object *workers_json(const PGresult *res)
+{
+    json_object *a = json_object_new_array();
+    for (int i = 0; i < PQntuples(res); i++) {
+        json_object *w = json_object_new_object();
+        json_object_object_add(w, "worker", json_object_new_string(PQgetvalue(res, i, 0)));
+        json_object_object_add(w, "rows", num(res, i, 1));
+        json_object_array_add(a, w);
+    }
+    return a;
+}
+
 static json_object *oldest_json(const PGresult *res)
 {
     if (PQntuples(res) == 0)
@@ -212,11 +235,12 @@ static json_object *oldest_json(const PGresult *res)
 /* Everything status shows, or NULL with the reason in err. */
 static json_object *collect(PGconn *conn, char *err, size_t errsize)
 {
-    const char *sqls[] = {STATS_SQL, SENT_SQL, LAST_SQL, FAILURES_SQL, OLDEST_SQL};
-    PGresult *res[5] = {0};
+    const char *sqls[] = {STATS_SQL, SENT_SQL, LAST_SQL, FAILURES_SQL, OLDEST_SQL, WORKERS_SQL};
+    const char *params[] = {COUNT_CAP, SAMPLE_PAGES, SAMPLE_PAGES, COUNT_CAP, "1", STR(MAX_WORKERS)};
+    enum { N = sizeof sqls / sizeof sqls[0] };
+    PGresult *res[N] = {0};
     json_object *out = NULL;
-    const char *params[] = {COUNT_CAP, SAMPLE_PAGES, SAMPLE_PAGES, COUNT_CAP, "1"};
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < N; i++)
         if (!(res[i] = run(conn, sqls[i], params[i], err, errsize)))
             goto done;
     if (PQntuples(res[0]) != 1 || PQntuples(res[2]) != 1) {
@@ -232,8 +256,9 @@ static json_object *collect(PGconn *conn, char *err, size_t errsize)
     json_object_object_add(out, "throughput", throughput_json(res[1], res[2], outbox));
     json_object_object_add(out, "failures", failures_json(res[3]));
     json_object_object_add(out, "oldest_due", oldest_json(res[4]));
+    json_object_object_add(out, "workers", workers_json(res[5]));
 done:
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < N; i++)
         PQclear(res[i]);
     return out;
 }
@@ -288,7 +313,18 @@ static const char *count_text(json_object *st, const char *key, bool est, char *
     return buf;
 }
 
-static void print_outbox(json_object *st, json_object *tp)
+static void print_workers(json_object *workers)
+{
+    size_t n = json_object_array_length(workers);
+    for (size_t i = 0; i < n; i++) {
+        json_object *w = json_object_array_get_idx(workers, i);
+        printf("  %-11s %8s   %lld rows held by worker %s\n", "", "", get_int(w, "rows"), get_str(w, "worker"));
+    }
+    if (n == MAX_WORKERS)
+        printf("  %-11s %8s   (the %d workers holding the most rows)\n", "", "", MAX_WORKERS);
+}
+
+static void print_outbox(json_object *root, json_object *st, json_object *tp)
 {
     char d1[32], d2[32], n1[32], n2[32];
     bool est = get_int(tp, "estimated") != 0;
@@ -299,6 +335,9 @@ static void print_outbox(json_object *st, json_object *tp)
         printf(", the oldest due for %s", duration(get_num(st, "oldest_due_age_seconds", 0), d1, sizeof d1));
     printf("\n  %-11s %8s   held by %lld worker(s)\n", "processing", count_text(st, "processing", false, n1, sizeof n1),
            get_int(tp, "workers_holding_rows"));
+    json_object *workers = NULL;
+    if (json_object_object_get_ex(root, "workers", &workers))
+        print_workers(workers);
     printf("  %-11s %8s   %s%lld in the last hour, %s%lld in the last 10 min", "sent",
            count_text(st, "sent", est, n1, sizeof n1), est ? "~" : "", get_int(tp, "sent_last_hour"),
            est ? "~" : "", get_int(tp, "sent_last_10_minutes"));
@@ -365,7 +404,7 @@ static void print_text(json_object *s)
     json_object_object_get_ex(s, "oldest_due", &oldest);
     printf("sendry-sync status: database %s as %s, %s\n\n", get_str(s, "database"), get_str(s, "role"),
            get_str(s, "at"));
-    print_outbox(outbox, tp);
+    print_outbox(s, outbox, tp);
     print_failures(failures);
     print_oldest(oldest);
 }

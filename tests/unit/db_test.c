@@ -10,13 +10,28 @@
  *   4. After the connection is lost with a query queued behind the one in flight, a
  *      query put first (db_query_first) from the connected callback runs before the
  *      queued one (the relay's orphan release must run before a claim queued earlier).
+ *   5. A connection with session settings SETs them at connect (SHOW reads them back);
+ *      a statement the server ends at its statement_timeout marks the connection past
+ *      its deadline (db_overdue) until a query is answered two deadlines after the last
+ *      one that was not.
+ *   6. A query with no answer (its backend stopped with SIGSTOP) drops the connection
+ *      at twice its statement_timeout (0.5 s; the grace is at most DB_ANSWER_GRACE):
+ *      its callback gets NULL, db_overdue says
+ *      so, and the connection comes back.
+ *   7. dbfault.c on real errors: an undefined table or column (class 42) needs a migrate,
+ *      insufficient_privilege a GRANT, a statement timeout passes by itself (transient),
+ *      a division by zero is neither (passing), a lost connection is transient.
  * Every wait is a loop run with a deadline timer. */
+#include <errno.h>
 #include <ev.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "db.h"
+#include "dbfault.h"
 #include "log.h"
 
 #include "check.h"
@@ -90,6 +105,26 @@ static bool run_until_break(void)
     return in_time;
 }
 
+static enum db_fault fault;    /* test 7 */
+static char described[600];
+
+static void on_fault(PGresult *res, void *arg)
+{
+    fault = db_fault_of(res);
+    db_fault_describe(fault, res, "claiming rows", "worker_role", described, sizeof described);
+    (void)arg;
+    ev_break(loop, EVBREAK_ONE);
+}
+
+static enum db_fault fault_of(struct db *db, const char *sql)
+{
+    fault = DB_FAULT_NONE;
+    described[0] = '\0';
+    db_query(db, sql, 0, NULL, on_fault, NULL);
+    CHECK(run_until_break());
+    return fault;
+}
+
 static void query(struct db *db, const char *sql, int nparams, const char *const *params)
 {
     returned = false;
@@ -157,6 +192,71 @@ int main(void)
 
     db_free(killer);
     db_free(db);
+
+    /* 5. Session settings and the server's statement timeout. */
+    struct db *timed = db_new(loop, "timed", "", NULL, cbs);
+    db_set_session(timed, &(struct db_session){.statement_timeout = 0.5, .lock_timeout = 0.25,
+                                               .idle_in_transaction_timeout = 61});
+    db_start(timed);
+    CHECK(run_until_break());
+    query(timed, "SELECT current_setting('statement_timeout') || ' ' || current_setting('lock_timeout')"
+                 " || ' ' || current_setting('idle_in_transaction_session_timeout')", 0, NULL);
+    CHECK(run_until_break() && got_rows);
+    CHECK_STR(value, "500ms 250ms 61s");
+    CHECK_STR(db_overdue(timed), "");
+    query(timed, "SELECT pg_sleep(3)::text", 0, NULL);
+    CHECK(run_until_break() && calls == 1 && !got_null && !got_rows);
+    CHECK(strstr(db_overdue(timed), "timed connection: a query was cancelled at its 0.5 s deadline") != NULL);
+    query(timed, "SELECT 1", 0, NULL);       /* answered, but within two deadlines: still reported */
+    CHECK(run_until_break() && got_rows);
+    CHECK(*db_overdue(timed));
+    query(timed, "SELECT pg_sleep(2.1)::text", 0, NULL);   /* ... ended by statement_timeout */
+    CHECK(run_until_break() && !got_rows);
+    usleep(2100 * 1000);                     /* two deadlines (2 x 1 s) since the last miss */
+    ev_now_update(loop);
+    query(timed, "SELECT 1", 0, NULL);
+    CHECK(run_until_break() && got_rows);
+    CHECK_STR(db_overdue(timed), "");
+
+    /* 6. No answer at all: the backend stopped. */
+    query(timed, "SELECT pg_backend_pid()::text", 0, NULL);
+    CHECK(run_until_break() && got_rows);
+    pid_t backend = (pid_t)atoi(value);
+    if (kill(backend, SIGSTOP) != 0) {
+        printf("db_test: 6 skipped: cannot stop the backend (%s)\n", strerror(errno));
+    } else {
+        int before = connected_count;
+        ev_tstamp sent = ev_now(loop);
+        query(timed, "SELECT 1", 0, NULL);
+        CHECK(run_until_break() && calls == 1 && got_null);
+        ev_now_update(loop);
+        double waited = ev_now(loop) - sent;
+        CHECK(waited >= 1.0 - 0.1 && waited < 1.0 + 2);   /* 0.5 s, and as long again */
+        CHECK(strstr(db_overdue(timed), "no answer for 1 s, past its 0.5 s deadline") != NULL);
+        kill(backend, SIGCONT);
+        while (connected_count == before && run_until_break())
+            ;
+        CHECK(connected_count == before + 1);
+        usleep(2100 * 1000);
+        ev_now_update(loop);
+        query(timed, "SELECT 1", 0, NULL);
+        CHECK(run_until_break() && got_rows);
+        CHECK_STR(db_overdue(timed), "");
+    }
+
+    /* 7. What failed statements say. */
+    CHECK(fault_of(timed, "SELECT 1") == DB_FAULT_NONE);
+    CHECK(fault_of(timed, "SELECT * FROM public.no_such_table") == DB_FAULT_SCHEMA);
+    CHECK(strstr(described, "(SQLSTATE 42P01)") && strstr(described, "fix: sendry-sync migrate"));
+    CHECK(fault_of(timed, "SELECT no_such_column FROM pg_class") == DB_FAULT_SCHEMA);
+    CHECK(fault_of(timed, "SELECT 1 / 0") == DB_FAULT_PASSING);
+    CHECK(fault_of(timed, "SELECT pg_sleep(3)") == DB_FAULT_TRANSIENT);
+    CHECK(fault_of(timed, "DO $$ BEGIN RAISE insufficient_privilege USING MESSAGE = 'permission denied for "
+                          "table sendry_outbox'; END $$") == DB_FAULT_PRIVILEGE);
+    CHECK(strstr(described, "permission denied for table sendry_outbox (SQLSTATE 42501)") &&
+          strstr(described, "GRANT SELECT, UPDATE ON public.sendry_outbox TO worker_role"));
+    CHECK(db_fault_of(NULL) == DB_FAULT_TRANSIENT);
+    db_free(timed);
     ev_loop_destroy(loop);
     printf("db: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
