@@ -66,7 +66,7 @@ static void on_enqueue_errors(PGresult *res, void *arg)
     long long n = atoll(PQgetvalue(res, 0, 0));
     if (n > h->enqueue_errors && h->enqueue_errors >= 0)
         log_warn("%lld writes to auth.users in the last hour enqueued nothing: a trigger's error was "
-                 "turned into a WARNING (see public.sendry_enqueue_errors and the README's \"Nothing lost "
+                 "turned into a WARNING (see public.sendry_enqueue_errors and docs/operations.md, \"Nothing lost "
                  "silently\" for the repair)", n);
     h->enqueue_errors = n;
     metrics.enqueue_errors_last_hour = (double)n;
