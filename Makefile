@@ -84,6 +84,26 @@ check-unit: build/unit_test build/webhook_test build/db_test
 	./build/webhook_test
 	$(PYTHON) tests/pgharness.py run -- ./build/db_test
 
+# The settings reference in docs/configuration.md and the man page, generated from the
+# option table (src/config_options.c) by tools/settings_doc.c: `make docs` writes it,
+# `make check-docs` (in make check) fails when a file differs from what it would write.
+CONFIG_SRCS = src/xalloc.c src/config.c src/config_options.c src/config_keys.c src/config_validate.c src/log.c
+build/settings_doc: tools/settings_doc.c $(CONFIG_SRCS) $(HDRS)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -Isrc -o $@ tools/settings_doc.c $(CONFIG_SRCS) $(LDFLAGS) $(LDLIBS)
+
+docs: build/settings_doc
+	sh tools/splice.sh docs/configuration.md '<!-- settings:begin' '<!-- settings:end' build/settings_doc markdown > build/configuration.md
+	mv build/configuration.md docs/configuration.md
+	sh tools/splice.sh docs/sendry-sync.1 '.\" settings:begin' '.\" settings:end' build/settings_doc man > build/sendry-sync.1
+	mv build/sendry-sync.1 docs/sendry-sync.1
+
+check-docs: build/settings_doc
+	sh tools/splice.sh docs/configuration.md '<!-- settings:begin' '<!-- settings:end' build/settings_doc markdown | cmp -s - docs/configuration.md \
+	    || { echo "docs/configuration.md: the settings reference is out of date with src/config_options.c: run make docs" >&2; exit 1; }
+	sh tools/splice.sh docs/sendry-sync.1 '.\" settings:begin' '.\" settings:end' build/settings_doc man | cmp -s - docs/sendry-sync.1 \
+	    || { echo "docs/sendry-sync.1: the options are out of date with src/config_options.c: run make docs" >&2; exit 1; }
+
 # The webhook signature and body parsing under libFuzzer with ASan/UBSan, briefly.
 check-fuzz:
 	FUZZ_SECONDS=$${FUZZ_SECONDS:-15} sh tests/fuzz/build_and_run.sh
@@ -103,7 +123,7 @@ check-asan: sendry-sync-asan
 	    tests/test_backlog_after_install.py \
 	    tests/test_live_db.py
 
-SUITES = check-install-sql check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
+SUITES = check-install-sql check-docs check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
 check: all $(SUITES)
 	@echo "suites: $(words $(SUITES)) passed, 0 failed"
 
@@ -177,4 +197,4 @@ deb:
 clean:
 	rm -rf build sendry-sync sendry-sync-asan
 
-.PHONY: all install-sql check-install-sql check install uninstall deb check-unit check-sql check-e2e check-asan check-valgrind check-fuzz valgrind demo bench chaos clean
+.PHONY: all install-sql check-install-sql docs check-docs check install uninstall deb check-unit check-sql check-e2e check-asan check-valgrind check-fuzz valgrind demo bench chaos clean

@@ -3,6 +3,7 @@
  * config_priv.h. */
 #include "config_priv.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,49 +31,34 @@ void config_free_secret(char **s)
     *s = NULL;
 }
 
+/* The table's defaults; then what has no flag: the webhook body's bound, and the flags'
+ * off states (--no-verify, --verbose). A default the table's own parser refuses is a bug. */
 static void defaults(struct config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
-    cfg->batch_size = SENDRY_MAX_BATCH;
-    cfg->concurrency = 4;
-    cfg->rate = 9;
-    cfg->live_share = 20;
-    cfg->lease = 30;
-    cfg->retain_sent = 7;
-    cfg->chunk_size = 5000;
-    cfg->max_attempts = 12;
-    cfg->poll_interval = 5;
-    cfg->backoff_base = 1;
-    cfg->backoff_cap = 3600;
-    cfg->http_timeout = 30;
-    cfg->drain_timeout = 10;
-    cfg->migrate_deadline = 60;
-    cfg->migrate_lock_timeout = 0.1;
-    cfg->statement_timeout = 30;
-    cfg->lock_timeout = 2;
-    cfg->idle_in_transaction_timeout = 60;
-    cfg->reconcile_interval = 3600;
     cfg->webhook_max_body = 256 * 1024;
-    cfg->webhook_queue = 64;
-    cfg->retry_for = 72 * 3600;
-    cfg->rate_window = 10;
-    cfg->mode = MODE_IMPORT;
     cfg->verify = true;
-    cfg->log_format = LOG_TEXT;
     cfg->log_level = LOG_INFO;
+    const struct option_def *o;
+    for (size_t i = 0; (o = config_option(i)); i++) {
+        char err[256];
+        if (o->def && !config_apply_option(cfg, o, o->def, err, sizeof err)) {
+            fprintf(stderr, "sendry-sync: bad default in the option table: %s\n", err);
+            abort();
+        }
+    }
 }
 
+/* The table's variables; the API key's three (at most one set) by config_keys.c. */
 static bool from_env(struct config *cfg, char *err, size_t errsize)
 {
-    static const struct { const char *name; size_t offset; } vars[] = {
-        {"DATABASE_URL", OFF(database_url)},   {"SENDRY_AUDIENCE_ID", OFF(audience_id)},
-        {"SENDRY_API_URL", OFF(api_url)},      {"SENDRY_WEBHOOK_SECRET", OFF(webhook_secret)},
-        {"SENDRY_CA_FILE", OFF(ca_file)},      {"SENDRY_LISTEN", OFF(listen)},
-    };
-    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
-        const char *v = getenv(vars[i].name);
-        if (v && *v)
-            config_set_string((char **)((char *)cfg + vars[i].offset), v);
+    const struct option_def *o;
+    for (size_t i = 0; (o = config_option(i)); i++) {
+        if (!o->env || o->offset == OFF(api_key) || o->offset == OFF(api_key_vault))
+            continue;
+        const char *v = getenv(o->env);
+        if (v && *v && !config_apply_option(cfg, o, v, err, errsize))
+            return false;
     }
     return config_key_from_env(cfg, err, errsize);
 }

@@ -12,9 +12,11 @@
 
 #include "config.h"
 
-/* One table for every flag (config_options.c): name, what it takes, where it goes, its
- * bounds, the help line, and the commands it applies to (0: all). --help is generated
- * from it, so the two cannot disagree. */
+/* One table for every setting (config_options.c): the flag (NULL: environment only),
+ * what it takes, where it goes, its bounds, its value's name, its default and its
+ * environment variable, the help line, and the commands it applies to (0: all). The
+ * defaults, the environment, --help and the docs' reference (tools/settings_doc.c) are
+ * all generated from it, so they cannot disagree. */
 enum opt_kind { OPT_INT, OPT_SECONDS, OPT_RATE, OPT_STRING, OPT_FLAG, OPT_MODE, OPT_LOGFMT };
 
 #define FOR(cmd) (1u << (cmd))
@@ -22,14 +24,22 @@ enum opt_kind { OPT_INT, OPT_SECONDS, OPT_RATE, OPT_STRING, OPT_FLAG, OPT_MODE, 
 #define OFF(field) offsetof(struct config, field)
 
 struct option_def {
-    const char *name;
+    const char *name;       /* the flag without "--"; NULL: set by the environment only */
     enum opt_kind kind;
     size_t offset;
-    double min, max;
-    const char *arg;
+    double min, max;        /* numbers' bounds */
+    const char *arg;        /* the value's name in --help; NULL for a flag */
+    const char *def;        /* the default, as the flag's value would give it; NULL: none */
+    const char *env;        /* the environment variable; NULL: none */
     const char *help;
     unsigned commands;
 };
+
+/* config_options.c: the i-th row of the table, or NULL past the last; whether it takes
+ * a number; its bounds, default and variable as text ("1-1000; default 9; env X"). */
+const struct option_def *config_option(size_t i);
+bool config_option_is_number(const struct option_def *o);
+void config_option_facts(const struct option_def *o, char *buf, size_t size);
 
 /* config_options.c: the option called name (name_len bytes, without "--"), or NULL;
  * and one value (NULL for a flag) into cfg, or false with one line in err. */

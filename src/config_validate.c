@@ -67,8 +67,6 @@ static bool validate_api(struct config *cfg, char *err, size_t errsize)
             }
         }
     }
-    if (!cfg->api_url)
-        config_set_string(&cfg->api_url, "https://api.sendry.online");
     if (strncmp(cfg->api_url, "https://", 8) != 0 && strncmp(cfg->api_url, "http://", 7) != 0) {
         snprintf(err, errsize, "SENDRY_API_URL: \"%s\" is not an http(s) URL", cfg->api_url);
         return false;

@@ -15,8 +15,10 @@ from test_observability import exported_metrics
 DOCS = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 CONFIG_DOC = os.path.join(ROOT, "docs", "configuration.md")
 # Flags of other programs the docs show: docker compose (--profile, --scale, --build), docker run
-# (--name), systemctl (--now), tests/bench/bench.py (--only, --keep), tests/chaos.py (--only, --seed).
-OTHER_TOOLS_FLAGS = {"--profile", "--scale", "--build", "--name", "--now", "--only", "--keep", "--seed"}
+# (--name), systemctl (--now), tests/bench/bench.py (--only, --keep, --baseline), tests/chaos.py (--only,
+# --seed), tests/bench_triggers.py (--baseline, --users, --runs).
+OTHER_TOOLS_FLAGS = {"--profile", "--scale", "--build", "--name", "--now", "--only", "--keep", "--seed",
+                     "--baseline", "--users", "--runs"}
 
 
 def text(path):

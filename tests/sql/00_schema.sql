@@ -1,7 +1,7 @@
 -- Every object sql/install.sql creates exists, with the shape DESIGN.md promises.
 -- Logged in as postgres (the role that ran the migration and owns the objects).
 BEGIN;
-SELECT plan(132);
+SELECT plan(134);
 
 -- The outbox table and its columns (DESIGN.md: "columns at least").
 SELECT has_table('public', 'sendry_outbox', 'table public.sendry_outbox exists');
