@@ -28,10 +28,21 @@ static const char BACKLOG_SQL[] =
     "            ORDER BY next_attempt_at LIMIT 1))), 0)::float8";
 
 /* Errors the triggers on auth.users turned into a WARNING in the last hour (the user's
- * write succeeded, but no outbox row was written for it). A separate statement: a role
- * that may not read the table loses this figure, not the backlog. */
+ * write succeeded, but no outbox row was written for it) that nothing has repaired yet:
+ * not one before the start of the last complete repair walk (sendry_reconcile_contacts,
+ * `sendry-sync reconcile-contacts`), nor one all of whose users were enqueued again
+ * since (sendry_contact_state.updated_at, as the README's repair by user does). A
+ * separate statement: a role that may not read the table loses this figure, not the
+ * backlog. The errors of an hour are few; each user is a primary-key probe. */
 static const char ENQUEUE_ERRORS_SQL[] =
-    "SELECT count(*) FROM public.sendry_enqueue_errors WHERE occurred_at > now() - interval '1 hour'";
+    "SELECT count(*) FROM public.sendry_enqueue_errors e"
+    " WHERE e.occurred_at > now() - interval '1 hour'"
+    "   AND e.occurred_at >= COALESCE((SELECT st.value::timestamptz FROM public.sendry_sync_state st"
+    "                                   WHERE st.key = 'contacts_repaired_before'), '-infinity')"
+    "   AND (e.user_ids IS NULL OR cardinality(e.user_ids) = 0"
+    "        OR EXISTS (SELECT 1 FROM unnest(e.user_ids) AS u (id)"
+    "                    WHERE NOT EXISTS (SELECT 1 FROM public.sendry_contact_state s"
+    "                                       WHERE s.user_id = u.id AND s.updated_at > e.occurred_at)))";
 
 #define BACKLOG_EVERY 10.0
 #define BACKLOG_CAP "100000"  /* per class; README: sendry_sync_backlog_due_rows */
@@ -178,12 +189,24 @@ static void add(struct health_totals *t, const struct complete_report *rep)
     t->retried += rep->retried;
 }
 
+/* The due rows as last counted, less those settled since: the progress line, the ETA
+ * and /metrics follow the live state between two counts (a count can be minutes old on
+ * a big backlog, and said "3000 due left" after everything was sent). */
+static void settled(struct health *h, long long rows)
+{
+    h->backlog_due = h->backlog_due > (double)rows ? h->backlog_due - (double)rows : 0;
+    metrics.backlog_due = h->backlog_due;
+    if (h->backlog_due == 0)
+        metrics.oldest_due_age_seconds = 0;
+}
+
 void health_completed(struct health *h, const struct complete_report *rep)
 {
     if (!rep->statement_failed)
         health_progress(h);
     add(&h->all, rep);
     add(&h->window, rep);
+    settled(h, rep->sent + rep->failed + rep->retried);
     metrics.rows_sent += (unsigned long long)rep->sent;
     metrics.rows_failed += (unsigned long long)rep->failed;
     metrics.rows_retried += (unsigned long long)rep->retried;

@@ -9,6 +9,8 @@ rows that name it and not the worker, and the startup check names it.
     make && /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/test_audiences_e2e.py
 """
 
+import re
+
 import pytest
 
 from conftest import AUDIENCE, T, import_requests, start_daemon, wait_until
@@ -123,3 +125,24 @@ def test_long_work_shows_progress_and_an_eta(db, fake, workers):
               if ln and not ln.startswith("#")}
     assert values["sendry_sync_send_rate_rows_per_second"] > 0, text
     assert values["sendry_sync_backlog_eta_seconds"] > 0, text
+
+
+def test_the_backlog_figures_follow_the_rows_sent_between_two_counts(db, fake, workers):
+    """The due count runs every 10 s at most (less often on a big backlog); the rows settled
+    since count down from it, so that when everything was sent /metrics (and the progress
+    line) say 0 due at once, not what the last count saw ("3000 due left" after the end)."""
+    db.signup_many(400, prefix="drain")
+    port = free_port()
+    w = start_daemon(workers, "--rate", "4", "--batch-size", "50", "--reconcile-interval", "0",
+                     "--listen", f"127.0.0.1:{port}", env={"SENDRY_WEBHOOK_SECRET": "w" * 32})
+    hook = Hook(w, port)
+
+    def due():
+        _, text = hook.get("/metrics")
+        return float(re.search(r"^sendry_sync_backlog_due_rows (\S+)$", text, re.M).group(1))
+
+    wait_until(lambda: due() > 0, T, "the first count saw the backlog")
+    wait_until(lambda: db.all_sent(400), T, "the backlog sent")
+    assert due() == 0, "every row was sent: none is due"
+    _, text = hook.get("/metrics")
+    assert re.search(r"^sendry_sync_backlog_eta_seconds 0$", text, re.M), text

@@ -9,13 +9,14 @@ import json
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 
 import psycopg
 import pytest
 
-from conftest import API_KEY, T, import_requests, start_daemon, wait_until
+from conftest import API_KEY, BIN, T, import_requests, start_daemon, wait_until, worker_env
 from test_lifecycle import (Hook, contact_event, free_port, ldb, sig_hex,  # noqa: F401
                             start_listener)
 from test_worker import holding
@@ -423,11 +424,34 @@ def test_an_enqueue_error_shows_in_health_metrics_and_the_log_and_is_repaired(ld
     _, metrics = hook.get("/metrics")
     assert "sendry_sync_enqueue_errors_last_hour 1" in metrics
 
-    # The README's repair for just those users.
+    # The README's repair for just those users; then /healthz is no longer degraded (it was
+    # for an hour, whatever the repair).
     ldb.query("SELECT * FROM sendry_enqueue_contacts(ARRAY(SELECT DISTINCT x.id FROM"
               " sendry_enqueue_errors e, unnest(e.user_ids) AS x (id)), 'bulk')")
     wait_until(lambda: ldb.all_sent(1), T, "the repaired user delivered")
     assert "unqueued@example.com" in fake.contacts
+    wait_until(lambda: json.loads(hook.get("/healthz")[1])["status"] == "ok", T, "healthy once repaired")
+    _, metrics = hook.get("/metrics")
+    assert "sendry_sync_enqueue_errors_last_hour 0" in metrics
+
+
+def test_a_complete_repair_pass_clears_degraded(ldb, fake, workers, cluster):
+    """The repair pass as a command (reconcile-contacts) repairs every trigger error before
+    it started: /healthz stops saying degraded."""
+    ldb.query("DELETE FROM public.sendry_enqueue_errors")
+    ldb.query("DELETE FROM public.sendry_sync_state WHERE key LIKE 'contacts_%'")
+    ldb.query("ALTER TABLE public.sendry_outbox ADD CONSTRAINT test_reject CHECK (false) NOT VALID")
+    try:
+        ldb.signup("unqueued2@example.com")
+    finally:
+        ldb.query("ALTER TABLE public.sendry_outbox DROP CONSTRAINT test_reject")
+    hook = start_listener(workers)
+    wait_until(lambda: json.loads(hook.get("/healthz")[1])["status"] == "degraded", T, "degraded")
+    r = subprocess.run([BIN, "reconcile-contacts"], env=worker_env(cluster, fake), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=T)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: json.loads(hook.get("/healthz")[1])["status"] == "ok", T, "healthy after the repair pass")
+    wait_until(lambda: "unqueued2@example.com" in fake.contacts, T, "the repaired user delivered")
     ldb.query("DELETE FROM public.sendry_enqueue_errors")
 
 

@@ -164,6 +164,12 @@ BEGIN
         ON CONFLICT (key) DO NOTHING;
     SELECT st.value::uuid INTO v_after
       FROM public.sendry_sync_state st WHERE st.key = 'contacts_reconcile_after' FOR UPDATE;
+    -- A walk that starts now repairs, once it is complete, every trigger error before now
+    -- (contacts_repaired_before: the worker's /healthz stops calling them "degraded").
+    IF v_after IS NULL THEN
+        INSERT INTO public.sendry_sync_state AS st (key, value) VALUES ('contacts_reconcile_started', pg_catalog.now()::text)
+            ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = pg_catalog.now();
+    END IF;
     -- The users in (v_after, v_hi]; the smallest uuid as the lower bound of the first
     -- batch, so that each query is one index range scan.
     v_lo := COALESCE(v_after, '00000000-0000-0000-0000-000000000000');
@@ -198,5 +204,11 @@ BEGIN
     UPDATE public.sendry_sync_state
        SET value = CASE WHEN more THEN v_hi::text END, updated_at = pg_catalog.now()
      WHERE key = 'contacts_reconcile_after';
+    IF NOT more THEN
+        INSERT INTO public.sendry_sync_state AS st (key, value)
+        SELECT 'contacts_repaired_before', s.value FROM public.sendry_sync_state s
+         WHERE s.key = 'contacts_reconcile_started'
+            ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = pg_catalog.now();
+    END IF;
 END
 $$;
