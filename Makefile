@@ -1,9 +1,10 @@
 # sendry-sync: `make` builds ./sendry-sync; `make check` runs every test suite.
 #
 #   make            build ./sendry-sync
-#   make check      unit tests, SQL tests, end-to-end tests (plain build, then ASan/UBSan;
-#                   the commands, Vault, TLS, systemd and packaging tests among them),
-#                   a --once run under valgrind, and a short fuzz run of the webhook parser
+#   make check      the generated files up to date, unit tests, SQL tests, end-to-end tests
+#                   (plain build, then ASan/UBSan; the commands, Vault, TLS, systemd, docs,
+#                   man page, alert rules, install and package tests among them), a --once
+#                   run under valgrind, and a short fuzz run of the webhook parser
 #   make demo       the whole flow on a throwaway PostgreSQL and a fake Sendry
 #   make bench      performance figures (printed, never pass/fail on a timing);
 #                   BASELINE=<checkout> measures that one too, BENCH_QUICK=1 scales it down
@@ -15,6 +16,9 @@
 #                   pointing at BINDIR) and the docs; PREFIX (/usr/local), DESTDIR, BINDIR,
 #                   MANDIR, DATADIR, DOCDIR, UNITDIR as usual. make uninstall removes them.
 #   make deb        a Debian package in build/deb/ (dpkg-buildpackage, debian/)
+#   make docs       the settings reference in docs/configuration.md and the man page, from
+#                   the option table (make check-docs, in make check, fails when it is stale)
+#   make install-sql  sql/install.sql from its steps (make check-install-sql: likewise)
 
 CC      ?= cc
 PYTHON  ?= /usr/bin/python3
