@@ -37,6 +37,22 @@ Implemented endpoints (behaviour follows /work/shared/docs/sendry-api.md):
     DELETE /v1/contacts/{id}
     GET    /v1/unsubscribes?limit=&cursor=[&email=&list_id=]
     GET    /v1/suppression?limit=&cursor=[&email=]
+    POST   /v1/events                           {name, event_id?, contact_email?, contact_id?, payload?}
+    GET    /v1/events?limit=&cursor=[&name=]    the ingested events, oldest first
+    GET    /v1/events/{id}
+
+Events (sendry-api.md section 9, the OpenAPI schema of postV1Events): only `name` is
+required (a string of 1-200 characters); `event_id` (a string of at most 200),
+`contact_email` (an address), `contact_id` (a string) and `payload` (an object, {} when
+absent) are optional and checked when present; anything else is a 422 validation_error
+whose message names the field. The answer is {id: "evt_N", external_id (the event_id or
+null), name, contact_email, contact_id, payload, received_at, processed_at, triggered_runs}:
+the contact fields as sent, the missing one filled in when the fake knows the contact
+(by contact_id, else by address); the contact need not exist (the spec has no 404 here).
+An event_id seen before is answered 200 with the original event plus "deduped": true,
+and nothing else happens (no new event, no run); a first answer carries no "deduped".
+Tests read fake.events, fake.events_json(), fake.event_dedupes ({event_id: repeats}) and
+fake.events_deduped; scripts GET /_control/events and /_control/stats.
 
 Audiences: several exist at once (``audience_id``, the one the worker is configured
 with, plus ``audiences``; add_audience()/remove_audience() at run time); an unknown
@@ -47,7 +63,8 @@ the contact, and deleting an audience removes its memberships but not the contac
 
 Every request goes through these checks, in order: record, drop_next, delay,
 auth (401 / 403 for a read-only key on writes), per-key rate limit, fail_next,
-fail_fraction, fail_emails, then the endpoint. down() takes the whole API away (the port refuses
+fail_fraction, fail_emails, fail_events (POST /v1/events by name and/or contact_email),
+then the endpoint (validation, then the work). down() takes the whole API away (the port refuses
 connections) until up(); POST /_control/down {"seconds": N} does it from a script.
 """
 
@@ -82,6 +99,7 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_IMPORT = 1000
 MAX_NAME_LEN = 200
 MAX_METADATA_VALUE_LEN = 1000
+MAX_EVENT_ID_LEN = 200  # sendry-api.md section 9: event_id at most 200 characters
 SUPPRESSION_REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
 
 DEFAULT_ERROR_CODES = {
@@ -179,6 +197,11 @@ def _n_contacts(body) -> int:
         if "email" in body:
             return 1
     return 0
+
+
+def _is_events_path(path: str) -> bool:
+    """/v1/events, with or without the OpenAPI spec's trailing slash."""
+    return path in ("/v1/events", "/v1/events/")
 
 
 def _parse_json(raw: bytes):
@@ -513,6 +536,12 @@ class FakeSendry:
             self._rng = random.Random(1)
             self._reject_re = None
             self._fail_email = None  # (regex, status): fail_emails()
+            self._fail_event = None  # (name regex|None, contact_email regex|None, status): fail_events()
+            self.events = []  # ingested events, oldest first, each as first answered
+            self._events_by_id = {}  # "evt_N" -> the same dict as in self.events
+            self._events_by_external = {}  # event_id -> the same dict
+            self._next_event = 1
+            self.event_dedupes = {}  # event_id -> how many repeats were answered deduped
             self.delay_all = 0.0
             stamp = now_iso()
             self.audiences = {
@@ -561,6 +590,18 @@ class FakeSendry:
         """Every contact in its JSON form (what GET /_control/contacts answers)."""
         with self._lock:
             return [self._contact_json(c) for c in self.contacts.values()]
+
+    def events_json(self, name=None):
+        """The ingested events (each once, as first answered), oldest first; only those
+        called `name` when it is given."""
+        with self._lock:
+            return [self._event_json(e) for e in self.events if name is None or e["name"] == name]
+
+    @property
+    def events_deduped(self) -> int:
+        """How many requests were answered with an earlier event (deduped: true)."""
+        with self._lock:
+            return sum(self.event_dedupes.values())
 
     def add_audience(self, audience_id, name=None):
         """Create an audience (or rename one that exists); returns its JSON."""
@@ -657,6 +698,20 @@ class FakeSendry:
         `status` (a row's own transient failure, while the others go through). None clears."""
         with self._lock:
             self._fail_email = (re.compile(regex), int(status)) if regex else None
+
+    def fail_events(self, name=None, contact_email=None, status=500):
+        """POST /v1/events whose `name` and/or `contact_email` match these regexes (re.search;
+        both must match when both are given) get `status`, and the event is not ingested (one
+        event's own failure, while the others go through). Both None clears."""
+        with self._lock:
+            if name is None and contact_email is None:
+                self._fail_event = None
+                return
+            self._fail_event = (
+                None if name is None else re.compile(name),
+                None if contact_email is None else re.compile(contact_email),
+                int(status),
+            )
 
     def add_unsubscribe(self, email, reason=None, list_id=None):
         with self._lock:
@@ -779,6 +834,11 @@ class FakeSendry:
                 if regex.search(json.dumps(body)):
                     return st, error_body(st, message=f"Injected fault for this contact: {st}"), {}
 
+            if self._fail_event is not None and method == "POST" and _is_events_path(path):
+                st = self._event_fault_status(body)
+                if st is not None:
+                    return st, error_body(st, message=f"Injected fault for this event: {st}"), {}
+
             try:
                 if method in WRITE_METHODS and not json_ok:
                     raise ApiError(400, "Request body is not valid JSON")
@@ -824,6 +884,19 @@ class FakeSendry:
                     if method == "DELETE":
                         self._delete_contact(self._contact_by_id(seg[2]))
                         return 200, {"deleted": True}
+            elif kind == "events":
+                if n == 2 and method == "POST":
+                    return 200, self._ingest_event(body)
+                if n == 2 and method == "GET":
+                    items = self.events
+                    if query.get("name"):
+                        items = [e for e in items if e["name"] == query["name"]]
+                    return 200, self._paginate([self._event_json(e) for e in items], query)
+                if n == 3 and method == "GET":
+                    event = self._events_by_id.get(seg[2])
+                    if event is None:
+                        raise ApiError(404, "Event not found")
+                    return 200, self._event_json(event)
             elif kind == "unsubscribes" and n == 2 and method == "GET" and self.stuck_cursor:
                 # A broken list: it always says there is more, at the same cursor.
                 return 200, {"data": [dict(x) for x in self.unsubscribes[:int(query.get("limit", 50))]],
@@ -1027,6 +1100,94 @@ class FakeSendry:
         self.contacts.pop(contact["email"].lower(), None)
         self._by_id.pop(contact["id"], None)
 
+    # ---- events (sendry-api.md section 9) -------------------------------------
+
+    def _event_fault_status(self, body):
+        """fail_events(): the status to answer this event body with, or None."""
+        name_re, email_re, status = self._fail_event
+        if not isinstance(body, dict):
+            return None
+        for regex, value in ((name_re, body.get("name")), (email_re, body.get("contact_email"))):
+            if regex is not None and not (isinstance(value, str) and regex.search(value)):
+                return None
+        return status
+
+    @staticmethod
+    def _validate_event(body):
+        """422 on a body the spec's schema refuses: only `name` is required; the optional
+        fields, when present, must have their type (null is not a string or an object)."""
+        if not isinstance(body, dict):
+            raise ApiError(422, "body: must be a JSON object")
+        if "name" not in body:
+            raise ApiError(422, "name: is required")
+        name = body["name"]
+        if not isinstance(name, str):
+            raise ApiError(422, f"name: must be a string, got {type(name).__name__}")
+        if not 1 <= len(name) <= MAX_NAME_LEN:
+            raise ApiError(422, f"name: must be 1-{MAX_NAME_LEN} characters, got {len(name)}")
+        if "event_id" in body:
+            event_id = body["event_id"]
+            if not isinstance(event_id, str):
+                raise ApiError(422, f"event_id: must be a string, got {type(event_id).__name__}")
+            if len(event_id) > MAX_EVENT_ID_LEN:
+                raise ApiError(
+                    422, f"event_id: must be at most {MAX_EVENT_ID_LEN} characters, got {len(event_id)}"
+                )
+        if "contact_email" in body:
+            email = body["contact_email"]
+            if not isinstance(email, str) or not EMAIL_RE.match(email):
+                raise ApiError(422, f"contact_email: invalid email address {email!r}")
+        if "contact_id" in body and not isinstance(body["contact_id"], str):
+            raise ApiError(
+                422, f"contact_id: must be a string, got {type(body['contact_id']).__name__}"
+            )
+        if "payload" in body and not isinstance(body["payload"], dict):
+            raise ApiError(422, f"payload: must be an object, got {type(body['payload']).__name__}")
+
+    def _event_contact(self, body):
+        """The contact an event names (by contact_id, else contact_email), or None."""
+        contact = self._by_id.get(body["contact_id"]) if "contact_id" in body else None
+        if contact is None and "contact_email" in body:
+            contact = self.contacts.get(body["contact_email"].lower())
+        return contact
+
+    def _ingest_event(self, body):
+        """POST /v1/events: validate, answer a known event_id with the original event and
+        deduped: true (nothing else happens), else store the event and start its runs."""
+        self._validate_event(body)
+        external = body.get("event_id")
+        if external is not None and external in self._events_by_external:
+            self.event_dedupes[external] = self.event_dedupes.get(external, 0) + 1
+            return dict(self._event_json(self._events_by_external[external]), deduped=True)
+        contact = self._event_contact(body)
+        stamp = now_iso()
+        event = {
+            "id": f"evt_{self._next_event}",
+            "external_id": external,
+            "name": body["name"],
+            "contact_email": body.get("contact_email", contact["email"] if contact else None),
+            "contact_id": body.get("contact_id", contact["id"] if contact else None),
+            "payload": json.loads(json.dumps(body.get("payload", {}))),
+            "received_at": stamp,
+            "processed_at": stamp,
+            "triggered_runs": 0,
+        }
+        self._next_event += 1
+        event["triggered_runs"] = self._start_runs(event, contact, stamp)
+        self.events.append(event)
+        self._events_by_id[event["id"]] = event
+        if external is not None:
+            self._events_by_external[external] = event
+        return self._event_json(event)
+
+    def _start_runs(self, event, contact, stamp):
+        """Automations: none yet; how many runs this event started."""
+        return 0
+
+    @staticmethod
+    def _event_json(event):
+        return json.loads(json.dumps(event))  # a deep copy: the answer never aliases state
+
     @staticmethod
     def _contact_json(contact):
         out = dict(contact)
@@ -1101,7 +1262,15 @@ class FakeSendry:
                     out = dict(self.stats)
                     out["requests"] = len(self.requests)
                     out["contacts"] = len(self.contacts)
+                    out["events"] = len(self.events)
+                    out["events_deduped"] = self.events_deduped
                     return 200, out
+                if name == "events":
+                    return 200, {
+                        "events": self.events_json(query.get("name") or None),
+                        "deduped": self.events_deduped,
+                        "dedupes": dict(self.event_dedupes),
+                    }
                 if name == "unsubscribes":
                     return 200, list(self.unsubscribes)
                 if name == "suppression":
@@ -1117,6 +1286,7 @@ class FakeSendry:
                 "down": lambda: self._down_after_answer(kwargs.get("seconds")),
                 "reject_emails": lambda: self.reject_emails(kwargs.get("regex")),
                 "fail_emails": lambda: self.fail_emails(kwargs.get("regex"), kwargs.get("status", 500)),
+                "fail_events": lambda: self.fail_events(**kwargs),
                 "set_unsubscribed": lambda: self.set_unsubscribed(
                     kwargs["email"], kwargs.get("unsubscribed", True)
                 ),

@@ -383,3 +383,233 @@ def test_cli_extra_audiences(tmp_path):
             "aud_test": [], "aud_trial": [], "aud_more": ["a@x.io"]}
         assert call(base, "POST", "/_control/remove_audience", {"audience_id": "aud_more"}, key=None)[0] == 200
         assert call(base, "GET", "/v1/audiences/aud_more")[0] == 404
+
+
+# --- POST /v1/events (issue 18 point 8; sendry-api.md section 9) ---------------------------
+
+EVENT_FIELDS = {"id", "external_id", "name", "contact_email", "contact_id", "payload",
+                "received_at", "processed_at", "triggered_runs"}
+
+
+def post_event(base, body, key=KEY, path="/v1/events"):
+    return call(base, "POST", path, body, key=key)
+
+
+def test_event_answer_has_the_spec_fields(fs):
+    status, _, ev = post_event(fs.url, {"name": "user.signed_up", "event_id": "db1:42",
+                                        "contact_email": "Ann@x.io", "payload": {"plan": "pro", "n": [1]}})
+    assert status == 200 and set(ev) == EVENT_FIELDS, "a first answer carries no 'deduped'"
+    assert ev["id"].startswith("evt_") and ev["external_id"] == "db1:42"
+    assert (ev["name"], ev["contact_email"], ev["contact_id"]) == ("user.signed_up", "Ann@x.io", None)
+    assert ev["payload"] == {"plan": "pro", "n": [1]} and ev["triggered_runs"] == 0
+    assert ev["received_at"].endswith("Z") and ev["processed_at"] == ev["received_at"]
+    assert fs.events_json() == [ev]
+
+    # No event_id, no payload, no contact: only the name is required by the spec's schema.
+    status, _, bare = post_event(fs.url, {"name": "x"}, path="/v1/events/")
+    assert status == 200 and bare["external_id"] is None and bare["payload"] == {}
+    assert (bare["contact_email"], bare["contact_id"]) == (None, None) and bare["id"] != ev["id"]
+
+    assert call(fs.url, "GET", f"/v1/events/{ev['id']}")[2] == ev
+    assert call(fs.url, "GET", "/v1/events/evt_999")[0] == 404
+    listed = call(fs.url, "GET", "/v1/events?limit=1")[2]
+    assert listed["data"] == [ev] and listed["has_more"]
+    assert call(fs.url, "GET", "/v1/events?name=x")[2]["data"] == [bare]
+
+
+def test_event_fills_in_the_contact_it_knows(fs):
+    ct = call(fs.url, "POST", "/v1/contacts", {"email": "ann@x.io"})[2]
+    by_email = post_event(fs.url, {"name": "a", "contact_email": "ANN@x.io"})[2]
+    assert (by_email["contact_email"], by_email["contact_id"]) == ("ANN@x.io", ct["id"])
+    by_id = post_event(fs.url, {"name": "a", "contact_id": ct["id"]})[2]
+    assert (by_id["contact_email"], by_id["contact_id"]) == ("ann@x.io", ct["id"])
+    unknown = post_event(fs.url, {"name": "a", "contact_id": "ct_999"})
+    assert unknown[0] == 200 and (unknown[2]["contact_email"], unknown[2]["contact_id"]) == (None, "ct_999")
+
+
+@pytest.mark.parametrize("body, words", [
+    ([{"name": "a"}], "body: must be a JSON object"),
+    ({"payload": {}}, "name: is required"),
+    ({"name": 7}, "name: must be a string"),
+    ({"name": None}, "name: must be a string"),
+    ({"name": ""}, "name: must be 1-200 characters, got 0"),
+    ({"name": "n" * 201}, "name: must be 1-200 characters, got 201"),
+    ({"name": "a", "event_id": 42}, "event_id: must be a string"),
+    ({"name": "a", "event_id": "e" * 201}, "event_id: must be at most 200 characters, got 201"),
+    ({"name": "a", "contact_email": "not-an-address"}, "contact_email: invalid email address 'not-an-address'"),
+    ({"name": "a", "contact_email": None}, "contact_email: invalid email address None"),
+    ({"name": "a", "contact_id": 5}, "contact_id: must be a string"),
+    ({"name": "a", "payload": [1, 2]}, "payload: must be an object, got list"),
+    ({"name": "a", "payload": "{}"}, "payload: must be an object, got str"),
+    ({"name": "a", "payload": None}, "payload: must be an object, got NoneType"),
+])
+def test_event_validation_422(fs, body, words):
+    status, _, answer = post_event(fs.url, body)
+    assert status == 422 and answer["error"]["code"] == "validation_error"
+    assert words in answer["error"]["message"]
+    assert fs.events == [] and fs.stats == {"dropped": 0, "422": 1}
+
+
+def test_event_limits_are_inclusive(fs):
+    for body in ({"name": "n"}, {"name": "n" * 200, "event_id": "e" * 200},
+                 {"name": "a", "contact_email": "a@x.io", "contact_id": "ct_1", "payload": {}}):
+        assert post_event(fs.url, body)[0] == 200, body
+    assert len(fs.events) == 3
+
+
+def test_event_dedupe_answers_the_original(fs):
+    first = post_event(fs.url, {"name": "user.signed_up", "event_id": "e-1",
+                                "contact_email": "a@x.io", "payload": {"v": 1}})[2]
+    status, _, again = post_event(fs.url, {"name": "user.signed_up", "event_id": "e-1",
+                                           "contact_email": "a@x.io", "payload": {"v": 1}})
+    assert status == 200 and again == dict(first, deduped=True)
+    # The original, whatever the repeat carries: the key is event_id alone.
+    changed = post_event(fs.url, {"name": "other", "event_id": "e-1", "payload": {"v": 2}})[2]
+    assert changed == dict(first, deduped=True)
+    assert fs.events_json() == [first], "one event for three requests"
+    assert fs.event_dedupes == {"e-1": 2} and fs.events_deduped == 2
+
+    # Without an event_id nothing is deduped; another event_id is another event.
+    post_event(fs.url, {"name": "ping"})
+    post_event(fs.url, {"name": "ping"})
+    other = post_event(fs.url, {"name": "user.signed_up", "event_id": "e-2"})[2]
+    assert "deduped" not in other and len(fs.events) == 4 and fs.events_deduped == 2
+    # An invalid repeat is refused before the dedupe.
+    assert post_event(fs.url, {"name": "", "event_id": "e-1"})[0] == 422
+    assert fs.events_deduped == 2
+
+
+def test_event_auth_before_validation():
+    with FakeSendry(rate_limit=None, read_only_key="sn_test_ro") as fake:
+        assert post_event(fake.url, {"name": "a"}, key=None)[2]["error"]["code"] == "unauthorized"
+        assert post_event(fake.url, {"name": "a"}, key="sn_test_wrong")[0] == 401
+        status, _, body = post_event(fake.url, {"name": "a"}, key="sn_test_ro")
+        assert (status, body["error"]["code"]) == (403, "forbidden")
+        # A read-only key is refused even for a body that would fail validation (a probe
+        # with an invalid event finds a key without the scope, and sends nothing).
+        assert post_event(fake.url, {"name": ""}, key="sn_test_ro")[0] == 403
+        assert post_event(fake.url, {"name": ""})[0] == 422
+        assert fake.events == [] and [r["status"] for r in fake.requests] == [401, 401, 403, 403, 422]
+        assert call(fake.url, "GET", "/v1/events", key="sn_test_ro")[0] == 200, "reading is allowed"
+
+
+def test_event_fail_next(fs):
+    fs.fail_next(503, retry_after=3, path_prefix="/v1/events")
+    fs.fail_next(422, message="Contact is suppressed", details={"field": "contact_email"},
+                 path_prefix="/v1/events")
+    assert call(fs.url, "GET", "/v1/audiences/aud_test")[0] == 200, "the events fault waits for an event"
+    status, headers, body = post_event(fs.url, {"name": "a", "event_id": "e1"})
+    assert (status, headers["Retry-After"], body["error"]["code"]) == (503, "3", "internal_error")
+    status, _, body = post_event(fs.url, {"name": "a", "event_id": "e1"})
+    assert status == 422 and body["error"] == {"code": "validation_error", "message": "Contact is suppressed",
+                                               "details": {"field": "contact_email"}}
+    assert fs.events == [], "a failed event is not ingested"
+    status, _, body = post_event(fs.url, {"name": "a", "event_id": "e1"})
+    assert status == 200 and "deduped" not in body and len(fs.events) == 1
+
+
+def test_event_fail_fraction(fs):
+    fs.fail_fraction(1.0, status=[500, 502], seed=2)
+    seen = {post_event(fs.url, {"name": "a", "event_id": f"e{i}"})[0] for i in range(20)}
+    assert seen == {500, 502} and fs.events == []
+    fs.fail_fraction(0)
+    assert post_event(fs.url, {"name": "a", "event_id": "e0"})[0] == 200 and len(fs.events) == 1
+
+
+def test_event_drop_next_is_not_ingested(fs):
+    fs.drop_next(path_prefix="/v1/events")
+    with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+        post_event(fs.url, {"name": "a", "event_id": "e1"})
+    assert fs.events == [] and fs.stats["dropped"] == 1 and fs.requests[-1]["status"] is None
+    assert post_event(fs.url, {"name": "a", "event_id": "e1"})[2].get("deduped") is None
+
+
+def test_event_applied_while_going_down_is_deduped_on_retry(fs):
+    """A delayed event whose answer is lost (the API goes down under it) was ingested: the
+    retry with the same event_id gets the original with deduped: true, and one event."""
+    fs.delay_next(60)
+    outcome = {}
+
+    def send():
+        try:
+            outcome["answer"] = post_event(fs.url, {"name": "a", "event_id": "lost-1"})
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError) as exc:
+            outcome["error"] = exc
+
+    import threading
+    sender = threading.Thread(target=send)
+    sender.start()
+    fs.wait_for(lambda f: len(f.requests) == 1, message="the event reached the fake")
+    fs.down()
+    sender.join(timeout=10)
+    assert not sender.is_alive() and "error" in outcome, outcome
+    fs.wait_for(lambda f: len(f.events) == 1, message="the delayed event applied")
+    fs.up()
+    status, _, again = post_event(fs.url, {"name": "a", "event_id": "lost-1"})
+    assert status == 200 and again == dict(fs.events_json()[0], deduped=True)
+    assert len(fs.events) == 1 and fs.event_dedupes == {"lost-1": 1}
+
+
+def test_event_down_refused_and_events_kept(fs):
+    assert post_event(fs.url, {"name": "a", "event_id": "e1"})[0] == 200
+    fs.down()
+    with pytest.raises(urllib.error.URLError):
+        post_event(fs.url, {"name": "a", "event_id": "e2"})
+    fs.up()
+    assert post_event(fs.url, {"name": "a", "event_id": "e1"})[2]["deduped"] is True, "state kept"
+    assert [e["external_id"] for e in fs.events] == ["e1"]
+
+
+def test_event_rate_limit_429():
+    with FakeSendry(rate_limit=(2, 10.0)) as fake:
+        assert call(fake.url, "GET", "/v1/audiences/aud_test")[0] == 200
+        assert post_event(fake.url, {"name": "a", "event_id": "e1"})[0] == 200
+        status, headers, body = post_event(fake.url, {"name": "a", "event_id": "e2"})
+        assert status == 429 and body["error"]["code"] == "rate_limited", "one budget for every endpoint"
+        assert body["error"]["retry_after"] == int(headers["Retry-After"]) >= 1
+        assert [e["external_id"] for e in fake.events] == ["e1"]
+
+
+def test_event_fail_emails_and_fail_events(fs):
+    fs.fail_emails(r"bad@x", status=503)  # searched in the JSON of the whole body
+    assert post_event(fs.url, {"name": "a", "contact_email": "bad@x.io"})[0] == 503
+    fs.fail_emails(None)
+    fs.fail_events(contact_email=r"@blocked\.io$", status=422)
+    status, _, body = post_event(fs.url, {"name": "a", "contact_email": "x@blocked.io"})
+    assert (status, body["error"]["code"]) == (422, "validation_error")
+    assert post_event(fs.url, {"name": "a", "contact_email": "x@ok.io",
+                               "payload": {"old": "x@blocked.io"}})[0] == 200, "the contact only"
+    fs.fail_events(name=r"^trial\.", contact_email=r"^t@")
+    assert post_event(fs.url, {"name": "trial.ended", "contact_email": "t@x.io"})[0] == 500
+    assert post_event(fs.url, {"name": "trial.ended", "contact_email": "u@x.io"})[0] == 200, "both must match"
+    assert post_event(fs.url, {"name": "signed_up", "contact_email": "t@x.io"})[0] == 200
+    assert post_event(fs.url, {"name": "trial.ended"})[0] == 200, "no address: no match"
+    assert call(fs.url, "POST", "/v1/contacts", {"email": "t@x.io", "first_name": "trial.x"})[0] == 200, \
+        "events only"
+    fs.fail_events()
+    assert post_event(fs.url, {"name": "trial.ended", "contact_email": "t@x.io"})[0] == 200
+    assert len(fs.events) == 5
+
+
+def test_event_control_endpoints(fs):
+    post_event(fs.url, {"name": "a", "event_id": "e1"})
+    post_event(fs.url, {"name": "a", "event_id": "e1"})
+    post_event(fs.url, {"name": "a", "event_id": "e1"})
+    post_event(fs.url, {"name": "b"})
+    status, _, body = call(fs.url, "GET", "/_control/events", key=None)
+    assert status == 200 and body["events"] == fs.events_json()
+    assert [e["name"] for e in body["events"]] == ["a", "b"]
+    assert (body["deduped"], body["dedupes"]) == (2, {"e1": 2})
+    assert call(fs.url, "GET", "/_control/events?name=b", key=None)[2]["events"] == fs.events_json("b")
+    stats = call(fs.url, "GET", "/_control/stats", key=None)[2]
+    assert (stats["events"], stats["events_deduped"], stats["200"]) == (2, 2, 4)
+
+    assert call(fs.url, "POST", "/_control/fail_events", {"name": "^b$", "status": 429}, key=None)[0] == 200
+    assert post_event(fs.url, {"name": "b"})[0] == 429
+    assert call(fs.url, "POST", "/_control/fail_events", {}, key=None)[0] == 200
+    assert post_event(fs.url, {"name": "b"})[0] == 200
+    assert call(fs.url, "POST", "/_control/fail_events", {"name": "("}, key=None)[0] == 400
+
+    assert call(fs.url, "POST", "/_control/reset", key=None)[0] == 200
+    assert call(fs.url, "GET", "/_control/events", key=None)[2] == {"events": [], "deduped": 0, "dedupes": {}}
+    assert post_event(fs.url, {"name": "a", "event_id": "e1"})[2].get("deduped") is None, "reset forgets"
