@@ -404,6 +404,8 @@ def test_event_answer_has_the_spec_fields(fs):
     assert ev["payload"] == {"plan": "pro", "n": [1]} and ev["triggered_runs"] == 0
     assert ev["received_at"].endswith("Z") and ev["processed_at"] == ev["received_at"]
     assert fs.events_json() == [ev]
+    fs.events_json()[0]["payload"]["plan"] = "free"
+    assert fs.events_json() == [ev], "a copy: the caller cannot change the fake's events"
 
     # No event_id, no payload, no contact: only the name is required by the spec's schema.
     status, _, bare = post_event(fs.url, {"name": "x"}, path="/v1/events/")
@@ -581,6 +583,7 @@ def test_event_fail_emails_and_fail_events(fs):
                                "payload": {"old": "x@blocked.io"}})[0] == 200, "the contact only"
     fs.fail_events(name=r"^trial\.", contact_email=r"^t@")
     assert post_event(fs.url, {"name": "trial.ended", "contact_email": "t@x.io"})[0] == 500
+    assert post_event(fs.url, {"name": "trial.ended", "contact_email": "t@x.io"}, path="/v1/events/")[0] == 500
     assert post_event(fs.url, {"name": "trial.ended", "contact_email": "u@x.io"})[0] == 200, "both must match"
     assert post_event(fs.url, {"name": "signed_up", "contact_email": "t@x.io"})[0] == 200
     assert post_event(fs.url, {"name": "trial.ended"})[0] == 200, "no address: no match"
