@@ -54,6 +54,24 @@ and nothing else happens (no new event, no run); a first answer carries no "dedu
 Tests read fake.events, fake.events_json(), fake.event_dedupes ({event_id: repeats}) and
 fake.events_deduped; scripts GET /_control/events and /_control/stats.
 
+    POST   /v1/automations                      {name, trigger_type, trigger_config?, ...} -> a draft
+    GET    /v1/automations?limit=&cursor=
+    GET    /v1/automations/{id}
+    POST   /v1/automations/{id}/activate        status "active"
+    GET    /v1/automations/{id}/runs?limit=&cursor=
+
+Automations: only what a test of an event trigger needs (no steps, pause, archive, manual
+runs, segments). The body is checked as the spec's schema has it (name 1-200, description
+<= 1000, trigger_type and reentry_policy from their enums, trigger_config an object,
+reentry_cooldown_seconds an integer >= 1). reentry_policy defaults to once_per_contact
+(the spec gives no default). An ingested event (not a deduped repeat) starts one run
+{id: "run_N", automation_id, contact_id, contact_email, trigger_event_id (the event's
+id), status "in_progress", context {event: {id, name, payload}}, ...} of each active
+automation with trigger_type "event" whose trigger_config.event_name is the event's name
+(the spec does not name the key; without it, every event matches), for a contact the fake
+knows, as its reentry_policy allows; the event's triggered_runs counts them. Tests read
+fake.automations and fake.runs_json(); scripts GET /_control/automations.
+
 Audiences: several exist at once (``audience_id``, the one the worker is configured
 with, plus ``audiences``; add_audience()/remove_audience() at run time); an unknown
 audience id is a 404 everywhere. Membership is as the API has it: an import or a create
@@ -100,6 +118,9 @@ MAX_IMPORT = 1000
 MAX_NAME_LEN = 200
 MAX_METADATA_VALUE_LEN = 1000
 MAX_EVENT_ID_LEN = 200  # sendry-api.md section 9: event_id at most 200 characters
+MAX_DESCRIPTION_LEN = 1000
+TRIGGER_TYPES = ("event", "contact_added_to_segment", "schedule", "manual")
+REENTRY_POLICIES = ("once_per_contact", "cooldown", "always")
 SUPPRESSION_REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
 
 DEFAULT_ERROR_CODES = {
@@ -542,6 +563,10 @@ class FakeSendry:
             self._events_by_external = {}  # event_id -> the same dict
             self._next_event = 1
             self.event_dedupes = {}  # event_id -> how many repeats were answered deduped
+            self.automations = {}  # "auto_N" -> automation dict, in creation order
+            self._next_automation = 1
+            self.runs = []  # automation runs, oldest first
+            self._next_run = 1
             self.delay_all = 0.0
             stamp = now_iso()
             self.audiences = {
@@ -596,6 +621,12 @@ class FakeSendry:
         called `name` when it is given."""
         with self._lock:
             return [self._event_json(e) for e in self.events if name is None or e["name"] == name]
+
+    def runs_json(self, automation_id=None):
+        """The automation runs (of one automation when given), oldest first."""
+        with self._lock:
+            return [self._run_json(r) for r in self.runs
+                    if automation_id is None or r["automation_id"] == automation_id]
 
     @property
     def events_deduped(self) -> int:
@@ -897,6 +928,19 @@ class FakeSendry:
                     if event is None:
                         raise ApiError(404, "Event not found")
                     return 200, self._event_json(event)
+            elif kind == "automations":
+                if n == 2 and method == "POST":
+                    return 200, self._create_automation(body)
+                if n == 2 and method == "GET":
+                    return 200, self._paginate([self._automation_json(a) for a in self.automations.values()], query)
+                if n == 3 and method == "GET":
+                    return 200, self._automation_json(self._automation(seg[2]))
+                if n == 4 and seg[3] == "activate" and method == "POST":
+                    return 200, self._activate_automation(seg[2])
+                if n == 4 and seg[3] == "runs" and method == "GET":
+                    aid = self._automation(seg[2])["id"]
+                    return 200, self._paginate(
+                        [self._run_json(r) for r in self.runs if r["automation_id"] == aid], query)
             elif kind == "unsubscribes" and n == 2 and method == "GET" and self.stuck_cursor:
                 # A broken list: it always says there is more, at the same cursor.
                 return 200, {"data": [dict(x) for x in self.unsubscribes[:int(query.get("limit", 50))]],
@@ -1181,8 +1225,132 @@ class FakeSendry:
         return self._event_json(event)
 
     def _start_runs(self, event, contact, stamp):
-        """Automations: none yet; how many runs this event started."""
-        return 0
+        """Start a run of every active "event" automation this event matches, for the
+        event's contact; return how many started. A run needs a contact the fake knows
+        (a run's contact_email is required in the spec): none for an unknown one."""
+        if contact is None:
+            return 0
+        started = 0
+        for auto in self.automations.values():
+            if not self._automation_matches(auto, event) or not self._may_enter(auto, contact):
+                continue
+            self.runs.append({
+                "id": f"run_{self._next_run}",
+                "automation_id": auto["id"],
+                "contact_id": contact["id"],
+                "contact_email": contact["email"],
+                "trigger_event_id": event["id"],
+                "status": "in_progress",
+                "current_step_id": None,
+                "context": {"event": {"id": event["id"], "name": event["name"],
+                                      "payload": json.loads(json.dumps(event["payload"]))}},
+                "started_at": stamp,
+                "completed_at": None,
+                "failed_at": None,
+                "failure_reason": None,
+                "created_at": stamp,
+                "updated_at": stamp,
+                "_started": time.monotonic(),
+            })
+            self._next_run += 1
+            auto["total_runs"] += 1
+            auto["active_runs"] += 1
+            started += 1
+        return started
+
+    @staticmethod
+    def _automation_matches(auto, event):
+        """Active, trigger_type "event", and trigger_config.event_name (the spec does not
+        name the key: the fake's choice) equal to the event's name when it is set."""
+        if auto["status"] != "active" or auto["trigger_type"] != "event":
+            return False
+        wanted = auto["trigger_config"].get("event_name")
+        return wanted is None or wanted == event["name"]
+
+    def _may_enter(self, auto, contact):
+        """reentry_policy: always; once_per_contact; cooldown (reentry_cooldown_seconds
+        since the contact's last run of this automation; never again without it)."""
+        policy = auto["reentry_policy"]
+        if policy == "always":
+            return True
+        earlier = [r for r in self.runs if r["automation_id"] == auto["id"] and r["contact_id"] == contact["id"]]
+        if not earlier:
+            return True
+        cooldown = auto["reentry_cooldown_seconds"]
+        if policy == "cooldown" and cooldown is not None:
+            return time.monotonic() - earlier[-1]["_started"] >= cooldown
+        return False
+
+    # ---- automations (sendry-api.md section 9; only what an event trigger needs) -----
+
+    @staticmethod
+    def _validate_automation(body):
+        """422 on a body the spec's createAutomation schema refuses."""
+        if not isinstance(body, dict):
+            raise ApiError(422, "body: must be a JSON object")
+        name = body.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_LEN:
+            raise ApiError(422, f"name: is required, a string of 1-{MAX_NAME_LEN} characters")
+        if "description" in body and (not isinstance(body["description"], str)
+                                      or len(body["description"]) > MAX_DESCRIPTION_LEN):
+            raise ApiError(422, f"description: must be a string of at most {MAX_DESCRIPTION_LEN} characters")
+        if body.get("trigger_type") not in TRIGGER_TYPES:
+            raise ApiError(422, f"trigger_type: is required, one of {', '.join(TRIGGER_TYPES)}")
+        if "trigger_config" in body and not isinstance(body["trigger_config"], dict):
+            raise ApiError(422, "trigger_config: must be an object")
+        if "entry_segment_id" in body and not isinstance(body["entry_segment_id"], str):
+            raise ApiError(422, "entry_segment_id: must be a string")
+        if "reentry_policy" in body and body["reentry_policy"] not in REENTRY_POLICIES:
+            raise ApiError(422, f"reentry_policy: must be one of {', '.join(REENTRY_POLICIES)}")
+        if "reentry_cooldown_seconds" in body:
+            secs = body["reentry_cooldown_seconds"]
+            if isinstance(secs, bool) or not isinstance(secs, int) or secs < 1:
+                raise ApiError(422, "reentry_cooldown_seconds: must be an integer of at least 1")
+
+    def _create_automation(self, body):
+        """POST /v1/automations: a draft (it starts nothing until activated)."""
+        self._validate_automation(body)
+        stamp = now_iso()
+        auto = {
+            "id": f"auto_{self._next_automation}",
+            "name": body["name"],
+            "description": body.get("description"),
+            "status": "draft",
+            "trigger_type": body["trigger_type"],
+            "trigger_config": json.loads(json.dumps(body.get("trigger_config", {}))),
+            "entry_segment_id": body.get("entry_segment_id"),
+            "reentry_policy": body.get("reentry_policy", "once_per_contact"),
+            "reentry_cooldown_seconds": body.get("reentry_cooldown_seconds"),
+            "total_runs": 0,
+            "active_runs": 0,
+            "completed_runs": 0,
+            "failed_runs": 0,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        self._next_automation += 1
+        self.automations[auto["id"]] = auto
+        return dict(auto)
+
+    def _automation(self, aid):
+        auto = self.automations.get(aid)
+        if auto is None:
+            raise ApiError(404, "Automation not found")
+        return auto
+
+    def _activate_automation(self, aid):
+        auto = self._automation(aid)
+        auto["status"] = "active"
+        auto["updated_at"] = now_iso()
+        return self._automation_json(auto)
+
+    @staticmethod
+    def _automation_json(auto):
+        return json.loads(json.dumps(auto))
+
+    @staticmethod
+    def _run_json(run):
+        return {k: v for k, v in json.loads(json.dumps(run)).items() if not k.startswith("_")}
 
     @staticmethod
     def _event_json(event):
@@ -1265,6 +1433,11 @@ class FakeSendry:
                     out["events"] = len(self.events)
                     out["events_deduped"] = self.events_deduped
                     return 200, out
+                if name == "automations":
+                    return 200, {
+                        "automations": [self._automation_json(a) for a in self.automations.values()],
+                        "runs": self.runs_json(),
+                    }
                 if name == "events":
                     return 200, {
                         "events": self.events_json(query.get("name") or None),

@@ -616,3 +616,123 @@ def test_event_control_endpoints(fs):
     assert call(fs.url, "POST", "/_control/reset", key=None)[0] == 200
     assert call(fs.url, "GET", "/_control/events", key=None)[2] == {"events": [], "deduped": 0, "dedupes": {}}
     assert post_event(fs.url, {"name": "a", "event_id": "e1"})[2].get("deduped") is None, "reset forgets"
+
+
+# --- automations with trigger_type "event" (sendry-api.md section 9) ------------------------
+
+AUTOMATION_FIELDS = {"id", "name", "description", "status", "trigger_type", "trigger_config",
+                     "entry_segment_id", "reentry_policy", "reentry_cooldown_seconds", "total_runs",
+                     "active_runs", "completed_runs", "failed_runs", "created_at", "updated_at"}
+
+
+def onboarding(base, **extra):
+    body = dict({"name": "Onboarding", "trigger_type": "event",
+                 "trigger_config": {"event_name": "user.signed_up"}}, **extra)
+    status, _, auto = call(base, "POST", "/v1/automations", body)
+    assert status == 200, auto
+    return auto
+
+
+def test_event_starts_an_automation_run(fs):
+    auto = onboarding(fs.url)
+    assert set(auto) == AUTOMATION_FIELDS and auto["id"].startswith("auto_")
+    assert (auto["status"], auto["reentry_policy"], auto["total_runs"]) == ("draft", "once_per_contact", 0)
+    ct = call(fs.url, "POST", "/v1/contacts", {"email": "ann@x.io", "audience_id": "aud_test"})[2]
+
+    draft = post_event(fs.url, {"name": "user.signed_up", "event_id": "e0", "contact_email": "ann@x.io"})[2]
+    assert draft["triggered_runs"] == 0, "a draft starts nothing"
+    status, _, active = call(fs.url, "POST", f"/v1/automations/{auto['id']}/activate")
+    assert status == 200 and active["status"] == "active"
+    assert call(fs.url, "POST", "/v1/automations/auto_999/activate")[0] == 404
+
+    assert post_event(fs.url, {"name": "user.deleted", "event_id": "e1", "contact_email": "ann@x.io"})[2][
+        "triggered_runs"] == 0, "another name"
+    assert post_event(fs.url, {"name": "user.signed_up", "event_id": "e2", "contact_email": "bob@x.io"})[2][
+        "triggered_runs"] == 0, "a contact Sendry does not know yet"
+    ev = post_event(fs.url, {"name": "user.signed_up", "event_id": "e3", "contact_email": "ANN@x.io",
+                             "payload": {"plan": "pro"}})[2]
+    assert ev["triggered_runs"] == 1
+    status, _, runs = call(fs.url, "GET", f"/v1/automations/{auto['id']}/runs")
+    assert status == 200 and len(runs["data"]) == 1
+    run = runs["data"][0]
+    assert (run["automation_id"], run["contact_id"], run["contact_email"], run["trigger_event_id"], run["status"]) \
+        == (auto["id"], ct["id"], "ann@x.io", ev["id"], "in_progress")
+    assert run["context"] == {"event": {"id": ev["id"], "name": "user.signed_up", "payload": {"plan": "pro"}}}
+    assert set(run) == {"id", "automation_id", "contact_id", "contact_email", "trigger_event_id", "status",
+                        "current_step_id", "context", "started_at", "completed_at", "failed_at",
+                        "failure_reason", "created_at", "updated_at"}, "the spec's fields, nothing else"
+    assert fs.runs_json() == [run]
+
+    # The repeat is answered with the original (triggered_runs 1) and starts nothing.
+    assert post_event(fs.url, {"name": "user.signed_up", "event_id": "e3", "contact_email": "ann@x.io"})[2] \
+        == dict(ev, deduped=True)
+    # once_per_contact: a new event for the same contact starts nothing either.
+    assert post_event(fs.url, {"name": "user.signed_up", "event_id": "e4", "contact_id": ct["id"]})[2][
+        "triggered_runs"] == 0
+    assert len(fs.runs_json()) == 1
+    got = call(fs.url, "GET", f"/v1/automations/{auto['id']}")[2]
+    assert (got["total_runs"], got["active_runs"]) == (1, 1)
+    assert call(fs.url, "GET", "/v1/automations/auto_999/runs")[0] == 404
+
+
+def test_reentry_always_and_several_automations(fs):
+    always = onboarding(fs.url, reentry_policy="always")
+    every = onboarding(fs.url, name="Every event", trigger_config={})
+    manual = onboarding(fs.url, name="Manual", trigger_type="manual")
+    for auto in (always, every, manual):
+        call(fs.url, "POST", f"/v1/automations/{auto['id']}/activate")
+    call(fs.url, "POST", "/v1/contacts", {"email": "ann@x.io"})
+    assert post_event(fs.url, {"name": "user.signed_up", "contact_email": "ann@x.io"})[2]["triggered_runs"] == 2
+    assert post_event(fs.url, {"name": "user.signed_up", "contact_email": "ann@x.io",
+                               "event_id": "e1"})[2]["triggered_runs"] == 1
+    assert post_event(fs.url, {"name": "trial.ended", "contact_email": "ann@x.io"})[2]["triggered_runs"] == 0
+    assert [r["automation_id"] for r in fs.runs_json()] == [always["id"], every["id"], always["id"]]
+    again = post_event(fs.url, {"name": "user.signed_up", "contact_email": "ann@x.io", "event_id": "e1"})[2]
+    assert again["deduped"] and again["triggered_runs"] == 1
+    assert len(fs.runs_json()) == 3, "a deduped repeat starts no run, even where reentry is 'always'"
+    assert len(call(fs.url, "GET", f"/v1/automations/{always['id']}/runs")[2]["data"]) == 2
+    assert len(call(fs.url, "GET", f"/v1/automations/{every['id']}/runs")[2]["data"]) == 1
+    assert fs.runs_json(manual["id"]) == []
+    listed = call(fs.url, "GET", "/v1/automations")[2]["data"]
+    assert [a["id"] for a in listed] == [always["id"], every["id"], manual["id"]]
+    body = call(fs.url, "GET", "/_control/automations", key=None)[2]
+    assert [a["total_runs"] for a in body["automations"]] == [2, 1, 0] and body["runs"] == fs.runs_json()
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"trigger_type": "event"}, "name: is required"),
+    ({"name": "n" * 201, "trigger_type": "event"}, "name: is required, a string of 1-200"),
+    ({"name": "a"}, "trigger_type: is required"),
+    ({"name": "a", "trigger_type": "webhook"}, "trigger_type: is required, one of event,"),
+    ({"name": "a", "trigger_type": "event", "trigger_config": "user.signed_up"}, "trigger_config: must be an object"),
+    ({"name": "a", "trigger_type": "event", "description": "d" * 1001}, "description: must be a string of at most 1000"),
+    ({"name": "a", "trigger_type": "event", "entry_segment_id": 3}, "entry_segment_id: must be a string"),
+    ({"name": "a", "trigger_type": "event", "reentry_policy": "never"}, "reentry_policy: must be one of"),
+    ({"name": "a", "trigger_type": "event", "reentry_cooldown_seconds": 0}, "reentry_cooldown_seconds: must be an integer"),
+    ({"name": "a", "trigger_type": "event", "reentry_cooldown_seconds": True}, "reentry_cooldown_seconds: must be an integer"),
+])
+def test_automation_validation_422(fs, body, words):
+    status, _, answer = call(fs.url, "POST", "/v1/automations", body)
+    assert status == 422 and answer["error"]["code"] == "validation_error"
+    assert words in answer["error"]["message"] and fs.automations == {}
+
+
+def test_automation_create_needs_a_writing_key():
+    with FakeSendry(rate_limit=None, read_only_key="sn_test_ro") as fake:
+        body = {"name": "a", "trigger_type": "event"}
+        assert call(fake.url, "POST", "/v1/automations", body, key="sn_test_ro")[0] == 403
+        assert call(fake.url, "POST", "/v1/automations", body, key=None)[0] == 401
+        assert fake.automations == {}
+
+
+def test_reentry_cooldown(fs):
+    auto = onboarding(fs.url, reentry_policy="cooldown", reentry_cooldown_seconds=60)
+    call(fs.url, "POST", f"/v1/automations/{auto['id']}/activate")
+    call(fs.url, "POST", "/v1/contacts", {"email": "ann@x.io"})
+    signed_up = {"name": "user.signed_up", "contact_email": "ann@x.io"}
+    assert post_event(fs.url, signed_up)[2]["triggered_runs"] == 1
+    assert post_event(fs.url, signed_up)[2]["triggered_runs"] == 0, "within the cooldown"
+    with fs._lock:
+        fs.runs[0]["_started"] -= 61  # the run started 61 s ago, without waiting for it
+    assert post_event(fs.url, signed_up)[2]["triggered_runs"] == 1, "after the cooldown"
+    assert len(fs.runs_json(auto["id"])) == 2
