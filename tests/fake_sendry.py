@@ -79,7 +79,8 @@ with ``audience_id`` adds the contact to that audience (and leaves its other mem
 alone), the audience endpoints add and remove members, removing a member never deletes
 the contact, and deleting an audience removes its memberships but not the contacts.
 
-Every request goes through these checks, in order: record, drop_next, delay,
+Every request goes through these checks, in order: record, drop_next, lose_answer_next
+(noted here, done once the request is applied: no answer at all), delay,
 auth (401 / 403 for a read-only key on writes), per-key rate limit, fail_next,
 fail_fraction, fail_emails, fail_events (POST /v1/events by name and/or contact_email),
 then the endpoint (validation, then the work). down() takes the whole API away (the port refuses
@@ -372,7 +373,7 @@ class _Handler(BaseHTTPRequestHandler):
             "status": None,
             "time": time.monotonic(),
         }
-        drop, delay = fake._begin(record)
+        drop, delay, lose_answer = fake._begin(record)
         if fake.on_request:
             fake.on_request(record)
         if drop:
@@ -392,6 +393,14 @@ class _Handler(BaseHTTPRequestHandler):
             traceback.print_exc()
             status, body, headers = 500, error_body(500, message="fake-sendry internal error"), {}
         fake._finish(record, status)
+        if lose_answer:
+            # Applied; the client never learns the outcome (as on a kill -9 or a timeout).
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
         self._send(status, body, headers)
 
 
@@ -550,6 +559,7 @@ class FakeSendry:
             self._rate = {}  # Authorization value -> deque of admitted times
             self._faults = []  # fail_next entries, FIFO
             self._drops = []  # [remaining, path_prefix]
+            self._lost_answers = []  # [remaining, path_prefix]: lose_answer_next()
             self._delays = []  # [seconds, remaining]
             self._fraction = 0.0
             self._fraction_statuses = [503]
@@ -701,6 +711,13 @@ class FakeSendry:
         with self._lock:
             self._drops.append([int(count), path_prefix])
 
+    def lose_answer_next(self, count=1, path_prefix=None):
+        """The next `count` (matching) requests are applied as usual (an event is ingested),
+        then the connection is closed without an answer: the client cannot tell whether it
+        was applied. Counted in stats["answers_lost"]; the request keeps its status."""
+        with self._lock:
+            self._lost_answers.append([int(count), path_prefix])
+
     def delay_next(self, seconds, count=1):
         """Sleep `seconds` before answering each of the next `count` requests."""
         with self._lock:
@@ -776,7 +793,7 @@ class FakeSendry:
         self.stats[key] = self.stats.get(key, 0) + 1
 
     def _begin(self, record):
-        """Record the request; return (drop?, delay seconds)."""
+        """Record the request; return (drop?, delay seconds, lose the answer?)."""
         with self._lock:
             self.requests.append(record)
             for entry in self._drops:
@@ -785,7 +802,16 @@ class FakeSendry:
                     if entry[0] <= 0:
                         self._drops.remove(entry)
                     self._count("dropped")
-                    return True, 0.0
+                    return True, 0.0, False
+            lose = False
+            for entry in self._lost_answers:
+                if entry[1] is None or record["path"].startswith(entry[1]):
+                    entry[0] -= 1
+                    if entry[0] <= 0:
+                        self._lost_answers.remove(entry)
+                    self._count("answers_lost")
+                    lose = True
+                    break
             delay = float(self.delay_all or 0.0)
             if self._delays:
                 entry = self._delays[0]
@@ -793,7 +819,7 @@ class FakeSendry:
                 entry[1] -= 1
                 if entry[1] <= 0:
                     self._delays.pop(0)
-            return False, delay
+            return False, delay, lose
 
     def _finish(self, record, status):
         with self._lock:
@@ -1453,6 +1479,7 @@ class FakeSendry:
                 "reset": lambda: self.reset(),
                 "fail_next": lambda: self.fail_next(**kwargs),
                 "drop_next": lambda: self.drop_next(**kwargs),
+                "lose_answer_next": lambda: self.lose_answer_next(**kwargs),
                 "delay_next": lambda: self.delay_next(**kwargs),
                 "delay_all": lambda: setattr(self, "delay_all", float(kwargs.get("seconds", 0))),
                 "fail_fraction": lambda: self.fail_fraction(**kwargs),

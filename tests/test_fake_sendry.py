@@ -736,3 +736,19 @@ def test_reentry_cooldown(fs):
         fs.runs[0]["_started"] -= 61  # the run started 61 s ago, without waiting for it
     assert post_event(fs.url, signed_up)[2]["triggered_runs"] == 1, "after the cooldown"
     assert len(fs.runs_json(auto["id"])) == 2
+
+
+def test_event_lose_answer_next_applies_then_hangs_up(fs):
+    fs.lose_answer_next(path_prefix="/v1/events")
+    assert call(fs.url, "GET", "/v1/audiences/aud_test")[0] == 200, "only a matching request"
+    with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+        post_event(fs.url, {"name": "a", "event_id": "e1"})
+    first = fs.events_json()
+    assert len(first) == 1 and first[0]["external_id"] == "e1", "applied although unanswered"
+    assert fs.stats["answers_lost"] == 1 and fs.requests[-1]["status"] == 200
+    status, _, again = post_event(fs.url, {"name": "a", "event_id": "e1"})
+    assert (status, again) == (200, dict(first[0], deduped=True)), "the retry finds it"
+    assert call(fs.url, "POST", "/_control/lose_answer_next", {"count": 1}, key=None)[0] == 200
+    with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+        call(fs.url, "POST", "/v1/contacts", {"email": "a@x.io"})
+    assert "a@x.io" in fs.contacts and fs.stats["answers_lost"] == 2
