@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -538,7 +539,6 @@ def test_event_applied_while_going_down_is_deduped_on_retry(fs):
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError) as exc:
             outcome["error"] = exc
 
-    import threading
     sender = threading.Thread(target=send)
     sender.start()
     fs.wait_for(lambda f: len(f.requests) == 1, message="the event reached the fake")
