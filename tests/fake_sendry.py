@@ -37,6 +37,40 @@ Implemented endpoints (behaviour follows /work/shared/docs/sendry-api.md):
     DELETE /v1/contacts/{id}
     GET    /v1/unsubscribes?limit=&cursor=[&email=&list_id=]
     GET    /v1/suppression?limit=&cursor=[&email=]
+    POST   /v1/events                           {name, event_id?, contact_email?, contact_id?, payload?}
+    GET    /v1/events?limit=&cursor=[&name=]    the ingested events, oldest first
+    GET    /v1/events/{id}
+
+Events (sendry-api.md section 9, the OpenAPI schema of postV1Events): only `name` is
+required (a string of 1-200 characters); `event_id` (a string of at most 200),
+`contact_email` (an address), `contact_id` (a string) and `payload` (an object, {} when
+absent) are optional and checked when present; anything else is a 422 validation_error
+whose message names the field. The answer is {id: "evt_N", external_id (the event_id or
+null), name, contact_email, contact_id, payload, received_at, processed_at, triggered_runs}:
+the contact fields as sent, the missing one filled in when the fake knows the contact
+(by contact_id, else by address); the contact need not exist (the spec has no 404 here).
+An event_id seen before is answered 200 with the original event plus "deduped": true,
+and nothing else happens (no new event, no run); a first answer carries no "deduped".
+Tests read fake.events, fake.events_json(), fake.event_dedupes ({event_id: repeats}) and
+fake.events_deduped; scripts GET /_control/events and /_control/stats.
+
+    POST   /v1/automations                      {name, trigger_type, trigger_config?, ...} -> a draft
+    GET    /v1/automations?limit=&cursor=
+    GET    /v1/automations/{id}
+    POST   /v1/automations/{id}/activate        status "active"
+    GET    /v1/automations/{id}/runs?limit=&cursor=
+
+Automations: only what a test of an event trigger needs (no steps, pause, archive, manual
+runs, segments). The body is checked as the spec's schema has it (name 1-200, description
+<= 1000, trigger_type and reentry_policy from their enums, trigger_config an object,
+reentry_cooldown_seconds an integer >= 1). reentry_policy defaults to once_per_contact
+(the spec gives no default). An ingested event (not a deduped repeat) starts one run
+{id: "run_N", automation_id, contact_id, contact_email, trigger_event_id (the event's
+id), status "in_progress", context {event: {id, name, payload}}, ...} of each active
+automation with trigger_type "event" whose trigger_config.event_name is the event's name
+(the spec does not name the key; without it, every event matches), for a contact the fake
+knows, as its reentry_policy allows; the event's triggered_runs counts them. Tests read
+fake.automations and fake.runs_json(); scripts GET /_control/automations.
 
 Audiences: several exist at once (``audience_id``, the one the worker is configured
 with, plus ``audiences``; add_audience()/remove_audience() at run time); an unknown
@@ -45,9 +79,11 @@ with ``audience_id`` adds the contact to that audience (and leaves its other mem
 alone), the audience endpoints add and remove members, removing a member never deletes
 the contact, and deleting an audience removes its memberships but not the contacts.
 
-Every request goes through these checks, in order: record, drop_next, delay,
+Every request goes through these checks, in order: record, drop_next, lose_answer_next
+(noted here, done once the request is applied: no answer at all), delay,
 auth (401 / 403 for a read-only key on writes), per-key rate limit, fail_next,
-fail_fraction, fail_emails, then the endpoint. down() takes the whole API away (the port refuses
+fail_fraction, fail_emails, fail_events (POST /v1/events by name and/or contact_email),
+then the endpoint (validation, then the work). down() takes the whole API away (the port refuses
 connections) until up(); POST /_control/down {"seconds": N} does it from a script.
 """
 
@@ -82,6 +118,10 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_IMPORT = 1000
 MAX_NAME_LEN = 200
 MAX_METADATA_VALUE_LEN = 1000
+MAX_EVENT_ID_LEN = 200  # sendry-api.md section 9: event_id at most 200 characters
+MAX_DESCRIPTION_LEN = 1000
+TRIGGER_TYPES = ("event", "contact_added_to_segment", "schedule", "manual")
+REENTRY_POLICIES = ("once_per_contact", "cooldown", "always")
 SUPPRESSION_REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
 
 DEFAULT_ERROR_CODES = {
@@ -179,6 +219,11 @@ def _n_contacts(body) -> int:
         if "email" in body:
             return 1
     return 0
+
+
+def _is_events_path(path: str) -> bool:
+    """/v1/events, with or without the OpenAPI spec's trailing slash."""
+    return path in ("/v1/events", "/v1/events/")
 
 
 def _parse_json(raw: bytes):
@@ -328,7 +373,7 @@ class _Handler(BaseHTTPRequestHandler):
             "status": None,
             "time": time.monotonic(),
         }
-        drop, delay = fake._begin(record)
+        drop, delay, lose_answer = fake._begin(record)
         if fake.on_request:
             fake.on_request(record)
         if drop:
@@ -348,6 +393,14 @@ class _Handler(BaseHTTPRequestHandler):
             traceback.print_exc()
             status, body, headers = 500, error_body(500, message="fake-sendry internal error"), {}
         fake._finish(record, status)
+        if lose_answer:
+            # Applied; the client never learns the outcome (as on a kill -9 or a timeout).
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
         self._send(status, body, headers)
 
 
@@ -506,6 +559,7 @@ class FakeSendry:
             self._rate = {}  # Authorization value -> deque of admitted times
             self._faults = []  # fail_next entries, FIFO
             self._drops = []  # [remaining, path_prefix]
+            self._lost_answers = []  # [remaining, path_prefix]: lose_answer_next()
             self._delays = []  # [seconds, remaining]
             self._fraction = 0.0
             self._fraction_statuses = [503]
@@ -513,6 +567,16 @@ class FakeSendry:
             self._rng = random.Random(1)
             self._reject_re = None
             self._fail_email = None  # (regex, status): fail_emails()
+            self._fail_event = None  # (name regex|None, contact_email regex|None, status): fail_events()
+            self.events = []  # ingested events, oldest first, each as first answered
+            self._events_by_id = {}  # "evt_N" -> the same dict as in self.events
+            self._events_by_external = {}  # event_id -> the same dict
+            self._next_event = 1
+            self.event_dedupes = {}  # event_id -> how many repeats were answered deduped
+            self.automations = {}  # "auto_N" -> automation dict, in creation order
+            self._next_automation = 1
+            self.runs = []  # automation runs, oldest first
+            self._next_run = 1
             self.delay_all = 0.0
             stamp = now_iso()
             self.audiences = {
@@ -561,6 +625,24 @@ class FakeSendry:
         """Every contact in its JSON form (what GET /_control/contacts answers)."""
         with self._lock:
             return [self._contact_json(c) for c in self.contacts.values()]
+
+    def events_json(self, name=None):
+        """The ingested events (each once, as first answered), oldest first; only those
+        called `name` when it is given."""
+        with self._lock:
+            return [self._event_json(e) for e in self.events if name is None or e["name"] == name]
+
+    def runs_json(self, automation_id=None):
+        """The automation runs (of one automation when given), oldest first."""
+        with self._lock:
+            return [self._run_json(r) for r in self.runs
+                    if automation_id is None or r["automation_id"] == automation_id]
+
+    @property
+    def events_deduped(self) -> int:
+        """How many requests were answered with an earlier event (deduped: true)."""
+        with self._lock:
+            return sum(self.event_dedupes.values())
 
     def add_audience(self, audience_id, name=None):
         """Create an audience (or rename one that exists); returns its JSON."""
@@ -629,6 +711,13 @@ class FakeSendry:
         with self._lock:
             self._drops.append([int(count), path_prefix])
 
+    def lose_answer_next(self, count=1, path_prefix=None):
+        """The next `count` (matching) requests are applied as usual (an event is ingested),
+        then the connection is closed without an answer: the client cannot tell whether it
+        was applied. Counted in stats["answers_lost"]; the request keeps its status."""
+        with self._lock:
+            self._lost_answers.append([int(count), path_prefix])
+
     def delay_next(self, seconds, count=1):
         """Sleep `seconds` before answering each of the next `count` requests."""
         with self._lock:
@@ -657,6 +746,20 @@ class FakeSendry:
         `status` (a row's own transient failure, while the others go through). None clears."""
         with self._lock:
             self._fail_email = (re.compile(regex), int(status)) if regex else None
+
+    def fail_events(self, name=None, contact_email=None, status=500):
+        """POST /v1/events whose `name` and/or `contact_email` match these regexes (re.search;
+        both must match when both are given) get `status`, and the event is not ingested (one
+        event's own failure, while the others go through). Both None clears."""
+        with self._lock:
+            if name is None and contact_email is None:
+                self._fail_event = None
+                return
+            self._fail_event = (
+                None if name is None else re.compile(name),
+                None if contact_email is None else re.compile(contact_email),
+                int(status),
+            )
 
     def add_unsubscribe(self, email, reason=None, list_id=None):
         with self._lock:
@@ -690,7 +793,7 @@ class FakeSendry:
         self.stats[key] = self.stats.get(key, 0) + 1
 
     def _begin(self, record):
-        """Record the request; return (drop?, delay seconds)."""
+        """Record the request; return (drop?, delay seconds, lose the answer?)."""
         with self._lock:
             self.requests.append(record)
             for entry in self._drops:
@@ -699,7 +802,16 @@ class FakeSendry:
                     if entry[0] <= 0:
                         self._drops.remove(entry)
                     self._count("dropped")
-                    return True, 0.0
+                    return True, 0.0, False
+            lose = False
+            for entry in self._lost_answers:
+                if entry[1] is None or record["path"].startswith(entry[1]):
+                    entry[0] -= 1
+                    if entry[0] <= 0:
+                        self._lost_answers.remove(entry)
+                    self._count("answers_lost")
+                    lose = True
+                    break
             delay = float(self.delay_all or 0.0)
             if self._delays:
                 entry = self._delays[0]
@@ -707,7 +819,7 @@ class FakeSendry:
                 entry[1] -= 1
                 if entry[1] <= 0:
                     self._delays.pop(0)
-            return False, delay
+            return False, delay, lose
 
     def _finish(self, record, status):
         with self._lock:
@@ -779,6 +891,11 @@ class FakeSendry:
                 if regex.search(json.dumps(body)):
                     return st, error_body(st, message=f"Injected fault for this contact: {st}"), {}
 
+            if self._fail_event is not None and method == "POST" and _is_events_path(path):
+                st = self._event_fault_status(body)
+                if st is not None:
+                    return st, error_body(st, message=f"Injected fault for this event: {st}"), {}
+
             try:
                 if method in WRITE_METHODS and not json_ok:
                     raise ApiError(400, "Request body is not valid JSON")
@@ -824,6 +941,32 @@ class FakeSendry:
                     if method == "DELETE":
                         self._delete_contact(self._contact_by_id(seg[2]))
                         return 200, {"deleted": True}
+            elif kind == "events":
+                if n == 2 and method == "POST":
+                    return 200, self._ingest_event(body)
+                if n == 2 and method == "GET":
+                    items = self.events
+                    if query.get("name"):
+                        items = [e for e in items if e["name"] == query["name"]]
+                    return 200, self._paginate([self._event_json(e) for e in items], query)
+                if n == 3 and method == "GET":
+                    event = self._events_by_id.get(seg[2])
+                    if event is None:
+                        raise ApiError(404, "Event not found")
+                    return 200, self._event_json(event)
+            elif kind == "automations":
+                if n == 2 and method == "POST":
+                    return 200, self._create_automation(body)
+                if n == 2 and method == "GET":
+                    return 200, self._paginate([self._automation_json(a) for a in self.automations.values()], query)
+                if n == 3 and method == "GET":
+                    return 200, self._automation_json(self._automation(seg[2]))
+                if n == 4 and seg[3] == "activate" and method == "POST":
+                    return 200, self._activate_automation(seg[2])
+                if n == 4 and seg[3] == "runs" and method == "GET":
+                    aid = self._automation(seg[2])["id"]
+                    return 200, self._paginate(
+                        [self._run_json(r) for r in self.runs if r["automation_id"] == aid], query)
             elif kind == "unsubscribes" and n == 2 and method == "GET" and self.stuck_cursor:
                 # A broken list: it always says there is more, at the same cursor.
                 return 200, {"data": [dict(x) for x in self.unsubscribes[:int(query.get("limit", 50))]],
@@ -1027,6 +1170,218 @@ class FakeSendry:
         self.contacts.pop(contact["email"].lower(), None)
         self._by_id.pop(contact["id"], None)
 
+    # ---- events (sendry-api.md section 9) -------------------------------------
+
+    def _event_fault_status(self, body):
+        """fail_events(): the status to answer this event body with, or None."""
+        name_re, email_re, status = self._fail_event
+        if not isinstance(body, dict):
+            return None
+        for regex, value in ((name_re, body.get("name")), (email_re, body.get("contact_email"))):
+            if regex is not None and not (isinstance(value, str) and regex.search(value)):
+                return None
+        return status
+
+    @staticmethod
+    def _validate_event(body):
+        """422 on a body the spec's schema refuses: only `name` is required; the optional
+        fields, when present, must have their type (null is not a string or an object)."""
+        if not isinstance(body, dict):
+            raise ApiError(422, "body: must be a JSON object")
+        if "name" not in body:
+            raise ApiError(422, "name: is required")
+        name = body["name"]
+        if not isinstance(name, str):
+            raise ApiError(422, f"name: must be a string, got {type(name).__name__}")
+        if not 1 <= len(name) <= MAX_NAME_LEN:
+            raise ApiError(422, f"name: must be 1-{MAX_NAME_LEN} characters, got {len(name)}")
+        if "event_id" in body:
+            event_id = body["event_id"]
+            if not isinstance(event_id, str):
+                raise ApiError(422, f"event_id: must be a string, got {type(event_id).__name__}")
+            if len(event_id) > MAX_EVENT_ID_LEN:
+                raise ApiError(
+                    422, f"event_id: must be at most {MAX_EVENT_ID_LEN} characters, got {len(event_id)}"
+                )
+        if "contact_email" in body:
+            email = body["contact_email"]
+            if not isinstance(email, str) or not EMAIL_RE.match(email):
+                raise ApiError(422, f"contact_email: invalid email address {email!r}")
+        if "contact_id" in body and not isinstance(body["contact_id"], str):
+            raise ApiError(
+                422, f"contact_id: must be a string, got {type(body['contact_id']).__name__}"
+            )
+        if "payload" in body and not isinstance(body["payload"], dict):
+            raise ApiError(422, f"payload: must be an object, got {type(body['payload']).__name__}")
+
+    def _event_contact(self, body):
+        """The contact an event names (by contact_id, else contact_email), or None."""
+        contact = self._by_id.get(body["contact_id"]) if "contact_id" in body else None
+        if contact is None and "contact_email" in body:
+            contact = self.contacts.get(body["contact_email"].lower())
+        return contact
+
+    def _ingest_event(self, body):
+        """POST /v1/events: validate, answer a known event_id with the original event and
+        deduped: true (nothing else happens), else store the event and start its runs."""
+        self._validate_event(body)
+        external = body.get("event_id")
+        if external is not None and external in self._events_by_external:
+            self.event_dedupes[external] = self.event_dedupes.get(external, 0) + 1
+            return dict(self._event_json(self._events_by_external[external]), deduped=True)
+        contact = self._event_contact(body)
+        stamp = now_iso()
+        event = {
+            "id": f"evt_{self._next_event}",
+            "external_id": external,
+            "name": body["name"],
+            "contact_email": body.get("contact_email", contact["email"] if contact else None),
+            "contact_id": body.get("contact_id", contact["id"] if contact else None),
+            "payload": json.loads(json.dumps(body.get("payload", {}))),
+            "received_at": stamp,
+            "processed_at": stamp,
+            "triggered_runs": 0,
+        }
+        self._next_event += 1
+        event["triggered_runs"] = self._start_runs(event, contact, stamp)
+        self.events.append(event)
+        self._events_by_id[event["id"]] = event
+        if external is not None:
+            self._events_by_external[external] = event
+        return self._event_json(event)
+
+    def _start_runs(self, event, contact, stamp):
+        """Start a run of every active "event" automation this event matches, for the
+        event's contact; return how many started. A run needs a contact the fake knows
+        (a run's contact_email is required in the spec): none for an unknown one."""
+        if contact is None:
+            return 0
+        started = 0
+        for auto in self.automations.values():
+            if not self._automation_matches(auto, event) or not self._may_enter(auto, contact):
+                continue
+            self.runs.append({
+                "id": f"run_{self._next_run}",
+                "automation_id": auto["id"],
+                "contact_id": contact["id"],
+                "contact_email": contact["email"],
+                "trigger_event_id": event["id"],
+                "status": "in_progress",
+                "current_step_id": None,
+                "context": {"event": {"id": event["id"], "name": event["name"],
+                                      "payload": json.loads(json.dumps(event["payload"]))}},
+                "started_at": stamp,
+                "completed_at": None,
+                "failed_at": None,
+                "failure_reason": None,
+                "created_at": stamp,
+                "updated_at": stamp,
+                "_started": time.monotonic(),
+            })
+            self._next_run += 1
+            auto["total_runs"] += 1
+            auto["active_runs"] += 1
+            started += 1
+        return started
+
+    @staticmethod
+    def _automation_matches(auto, event):
+        """Active, trigger_type "event", and trigger_config.event_name (the spec does not
+        name the key: the fake's choice) equal to the event's name when it is set."""
+        if auto["status"] != "active" or auto["trigger_type"] != "event":
+            return False
+        wanted = auto["trigger_config"].get("event_name")
+        return wanted is None or wanted == event["name"]
+
+    def _may_enter(self, auto, contact):
+        """reentry_policy: always; once_per_contact; cooldown (reentry_cooldown_seconds
+        since the contact's last run of this automation; never again without it)."""
+        policy = auto["reentry_policy"]
+        if policy == "always":
+            return True
+        earlier = [r for r in self.runs if r["automation_id"] == auto["id"] and r["contact_id"] == contact["id"]]
+        if not earlier:
+            return True
+        cooldown = auto["reentry_cooldown_seconds"]
+        if policy == "cooldown" and cooldown is not None:
+            return time.monotonic() - earlier[-1]["_started"] >= cooldown
+        return False
+
+    # ---- automations (sendry-api.md section 9; only what an event trigger needs) -----
+
+    @staticmethod
+    def _validate_automation(body):
+        """422 on a body the spec's createAutomation schema refuses."""
+        if not isinstance(body, dict):
+            raise ApiError(422, "body: must be a JSON object")
+        name = body.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_LEN:
+            raise ApiError(422, f"name: is required, a string of 1-{MAX_NAME_LEN} characters")
+        if "description" in body and (not isinstance(body["description"], str)
+                                      or len(body["description"]) > MAX_DESCRIPTION_LEN):
+            raise ApiError(422, f"description: must be a string of at most {MAX_DESCRIPTION_LEN} characters")
+        if body.get("trigger_type") not in TRIGGER_TYPES:
+            raise ApiError(422, f"trigger_type: is required, one of {', '.join(TRIGGER_TYPES)}")
+        if "trigger_config" in body and not isinstance(body["trigger_config"], dict):
+            raise ApiError(422, "trigger_config: must be an object")
+        if "entry_segment_id" in body and not isinstance(body["entry_segment_id"], str):
+            raise ApiError(422, "entry_segment_id: must be a string")
+        if "reentry_policy" in body and body["reentry_policy"] not in REENTRY_POLICIES:
+            raise ApiError(422, f"reentry_policy: must be one of {', '.join(REENTRY_POLICIES)}")
+        if "reentry_cooldown_seconds" in body:
+            secs = body["reentry_cooldown_seconds"]
+            if isinstance(secs, bool) or not isinstance(secs, int) or secs < 1:
+                raise ApiError(422, "reentry_cooldown_seconds: must be an integer of at least 1")
+
+    def _create_automation(self, body):
+        """POST /v1/automations: a draft (it starts nothing until activated)."""
+        self._validate_automation(body)
+        stamp = now_iso()
+        auto = {
+            "id": f"auto_{self._next_automation}",
+            "name": body["name"],
+            "description": body.get("description"),
+            "status": "draft",
+            "trigger_type": body["trigger_type"],
+            "trigger_config": json.loads(json.dumps(body.get("trigger_config", {}))),
+            "entry_segment_id": body.get("entry_segment_id"),
+            "reentry_policy": body.get("reentry_policy", "once_per_contact"),
+            "reentry_cooldown_seconds": body.get("reentry_cooldown_seconds"),
+            "total_runs": 0,
+            "active_runs": 0,
+            "completed_runs": 0,
+            "failed_runs": 0,
+            "created_at": stamp,
+            "updated_at": stamp,
+        }
+        self._next_automation += 1
+        self.automations[auto["id"]] = auto
+        return dict(auto)
+
+    def _automation(self, aid):
+        auto = self.automations.get(aid)
+        if auto is None:
+            raise ApiError(404, "Automation not found")
+        return auto
+
+    def _activate_automation(self, aid):
+        auto = self._automation(aid)
+        auto["status"] = "active"
+        auto["updated_at"] = now_iso()
+        return self._automation_json(auto)
+
+    @staticmethod
+    def _automation_json(auto):
+        return json.loads(json.dumps(auto))
+
+    @staticmethod
+    def _run_json(run):
+        return {k: v for k, v in json.loads(json.dumps(run)).items() if not k.startswith("_")}
+
+    @staticmethod
+    def _event_json(event):
+        return json.loads(json.dumps(event))  # a deep copy: the answer never aliases state
+
     @staticmethod
     def _contact_json(contact):
         out = dict(contact)
@@ -1101,7 +1456,20 @@ class FakeSendry:
                     out = dict(self.stats)
                     out["requests"] = len(self.requests)
                     out["contacts"] = len(self.contacts)
+                    out["events"] = len(self.events)
+                    out["events_deduped"] = self.events_deduped
                     return 200, out
+                if name == "automations":
+                    return 200, {
+                        "automations": [self._automation_json(a) for a in self.automations.values()],
+                        "runs": self.runs_json(),
+                    }
+                if name == "events":
+                    return 200, {
+                        "events": self.events_json(query.get("name") or None),
+                        "deduped": self.events_deduped,
+                        "dedupes": dict(self.event_dedupes),
+                    }
                 if name == "unsubscribes":
                     return 200, list(self.unsubscribes)
                 if name == "suppression":
@@ -1111,12 +1479,14 @@ class FakeSendry:
                 "reset": lambda: self.reset(),
                 "fail_next": lambda: self.fail_next(**kwargs),
                 "drop_next": lambda: self.drop_next(**kwargs),
+                "lose_answer_next": lambda: self.lose_answer_next(**kwargs),
                 "delay_next": lambda: self.delay_next(**kwargs),
                 "delay_all": lambda: setattr(self, "delay_all", float(kwargs.get("seconds", 0))),
                 "fail_fraction": lambda: self.fail_fraction(**kwargs),
                 "down": lambda: self._down_after_answer(kwargs.get("seconds")),
                 "reject_emails": lambda: self.reject_emails(kwargs.get("regex")),
                 "fail_emails": lambda: self.fail_emails(kwargs.get("regex"), kwargs.get("status", 500)),
+                "fail_events": lambda: self.fail_events(**kwargs),
                 "set_unsubscribed": lambda: self.set_unsubscribed(
                     kwargs["email"], kwargs.get("unsubscribed", True)
                 ),

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -383,3 +384,371 @@ def test_cli_extra_audiences(tmp_path):
             "aud_test": [], "aud_trial": [], "aud_more": ["a@x.io"]}
         assert call(base, "POST", "/_control/remove_audience", {"audience_id": "aud_more"}, key=None)[0] == 200
         assert call(base, "GET", "/v1/audiences/aud_more")[0] == 404
+
+
+# --- POST /v1/events (issue 18 point 8; sendry-api.md section 9) ---------------------------
+
+EVENT_FIELDS = {"id", "external_id", "name", "contact_email", "contact_id", "payload",
+                "received_at", "processed_at", "triggered_runs"}
+
+
+def post_event(base, body, key=KEY, path="/v1/events"):
+    return call(base, "POST", path, body, key=key)
+
+
+def test_event_answer_has_the_spec_fields(fs):
+    status, _, ev = post_event(fs.url, {"name": "user.signed_up", "event_id": "db1:42",
+                                        "contact_email": "Ann@x.io", "payload": {"plan": "pro", "n": [1]}})
+    assert status == 200 and set(ev) == EVENT_FIELDS, "a first answer carries no 'deduped'"
+    assert ev["id"].startswith("evt_") and ev["external_id"] == "db1:42"
+    assert (ev["name"], ev["contact_email"], ev["contact_id"]) == ("user.signed_up", "Ann@x.io", None)
+    assert ev["payload"] == {"plan": "pro", "n": [1]} and ev["triggered_runs"] == 0
+    assert ev["received_at"].endswith("Z") and ev["processed_at"] == ev["received_at"]
+    assert fs.events_json() == [ev]
+    fs.events_json()[0]["payload"]["plan"] = "free"
+    assert fs.events_json() == [ev], "a copy: the caller cannot change the fake's events"
+
+    # No event_id, no payload, no contact: only the name is required by the spec's schema.
+    status, _, bare = post_event(fs.url, {"name": "x"}, path="/v1/events/")
+    assert status == 200 and bare["external_id"] is None and bare["payload"] == {}
+    assert (bare["contact_email"], bare["contact_id"]) == (None, None) and bare["id"] != ev["id"]
+
+    assert call(fs.url, "GET", f"/v1/events/{ev['id']}")[2] == ev
+    assert call(fs.url, "GET", "/v1/events/evt_999")[0] == 404
+    listed = call(fs.url, "GET", "/v1/events?limit=1")[2]
+    assert listed["data"] == [ev] and listed["has_more"]
+    assert call(fs.url, "GET", "/v1/events?name=x")[2]["data"] == [bare]
+
+
+def test_event_fills_in_the_contact_it_knows(fs):
+    ct = call(fs.url, "POST", "/v1/contacts", {"email": "ann@x.io"})[2]
+    by_email = post_event(fs.url, {"name": "a", "contact_email": "ANN@x.io"})[2]
+    assert (by_email["contact_email"], by_email["contact_id"]) == ("ANN@x.io", ct["id"])
+    by_id = post_event(fs.url, {"name": "a", "contact_id": ct["id"]})[2]
+    assert (by_id["contact_email"], by_id["contact_id"]) == ("ann@x.io", ct["id"])
+    unknown = post_event(fs.url, {"name": "a", "contact_id": "ct_999"})
+    assert unknown[0] == 200 and (unknown[2]["contact_email"], unknown[2]["contact_id"]) == (None, "ct_999")
+
+
+@pytest.mark.parametrize("body, words", [
+    ([{"name": "a"}], "body: must be a JSON object"),
+    ({"payload": {}}, "name: is required"),
+    ({"name": 7}, "name: must be a string"),
+    ({"name": None}, "name: must be a string"),
+    ({"name": ""}, "name: must be 1-200 characters, got 0"),
+    ({"name": "n" * 201}, "name: must be 1-200 characters, got 201"),
+    ({"name": "a", "event_id": 42}, "event_id: must be a string"),
+    ({"name": "a", "event_id": "e" * 201}, "event_id: must be at most 200 characters, got 201"),
+    ({"name": "a", "contact_email": "not-an-address"}, "contact_email: invalid email address 'not-an-address'"),
+    ({"name": "a", "contact_email": None}, "contact_email: invalid email address None"),
+    ({"name": "a", "contact_id": 5}, "contact_id: must be a string"),
+    ({"name": "a", "payload": [1, 2]}, "payload: must be an object, got list"),
+    ({"name": "a", "payload": "{}"}, "payload: must be an object, got str"),
+    ({"name": "a", "payload": None}, "payload: must be an object, got NoneType"),
+])
+def test_event_validation_422(fs, body, words):
+    status, _, answer = post_event(fs.url, body)
+    assert status == 422 and answer["error"]["code"] == "validation_error"
+    assert words in answer["error"]["message"]
+    assert fs.events == [] and fs.stats == {"dropped": 0, "422": 1}
+
+
+def test_event_limits_are_inclusive(fs):
+    for body in ({"name": "n"}, {"name": "n" * 200, "event_id": "e" * 200},
+                 {"name": "a", "contact_email": "a@x.io", "contact_id": "ct_1", "payload": {}}):
+        assert post_event(fs.url, body)[0] == 200, body
+    assert len(fs.events) == 3
+
+
+def test_event_dedupe_answers_the_original(fs):
+    first = post_event(fs.url, {"name": "user.signed_up", "event_id": "e-1",
+                                "contact_email": "a@x.io", "payload": {"v": 1}})[2]
+    status, _, again = post_event(fs.url, {"name": "user.signed_up", "event_id": "e-1",
+                                           "contact_email": "a@x.io", "payload": {"v": 1}})
+    assert status == 200 and again == dict(first, deduped=True)
+    # The original, whatever the repeat carries: the key is event_id alone.
+    changed = post_event(fs.url, {"name": "other", "event_id": "e-1", "payload": {"v": 2}})[2]
+    assert changed == dict(first, deduped=True)
+    assert fs.events_json() == [first], "one event for three requests"
+    assert fs.event_dedupes == {"e-1": 2} and fs.events_deduped == 2
+
+    # Without an event_id nothing is deduped; another event_id is another event.
+    post_event(fs.url, {"name": "ping"})
+    post_event(fs.url, {"name": "ping"})
+    other = post_event(fs.url, {"name": "user.signed_up", "event_id": "e-2"})[2]
+    assert "deduped" not in other and len(fs.events) == 4 and fs.events_deduped == 2
+    # An invalid repeat is refused before the dedupe.
+    assert post_event(fs.url, {"name": "", "event_id": "e-1"})[0] == 422
+    assert fs.events_deduped == 2
+
+
+def test_event_auth_before_validation():
+    with FakeSendry(rate_limit=None, read_only_key="sn_test_ro") as fake:
+        assert post_event(fake.url, {"name": "a"}, key=None)[2]["error"]["code"] == "unauthorized"
+        assert post_event(fake.url, {"name": "a"}, key="sn_test_wrong")[0] == 401
+        status, _, body = post_event(fake.url, {"name": "a"}, key="sn_test_ro")
+        assert (status, body["error"]["code"]) == (403, "forbidden")
+        # A read-only key is refused even for a body that would fail validation (a probe
+        # with an invalid event finds a key without the scope, and sends nothing).
+        assert post_event(fake.url, {"name": ""}, key="sn_test_ro")[0] == 403
+        assert post_event(fake.url, {"name": ""})[0] == 422
+        assert fake.events == [] and [r["status"] for r in fake.requests] == [401, 401, 403, 403, 422]
+        assert call(fake.url, "GET", "/v1/events", key="sn_test_ro")[0] == 200, "reading is allowed"
+
+
+def test_event_fail_next(fs):
+    fs.fail_next(503, retry_after=3, path_prefix="/v1/events")
+    fs.fail_next(422, message="Contact is suppressed", details={"field": "contact_email"},
+                 path_prefix="/v1/events")
+    assert call(fs.url, "GET", "/v1/audiences/aud_test")[0] == 200, "the events fault waits for an event"
+    status, headers, body = post_event(fs.url, {"name": "a", "event_id": "e1"})
+    assert (status, headers["Retry-After"], body["error"]["code"]) == (503, "3", "internal_error")
+    status, _, body = post_event(fs.url, {"name": "a", "event_id": "e1"})
+    assert status == 422 and body["error"] == {"code": "validation_error", "message": "Contact is suppressed",
+                                               "details": {"field": "contact_email"}}
+    assert fs.events == [], "a failed event is not ingested"
+    status, _, body = post_event(fs.url, {"name": "a", "event_id": "e1"})
+    assert status == 200 and "deduped" not in body and len(fs.events) == 1
+
+
+def test_event_fail_fraction(fs):
+    fs.fail_fraction(1.0, status=[500, 502], seed=2)
+    seen = {post_event(fs.url, {"name": "a", "event_id": f"e{i}"})[0] for i in range(20)}
+    assert seen == {500, 502} and fs.events == []
+    fs.fail_fraction(0)
+    assert post_event(fs.url, {"name": "a", "event_id": "e0"})[0] == 200 and len(fs.events) == 1
+
+
+def test_event_drop_next_is_not_ingested(fs):
+    fs.drop_next(path_prefix="/v1/events")
+    with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+        post_event(fs.url, {"name": "a", "event_id": "e1"})
+    assert fs.events == [] and fs.stats["dropped"] == 1 and fs.requests[-1]["status"] is None
+    assert post_event(fs.url, {"name": "a", "event_id": "e1"})[2].get("deduped") is None
+
+
+def test_event_applied_while_going_down_is_deduped_on_retry(fs):
+    """A delayed event whose answer is lost (the API goes down under it) was ingested: the
+    retry with the same event_id gets the original with deduped: true, and one event."""
+    fs.delay_next(60)
+    outcome = {}
+
+    def send():
+        try:
+            outcome["answer"] = post_event(fs.url, {"name": "a", "event_id": "lost-1"})
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError) as exc:
+            outcome["error"] = exc
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    fs.wait_for(lambda f: len(f.requests) == 1, message="the event reached the fake")
+    fs.down()
+    sender.join(timeout=10)
+    assert not sender.is_alive() and "error" in outcome, outcome
+    fs.wait_for(lambda f: len(f.events) == 1, message="the delayed event applied")
+    fs.up()
+    status, _, again = post_event(fs.url, {"name": "a", "event_id": "lost-1"})
+    assert status == 200 and again == dict(fs.events_json()[0], deduped=True)
+    assert len(fs.events) == 1 and fs.event_dedupes == {"lost-1": 1}
+
+
+def test_event_down_refused_and_events_kept(fs):
+    assert post_event(fs.url, {"name": "a", "event_id": "e1"})[0] == 200
+    fs.down()
+    with pytest.raises(urllib.error.URLError):
+        post_event(fs.url, {"name": "a", "event_id": "e2"})
+    fs.up()
+    assert post_event(fs.url, {"name": "a", "event_id": "e1"})[2]["deduped"] is True, "state kept"
+    assert [e["external_id"] for e in fs.events] == ["e1"]
+
+
+def test_event_rate_limit_429():
+    with FakeSendry(rate_limit=(2, 10.0)) as fake:
+        assert call(fake.url, "GET", "/v1/audiences/aud_test")[0] == 200
+        assert post_event(fake.url, {"name": "a", "event_id": "e1"})[0] == 200
+        status, headers, body = post_event(fake.url, {"name": "a", "event_id": "e2"})
+        assert status == 429 and body["error"]["code"] == "rate_limited", "one budget for every endpoint"
+        assert body["error"]["retry_after"] == int(headers["Retry-After"]) >= 1
+        assert [e["external_id"] for e in fake.events] == ["e1"]
+
+
+def test_event_fail_emails_and_fail_events(fs):
+    fs.fail_emails(r"bad@x", status=503)  # searched in the JSON of the whole body
+    assert post_event(fs.url, {"name": "a", "contact_email": "bad@x.io"})[0] == 503
+    fs.fail_emails(None)
+    fs.fail_events(contact_email=r"@blocked\.io$", status=422)
+    status, _, body = post_event(fs.url, {"name": "a", "contact_email": "x@blocked.io"})
+    assert (status, body["error"]["code"]) == (422, "validation_error")
+    assert post_event(fs.url, {"name": "a", "contact_email": "x@ok.io",
+                               "payload": {"old": "x@blocked.io"}})[0] == 200, "the contact only"
+    fs.fail_events(name=r"^trial\.", contact_email=r"^t@")
+    assert post_event(fs.url, {"name": "trial.ended", "contact_email": "t@x.io"})[0] == 500
+    assert post_event(fs.url, {"name": "trial.ended", "contact_email": "t@x.io"}, path="/v1/events/")[0] == 500
+    assert post_event(fs.url, {"name": "trial.ended", "contact_email": "u@x.io"})[0] == 200, "both must match"
+    assert post_event(fs.url, {"name": "signed_up", "contact_email": "t@x.io"})[0] == 200
+    assert post_event(fs.url, {"name": "trial.ended"})[0] == 200, "no address: no match"
+    assert call(fs.url, "POST", "/v1/contacts", {"email": "t@x.io", "first_name": "trial.x"})[0] == 200, \
+        "events only"
+    fs.fail_events()
+    assert post_event(fs.url, {"name": "trial.ended", "contact_email": "t@x.io"})[0] == 200
+    assert len(fs.events) == 5
+
+
+def test_event_control_endpoints(fs):
+    post_event(fs.url, {"name": "a", "event_id": "e1"})
+    post_event(fs.url, {"name": "a", "event_id": "e1"})
+    post_event(fs.url, {"name": "a", "event_id": "e1"})
+    post_event(fs.url, {"name": "b"})
+    status, _, body = call(fs.url, "GET", "/_control/events", key=None)
+    assert status == 200 and body["events"] == fs.events_json()
+    assert [e["name"] for e in body["events"]] == ["a", "b"]
+    assert (body["deduped"], body["dedupes"]) == (2, {"e1": 2})
+    assert call(fs.url, "GET", "/_control/events?name=b", key=None)[2]["events"] == fs.events_json("b")
+    stats = call(fs.url, "GET", "/_control/stats", key=None)[2]
+    assert (stats["events"], stats["events_deduped"], stats["200"]) == (2, 2, 4)
+
+    assert call(fs.url, "POST", "/_control/fail_events", {"name": "^b$", "status": 429}, key=None)[0] == 200
+    assert post_event(fs.url, {"name": "b"})[0] == 429
+    assert call(fs.url, "POST", "/_control/fail_events", {}, key=None)[0] == 200
+    assert post_event(fs.url, {"name": "b"})[0] == 200
+    assert call(fs.url, "POST", "/_control/fail_events", {"name": "("}, key=None)[0] == 400
+
+    assert call(fs.url, "POST", "/_control/reset", key=None)[0] == 200
+    assert call(fs.url, "GET", "/_control/events", key=None)[2] == {"events": [], "deduped": 0, "dedupes": {}}
+    assert post_event(fs.url, {"name": "a", "event_id": "e1"})[2].get("deduped") is None, "reset forgets"
+
+
+# --- automations with trigger_type "event" (sendry-api.md section 9) ------------------------
+
+AUTOMATION_FIELDS = {"id", "name", "description", "status", "trigger_type", "trigger_config",
+                     "entry_segment_id", "reentry_policy", "reentry_cooldown_seconds", "total_runs",
+                     "active_runs", "completed_runs", "failed_runs", "created_at", "updated_at"}
+
+
+def onboarding(base, **extra):
+    body = dict({"name": "Onboarding", "trigger_type": "event",
+                 "trigger_config": {"event_name": "user.signed_up"}}, **extra)
+    status, _, auto = call(base, "POST", "/v1/automations", body)
+    assert status == 200, auto
+    return auto
+
+
+def test_event_starts_an_automation_run(fs):
+    auto = onboarding(fs.url)
+    assert set(auto) == AUTOMATION_FIELDS and auto["id"].startswith("auto_")
+    assert (auto["status"], auto["reentry_policy"], auto["total_runs"]) == ("draft", "once_per_contact", 0)
+    ct = call(fs.url, "POST", "/v1/contacts", {"email": "ann@x.io", "audience_id": "aud_test"})[2]
+
+    draft = post_event(fs.url, {"name": "user.signed_up", "event_id": "e0", "contact_email": "ann@x.io"})[2]
+    assert draft["triggered_runs"] == 0, "a draft starts nothing"
+    status, _, active = call(fs.url, "POST", f"/v1/automations/{auto['id']}/activate")
+    assert status == 200 and active["status"] == "active"
+    assert call(fs.url, "POST", "/v1/automations/auto_999/activate")[0] == 404
+
+    assert post_event(fs.url, {"name": "user.deleted", "event_id": "e1", "contact_email": "ann@x.io"})[2][
+        "triggered_runs"] == 0, "another name"
+    assert post_event(fs.url, {"name": "user.signed_up", "event_id": "e2", "contact_email": "bob@x.io"})[2][
+        "triggered_runs"] == 0, "a contact Sendry does not know yet"
+    ev = post_event(fs.url, {"name": "user.signed_up", "event_id": "e3", "contact_email": "ANN@x.io",
+                             "payload": {"plan": "pro"}})[2]
+    assert ev["triggered_runs"] == 1
+    status, _, runs = call(fs.url, "GET", f"/v1/automations/{auto['id']}/runs")
+    assert status == 200 and len(runs["data"]) == 1
+    run = runs["data"][0]
+    assert (run["automation_id"], run["contact_id"], run["contact_email"], run["trigger_event_id"], run["status"]) \
+        == (auto["id"], ct["id"], "ann@x.io", ev["id"], "in_progress")
+    assert run["context"] == {"event": {"id": ev["id"], "name": "user.signed_up", "payload": {"plan": "pro"}}}
+    assert set(run) == {"id", "automation_id", "contact_id", "contact_email", "trigger_event_id", "status",
+                        "current_step_id", "context", "started_at", "completed_at", "failed_at",
+                        "failure_reason", "created_at", "updated_at"}, "the spec's fields, nothing else"
+    assert fs.runs_json() == [run]
+
+    # The repeat is answered with the original (triggered_runs 1) and starts nothing.
+    assert post_event(fs.url, {"name": "user.signed_up", "event_id": "e3", "contact_email": "ann@x.io"})[2] \
+        == dict(ev, deduped=True)
+    # once_per_contact: a new event for the same contact starts nothing either.
+    assert post_event(fs.url, {"name": "user.signed_up", "event_id": "e4", "contact_id": ct["id"]})[2][
+        "triggered_runs"] == 0
+    assert len(fs.runs_json()) == 1
+    got = call(fs.url, "GET", f"/v1/automations/{auto['id']}")[2]
+    assert (got["total_runs"], got["active_runs"]) == (1, 1)
+    assert call(fs.url, "GET", "/v1/automations/auto_999/runs")[0] == 404
+
+
+def test_reentry_always_and_several_automations(fs):
+    always = onboarding(fs.url, reentry_policy="always")
+    every = onboarding(fs.url, name="Every event", trigger_config={})
+    manual = onboarding(fs.url, name="Manual", trigger_type="manual")
+    for auto in (always, every, manual):
+        call(fs.url, "POST", f"/v1/automations/{auto['id']}/activate")
+    call(fs.url, "POST", "/v1/contacts", {"email": "ann@x.io"})
+    assert post_event(fs.url, {"name": "user.signed_up", "contact_email": "ann@x.io"})[2]["triggered_runs"] == 2
+    assert post_event(fs.url, {"name": "user.signed_up", "contact_email": "ann@x.io",
+                               "event_id": "e1"})[2]["triggered_runs"] == 1
+    assert post_event(fs.url, {"name": "trial.ended", "contact_email": "ann@x.io"})[2]["triggered_runs"] == 0
+    assert [r["automation_id"] for r in fs.runs_json()] == [always["id"], every["id"], always["id"]]
+    again = post_event(fs.url, {"name": "user.signed_up", "contact_email": "ann@x.io", "event_id": "e1"})[2]
+    assert again["deduped"] and again["triggered_runs"] == 1
+    assert len(fs.runs_json()) == 3, "a deduped repeat starts no run, even where reentry is 'always'"
+    assert len(call(fs.url, "GET", f"/v1/automations/{always['id']}/runs")[2]["data"]) == 2
+    assert len(call(fs.url, "GET", f"/v1/automations/{every['id']}/runs")[2]["data"]) == 1
+    assert fs.runs_json(manual["id"]) == []
+    listed = call(fs.url, "GET", "/v1/automations")[2]["data"]
+    assert [a["id"] for a in listed] == [always["id"], every["id"], manual["id"]]
+    body = call(fs.url, "GET", "/_control/automations", key=None)[2]
+    assert [a["total_runs"] for a in body["automations"]] == [2, 1, 0] and body["runs"] == fs.runs_json()
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"trigger_type": "event"}, "name: is required"),
+    ({"name": "n" * 201, "trigger_type": "event"}, "name: is required, a string of 1-200"),
+    ({"name": "a"}, "trigger_type: is required"),
+    ({"name": "a", "trigger_type": "webhook"}, "trigger_type: is required, one of event,"),
+    ({"name": "a", "trigger_type": "event", "trigger_config": "user.signed_up"}, "trigger_config: must be an object"),
+    ({"name": "a", "trigger_type": "event", "description": "d" * 1001}, "description: must be a string of at most 1000"),
+    ({"name": "a", "trigger_type": "event", "entry_segment_id": 3}, "entry_segment_id: must be a string"),
+    ({"name": "a", "trigger_type": "event", "reentry_policy": "never"}, "reentry_policy: must be one of"),
+    ({"name": "a", "trigger_type": "event", "reentry_cooldown_seconds": 0}, "reentry_cooldown_seconds: must be an integer"),
+    ({"name": "a", "trigger_type": "event", "reentry_cooldown_seconds": True}, "reentry_cooldown_seconds: must be an integer"),
+])
+def test_automation_validation_422(fs, body, words):
+    status, _, answer = call(fs.url, "POST", "/v1/automations", body)
+    assert status == 422 and answer["error"]["code"] == "validation_error"
+    assert words in answer["error"]["message"] and fs.automations == {}
+
+
+def test_automation_create_needs_a_writing_key():
+    with FakeSendry(rate_limit=None, read_only_key="sn_test_ro") as fake:
+        body = {"name": "a", "trigger_type": "event"}
+        assert call(fake.url, "POST", "/v1/automations", body, key="sn_test_ro")[0] == 403
+        assert call(fake.url, "POST", "/v1/automations", body, key=None)[0] == 401
+        assert fake.automations == {}
+
+
+def test_reentry_cooldown(fs):
+    auto = onboarding(fs.url, reentry_policy="cooldown", reentry_cooldown_seconds=60)
+    call(fs.url, "POST", f"/v1/automations/{auto['id']}/activate")
+    call(fs.url, "POST", "/v1/contacts", {"email": "ann@x.io"})
+    signed_up = {"name": "user.signed_up", "contact_email": "ann@x.io"}
+    assert post_event(fs.url, signed_up)[2]["triggered_runs"] == 1
+    assert post_event(fs.url, signed_up)[2]["triggered_runs"] == 0, "within the cooldown"
+    with fs._lock:
+        fs.runs[0]["_started"] -= 61  # the run started 61 s ago, without waiting for it
+    assert post_event(fs.url, signed_up)[2]["triggered_runs"] == 1, "after the cooldown"
+    assert len(fs.runs_json(auto["id"])) == 2
+
+
+def test_event_lose_answer_next_applies_then_hangs_up(fs):
+    fs.lose_answer_next(path_prefix="/v1/events")
+    assert call(fs.url, "GET", "/v1/audiences/aud_test")[0] == 200, "only a matching request"
+    with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+        post_event(fs.url, {"name": "a", "event_id": "e1"})
+    first = fs.events_json()
+    assert len(first) == 1 and first[0]["external_id"] == "e1", "applied although unanswered"
+    assert fs.stats["answers_lost"] == 1 and fs.requests[-1]["status"] == 200
+    status, _, again = post_event(fs.url, {"name": "a", "event_id": "e1"})
+    assert (status, again) == (200, dict(first[0], deduped=True)), "the retry finds it"
+    assert call(fs.url, "POST", "/_control/lose_answer_next", {"count": 1}, key=None)[0] == 200
+    with pytest.raises((urllib.error.URLError, http.client.HTTPException, ConnectionError)):
+        call(fs.url, "POST", "/v1/contacts", {"email": "a@x.io"})
+    assert "a@x.io" in fs.contacts and fs.stats["answers_lost"] == 2
