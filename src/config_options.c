@@ -190,9 +190,13 @@ void config_usage(FILE *out)
         col += w;
     }
     fprintf(out, ".\nWithout a flag (secrets stay off the command line):");
-    for (size_t i = 0, first = 1; i < N_OPTIONS; i++)
-        if (options[i].env && !options[i].name)
-            fprintf(out, "%s %s", first ? "" : ",", options[i].env), first = 0;
+    sep = "";
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        if (options[i].env && !options[i].name) {
+            fprintf(out, "%s %s", sep, options[i].env);
+            sep = ",";
+        }
+    }
     fprintf(out, ".\n"
                  "Proxies: https_proxy (or HTTPS_PROXY) and NO_PROXY, as libcurl reads them.\n\n"
                  "Options:\n");
