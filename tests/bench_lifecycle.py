@@ -4,7 +4,8 @@
     /usr/bin/python3 tests/bench_lifecycle.py [--rows N] [--runs N]
 
 One throwaway Supabase-shaped cluster (tests/pgharness.py) with PostgreSQL's durable
-defaults (full_page_writes on; wal_level as the harness leaves it, printed), autovacuum off
+defaults (full_page_writes on; wal_level as the harness leaves it, printed, or
+BENCH_WAL_LEVEL), autovacuum off
 so that only the statement measured writes WAL. Each lifecycle delivers --rows rows in
 batches of 1000 (one worker, every row sent), and is measured in turn in each of --runs
 rounds; every figure is the median of the rounds:

@@ -5,7 +5,7 @@
 
 One throwaway Supabase-shaped cluster (tests/pgharness.py) with PostgreSQL's durable
 defaults (fsync, full_page_writes, synchronous_commit on; wal_level as the harness leaves
-it, printed) and autovacuum off, so that nothing but the statement measured writes WAL.
+it, printed; BENCH_WAL_LEVEL=logical sets it) and autovacuum off, so that nothing but the statement measured writes WAL.
 One database per variant, cloned from the same fixture:
 
     bare      no sendry-sync at all
@@ -59,8 +59,11 @@ GOAL_BYTES = 800          # issue 17: trigger and delivery together, per synced 
 
 # A cluster where only the work measured writes WAL, and where the WAL of a measurement is
 # still on disk when pg_waldump reads it.
+# BENCH_WAL_LEVEL=logical (as Supabase runs) measures at that wal_level instead of the
+# harness's (PostgreSQL's default, replica): an UPDATE then logs the whole new row.
 WAL_CONF = ["autovacuum = off", "checkpoint_timeout = '1h'", "max_wal_size = '8GB'",
-            "wal_keep_size = '4GB'"]
+            "wal_keep_size = '4GB'"] + (
+    [f"wal_level = {os.environ['BENCH_WAL_LEVEL']}"] if os.environ.get("BENCH_WAL_LEVEL") else [])
 
 
 # --- WAL accounting (also used by bench_lifecycle.py) -------------------------------------
