@@ -298,7 +298,7 @@ ROWS = [
     ("  B-tree index entries at insert", "idx_insert"),
     ("  B-tree index entries at claim + completion", "idx_delivery"),
     ("  heap records, insert to completion", "heap_records"),
-    ("  row locks (Heap/LOCK) at claim + completion", "lock_records"),
+    ("  lock records (Heap/LOCK) at claim + completion", "lock_records"),
     ("size of the tables and their indexes (MB)", None),
     ("  after the delivery", "mb_after"),
     ("  after the VACUUM", "mb_vacuumed"),
