@@ -152,6 +152,8 @@ bench: sendry-sync build/fastapi build/fastload
 	$(PYTHON) tests/bench_triggers.py
 	$(PYTHON) tests/bench_upgrade.py
 	$(PYTHON) tests/bench_lease.py
+	$(PYTHON) tests/bench_wal.py $(if $(BASELINE),--baseline $(BASELINE))
+	$(PYTHON) tests/bench_lifecycle.py
 	$(PYTHON) tests/bench/bench.py $(if $(BASELINE),--baseline $(BASELINE))
 
 # SENDRY_SYNC_BIN=$(CURDIR)/sendry-sync-asan make chaos: the same against the ASan build.
