@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "backoff.h"
+#include "db_session.h"
 #include "log.h"
 #include "xalloc.h"
 
@@ -52,8 +53,7 @@ struct db {
     struct query *running;   /* sent, results not all read */
     PGresult *result;        /* the last result of `running` */
     char err[512];
-    char overdue[512];       /* db_overdue(); "" while queries are answered in time */
-    ev_tstamp overdue_at;    /* when the last query passed its deadline */
+    struct db_overdue overdue; /* db_overdue(): "" while queries are answered in time */
 };
 
 #define CONNECT_TIMEOUT 15.0
@@ -62,14 +62,6 @@ struct db {
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void connect_start(struct db *db);
-
-/* How long a query may go unanswered: its statement_timeout, then as long again, at most
- * DB_ANSWER_GRACE, for the server's answer to arrive. 0: no deadline. */
-static double answer_deadline(const struct db *db)
-{
-    double s = db->session.statement_timeout;
-    return s + (s < DB_ANSWER_GRACE ? s : DB_ANSWER_GRACE);
-}
 
 static void query_free(struct query *q)
 {
@@ -199,7 +191,7 @@ static void pump(struct db *db)
         return;
     }
     if (db->session.statement_timeout > 0) {
-        ev_timer_set(&db->answer, answer_deadline(db), 0.);
+        ev_timer_set(&db->answer, db_answer_deadline(&db->session), 0.);
         ev_timer_start(db->loop, &db->answer);
     }
     flush(db);
@@ -242,32 +234,11 @@ static void on_setup_done(struct db *db, PGresult *res)
     became_ready(db);
 }
 
-/* The server ended the statement at its statement_timeout (57014: also a cancel by
- * someone else, which is as much a statement that did not finish) or lock_timeout
- * (55P03): the connection is past its deadline. Any other answer is an answer in time. */
+/* A statement or lock timeout in the answer reports the connection past its deadline. */
 static void note_answer(struct db *db, const PGresult *res)
 {
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    const char *msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-    if (state && strcmp(state, "57014") == 0)
-        snprintf(db->overdue, sizeof db->overdue, "%s connection: a query was cancelled at its %g s "
-                 "deadline (--statement-timeout): %s", db->name, db->session.statement_timeout,
-                 msg ? msg : "canceled");
-    else if (state && strcmp(state, "55P03") == 0)
-        snprintf(db->overdue, sizeof db->overdue, "%s connection: a query waited for a lock longer "
-                 "than its %g s deadline (--lock-timeout): %s", db->name, db->session.lock_timeout,
-                 msg ? msg : "lock not available");
-    else {
-        /* Answered in time: the connection is well again once no query passed its
-         * deadline for two deadlines, at most DB_OVERDUE_HOLD (so a query that keeps
-         * getting stuck while others pass in between keeps it reported). */
-        double hold = 2 * answer_deadline(db);
-        if (ev_now(db->loop) - db->overdue_at > (hold < DB_OVERDUE_HOLD ? hold : DB_OVERDUE_HOLD))
-            db->overdue[0] = '\0';
-        return;
-    }
-    db->overdue_at = ev_now(db->loop);
-    log_warn("db: %s", db->overdue);
+    if (db_overdue_answer(&db->overdue, db->name, &db->session, res, ev_now(db->loop)))
+        log_warn("db: %s", db->overdue.text);
 }
 
 /* Reads whatever results are complete; a NULL from PQgetResult ends a query. */
@@ -334,7 +305,7 @@ static void connect_step(struct db *db)
         return;
     }
     if (db->session.statement_timeout > 0) {
-        ev_timer_set(&db->answer, answer_deadline(db), 0.);
+        ev_timer_set(&db->answer, db_answer_deadline(&db->session), 0.);
         ev_timer_start(db->loop, &db->answer);
     }
     flush(db);
@@ -396,13 +367,9 @@ static void on_answer_deadline(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct db *db = w->data;
-    double waited = answer_deadline(db);
-    snprintf(db->overdue, sizeof db->overdue, "%s connection: a query got no answer for %.0f s, past "
-             "its %g s deadline (--statement-timeout); the connection was dropped and is reconnected",
-             db->name, waited, db->session.statement_timeout);
-    log_error("db: %s", db->overdue);
-    db->overdue_at = ev_now(db->loop);
-    snprintf(db->err, sizeof db->err, "no answer to a query for %.0f s", waited);
+    db_overdue_silence(&db->overdue, db->name, &db->session, ev_now(db->loop));
+    log_error("db: %s", db->overdue.text);
+    snprintf(db->err, sizeof db->err, "no answer to a query for %.0f s", db_answer_deadline(&db->session));
     lost(db, NULL);
 }
 
@@ -470,23 +437,6 @@ struct db *db_new(struct ev_loop *loop, const char *name, const char *conninfo,
     ev_idle_init(&db->pump_w, on_pump);
     db->pump_w.data = db;
     return db;
-}
-
-const char *db_session_sql(const struct db_session *s, char *buf, size_t size)
-{
-    static const char *const names[] = {"statement_timeout", "lock_timeout",
-                                        "idle_in_transaction_session_timeout"};
-    const double secs[] = {s->statement_timeout, s->lock_timeout, s->idle_in_transaction_timeout};
-    size_t n = 0;
-    buf[0] = '\0';
-    for (size_t i = 0; i < sizeof secs / sizeof secs[0] && n < size; i++) {
-        if (secs[i] <= 0)
-            continue;
-        long ms = (long)(secs[i] * 1000 + 0.5);
-        int w = snprintf(buf + n, size - n, "%sSET %s = %ld", n ? "; " : "", names[i], ms > 0 ? ms : 1);
-        n += w > 0 ? (size_t)w : 0;
-    }
-    return buf;
 }
 
 void db_set_session(struct db *db, const struct db_session *session)
@@ -589,7 +539,7 @@ const char *db_last_error(const struct db *db)
 
 const char *db_overdue(const struct db *db)
 {
-    return db->overdue;
+    return db->overdue.text;
 }
 
 const char *db_user(const struct db *db)
