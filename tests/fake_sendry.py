@@ -81,7 +81,8 @@ the contact, and deleting an audience removes its memberships but not the contac
 
 Every request goes through these checks, in order: record, drop_next, lose_answer_next
 (noted here, done once the request is applied: no answer at all), delay,
-auth (401 / 403 for a read-only key on writes), per-key rate limit, fail_next,
+auth (401 / 403 for a read-only key on writes / 403 for a key without the events scope
+on /v1/events, reads included), per-key rate limit, fail_next,
 fail_fraction, fail_emails, fail_events (POST /v1/events by name and/or contact_email),
 then the endpoint (validation, then the work). down() takes the whole API away (the port refuses
 connections) until up(); POST /_control/down {"seconds": N} does it from a script.
@@ -219,6 +220,11 @@ def _n_contacts(body) -> int:
         if "email" in body:
             return 1
     return 0
+
+
+def _is_events_tree(path: str) -> bool:
+    """/v1/events and everything under it (the events scope covers reads too)."""
+    return path == "/v1/events" or path.startswith("/v1/events/")
 
 
 def _is_events_path(path: str) -> bool:
@@ -426,6 +432,7 @@ class FakeSendry:
         audience_id="aud_test",
         rate_limit=(100, 10.0),
         read_only_key=None,
+        no_events_key=None,
         port=0,
         verbose=False,
         ssl_context=None,
@@ -446,6 +453,9 @@ class FakeSendry:
         self._configured_audiences = {audience_id: "Test audience", **extra}
         self.rate_limit = rate_limit
         self.read_only_key = read_only_key
+        # A key that may write contacts and audiences but lacks the scope for events:
+        # POST and GET /v1/events (and /v1/events/{id}) answer it 403 forbidden.
+        self.no_events_key = no_events_key
         self.verbose = verbose
         self.ssl_context = ssl_context  # an ssl.SSLContext: serve HTTPS instead of HTTP
         self.delay_all = 0.0
@@ -832,13 +842,18 @@ class FakeSendry:
             auth = headers.get("authorization")
             if auth is None:
                 return 401, error_body(401, message="Missing Authorization header"), {}
+            read_only = no_events = False
             if auth == f"Bearer {self.api_key}":
-                read_only = False
+                pass
             elif self.read_only_key is not None and auth == f"Bearer {self.read_only_key}":
                 read_only = True
+            elif self.no_events_key is not None and auth == f"Bearer {self.no_events_key}":
+                no_events = True
             else:
                 return 401, error_body(401, message="Invalid API key"), {}
             if read_only and method in WRITE_METHODS:
+                return 403, error_body(403, message="Insufficient API key scope"), {}
+            if no_events and _is_events_tree(path):
                 return 403, error_body(403, message="Insufficient API key scope"), {}
 
             # Sliding window per key over admitted requests; 429s are not admitted.
@@ -1533,6 +1548,8 @@ def main(argv=None):
     p.add_argument("--port-file", help="write the chosen port here (atomically)")
     p.add_argument("--api-key", default="sn_test_fake")
     p.add_argument("--read-only-key", default=None, help="key that may only read (writes -> 403)")
+    p.add_argument("--no-events-key", default=None,
+                   help="key that may write contacts but lacks the events scope (/v1/events -> 403)")
     p.add_argument("--audience-id", default="aud_test")
     p.add_argument("--extra-audience", action="append", default=[], metavar="ID",
                    help="another audience that exists (repeatable)")
@@ -1557,6 +1574,7 @@ def main(argv=None):
         audiences=args.extra_audience,
         rate_limit=None if args.no_rate_limit else args.rate_limit,
         read_only_key=args.read_only_key,
+        no_events_key=args.no_events_key,
         port=args.port,
         verbose=args.verbose,
     )

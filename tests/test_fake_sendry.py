@@ -496,6 +496,32 @@ def test_event_auth_before_validation():
         assert call(fake.url, "GET", "/v1/events", key="sn_test_ro")[0] == 200, "reading is allowed"
 
 
+def test_key_without_the_events_scope():
+    """A key that writes contacts but lacks the events scope: every /v1/events request is
+    403 forbidden (reads too: the worker's start-up probe is a GET), the rest works."""
+    with FakeSendry(rate_limit=None, no_events_key="sn_test_noev") as fake:
+        key = "sn_test_noev"
+        assert call(fake.url, "POST", "/v1/contacts", {"email": "a@x.io"}, key=key)[0] == 200
+        assert call(fake.url, "GET", "/v1/audiences/aud_test", key=key)[0] == 200
+        for method, path, body in (("POST", "/v1/events", {"name": "a", "contact_email": "a@x.io"}),
+                                   ("POST", "/v1/events/", {"name": "a"}),
+                                   ("GET", "/v1/events?limit=1", None),
+                                   ("GET", "/v1/events/evt_1", None)):
+            status, _, answer = call(fake.url, method, path, body, key=key)
+            assert (status, answer["error"]["code"]) == (403, "forbidden"), (method, path)
+            assert answer["error"]["message"] == "Insufficient API key scope"
+        assert fake.events == [] and "a@x.io" in fake.contacts
+        # The full key still has the scope.
+        assert post_event(fake.url, {"name": "a"})[0] == 200
+        assert call(fake.url, "GET", "/v1/events?limit=1")[0] == 200
+
+
+def test_cli_no_events_key(tmp_path):
+    with cli(tmp_path, "--no-events-key", "sn_test_noev") as (_, base):
+        assert call(base, "GET", "/v1/events?limit=1", key="sn_test_noev")[0] == 403
+        assert call(base, "GET", "/v1/audiences/aud_test", key="sn_test_noev")[0] == 200
+
+
 def test_event_fail_next(fs):
     fs.fail_next(503, retry_after=3, path_prefix="/v1/events")
     fs.fail_next(422, message="Contact is suppressed", details={"field": "contact_email"},
