@@ -97,7 +97,8 @@ static const struct option_def options[] = {
     {"once", OPT_FLAG, OFF(once), 0, 0, NULL, NULL, NULL,
      "deliver what is due now, wait for the results, exit (1 if a row failed)", FOR(CMD_RUN)},
     {"no-verify", OPT_FLAG, OFF(verify), 0, 0, NULL, NULL, NULL,
-     "skip the startup check of the audience (GET /v1/audiences/{id})", FOR(CMD_RUN)},
+     "skip the startup checks of the audience (GET /v1/audiences/{id}) and of\n"
+     "the events scope (GET /v1/events?limit=1)", FOR(CMD_RUN)},
     {"json", OPT_FLAG, OFF(output), 0, 0, NULL, NULL, NULL,
      "doctor, status: print one JSON object instead of text", FOR(CMD_DOCTOR) | FOR(CMD_STATUS)},
     {"print", OPT_FLAG, OFF(migrate_action), 0, 0, NULL, NULL, NULL,

@@ -47,8 +47,8 @@ static const struct {
     {"triggers", doctor_check_triggers},          {"claim index", doctor_check_claim_index},
     {"exposure", doctor_check_exposure},          {"api key", doctor_check_api_key},
     {"audience", doctor_check_audience},          {"write scope", doctor_check_scope},
-    {"webhook secret", doctor_check_webhook},     {"xmin horizon", doctor_check_horizon},
-    {"dead rows", doctor_check_dead_rows},
+    {"events scope", doctor_check_events_scope},  {"webhook secret", doctor_check_webhook},
+    {"xmin horizon", doctor_check_horizon},       {"dead rows", doctor_check_dead_rows},
 };
 
 #define N_CHECKS (sizeof checks / sizeof checks[0])

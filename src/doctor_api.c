@@ -1,6 +1,6 @@
 /* doctor_api: Sendry as the worker will meet it: the API key (from the configuration
  * or read from Vault on the doctor's connection), whether Sendry accepts it and lets it
- * write contacts, the audience, and the webhook secret --listen needs. Run by doctor.c
+ * write contacts and send events, the audience, and the webhook secret --listen needs. Run by doctor.c
  * (see doctor_priv.h). */
 #include "doctor_priv.h"
 
@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "events_scope.h"
 #include "probe.h"
 #include "vault.h"
 
@@ -171,6 +172,36 @@ void doctor_check_scope(struct doctor *d, struct check *c)
         doctor_report(c, CHECK_WARN, "POST /v1/contacts/import answered HTTP %ld: the scope stays unknown "
                       "until the first write (a 403 there stops sending)", st);
         doctor_fix(c, "run doctor again later");
+    }
+    probe_free(&p);
+}
+
+/* GET /v1/events?limit=1, as the worker asks at start: a key without the scope for events
+ * is refused with 403 (a read, so nothing is written). */
+void doctor_check_events_scope(struct doctor *d, struct check *c)
+{
+    if (d->key_verdict != KEY_ACCEPTED) {
+        doctor_report(c, CHECK_SKIP, "needs an accepted key");
+        return;
+    }
+    struct probe p;
+    if (!call_api(d, c, &p, "GET", "/v1/events?limit=1", NULL))
+        return;
+    switch (events_scope_verdict(true, p.status)) {
+    case EVENTS_SCOPE_GRANTED:
+        doctor_report(c, CHECK_OK, "GET /v1/events answered HTTP %ld: the key may send events", p.status);
+        break;
+    case EVENTS_SCOPE_MISSING:
+        doctor_report(c, CHECK_FAIL, "GET /v1/events: HTTP 403: %s; contacts sync, but the first event "
+                      "due (sendry_settings.events, sendry_track) stops sending", EVENTS_SCOPE_HINT);
+        doctor_fix(c, "create a full_access key in Sendry and put it in %s",
+                   config_key_source_name(d->cfg->key_source));
+        break;
+    case EVENTS_SCOPE_UNKNOWN:
+        doctor_report(c, CHECK_WARN, "GET /v1/events answered HTTP %ld: the events scope stays unknown "
+                      "until the first event (a 403 there stops sending)", p.status);
+        doctor_fix(c, "run doctor again later");
+        break;
     }
     probe_free(&p);
 }

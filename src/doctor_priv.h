@@ -5,7 +5,8 @@
  *   doctor_db.c      the connection and the role, LISTEN/NOTIFY, the xmin horizon, dead rows
  *   doctor_schema.c  what install.sql creates (the one table of expected objects): its
  *                    version, the objects, the triggers, the claim index, the exposure
- *   doctor_api.c     the API key and its scope, the audience, the webhook secret
+ *   doctor_api.c     the API key and its scopes (contacts, events), the audience, the
+ *                    webhook secret
  * Nothing else includes it. */
 #ifndef SENDRY_DOCTOR_PRIV_H
 #define SENDRY_DOCTOR_PRIV_H
@@ -66,6 +67,7 @@ void doctor_check_exposure(struct doctor *d, struct check *c);
 void doctor_check_api_key(struct doctor *d, struct check *c);      /* doctor_api.c */
 void doctor_check_audience(struct doctor *d, struct check *c);
 void doctor_check_scope(struct doctor *d, struct check *c);
+void doctor_check_events_scope(struct doctor *d, struct check *c);
 void doctor_check_webhook(struct doctor *d, struct check *c);
 void doctor_check_horizon(struct doctor *d, struct check *c);      /* doctor_db.c */
 void doctor_check_dead_rows(struct doctor *d, struct check *c);

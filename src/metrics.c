@@ -231,6 +231,10 @@ static void render_health(struct buf *b)
     header(b, "sending_stopped", "gauge",
            "1 if sending stopped on a condition retries cannot fix (bad key, unknown audience...).");
     put(b, "sendry_sync_sending_stopped %d\n", metrics.sending_stopped ? 1 : 0);
+
+    header(b, "events_scope_missing", "gauge",
+           "1 if the API key lacks the scope for events (GET /v1/events answered 403 at start).");
+    put(b, "sendry_sync_events_scope_missing %d\n", metrics.events_scope_missing ? 1 : 0);
 }
 
 /* The housekeeping: sent rows pruned, inbox events applied again. */

@@ -8,6 +8,7 @@
  *   outcome.c    rate_limit_waits, sending_stopped + stop_reason (metrics_set_stopped())
  *   claim.c      metrics_claim();  deliver.c  metrics_http()
  *   relay.c      db_connected;  prune.c  rows_pruned;  inbox.c  inbox_retr*
+ *   events_scope.c  events_scope_missing
  *   receiver.c   metrics_webhook(), webhook_queue_depth/limit/full */
 #ifndef SENDRY_METRICS_H
 #define SENDRY_METRICS_H
@@ -64,6 +65,7 @@ struct metrics {
     /* health */
     bool db_connected;
     bool sending_stopped;
+    bool events_scope_missing;                /* events_scope.c: GET /v1/events got 403 */
     char stop_reason[512];                    /* why sending stopped; no secrets */
 };
 

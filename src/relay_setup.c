@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "backoff.h"
+#include "events_scope.h"
 
 #include "log.h"
 #include "notify.h"
@@ -75,6 +76,17 @@ static void on_reconcile_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
 /* ---- lifecycle --------------------------------------------------------------------- */
 
+/* After the audience check, and after the key changed: may the key send events? A
+ * request like the startup check, paid from the key's budget. Not for --once (it would
+ * end before the answer) nor --no-verify. */
+static void check_events_scope(struct relay *r)
+{
+    if (!r->cfg->verify || r->cfg->once)
+        return;
+    gate_spent(r->gate);
+    events_scope_check(r->http, r->cfg);
+}
+
 static void on_verified(void *ud, enum audience_verdict v, long status)
 {
     (void)status;
@@ -90,6 +102,7 @@ static void on_verified(void *ud, enum audience_verdict v, long status)
         notify_ready();
     if (r->cfg->verify && !r->cfg->once && !r->named)
         r->named = audience_check_named(r->loop, r->http, r->aux, r->gate, r->cfg);
+    check_events_scope(r);
     relay_kick(r);
 }
 
@@ -127,6 +140,8 @@ static void on_key_rotated(const char *key, void *ud)
         budget_set_key(r->budget, key);
     gate_probe_now(r->gate);
     r->claim_wanted = true;
+    if (r->state != RELAY_STARTING && r->state != RELAY_DRAINING && r->state != RELAY_DONE)
+        check_events_scope(r);
     relay_kick(r);
 }
 

@@ -18,7 +18,7 @@ from conftest import API_KEY, AUDIENCE, BIN, wait_until, worker_env
 from fake_sendry import FakeSendry
 
 CHECKS = ["database", "listen/notify", "schema version", "objects", "triggers", "claim index",
-          "exposure", "api key", "audience", "write scope", "webhook secret", "xmin horizon",
+          "exposure", "api key", "audience", "write scope", "events scope", "webhook secret", "xmin horizon",
           "dead rows"]
 
 
@@ -229,6 +229,7 @@ def test_rejected_key_exits_2(cluster, db):
     k = checks["api key"]
     assert k["status"] == "fail" and "401" in k["detail"] and "SENDRY_API_KEY" in k["fix"]
     assert checks["audience"]["status"] == "skip" and checks["write scope"]["status"] == "skip"
+    assert checks["events scope"]["status"] == "skip"
     assert API_KEY not in json.dumps(out)
 
 
@@ -240,6 +241,26 @@ def test_read_only_key_fails_the_write_scope(cluster, db):
     assert checks["api key"]["status"] == "ok" and checks["audience"]["status"] == "ok"
     s = checks["write scope"]
     assert s["status"] == "fail" and "403" in s["detail"] and "full_access" in s["fix"]
+
+
+def test_key_without_the_events_scope_fails_the_events_scope(cluster, db):
+    with FakeSendry(api_key="sn_test_full", no_events_key=API_KEY, audience_id=AUDIENCE,
+                    rate_limit=None) as noev:
+        rc, checks, _ = doctor(cluster, noev)
+        assert noev.requests_matching("GET", "/v1/events"), "the check is a read"
+        assert not noev.events
+    assert rc == 2
+    assert checks["write scope"]["status"] == "ok", "the key writes contacts"
+    s = checks["events scope"]
+    assert s["status"] == "fail" and "403" in s["detail"] and "scope for events" in s["detail"]
+    assert "full_access" in s["fix"] and "SENDRY_API_KEY" in s["fix"]
+
+
+def test_events_scope_ok_with_a_full_key(cluster, db, fake):
+    rc, checks, _ = doctor(cluster, fake)
+    assert rc == 0 and checks["events scope"]["status"] == "ok"
+    assert "may send events" in checks["events scope"]["detail"]
+    assert [r["status"] for r in fake.requests_matching("GET", "/v1/events")] == [200]
 
 
 def test_unknown_audience_exits_2(cluster, db, fake):

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import (API_KEY, AUDIENCE, BIN, ROOT, T, import_requests, pgharness, start_daemon,
                       wait_until)
+from test_lifecycle import start_listener
 
 # Timeouts generous enough for the ASan build on a small machine.
 SECRET_KEY = "sn_test_Zq7SecretKeyNeverLogged4242"
@@ -543,6 +544,40 @@ def test_rejected_key_exits_2(db, fake, workers):
     assert SECRET_KEY not in w.log()
     assert not import_requests(fake)
     assert db.row("nokey@example.com")["status"] == "pending"
+
+
+EVENTS_SCOPE_LINE = r"\berror\s+the API key lacks the scope for events"
+
+
+def events_scope_gauge(hook):
+    status, text = hook.get("/metrics")
+    assert status == 200, text
+    return re.search(r"^sendry_sync_events_scope_missing (\d)$", text, re.M).group(1)
+
+
+def test_key_without_the_events_scope_is_found_at_start(db, fake, workers):
+    """A key that writes contacts but may not send events: the start-up probe (GET
+    /v1/events?limit=1) logs one error line with the fix, the gauge says so, and contacts
+    keep syncing."""
+    fake.api_key, fake.no_events_key = "sn_test_another_key", API_KEY
+    hook = start_listener(workers)
+    w = hook.worker
+    w.wait_log(EVENTS_SCOPE_LINE, T)
+    line = next(x for x in w.lines() if re.search(EVENTS_SCOPE_LINE, x))
+    assert "full_access" in line and "SENDRY_API_KEY" in line and "contacts keep syncing" in line, line
+    assert fake.requests_matching("GET", "/v1/events"), "the probe is a GET"
+    assert events_scope_gauge(hook) == "1"
+    db.signup("scope@example.com")
+    wait_until(lambda: db.all_sent(1), T, "the contact sent all the same")
+    assert w.poll() is None
+    assert len([x for x in w.lines() if re.search(r"scope for events", x)]) == 1, w.log()
+
+
+def test_key_with_the_events_scope_logs_nothing(db, fake, workers):
+    hook = start_listener(workers, "--verbose")
+    hook.worker.wait_log(r"debug\s+the API key may send events \(GET /v1/events: HTTP 200\)", T)
+    assert events_scope_gauge(hook) == "0"
+    assert "scope for events" not in hook.worker.log()
 
 
 # --- 11. two workers on one database -----------------------------------------------------------------
