@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "backoff.h"
+#include "events_scope.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -176,6 +177,8 @@ static void on_stop(struct outcome_env *env, struct job *job, const struct http_
         snprintf(cause, sizeof cause, "Sendry answered 404 to %s %s [%s]; checking whether the "
                  "audience exists", req->method, job_path(job), shown);
         env->recheck_audience = true;
+    } else if (req->status == 403 && strstr(req->url, "/v1/events")) {
+        snprintf(cause, sizeof cause, "%s [%s]", EVENTS_SCOPE_HINT, shown);
     } else {
         snprintf(cause, sizeof cause, "%s [%s]", outcome_stop_hint(req->status), shown);
     }
