@@ -36,7 +36,7 @@ SRCS     = src/xalloc.c src/config.c src/config_options.c src/config_keys.c src/
            src/relay.c src/relay_setup.c src/relay_faults.c src/webhook.c src/metrics.c src/httpd.c src/receiver.c \
            src/dbsync.c src/probe.c src/vault.c src/notify.c src/migrate.c \
            src/doctor.c src/doctor_db.c src/doctor_schema.c src/doctor_api.c \
-           src/status.c src/healthcheck.c src/backfill.c src/main.c
+           src/status.c src/status_events.c src/healthcheck.c src/backfill.c src/backfill_events.c src/main.c
 HDRS     = $(wildcard src/*.h)
 GEN      = build/install_sql.c
 

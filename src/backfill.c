@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backfill_priv.h"
 #include "dbsync.h"
 #include "log.h"
 
@@ -47,33 +48,28 @@ static void on_interrupt(int sig)
     interrupted = 1;
 }
 
-struct walk {
-    long long enqueued, failed, examined;
-    double started, shown;
-    long long total;        /* users in auth.users, for the bar */
-    bool tty;
-    const char *what;       /* "backfill" or "reconcile-contacts" */
-    bool dry;               /* --dry-run: counts what the run would enqueue, writes nothing */
-    char after[40];         /* the dry run's position: the last id examined, "" at first */
-};
-
-static double now_s(void)
+double backfill_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void show(struct walk *w, bool last)
+void backfill_show(struct walk *w, bool last)
 {
-    double t = now_s(), rate = w->examined / fmax(t - w->started, 1e-3);
+    double t = backfill_now(), rate = w->examined / fmax(t - w->started, 1e-3);
     if (w->tty) {
         int width = 30, filled = w->total > 0 ? (int)(width * fmin(1.0, (double)w->examined / w->total)) : 0;
-        fprintf(stderr, "\r[%.*s%.*s] %lld/%lld users, %lld %s, %.0f users/s%s", filled,
+        fprintf(stderr, "\r[%.*s%.*s] %lld/%lld users, %lld %s%s, %.0f users/s%s", filled,
                 "##############################", width - filled, "                              ",
-                w->examined, w->total, w->enqueued, w->dry ? "to enqueue" : "enqueued", rate,
-                last ? "\n" : "");
+                w->examined, w->total, w->enqueued, w->events ? "events " : "",
+                w->dry ? "to enqueue" : "enqueued", rate, last ? "\n" : "");
         fflush(stderr);
+    } else if ((last || t - w->shown >= 5) && w->events) {
+        log_info("%s: %lld of %lld users examined, %lld user.signed_up events %s (%.0f users/s)",
+                 w->what, w->examined, w->examined > w->total ? w->examined : w->total, w->enqueued,
+                 w->dry ? "to enqueue" : "enqueued", rate);
+        w->shown = t;
     } else if (last || t - w->shown >= 5) {
         log_info("%s: %lld of %lld users examined, %lld %s, %lld failing the mapping (%.0f users/s)",
                  w->what, w->examined, w->examined > w->total ? w->examined : w->total, w->enqueued,
@@ -101,7 +97,7 @@ static bool step(PGconn *conn, const struct config *cfg, struct walk *w, int *st
     w->examined += atoll(PQgetvalue(res, 0, 2));
     bool more = *PQgetvalue(res, 0, 3) == 't';
     PQclear(res);
-    show(w, !more);
+    backfill_show(w, !more);
     return more;
 }
 
@@ -127,14 +123,11 @@ static bool dry_step(PGconn *conn, const struct config *cfg, struct walk *w, int
         snprintf(w->after, sizeof w->after, "%s", PQgetvalue(res, 0, 1));
     PQclear(res);
     bool more = examined == cfg->chunk_size;
-    show(w, !more);
+    backfill_show(w, !more);
     return more;
 }
 
-typedef bool step_fn(PGconn *conn, const struct config *cfg, struct walk *w, int *status);
-
-/* Steps until the walk is over, interrupted (exit 1: run it again to go on) or failed. */
-static int walk(PGconn *conn, const struct config *cfg, struct walk *w, step_fn *next)
+int backfill_walk(PGconn *conn, const struct config *cfg, struct walk *w, backfill_step_fn *next)
 {
     struct sigaction sa = {.sa_handler = on_interrupt};
     sigemptyset(&sa.sa_mask);
@@ -150,9 +143,12 @@ static int walk(PGconn *conn, const struct config *cfg, struct walk *w, step_fn 
             return 1;
         }
     }
-    if (status == 0 && !w->dry)
+    if (status == 0 && !w->dry && w->events)
+        log_info("%s: done: %lld users examined, %lld user.signed_up events enqueued, in %.1f s",
+                 w->what, w->examined, w->enqueued, backfill_now() - w->started);
+    else if (status == 0 && !w->dry)
         log_info("%s: done: %lld users examined, %lld enqueued, %lld failed the mapping (see "
-                 "last_error), in %.1f s", w->what, w->examined, w->enqueued, w->failed, now_s() - w->started);
+                 "last_error), in %.1f s", w->what, w->examined, w->enqueued, w->failed, backfill_now() - w->started);
     return status;
 }
 
@@ -189,12 +185,12 @@ static int run(const struct config *cfg, bool backfill)
         PQfinish(conn);
         return 1;
     }
-    struct walk w = {.started = now_s(), .total = atoll(total), .tty = isatty(STDERR_FILENO), .what = what,
+    struct walk w = {.started = backfill_now(), .total = atoll(total), .tty = isatty(STDERR_FILENO), .what = what,
                      .dry = cfg->dry_run};
     w.shown = w.started;
     int status;
     if (w.dry) {
-        status = walk(conn, cfg, &w, dry_step);
+        status = backfill_walk(conn, cfg, &w, dry_step);
         if (status == 0)
             estimate(conn, cfg, &w);
     } else {
@@ -203,8 +199,10 @@ static int run(const struct config *cfg, bool backfill)
         log_info("%s: examining %lld users in chunks of %d; a user whose contact differs from the one "
                  "last enqueued is enqueued%s", what, w.total, cfg->chunk_size,
                  strcmp(resuming, "t") == 0 ? " (an earlier run was interrupted: going on from there)" : "");
-        status = walk(conn, cfg, &w, step);
+        status = backfill_walk(conn, cfg, &w, step);
     }
+    if (status == 0 && backfill && cfg->backfill_events)
+        status = backfill_events(conn, cfg, w.total);
     PQfinish(conn);
     return status;
 }

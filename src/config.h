@@ -64,6 +64,7 @@ struct config {
     double retain_sent;     /* days sent rows are kept, 0 = forever */
     int chunk_size;         /* backfill, reconcile-contacts: users per transaction */
     bool dry_run;           /* backfill: count and estimate only */
+    bool backfill_events;   /* backfill --events: also replay user.signed_up (bulk event rows) */
     char *listen;           /* --listen / SENDRY_LISTEN ADDR:PORT, NULL = no HTTP server */
     char *webhook_secret;   /* SENDRY_WEBHOOK_SECRET, at least WEBHOOK_SECRET_MIN characters */
     size_t webhook_max_body;

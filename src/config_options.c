@@ -86,6 +86,9 @@ static const struct option_def options[] = {
     {"dry-run", OPT_FLAG, OFF(dry_run), 0, 0, NULL, NULL, NULL,
      "backfill, reconcile-contacts: walk the users read-only and count exactly what\n"
      "the run would enqueue; change nothing", FOR(CMD_BACKFILL) | FOR(CMD_RECONCILE_CONTACTS)},
+    {"events", OPT_FLAG, OFF(backfill_events), 0, 0, NULL, NULL, NULL,
+     "backfill: after the contacts, replay user.signed_up (bulk event rows) for the\n"
+     "synced users that have no user.signed_up event row yet", FOR(CMD_BACKFILL)},
     {"listen", OPT_STRING, OFF(listen), 0, 0, "ADDR:PORT", NULL, "SENDRY_LISTEN",
      "serve POST /webhooks/sendry, GET /healthz and GET /metrics (off without it;\n"
      "needs SENDRY_WEBHOOK_SECRET)", ALL},
@@ -307,6 +310,8 @@ static void apply_flag(struct config *cfg, const struct option_def *o)
         cfg->migrate_status = true;
     else if (o->offset == OFF(dry_run))
         cfg->dry_run = true;
+    else if (o->offset == OFF(backfill_events))
+        cfg->backfill_events = true;
 }
 
 bool config_apply_option(struct config *cfg, const struct option_def *o, const char *value,

@@ -8,6 +8,7 @@
 
 #include "dbsync.h"
 #include "log.h"
+#include "status_events.h"
 
 /* Every figure is bounded, whatever the size of the outbox (tests/test_hot_plans.py):
  * a count reads at most COUNT_CAP entries of a partial index (of each class in the
@@ -257,6 +258,16 @@ static json_object *collect(PGconn *conn, char *err, size_t errsize)
     json_object_object_add(out, "failures", failures_json(res[3]));
     json_object_object_add(out, "oldest_due", oldest_json(res[4]));
     json_object_object_add(out, "workers", workers_json(res[5]));
+    bool more = false;
+    json_object *events = status_events_collect(conn, COUNT_CAP, SAMPLE_PAGES, atof(PQgetvalue(res[2], 0, 1)),
+                                                &more, err, errsize);
+    if (!events) {
+        json_object_put(out);
+        out = NULL;
+        goto done;
+    }
+    json_object_object_add(out, "events", events);
+    json_object_object_add(out, "events_more_names", json_object_new_boolean(more));
 done:
     for (int i = 0; i < N; i++)
         PQclear(res[i]);
@@ -405,6 +416,13 @@ static void print_text(json_object *s)
     printf("sendry-sync status: database %s as %s, %s\n\n", get_str(s, "database"), get_str(s, "role"),
            get_str(s, "at"));
     print_outbox(s, outbox, tp);
+    json_object *events = NULL, *more = NULL;
+    if (json_object_object_get_ex(s, "events", &events) && events) {
+        json_object_object_get_ex(s, "events_more_names", &more);
+        status_events_print(events, more && json_object_get_boolean(more), COUNT_CAP,
+                            get_int(outbox, "pending_capped") != 0, get_int(outbox, "failed_capped") != 0,
+                            get_int(tp, "estimated") != 0);
+    }
     print_failures(failures);
     print_oldest(oldest);
 }
