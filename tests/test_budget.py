@@ -236,6 +236,77 @@ def test_backfill_chunks_bound_the_transaction(ldb, cluster):
     assert len(per_txn) >= 7 and max(t["n"] for t in per_txn) <= 150, per_txn
 
 
+# --- backfill --events: the sign-ups replayed as events -----------------------------------
+
+SIGNED_UP_ROWS = ("SELECT id, op, class, user_id::text AS user_id, email, payload, status"
+                  " FROM public.sendry_outbox ORDER BY id")
+
+
+def events_on(db, names="{user.signed_up}"):
+    db.query("UPDATE public.sendry_settings SET events = %s", (names,))
+
+
+def test_backfill_events_dry_run_counts_and_writes_nothing(ldb, cluster):
+    existing_users(ldb, 40)
+    for _ in range(3):
+        ldb.signup(None, anonymous=True)      # never synced: no event either
+    r = run_cmd(cluster, "backfill", "--events", "--dry-run", "--chunk-size", "9")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("backfill --dry-run: 43 users examined; the run would enqueue 40 rows"), r.stdout
+    assert lines[1].startswith("backfill --events --dry-run: 43 users examined; the run would enqueue 40 "
+                               "user.signed_up events"), r.stdout
+    assert lines[1].endswith("Nothing was changed."), r.stdout
+    assert ldb.scalar("SELECT count(*) FROM public.sendry_outbox") == 0
+
+
+def test_backfill_events_replays_each_sign_up_once(ldb, cluster):
+    """backfill --events: every synced user's contact row, then its user.signed_up event row
+    (class bulk, the contract's shape); a second run, and a user that has a live event
+    already, get none; a plain backfill never emits events."""
+    emails = existing_users(ldb, 24)
+    ldb.query("ALTER TABLE auth.users DISABLE TRIGGER USER", user="supabase_admin")
+    try:
+        ldb.signup("  Mixed.Case@Example.COM ")
+        emails.append("mixed.case@example.com")       # normalised, as the contract says
+    finally:
+        ldb.query("ALTER TABLE auth.users ENABLE TRIGGER USER", user="supabase_admin")
+    ldb.signup(None, anonymous=True)
+    plain = run_cmd(cluster, "backfill", "--chunk-size", "10")
+    assert plain.returncode == 0, plain.stderr
+    assert ldb.scalar("SELECT count(*) FROM public.sendry_outbox WHERE op = 'event'") == 0, \
+        "a plain backfill emits no event"
+    events_on(ldb)
+    try:
+        live = ldb.signup("  Live.One@Example.com ")   # the trigger's own user.signed_up
+        r = run_cmd(cluster, "backfill", "--events", "--chunk-size", "10")
+        assert r.returncode == 0, r.stderr
+        assert "backfill --events: done: 27 users examined, 25 user.signed_up events enqueued" in r.stderr, r.stderr
+        rows = ldb.query(SIGNED_UP_ROWS)
+        events = [x for x in rows if x["op"] == "event"]
+        assert len(events) == 26 and sum(x["class"] == "live" for x in events) == 1
+        bulk = [x for x in events if x["class"] == "bulk"]
+        assert sorted(x["email"] for x in bulk) == sorted(emails)
+        ids = {x["email"]: x["user_id"] for x in bulk}
+        for x in bulk:
+            assert x["payload"] == {"name": "user.signed_up",
+                                    "payload": {"user_id": x["user_id"], "provider": "email"}}, x
+            assert x["status"] == "pending"
+            contact = [c for c in rows if c["user_id"] == x["user_id"] and c["op"] == "upsert"]
+            assert contact and contact[0]["id"] < x["id"], "the contact row comes first"
+        assert len(ids) == 25
+        again = run_cmd(cluster, "backfill", "--events", "--chunk-size", "7")
+        assert again.returncode == 0, again.stderr
+        assert "0 user.signed_up events enqueued" in again.stderr, again.stderr
+        # Sent rows count too: the run skips a user whatever its event row's status.
+        ldb.query("UPDATE public.sendry_outbox SET status = 'sent', sent_at = now() WHERE op = 'event'")
+        assert run_cmd(cluster, "backfill", "--events").returncode == 0
+        assert ldb.scalar("SELECT count(*) FROM public.sendry_outbox WHERE op = 'event'") == 26
+        assert live
+    finally:
+        events_on(ldb, "{}")
+
+
 def test_live_changes_arriving_one_by_one_share_a_request(ldb, fake, workers):
     """Sign-ups come one transaction at a time, each claimed on its own; while the key's
     budget (here 1 request a second) holds them back, their queued imports go out

@@ -91,6 +91,44 @@ def test_status_of_an_empty_outbox(cluster, db, fake):
     assert "failures: none" in r.stdout and "oldest due row: none" in r.stdout
 
 
+def events_fixture(db):
+    """Event rows in every state status counts, of two names."""
+    db.query("""
+        INSERT INTO public.sendry_outbox (op, class, email, payload, status, sent_at, deduped, last_error)
+        SELECT 'event', 'live', 'ev@example.com', jsonb_build_object('name', n, 'payload', '{}'::jsonb),
+               st, CASE WHEN st = 'sent' THEN now() END, d,
+               CASE WHEN st = 'failed' THEN 'HTTP 422 validation_error: payload' END
+          FROM (VALUES ('user.signed_up', 'pending', NULL::boolean), ('user.signed_up', 'pending', NULL),
+                       ('user.signed_up', 'sent', false), ('user.signed_up', 'sent', true),
+                       ('user.signed_up', 'sent', false), ('user.signed_up', 'failed', NULL),
+                       ('trial_started', 'sent', true), ('trial_started', 'failed', NULL),
+                       ('trial_started', 'failed', NULL)) v (n, st, d)
+    """)
+
+
+def test_status_shows_events_by_name(cluster, db, fake):
+    outbox_fixture(db)
+    events_fixture(db)
+    r = run(cluster, fake, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["events"] == [
+        {"name": "trial_started", "pending": 0, "sent": 1, "deduped": 1, "failed": 2},
+        {"name": "user.signed_up", "pending": 2, "sent": 3, "deduped": 1, "failed": 1}]
+    assert s["events_more_names"] is False
+    assert s["outbox"]["pending"] == 5 and s["outbox"]["failed"] == 6, "events are outbox rows too"
+    out = run(cluster, fake, "status").stdout
+    assert re.search(r"^events\n  name +pending +sent \(deduped\) +failed$", out, re.M), out
+    assert re.search(r"^  trial_started +0 +1 \(1\) +2$", out, re.M), out
+    assert re.search(r"^  user\.signed_up +2 +3 \(1\) +1$", out, re.M), out
+
+
+def test_status_without_event_rows_shows_no_events(cluster, db, fake):
+    outbox_fixture(db)
+    assert json.loads(run(cluster, fake, "status", "--json").stdout)["events"] == []
+    assert not re.search(r"^events", run(cluster, fake, "status").stdout, re.M)
+
+
 def test_status_without_the_migration_exits_1(cluster, fake):
     r = run(cluster, fake, "status", env={"DATABASE_URL": cluster.dsn_for("postgres", "template1")})
     assert r.returncode == 1

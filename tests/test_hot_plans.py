@@ -96,6 +96,9 @@ def statements(pg):
         ("status failures", "status.c", "FAILURES_SQL", [1000000],
          {"sendry_outbox_claim_idx", "sendry_outbox_failed_idx"}),
         ("status oldest", "status.c", "OLDEST_SQL", [1], {"sendry_outbox_claim_idx"}),
+        ("status events", "status_events.c", "EVENTS_SQL", [1000000],
+         {"sendry_outbox_claim_idx", "sendry_outbox_failed_idx"}),
+        ("status events sent sample", "status_events.c", "EVENTS_SENT_SQL", [2000], set()),
         ("inbox retry", "inbox.c", "RETRY_SQL", [], {"sendry_inbox_received_idx"}),
     ]
 
@@ -138,6 +141,8 @@ CAPPED = [
     ("status oldest", "status.c", "OLDEST_SQL", [1], 2),
     ("next due", "claim.c", "NEXT_DUE_SQL", [], 2),
     ("status sent sample", "status.c", "SENT_SQL", [CAP], 200 * CAP),
+    ("status events", "status_events.c", "EVENTS_SQL", [CAP], BACKLOG_ROWS + CAP),
+    ("status events sent sample", "status_events.c", "EVENTS_SENT_SQL", [CAP], 200 * CAP),
     ("inbox retry", "inbox.c", "RETRY_SQL", [], 100),
 ]
 
