@@ -4,8 +4,9 @@
 # Installs the migration, starts a fake Sendry and the worker, signs up a few users,
 # shows what Sendry received and the outbox, brings an unsubscribe in Sendry back into
 # auth.users (reconciliation and a signed webhook), changes an address, deletes a user,
-# shows a contact Sendry rejects and its requeue, ends with `status` and `doctor`, and
-# stops everything it started.
+# shows a contact Sendry rejects and its requeue, turns on the event user.signed_up and
+# shows a sign-up starting an automation run, ends with `status` and `doctor`, and stops
+# everything it started.
 set -eu
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
@@ -156,17 +157,41 @@ wait_sql 15 "select count(*) = 1 from public.sendry_outbox where email = 'typo@e
     || { cat "$work/worker.log" >&2; exit 1; }
 echo "typo@example.com: sent on the requeue"
 
-step "13. sendry-sync status: the outbox at a glance"
+step "13. Onboarding: an automation (trigger_type event) that a sign-up starts through user.signed_up"
+auth="Authorization: Bearer sn_test_fake"
+automation=$(curl -s -X POST "$api/v1/automations" -H "$auth" -H 'Content-Type: application/json' \
+    -d '{"name":"Onboarding","trigger_type":"event","trigger_config":{"event_name":"user.signed_up"}}' \
+    | $PY -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+curl -s -X POST "$api/v1/automations/$automation/activate" -H "$auth" >/dev/null
+echo "automation $automation created and activated (POST /v1/automations, then .../activate)"
+psql -X -c "update public.sendry_settings set events = '{user.signed_up}'"
+seen=$(requests_so_far)
+psql -X -q -U supabase_auth_admin -v ON_ERROR_STOP=1 <<'SQL'
+INSERT INTO users (id, email, role, raw_user_meta_data, raw_app_meta_data, created_at, updated_at) VALUES
+  (gen_random_uuid(), 'lin@example.com', '', '{"first_name":"Lin"}', '{"provider":"email","providers":["email"]}',
+   now(), now());
+SQL
+wait_sql 15 "select count(*) = 1 from public.sendry_outbox where op = 'event' and status = 'sent'" \
+    || { cat "$work/worker.log" >&2; exit 1; }
+echo "lin@example.com signed up: the contact first, then the event (event_id = sendry_event_id(id))"
+show_requests "$seen"
+psql -X -c "select id, op, email, payload->>'name' as event, public.sendry_event_id(id) as event_id, status, deduped from public.sendry_outbox where email = 'lin@example.com' order by id"
+curl -s "$api/v1/automations/$automation/runs" -H "$auth" | $PY -c '
+import json, sys
+for run in json.load(sys.stdin)["data"]:
+    print("automation run", run["id"], "for", run["contact_email"], "started by event", run["trigger_event_id"], "->", run["status"])'
+
+step "14. sendry-sync status: the outbox at a glance"
 ./sendry-sync status
 
-step "14. sendry-sync doctor: what would break in production (exit 0 all good, 1 warnings, 2 failures)"
+step "15. sendry-sync doctor: what would break in production (exit 0 all good, 1 warnings, 2 failures)"
 rc=0
 SENDRY_API_URL="$api" SENDRY_API_KEY=sn_test_fake SENDRY_AUDIENCE_ID=aud_test SENDRY_WEBHOOK_SECRET=$secret \
     SENDRY_LISTEN="127.0.0.1:$listen_port" ./sendry-sync doctor || rc=$?
 echo "doctor exited $rc"
 [ "$rc" -le 1 ] || { echo "demo: doctor found failures" >&2; exit 1; }
 
-step "15. Stop the worker (SIGTERM drains and exits 0)"
+step "16. Stop the worker (SIGTERM drains and exits 0)"
 kill -TERM "$worker_pid"
 wait "$worker_pid" && echo "worker exited 0"
 worker_pid=""
