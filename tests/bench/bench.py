@@ -29,6 +29,12 @@ Scenarios (BENCH_QUICK=1 scales the row counts down for a smoke run of a few min
   k  issue 16: a 10k backlog right after install (no statistics: autovacuum off for the
      outbox), --once --rate 0: rows/s and the completion's cost (compare the checkout
      before the fix with BASELINE=)
+  l  issue 18: events (sendry_track, live) enqueued while a 100k contact backfill flows,
+     the fake at 100 requests/10 s, default --rate: events/s, and the contacts and requests
+     admitted over the same window
+  m  issue 18: sign-ups at 20/s with user.signed_up on, daemon --rate 0: the event's
+     commit-to-request latency (the contact's request goes first), beside the contact's
+  (l and m need events: a checkout without sendry_track shows "—")
 
 Exit status: 0 when every scenario delivered all its rows, 1 when one did not (or its time
 cap ran out), 2 when the bench could not run. Progress goes to stderr, the table to stdout.
@@ -92,6 +98,8 @@ class Scale:
     signup_rate = 100
     idle_seconds = 10 if QUICK else 30            # e: the idle daemon
     live_signups = 20                             # g
+    events = 100 if QUICK else 200                # l: events enqueued mid-backfill
+    event_signup_rate = 20                        # m: sign-ups/s, each with user.signed_up
     daemons = 3                                   # h
     # Seconds a drain may take before it is cut short (its figures then cover what it did,
     # and the run exits 1): at the goals every drain takes a fraction of its cap.
@@ -100,6 +108,7 @@ class Scale:
     cap_single = 20 if QUICK else 60              # c
     cap_large = 40 if QUICK else 90               # b
     cap_limited = 30 if QUICK else 60             # g, h: 10 s at the fake's limit
+    cap_events = 60 if QUICK else 90              # l: the events and the backfill at 10 requests/s
 
 
 def log(msg):
@@ -325,8 +334,12 @@ class Fake:
         """[(realtime, status, contacts, path)] of every request, in arrival order."""
         return [(float(t), int(st), int(n), path) for t, st, n, path in self._lines(self.request_log)]
 
+    def event_times(self):
+        """The realtime of every POST /v1/events the fake answered 2xx, in arrival order."""
+        return [float(t) for t, e in self._lines(self.email_log) if e.startswith("event:")]
+
     def arrivals(self):
-        """{email: realtime of its first arrival}."""
+        """{email: realtime of its first arrival}; an event's as "event:<address>"."""
         seen = {}
         for t, email in self._lines(self.email_log):
             seen.setdefault(email, float(t))
@@ -853,13 +866,97 @@ def scenario_h(side):
     return f
 
 
+TRACK_SQL = ("SELECT count(public.sendry_track('bench.event', u.id, jsonb_build_object('n', 1)))"
+             " FROM auth.users u WHERE u.email BETWEEN %s AND %s")
+
+
+def has_events(side):
+    """Whether the checkout's SQL has events (issue 18): sendry_track exists."""
+    return side.scalar("SELECT to_regprocedure('public.sendry_track(text, uuid, jsonb, boolean)')"
+                       " IS NOT NULL")
+
+
+def wait_events(fake, n, deadline):
+    while len(fake.event_times()) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return fake.event_times()
+
+
+def scenario_l(side):
+    """Issue 18: events enqueued (sendry_track, live) while a contact backfill flows, the
+    fake at 100 requests/10 s: events/s, and contacts and requests over the same window."""
+    side.reinstall()
+    if not has_events(side):
+        return {"ok": True, "skipped": "no events in this checkout"}
+    side.backfill(Scale.limited)
+    n = Scale.events
+    total = Scale.limited + n
+    with contextlib.ExitStack() as stack:
+        fake = Fake(side.workdir, "l-events", rate_limit="100/10", email_log=True)
+        stack.callback(fake.stop)
+        w = Worker(side, fake, [], os.path.join(side.workdir, "l-events.log"))
+        stack.callback(w.stop)
+        deadline = w.t0 + Scale.cap_events
+        fake.wait_contacts(Scale.limited // 10, deadline)          # the contacts are flowing
+        side.sql(TRACK_SQL, (user_email(Scale.limited + 1), user_email(Scale.limited + n)))
+        times = wait_events(fake, n, deadline)
+        fake.wait_contacts(Scale.limited, deadline)
+        sent = wait_sent(side, total, min(deadline, time.monotonic() + 30))
+    reqs = fake.requests()
+    f = dict(events=len(times), sent=sent, expect=total, n429=sum(1 for r in reqs if r[1] == 429))
+    if len(times) >= 2:
+        first, last = times[0], times[-1]
+        window = [r for r in reqs if first <= r[0] <= last and 200 <= r[1] < 300]
+        f.update(events_s=(len(times) - 1) / (last - first), window_s=last - first,
+                 contacts_s=sum(r[2] for r in window) / (last - first),
+                 requests_s=len(window) / (last - first))
+    f["ok"] = sent == total and len(times) == n
+    if not f["ok"]:
+        f["problem"] = f"{sent}/{total} rows sent, {len(times)}/{n} events; log {w.log_path}"
+    return f
+
+
+def scenario_m(side):
+    """Issue 18: sign-ups with user.signed_up on, --rate 0: commit-to-request latency of
+    the event (and of the contact, whose request goes first)."""
+    side.reinstall()
+    if not has_events(side):
+        return {"ok": True, "skipped": "no events in this checkout"}
+    n = Scale.event_signup_rate * Scale.latency_seconds
+    emails = [f"evlat{i:05d}@bench.example" for i in range(n)]
+    side.sql("UPDATE public.sendry_settings SET events = '{user.signed_up}'")
+    try:
+        with contextlib.ExitStack() as stack:
+            fake = Fake(side.workdir, "m-event-latency", email_log=True)
+            stack.callback(fake.stop)
+            w = Worker(side, fake, ["--rate", "0"], os.path.join(side.workdir, "m-event-latency.log"))
+            stack.callback(w.stop)
+            with side.connect("supabase_auth_admin") as conn:
+                signups(conn, ["evwarmup@bench.example"], 1)
+                if "event:evwarmup@bench.example" not in wait_arrivals(
+                        fake, ["event:evwarmup@bench.example"], time.monotonic() + 60):
+                    raise BenchError(f"the daemon never delivered a first event; log {w.log_path}")
+                commits = signups(conn, emails, Scale.event_signup_rate)
+            keys = ["event:" + e for e in emails]
+            seen = wait_arrivals(fake, keys, time.monotonic() + 60)
+            f = latency_figures("", {"event:" + e: t for e, t in commits.items()}, seen)
+            f.update(latency_figures("contact_", commits, seen))
+            f.update(sent=wait_sent(side, 2 * (n + 1), time.monotonic() + 60), expect=2 * (n + 1))
+    finally:
+        side.sql("UPDATE public.sendry_settings SET events = '{}'")
+    f["ok"] = f.get("arrived") == n and f["sent"] == f["expect"]
+    if not f["ok"]:
+        f["problem"] = f"{f.get('arrived')}/{n} events reached the fake; log {w.log_path}"
+    return f
+
+
 class BenchError(Exception):
     """The bench itself could not go on (not a slow worker: that is a figure)."""
 
 
 SCENARIOS = [("a", scenario_a), ("b", scenario_b), ("c", scenario_c), ("d", scenario_d),
              ("e", scenario_e), ("f", scenario_tiny), ("g", scenario_g), ("h", scenario_h),
-             ("i", scenario_i), ("k", scenario_k)]
+             ("i", scenario_i), ("k", scenario_k), ("l", scenario_l), ("m", scenario_m)]
 
 
 def scenario_title(sc):
@@ -948,6 +1045,21 @@ def table_rows():
         (None, "k.complete_mean_ms", "mean completion (ms)", None, None),
         (None, "k.complete_ms_k", "completion ms per 1000 rows", None, None),
         (None, "k.db_us", "database CPU per row, whole cluster (µs)", None, None),
+        (f"l. issue 18: {S.events} events (sendry_track) enqueued while a {kfmt(S.limited)} contact "
+         "backfill flows, fake at 100 req/10 s, default --rate", None, None, None, None),
+        (None, "l.events", f"events that reached the fake (of {S.events})", None, None),
+        (None, "l.events_s", "events/s, first to last event", None, None),
+        (None, "l.contacts_s", "  contacts/s over the same window", None, None),
+        (None, "l.requests_s", "  requests/s admitted over the same window (allowed: 10/s)", None, None),
+        (None, "l.n429", "429 answers", None, None),
+        (f"m. issue 18: {S.event_signup_rate} sign-ups/s for {S.latency_seconds} s with user.signed_up "
+         "on, daemon --rate 0", None, None, None, None),
+        (None, "m.arrived", "events that reached the fake", None, None),
+        (None, "m.p50_ms", "event commit-to-request p50 (ms)", None, None),
+        (None, "m.p99_ms", "event commit-to-request p99 (ms)", None, None),
+        (None, "m.max_ms", "event commit-to-request max (ms)", None, None),
+        (None, "m.contact_p50_ms", "  the contact's, p50 (ms)", None, None),
+        (None, "m.contact_p99_ms", "  the contact's, p99 (ms)", None, None),
     ]
 
 
@@ -1059,10 +1171,13 @@ def print_plans(results, sides):
 def summary(f):
     if not f.get("ok") and "sent" not in f:
         return "could not run"
+    if f.get("skipped"):
+        return f"skipped: {f['skipped']}"
     parts = [f"{f.get('sent')}/{f.get('expect')} rows"] if "sent" in f else []
     for key, unit in (("rows_s", "rows/s"), ("db_us", "µs/row in the database"),
                       ("claim_mean_ms", "ms per claim"), ("p99_ms", "ms p99"),
-                      ("live_p99_ms", "ms live p99"), ("n429", "429s"), ("drain_s", "s to drain"),
+                      ("live_p99_ms", "ms live p99"), ("events_s", "events/s"), ("n429", "429s"),
+                      ("drain_s", "s to drain"),
                       ("known_ms_k10", "ms per inbox event at 10k users"),
                       ("known_ms_m1", "ms per inbox event at 1M users"),
                       ("unknown_ms_m1", "ms per unknown address at 1M users")):

@@ -9,13 +9,14 @@
  *   GET  /v1/audiences/<id>   an audience object
  *   POST /v1/contacts/import  {"created":N,"updated":0,"total":N}, N = contacts in the body
  *   POST /v1/contacts         a contact object {"id":"ct_<n>","email":...}
+ *   POST /v1/events           an event {"id":"evt_<n>",...,"triggered_runs":0} (never deduped)
  *   GET  /_stats              its counters as JSON (not counted, never rate limited)
  *   GET  anything else        {"data":[],"has_more":false} (empty lists for reconciliation)
  *   anything else             200 {}
  * --rate-limit N/SECONDS admits at most N requests in any sliding window of SECONDS and
  * answers the others 429 with Retry-After (as Sendry: 100 per 10 s per key; one key here).
  * --email-log writes "<CLOCK_REALTIME seconds> <email>" for every "email":"..." seen in a
- * request body; --request-log writes "<realtime> <status> <contacts> <path>" per request.
+ * request body, and "<realtime> event:<address>" for an event's "contact_email"; --request-log writes "<realtime> <status> <contacts> <path>" per request.
  * Both are flushed after every batch of events and at exit (SIGTERM, SIGINT).
  * The bench (tests/bench/bench.py) starts one per scenario; nothing else uses it. */
 
@@ -70,7 +71,7 @@ struct limiter {
 };
 
 struct stats {
-    long long requests, imports, creates, audiences, other, contacts, status_429;
+    long long requests, imports, creates, audiences, other, contacts, status_429, events;
 };
 
 struct server {
@@ -188,16 +189,16 @@ static int limiter_check(struct limiter *l)
 
 /* ---- the API ------------------------------------------------------------------------- */
 
-/* Counts the "email":"..." values of a body, logging each with its arrival time; copies
- * the first into first (for a create's answer). */
-static long long scan_emails(struct server *s, const char *body, size_t len, char *first,
-                             size_t first_size)
+/* Counts the values of `key` ("\"email\"") in a body, logging each with its arrival time
+ * (after `prefix`); copies the first into first (for a create's answer). */
+static long long scan_values(struct server *s, const char *body, size_t len, const char *key,
+                             const char *prefix, char *first, size_t first_size)
 {
-    static const char key[] = "\"email\"";
     long long n = 0;
+    size_t klen = strlen(key);
     const char *p = body, *end = body + len;
-    while ((p = memmem(p, (size_t)(end - p), key, sizeof key - 1)) != NULL) {
-        p += sizeof key - 1;
+    while ((p = memmem(p, (size_t)(end - p), key, klen)) != NULL) {
+        p += klen;
         while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
             p++;
         if (p >= end || *p != ':')
@@ -214,20 +215,26 @@ static long long scan_emails(struct server *s, const char *body, size_t len, cha
             snprintf(first, first_size, "%.*s", (int)vlen, v);
         if (s->email_log) {
             fprint_realtime(s->email_log);
-            fprintf(s->email_log, " %.*s\n", (int)vlen, v);
+            fprintf(s->email_log, " %s%.*s\n", prefix, (int)vlen, v);
         }
         n++;
     }
     return n;
 }
 
+static long long scan_emails(struct server *s, const char *body, size_t len, char *first,
+                             size_t first_size)
+{
+    return scan_values(s, body, len, "\"email\"", "", first, first_size);
+}
+
 static char *stats_json(const struct server *s)
 {
     const struct stats *t = &s->st;
     return xasprintf("{\"requests\":%lld,\"imports\":%lld,\"creates\":%lld,\"audiences\":%lld,"
-                     "\"other\":%lld,\"contacts\":%lld,\"status_429\":%lld}",
+                     "\"other\":%lld,\"contacts\":%lld,\"status_429\":%lld,\"events\":%lld}",
                      t->requests, t->imports, t->creates, t->audiences, t->other, t->contacts,
-                     t->status_429);
+                     t->status_429, t->events);
 }
 
 /* The answer to an admitted request; *contacts is set to the contacts it carried. */
@@ -246,6 +253,12 @@ static struct response api_answer(struct server *s, const struct request *q, lon
         r.status = 201;
         r.body = xasprintf("{\"id\":\"ct_%lld\",\"email\":\"%s\",\"unsubscribed\":false}",
                            ++s->next_contact, email);
+    } else if (post && (strcmp(q->path, "/v1/events") == 0 || strcmp(q->path, "/v1/events/") == 0)) {
+        scan_values(s, q->body, q->body_len, "\"contact_email\"", "event:", NULL, 0);
+        s->st.events++;
+        r.body = xasprintf("{\"id\":\"evt_%lld\",\"external_id\":null,\"name\":\"event\",\"contact_email\":null,"
+                           "\"contact_id\":null,\"payload\":{},\"received_at\":\"2026-01-01T00:00:00.000Z\","
+                           "\"processed_at\":null,\"triggered_runs\":0}", s->st.events);
     } else if (get && strncmp(q->path, "/v1/audiences/", 14) == 0 && !strchr(q->path + 14, '/')) {
         s->st.audiences++;
         r.body = xasprintf("{\"id\":\"%s\",\"name\":\"Bench audience\",\"description\":null,"
