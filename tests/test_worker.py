@@ -580,6 +580,24 @@ def test_key_with_the_events_scope_logs_nothing(db, fake, workers):
     assert "scope for events" not in hook.worker.log()
 
 
+def test_an_event_refused_for_its_scope_says_so(db, fake, workers):
+    """The first event due with a key that lacks the scope: sending stops, and the cause
+    names the events scope (not the scope to write contacts)."""
+    fake.api_key, fake.no_events_key = "sn_test_another_key", API_KEY
+    db.query("UPDATE public.sendry_settings SET events = '{user.signed_up}'")
+    try:
+        w = start_daemon(workers)
+        db.signup("scoped@example.com")
+        w.wait_log(r"\berror\s+sending stopped: the API key lacks the scope for events: it needs "
+                   r"full_access \(403\)", T)
+        assert "scope to write contacts" not in w.log()
+        wait_until(lambda: db.query("SELECT status FROM public.sendry_outbox WHERE op = 'event'")
+                   == [{"status": "pending"}], T, "the event back to pending")
+        assert fake.contacts and not fake.events
+    finally:
+        db.query("UPDATE public.sendry_settings SET events = '{}'")
+
+
 # --- 11. two workers on one database -----------------------------------------------------------------
 
 def test_two_workers_send_each_row_once(db, fake, workers):
