@@ -175,7 +175,7 @@ wait_sql 15 "select count(*) = 1 from public.sendry_outbox where op = 'event' an
     || { cat "$work/worker.log" >&2; exit 1; }
 echo "lin@example.com signed up: the contact first, then the event (event_id = sendry_event_id(id))"
 show_requests "$seen"
-psql -X -c "select id, op, email, payload->>'name' as event, public.sendry_event_id(id) as event_id, status, deduped from public.sendry_outbox where email = 'lin@example.com' order by id"
+psql -X -c "select id, op, email, payload->>'name' as event, case when op = 'event' then public.sendry_event_id(id) end as event_id, status, deduped from public.sendry_outbox where email = 'lin@example.com' order by id"
 curl -s "$api/v1/automations/$automation/runs" -H "$auth" | $PY -c '
 import json, sys
 for run in json.load(sys.stdin)["data"]:
