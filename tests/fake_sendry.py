@@ -84,7 +84,9 @@ Every request goes through these checks, in order: record, drop_next, lose_answe
 auth (401 / 403 for a read-only key on writes / 403 for a key without the events scope
 on /v1/events, reads included), per-key rate limit, fail_next,
 fail_fraction, fail_emails, fail_events (POST /v1/events by name and/or contact_email),
-then the endpoint (validation, then the work). down() takes the whole API away (the port refuses
+then the endpoint (validation, then the work). fail_next, drop_next and lose_answer_next
+match by path prefix and, with method=, by method (the worker's start-up GET
+/v1/events?limit=1 shares the event's path). down() takes the whole API away (the port refuses
 connections) until up(); POST /_control/down {"seconds": N} does it from a script.
 """
 
@@ -220,6 +222,12 @@ def _n_contacts(body) -> int:
         if "email" in body:
             return 1
     return 0
+
+
+def _matches(path_prefix, want_method, method, path) -> bool:
+    """An injected fault's filter: the path's prefix and, when given, the method."""
+    return ((path_prefix is None or path.startswith(path_prefix))
+            and (want_method is None or want_method.upper() == method))
 
 
 def _is_events_tree(path: str) -> bool:
@@ -568,8 +576,8 @@ class FakeSendry:
             self.stats = {"dropped": 0}
             self._rate = {}  # Authorization value -> deque of admitted times
             self._faults = []  # fail_next entries, FIFO
-            self._drops = []  # [remaining, path_prefix]
-            self._lost_answers = []  # [remaining, path_prefix]: lose_answer_next()
+            self._drops = []  # [remaining, path_prefix, method]
+            self._lost_answers = []  # [remaining, path_prefix, method]: lose_answer_next()
             self._delays = []  # [seconds, remaining]
             self._fraction = 0.0
             self._fraction_statuses = [503]
@@ -694,9 +702,12 @@ class FakeSendry:
         details=None,
         raw_body=None,
         content_type="text/html",
+        method=None,
     ):
         """The next `count` (matching) requests get `status` with an error body: one of the
-        documented shapes (with `details` if given), or `raw_body` sent as it is."""
+        documented shapes (with `details` if given), or `raw_body` sent as it is. Matching:
+        the path starts with `path_prefix` and, when given, the method is `method` (the
+        worker's start-up GET /v1/events?limit=1 is not a POST /v1/events)."""
         if shape not in ("nested", "flat"):
             raise ValueError(f"shape must be 'nested' or 'flat', not {shape!r}")
         status = int(status)
@@ -711,22 +722,24 @@ class FakeSendry:
                     "code": code or default_error_code(status),
                     "message": message or f"Injected fault: {status}",
                     "path_prefix": path_prefix,
+                    "method": method,
                     "details": details,
                     "raw_body": None if raw_body is None else RawBody(raw_body, content_type),
                 }
             )
 
-    def drop_next(self, count=1, path_prefix=None):
-        """The next `count` (matching) requests are read, then the socket is closed."""
+    def drop_next(self, count=1, path_prefix=None, method=None):
+        """The next `count` (matching, as for fail_next) requests are read, then the socket
+        is closed."""
         with self._lock:
-            self._drops.append([int(count), path_prefix])
+            self._drops.append([int(count), path_prefix, method])
 
-    def lose_answer_next(self, count=1, path_prefix=None):
+    def lose_answer_next(self, count=1, path_prefix=None, method=None):
         """The next `count` (matching) requests are applied as usual (an event is ingested),
         then the connection is closed without an answer: the client cannot tell whether it
         was applied. Counted in stats["answers_lost"]; the request keeps its status."""
         with self._lock:
-            self._lost_answers.append([int(count), path_prefix])
+            self._lost_answers.append([int(count), path_prefix, method])
 
     def delay_next(self, seconds, count=1):
         """Sleep `seconds` before answering each of the next `count` requests."""
@@ -807,7 +820,7 @@ class FakeSendry:
         with self._lock:
             self.requests.append(record)
             for entry in self._drops:
-                if entry[1] is None or record["path"].startswith(entry[1]):
+                if _matches(entry[1], entry[2], record["method"], record["path"]):
                     entry[0] -= 1
                     if entry[0] <= 0:
                         self._drops.remove(entry)
@@ -815,7 +828,7 @@ class FakeSendry:
                     return True, 0.0, False
             lose = False
             for entry in self._lost_answers:
-                if entry[1] is None or record["path"].startswith(entry[1]):
+                if _matches(entry[1], entry[2], record["method"], record["path"]):
                     entry[0] -= 1
                     if entry[0] <= 0:
                         self._lost_answers.remove(entry)
@@ -873,7 +886,7 @@ class FakeSendry:
                 times.append(now)
 
             for fault in self._faults:
-                if fault["path_prefix"] is None or path.startswith(fault["path_prefix"]):
+                if _matches(fault["path_prefix"], fault["method"], method, path):
                     fault["remaining"] -= 1
                     if fault["remaining"] <= 0:
                         self._faults.remove(fault)

@@ -522,6 +522,20 @@ def test_cli_no_events_key(tmp_path):
         assert call(base, "GET", "/v1/audiences/aud_test", key="sn_test_noev")[0] == 200
 
 
+def test_faults_by_method(fs):
+    """fail_next / drop_next / lose_answer_next with method="POST" leave a GET of the same
+    path alone (the worker's start-up GET /v1/events?limit=1 is not the event)."""
+    fs.fail_next(503, path_prefix="/v1/events", method="POST")
+    fs.drop_next(path_prefix="/v1/events", method="post")
+    assert call(fs.url, "GET", "/v1/events?limit=1")[0] == 200
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError, urllib.error.URLError)):
+        post_event(fs.url, {"name": "a"})         # dropped (drops come before faults)
+    assert post_event(fs.url, {"name": "a"})[0] == 503
+    assert post_event(fs.url, {"name": "a"})[0] == 200
+    fs.lose_answer_next(path_prefix="/v1/events", method="POST")
+    assert call(fs.url, "GET", "/v1/events?limit=1")[0] == 200 and fs.stats.get("answers_lost", 0) == 0
+
+
 def test_event_fail_next(fs):
     fs.fail_next(503, retry_after=3, path_prefix="/v1/events")
     fs.fail_next(422, message="Contact is suppressed", details={"field": "contact_email"},
