@@ -351,23 +351,29 @@ def test_kill9_after_the_request_reached_sendry_sends_it_again_and_sendry_dedupe
           f"{fake.events_deduped} dedupe(s) {fake.event_dedupes}, row {row['id']} sent deduped={row['deduped']}")
 
 
-def test_a_lost_answer_is_retried_with_the_same_event_id(edb, fake, workers):
+def test_lost_answers_are_retried_with_the_same_event_id(edb, fake, workers):
+    """Sendry ingests the event and the answer never comes, twice. libcurl itself sends a
+    request again once when a reused connection closes without an answer (the worker never
+    sees that one), so the worker sees at least one transport error and retries the row:
+    every request carries the same event_id and Sendry keeps one event."""
     db = edb
     uid = db.signup("lost@example.com")
     hook = start_listener(workers)
     wait_until(lambda: db.all_sent(1), T, "the contact sent")
-    fake.lose_answer_next(path_prefix=EVENTS)
+    fake.lose_answer_next(count=2, path_prefix=EVENTS)
     track(db, "trial_started", uid)
-    wait_until(lambda: db.all_sent(2), T, "the event sent after its lost answer")
+    wait_until(lambda: db.all_sent(2), T, "the event sent after its lost answers")
     eid = event_id(db, event_rows(db)[0]["id"])
-    assert [r["json"]["event_id"] for r in event_requests(fake)] == [eid, eid]
-    assert len(fake.events) == 1 and fake.event_dedupes == {eid: 1}
+    reqs = event_requests(fake)
+    assert len(reqs) == 3 and {r["json"]["event_id"] for r in reqs} == {eid}, reqs
+    assert len(fake.events) == 1 and fake.event_dedupes == {eid: 2}
     assert event_rows(db)[0]["deduped"] is True
     _, text = hook.get("/metrics")
-    assert events_metric(text, "trial_started", "retried") == 1, text
+    assert events_metric(text, "trial_started", "retried") >= 1, text
     assert events_metric(text, "trial_started", "deduped") == 1, text
-    print(f"\nlost answer: {len(event_requests(fake))} event requests, {len(fake.events)} event, "
-          f"{fake.events_deduped} dedupe(s)")
+    assert events_metric(text, "trial_started", "sent") == 0, text
+    print(f"\nlost answers: {len(reqs)} event requests, {len(fake.events)} event, "
+          f"{fake.events_deduped} dedupes, retried {events_metric(text, 'trial_started', 'retried'):.0f}")
 
 
 # --- 4. an event waits for its contact ----------------------------------------------------------
