@@ -40,7 +40,7 @@ def edb(db):
     db.query("UPDATE public.sendry_settings SET sync_on = 'signup', on_delete = 'delete_contact',"
              " events = '{}', updated_at = now()")
     yield db
-    db.query("UPDATE public.sendry_settings SET events = '{}', updated_at = now()")
+    db.query("UPDATE public.sendry_settings SET sync_on = 'signup', events = '{}', updated_at = now()")
 
 
 def set_events(db, names):
@@ -241,6 +241,49 @@ def test_each_transition_emits_one_event_and_sign_in_none(edb, fake, workers):
     assert sorted(names) == sorted(BUILT_IN), names
     assert len(event_requests(fake)) == 5, "one request per event, no retries"
     assert all(r["deduped"] is False for r in event_rows(db)), "sent, not deduped: " + repr(event_rows(db))
+
+
+def soft_delete(db, uid):
+    """GoTrue's soft delete: deleted_at set, the email overwritten by a hash (not an address)."""
+    as_gotrue(db, "UPDATE users SET deleted_at = now(), phone = NULL, raw_user_meta_data = '{}',"
+                  " email = encode(sha256(convert_to(id::text || email, 'UTF8')), 'hex'), updated_at = now()"
+                  " WHERE id = %s", (uid,))
+
+
+def test_confirmed_mode_signs_up_on_confirmation_and_a_soft_delete_emits_user_deleted(edb, fake, workers):
+    """sync_on = 'confirmed': an unconfirmed sign-up emits nothing (its address may not be
+    sent yet); the confirmation is the sign-up: the contact, user.signed_up, then
+    user.email_confirmed. A soft delete emits user.deleted to the previous address, before
+    the contact's deletion; an unconfirmed user's deletion emits nothing."""
+    db = edb
+    db.query("UPDATE public.sendry_settings SET sync_on = 'confirmed', updated_at = now()")
+    set_events(db, BUILT_IN)
+    uid = gotrue_signup(db, "later@example.com")
+    never = gotrue_signup(db, "never@example.com")
+    sign_in(db, uid)
+    assert outbox(db) == []
+    confirm(db, uid)
+    assert [(r["op"], r["payload"].get("name")) for r in outbox(db)] == \
+        [("upsert", None), ("event", "user.signed_up"), ("event", "user.email_confirmed")], outbox(db)
+    assert event_rows(db)[0]["payload"]["payload"] == {"user_id": uid, "provider": "email"}
+    w = workers("--once", "--reconcile-interval", "0")
+    assert w.wait(T) == 0, w.log()
+    assert "later@example.com" in fake.contacts
+    soft_delete(db, uid)
+    delete_user(db, never)
+    tail = [(r["op"], r["email"], r["payload"].get("name")) for r in outbox(db)][3:]
+    assert tail == [("event", "later@example.com", "user.deleted"), ("delete", "later@example.com", None)], outbox(db)
+    w = workers("--once", "--reconcile-interval", "0")
+    assert w.wait(T) == 0, w.log()
+    assert db.counts() == {"sent": 5}, outbox(db)
+    assert [(e["name"], e["contact_email"]) for e in fake.events_json()] == \
+        [("user.signed_up", "later@example.com"), ("user.email_confirmed", "later@example.com"),
+         ("user.deleted", "later@example.com")]
+    assert "later@example.com" not in fake.contacts
+    deletion = [i for i, r in enumerate(list(fake.requests)) if r["method"] == "DELETE"]
+    assert deletion and request_index(fake, event_sent("user.deleted", "later@example.com")) < deletion[0]
+    assert request_index(fake, imported("later@example.com")) < \
+        request_index(fake, event_sent("user.signed_up", "later@example.com"))
 
 
 def test_no_event_while_the_setting_is_empty(edb, fake, workers):
