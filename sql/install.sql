@@ -1,5 +1,5 @@
 -- sendry-sync: install or upgrade the outbox, its triggers on auth.users, the contact
--- mapping and the views, one step at a time (schema version 4).
+-- mapping and the views, one step at a time (schema version 5).
 --
 --   psql -v ON_ERROR_STOP=1 -f sql/install.sql        (or: sendry-sync migrate)
 --
@@ -674,6 +674,61 @@ CREATE INDEX IF NOT EXISTS sendry_contact_state_email_idx
     WHERE email IS NOT NULL;
 $sendry_step$, '{"idempotent"}'); END $sendry_do$;
 
+-- ---- migrations/0005_events.sql (versioned) ----
+DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('versioned', 'migrations/0005_events.sql', $sendry_step$-- sendry-step: idempotent
+-- Events (issue 18): the outbox carries events for Sendry's automations beside contacts.
+--   sendry_settings.events  the built-in events from auth.users to emit, by name (none by
+--                           default: this step changes nothing until the operator names one)
+--   sendry_outbox.op        'event' besides 'upsert' and 'delete' (payload {name, payload})
+--   sendry_outbox.deduped   on a sent event row: whether Sendry answered deduped: true
+--   sendry_sync_state       key 'database_id': a random uuid made once, the first part of
+--                           every event_id (public.sendry_event_id): stable for ever
+-- Short locks only, each table's at most once, taken in the order the triggers on
+-- auth.users take them (settings, then the outbox) so that a sign-up and this step never
+-- deadlock: adding a nullable column or a column with a constant default rewrites
+-- nothing; the widened op CHECK is added NOT VALID here (no scan under ACCESS EXCLUSIVE)
+-- and validated by functions/events.sql in a transaction of its own, which holds only a
+-- SHARE UPDATE EXCLUSIVE lock while it reads the outbox (writes go on). Each change is
+-- made only when missing: running it again takes no lock and changes nothing.
+DO $events$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                    WHERE attrelid = 'public.sendry_settings'::regclass AND attname = 'events'
+                      AND NOT attisdropped) THEN
+        ALTER TABLE public.sendry_settings
+            ADD COLUMN events text[] NOT NULL DEFAULT '{}',
+            ADD CONSTRAINT sendry_settings_events_check
+                CHECK (events <@ ARRAY['user.signed_up', 'user.email_confirmed', 'user.became_permanent',
+                                       'user.email_changed', 'user.deleted']::text[]);
+        COMMENT ON COLUMN public.sendry_settings.events IS
+            'sendry-sync: the built-in events from auth.users to send to Sendry (user.signed_up, user.email_confirmed, user.became_permanent, user.email_changed, user.deleted); none by default';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                    WHERE attrelid = 'public.sendry_outbox'::regclass AND attname = 'deduped'
+                      AND NOT attisdropped) THEN
+        ALTER TABLE public.sendry_outbox ADD COLUMN deduped boolean;
+        COMMENT ON COLUMN public.sendry_outbox.deduped IS
+            'sendry-sync: on a sent event row, true when Sendry answered deduped: true (its event_id was ingested before)';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                    WHERE conrelid = 'public.sendry_outbox'::regclass AND conname = 'sendry_outbox_op_check'
+                      AND pg_catalog.pg_get_constraintdef(oid) LIKE '%''event''%') THEN
+        ALTER TABLE public.sendry_outbox
+            DROP CONSTRAINT IF EXISTS sendry_outbox_op_check,
+            ADD CONSTRAINT sendry_outbox_op_check CHECK (op IN ('upsert', 'delete', 'event')) NOT VALID;
+    END IF;
+END
+$events$;
+
+-- The database's identity in event ids: made once, never changed (a new one would give
+-- an event already sent but not yet recorded a new event_id, and Sendry could not
+-- dedupe it). A copy of the database (a restore, a branch) keeps it: its events dedupe
+-- against the original's.
+INSERT INTO public.sendry_sync_state (key, value)
+VALUES ('database_id', pg_catalog.gen_random_uuid()::text)
+ON CONFLICT (key) DO NOTHING;
+$sendry_step$, '{"idempotent"}'); END $sendry_do$;
+
 -- ---- functions/budget.sql (repeatable) ----
 DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions/budget.sql', $sendry_step$-- The key's request budget (sendry_rate_budget, in the baseline): taking and pausing.
 
@@ -1015,6 +1070,213 @@ END
 $$;
 $sendry_step$, '{"requires auth.users"}'); END $sendry_do$;
 
+-- ---- functions/events.sql (repeatable) ----
+DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions/events.sql', $sendry_step$-- Events for Sendry's automations (contract: DESIGN.md, "The event row"). An event is a
+-- row of public.sendry_outbox with op 'event', the contact's address in email and
+-- {"name": ..., "payload": {...}} in payload; the worker sends it as POST /v1/events
+-- with event_id = sendry_event_id(id), after the contact rows enqueued before it.
+-- Written by the triggers on auth.users (functions/users.sql: the built-in events named
+-- in sendry_settings.events), by sendry_track (functions/events_users.sql) and
+-- sendry_track_email (here), inside the caller's transaction: a rollback leaves nothing.
+
+-- The event_id sent with an event row: 'ss-<database_id>-<id>', the database's uuid
+-- (made once by migration 0005) and the row's id. The same for the row for ever, so a
+-- retry, a crash after sending, a takeover or a requeue sends the same event_id and
+-- Sendry answers the original event (deduped) instead of starting an automation again.
+-- Called by the worker's claim for its event rows (one primary-key probe). An error,
+-- never a NULL, when the database_id row is gone: events would lose their dedupe.
+CREATE OR REPLACE FUNCTION public.sendry_event_id(p_id bigint)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+PARALLEL SAFE
+SET search_path = ''
+AS $$
+DECLARE
+    v_database_id text;
+BEGIN
+    SELECT s.value INTO v_database_id FROM public.sendry_sync_state s WHERE s.key = 'database_id';
+    IF v_database_id IS NULL OR v_database_id = '' THEN
+        RAISE EXCEPTION 'sendry-sync: public.sendry_sync_state has no database_id row: event ids cannot be made'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Restore the row from a backup; a new uuid would send events already sent but not yet recorded again (INSERT INTO public.sendry_sync_state (key, value) VALUES (''database_id'', gen_random_uuid()::text) only if none was ever sent).';
+    END IF;
+    RETURN 'ss-' || v_database_id || '-' || p_id::text;
+END
+$$;
+
+-- What Sendry would reject in an event's name or payload, as "event: ...", or NULL: a
+-- name of 1 to 200 characters, a payload that is a JSON object (NULL: {}).
+CREATE OR REPLACE FUNCTION public.sendry_event_problem(p_name text, p_payload jsonb)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+SET search_path = ''
+AS $$
+    SELECT 'event: ' || COALESCE(
+        CASE WHEN p_name IS NULL THEN 'the name is NULL'
+             WHEN pg_catalog.length(p_name) = 0 THEN 'the name is empty'
+             WHEN pg_catalog.length(p_name) > 200
+             THEN pg_catalog.format('the name is longer than 200 characters (%s)', pg_catalog.length(p_name)) END,
+        CASE WHEN p_payload IS NOT NULL AND pg_catalog.jsonb_typeof(p_payload) <> 'object'
+             THEN pg_catalog.format('the payload is a JSON %s, not an object', pg_catalog.jsonb_typeof(p_payload)) END)
+$$;
+
+-- Enqueues one event (class 'live') and returns its outbox row id. p_problem: why it
+-- cannot be sent, found by the caller (a user without an address...), else NULL; the
+-- name, payload (NULL: {}) and address (not blank, with an @) are checked here. A
+-- problem: with p_strict an error (SQLSTATE 22023) naming it, else the row is enqueued
+-- `failed` with the problem in last_error (email '(no address)' when there is none) and
+-- a WARNING: never an error in the caller's transaction. The outbox's INSERT trigger notifies the worker.
+CREATE OR REPLACE FUNCTION public.sendry_enqueue_event(p_caller text, p_user_id uuid, p_email text,
+                                                       p_name text, p_payload jsonb,
+                                                       p_problem text, p_strict boolean)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = ''
+AS $$
+DECLARE
+    v_payload jsonb := COALESCE(p_payload, '{}'::jsonb);
+    v_email   text := NULLIF(pg_catalog.lower(pg_catalog.btrim(p_email)), '');
+    -- The address is never in a message (they go to logs).
+    v_problem text := COALESCE(public.sendry_event_problem(p_name, v_payload), p_problem,
+                               CASE WHEN v_email IS NULL THEN 'event: no address'
+                                    WHEN pg_catalog.strpos(v_email, '@') = 0 THEN 'event: the address has no @' END);
+    v_id      bigint;
+BEGIN
+    IF v_problem IS NOT NULL AND COALESCE(p_strict, false) THEN
+        RAISE EXCEPTION 'sendry-sync: %: % (event %)', p_caller, v_problem,
+            COALESCE(pg_catalog.quote_literal(pg_catalog.left(p_name, 64)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO public.sendry_outbox (class, op, user_id, email, payload, status, last_error)
+    VALUES ('live', 'event', p_user_id, COALESCE(v_email, '(no address)'),
+            pg_catalog.jsonb_build_object('name', p_name, 'payload', v_payload),
+            CASE WHEN v_problem IS NULL THEN 'pending' ELSE 'failed' END, v_problem)
+    RETURNING id INTO v_id;
+    IF v_problem IS NOT NULL THEN
+        RAISE WARNING 'sendry-sync: %: event % not sent (outbox row %, failed): %', p_caller,
+            COALESCE(pg_catalog.quote_literal(pg_catalog.left(p_name, 64)), 'NULL'), v_id, v_problem;
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+-- The application's own event for an address (a contact outside auth.users): the row
+-- is its own contact (user_id NULL). See sendry_enqueue_event for what is checked.
+--   SELECT sendry_track_email('newsletter_joined', 'ada@example.com', '{"list": "weekly"}');
+CREATE OR REPLACE FUNCTION public.sendry_track_email(p_name text, p_email text,
+                                                     p_payload jsonb DEFAULT '{}',
+                                                     p_strict boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+BEGIN
+    RETURN public.sendry_enqueue_event('sendry_track_email', NULL, p_email, p_name, p_payload, NULL, p_strict);
+END
+$$;
+
+-- Who may call it: not PUBLIC, anon or authenticated (PostgREST would serve it to every
+-- visitor as /rest/v1/rpc/sendry_track_email); service_role where it exists (Supabase's
+-- server-side key). GRANT it to your own roles as you need.
+REVOKE ALL ON FUNCTION public.sendry_track_email(text, text, jsonb, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION public.sendry_enqueue_event(text, uuid, text, text, jsonb, text, boolean) FROM PUBLIC;
+DO $grants$
+BEGIN
+    IF pg_catalog.to_regrole('anon') IS NOT NULL THEN
+        REVOKE ALL ON FUNCTION public.sendry_track_email(text, text, jsonb, boolean) FROM anon;
+    END IF;
+    IF pg_catalog.to_regrole('authenticated') IS NOT NULL THEN
+        REVOKE ALL ON FUNCTION public.sendry_track_email(text, text, jsonb, boolean) FROM authenticated;
+    END IF;
+    IF pg_catalog.to_regrole('service_role') IS NOT NULL THEN
+        GRANT EXECUTE ON FUNCTION public.sendry_track_email(text, text, jsonb, boolean) TO service_role;
+    END IF;
+END
+$grants$;
+
+-- Migration 0005 widened the outbox's op CHECK to 'event' NOT VALID; it is validated
+-- here, in a transaction of its own, under SHARE UPDATE EXCLUSIVE (writes to the outbox
+-- go on while it reads the table), once.
+DO $validate$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                WHERE conrelid = 'public.sendry_outbox'::regclass AND conname = 'sendry_outbox_op_check'
+                  AND NOT convalidated) THEN
+        ALTER TABLE public.sendry_outbox VALIDATE CONSTRAINT sendry_outbox_op_check;
+    END IF;
+END
+$validate$;
+$sendry_step$, '{}'); END $sendry_do$;
+
+-- ---- functions/events_users.sql (repeatable) ----
+DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions/events_users.sql', $sendry_step$-- sendry-step: requires auth.users
+-- The application's own event for a user of auth.users, in its own transaction (a
+-- rollback leaves nothing; a commit is sent even if the worker is down at the time):
+--   SELECT sendry_track('trial_started', '6f1c...'::uuid, '{"plan": "pro"}');
+-- Sent to the user's current address, after the contact rows enqueued before it. A user
+-- whose address may not be sent (as for the contact: none found, deleted, anonymous,
+-- without an address, not confirmed under sync_on = 'confirmed') is a problem like a bad
+-- name or payload: a failed row with the reason and a WARNING, or with p_strict an error
+-- (sendry_enqueue_event, functions/events.sql). Returns the outbox row's id.
+CREATE OR REPLACE FUNCTION public.sendry_track(p_name text, p_user_id uuid,
+                                               p_payload jsonb DEFAULT '{}',
+                                               p_strict boolean DEFAULT false)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    v_email     text;
+    v_anonymous boolean;
+    v_deleted   boolean;
+    v_confirmed boolean;
+    v_sync_on   text;
+    v_problem   text;
+BEGIN
+    SELECT u.email, COALESCE(u.is_anonymous, false), u.deleted_at IS NOT NULL, u.email_confirmed_at IS NOT NULL
+      INTO v_email, v_anonymous, v_deleted, v_confirmed
+      FROM auth.users u WHERE u.id = p_user_id;
+    IF NOT FOUND THEN
+        v_problem := CASE WHEN p_user_id IS NULL THEN 'event: the user id is NULL'
+                          ELSE 'event: no user ' || p_user_id::text || ' in auth.users' END;
+    ELSIF v_deleted THEN
+        v_problem := 'event: the user is deleted';
+        v_email := NULL;   -- GoTrue overwrote it with a hash: not an address
+    ELSIF v_anonymous THEN
+        v_problem := 'event: the user is anonymous';
+    ELSIF NULLIF(pg_catalog.btrim(v_email), '') IS NULL THEN
+        v_problem := 'event: the user has no address';
+    ELSIF NOT v_confirmed THEN
+        v_sync_on := COALESCE((SELECT s.sync_on FROM public.sendry_settings s LIMIT 1), 'signup');
+        IF v_sync_on = 'confirmed' THEN
+            v_problem := 'event: the user''s address is not confirmed (sync_on = confirmed)';
+        END IF;
+    END IF;
+    RETURN public.sendry_enqueue_event('sendry_track', p_user_id, v_email, p_name, p_payload, v_problem, p_strict);
+END
+$$;
+
+-- Who may call it: as sendry_track_email (functions/events.sql).
+REVOKE ALL ON FUNCTION public.sendry_track(text, uuid, jsonb, boolean) FROM PUBLIC;
+DO $grants$
+BEGIN
+    IF pg_catalog.to_regrole('anon') IS NOT NULL THEN
+        REVOKE ALL ON FUNCTION public.sendry_track(text, uuid, jsonb, boolean) FROM anon;
+    END IF;
+    IF pg_catalog.to_regrole('authenticated') IS NOT NULL THEN
+        REVOKE ALL ON FUNCTION public.sendry_track(text, uuid, jsonb, boolean) FROM authenticated;
+    END IF;
+    IF pg_catalog.to_regrole('service_role') IS NOT NULL THEN
+        GRANT EXECUTE ON FUNCTION public.sendry_track(text, uuid, jsonb, boolean) TO service_role;
+    END IF;
+END
+$grants$;
+$sendry_step$, '{"requires auth.users"}'); END $sendry_do$;
+
 -- ---- functions/inbox.sql (repeatable) ----
 DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions/inbox.sql', $sendry_step$-- Stores one Sendry event (deduplicated by event_id) and applies it, in one
 -- transaction: the worker answers a webhook 2xx only after this committed.
@@ -1274,6 +1536,21 @@ DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions
 -- own, so that the WARNING goes out even if that fails): a user's write never fails
 -- because of the outbox.
 --
+-- The payload of a built-in event (sendry_settings.events): {"user_id": "<uuid>"}, with
+-- "provider" (raw_app_meta_data ->> 'provider', user.signed_up) and "old_email"
+-- (user.email_changed) when given. Inlinable: one expression, qualified names, no SET.
+CREATE OR REPLACE FUNCTION public.sendry_user_event_payload(p_user_id uuid, p_provider text DEFAULT NULL,
+                                                            p_old_email text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+        'user_id', p_user_id::pg_catalog.text,
+        'provider', CASE WHEN p_provider OPERATOR(pg_catalog.<>) '' THEN p_provider END,
+        'old_email', p_old_email))
+$$;
+
 -- After an INSERT: a statement-level trigger over the transition table (one
 -- set-based statement for a bulk import, about half the cost of a row trigger).
 CREATE OR REPLACE FUNCTION public.sendry_auth_users_inserted()
@@ -1284,12 +1561,24 @@ SET search_path = ''
 AS $$
 DECLARE
     v_sync_on text;
+    v_events  text[];
 BEGIN
     BEGIN
-        v_sync_on := COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1), 'signup');
+        SELECT s.sync_on, s.events INTO v_sync_on, v_events FROM public.sendry_settings s LIMIT 1;
+        v_sync_on := COALESCE(v_sync_on, 'signup');
         PERFORM public.sendry_enqueue_contacts(
             ARRAY(SELECT n.id FROM new_rows n WHERE public.sendry_user_is_synced(n, v_sync_on)),
             'live', p_check => false);
+        -- After the contacts: each user's event row follows their contact row.
+        IF 'user.signed_up' = ANY (v_events) THEN
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+            SELECT 'live', 'event', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
+                   pg_catalog.jsonb_build_object('name', 'user.signed_up', 'payload',
+                       public.sendry_user_event_payload(n.id, n.raw_app_meta_data ->> 'provider'))
+              FROM new_rows n
+             WHERE public.sendry_user_is_synced(n, v_sync_on)
+             ORDER BY n.id;
+        END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue new users for Sendry: % (SQLSTATE %)',
             SQLERRM, SQLSTATE;
@@ -1351,6 +1640,7 @@ DECLARE
     v_pid       integer := pg_catalog.pg_backend_pid();
     v_sync_on   text;
     v_on_delete text;
+    v_events    text[];
     v_ids       uuid[];
     v_deletes   boolean;
     v_moves     boolean;
@@ -1360,9 +1650,11 @@ BEGIN
         RETURN NULL;   -- every row's WHEN clause said "no change"
     END IF;
     BEGIN
-        SELECT s.sync_on, s.on_delete INTO v_sync_on, v_on_delete FROM public.sendry_settings s LIMIT 1;
+        SELECT s.sync_on, s.on_delete, s.events INTO v_sync_on, v_on_delete, v_events
+          FROM public.sendry_settings s LIMIT 1;
         v_sync_on := COALESCE(v_sync_on, 'signup');
         v_on_delete := COALESCE(v_on_delete, 'delete_contact');
+        v_events := COALESCE(v_events, '{}');
         -- One pass over the noted users: the synced ones whose address stayed (enqueued in
         -- one set-based call), and whether any was soft-deleted or moved to a new address.
         SELECT pg_catalog.array_agg(n.id ORDER BY n.id) FILTER (WHERE NOT n.soft_deleted AND NOT n.moved AND n.synced),
@@ -1377,7 +1669,20 @@ BEGIN
                   FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
                  WHERE c.backend_pid = v_pid) n;
         IF v_deletes THEN
-            -- Soft deletes: the deletion of the previous address.
+            -- Soft deletes: the event user.deleted (to the previous address, which the
+            -- contact had: the delete's conditions, whatever on_delete says), before the
+            -- deletion of that address.
+            IF 'user.deleted' = ANY (v_events) THEN
+                INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+                SELECT 'live', 'event', c.user_id, pg_catalog.lower(pg_catalog.btrim(c.old_email)),
+                       pg_catalog.jsonb_build_object('name', 'user.deleted',
+                                                     'payload', public.sendry_user_event_payload(c.user_id))
+                  FROM public.sendry_changed_users c
+                 WHERE c.backend_pid = v_pid AND c.soft_deleted
+                   AND NULLIF(pg_catalog.btrim(c.old_email), '') IS NOT NULL AND NOT c.old_anonymous
+                   AND (v_sync_on = 'signup' OR c.old_confirmed)
+                 ORDER BY c.user_id;
+            END IF;
             IF v_on_delete <> 'keep' THEN
                 INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
                 SELECT 'live', 'delete', c.user_id, pg_catalog.lower(pg_catalog.btrim(c.old_email)),
@@ -1410,6 +1715,43 @@ BEGIN
                 PERFORM public.sendry_enqueue_contacts(ARRAY[r.id], 'live', r.old_email);
             END LOOP;
         END IF;
+        -- The built-in events of the transitions, after the contact rows (each user's
+        -- event rows follow their contact row), for users whose address may be sent:
+        --   user.signed_up         under sync_on = 'confirmed', the confirmation of a user
+        --                          not synced before (not anonymous, unconfirmed)
+        --   user.became_permanent  is_anonymous true -> false
+        --   user.email_changed     the address moved (from one that was sent)
+        --   user.email_confirmed   email_confirmed_at NULL -> set
+        -- Nothing at all unless one of them is named in sendry_settings.events.
+        IF v_events && ARRAY['user.signed_up', 'user.became_permanent', 'user.email_changed',
+                             'user.email_confirmed'] THEN
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+            SELECT 'live', 'event', t.id, t.email,
+                   pg_catalog.jsonb_build_object('name', e.name, 'payload', e.payload)
+              FROM (SELECT u.id, pg_catalog.lower(pg_catalog.btrim(u.email)) AS email,
+                           u.raw_app_meta_data ->> 'provider' AS provider,
+                           u.email_confirmed_at IS NOT NULL AS confirmed,
+                           c.old_anonymous, c.old_confirmed,
+                           CASE WHEN NOT c.old_anonymous
+                                 AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
+                                 AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
+                                     IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
+                                 AND (v_sync_on = 'signup' OR c.old_confirmed)
+                                THEN pg_catalog.lower(pg_catalog.btrim(c.old_email)) END AS moved_from
+                      FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
+                     WHERE c.backend_pid = v_pid AND NOT c.soft_deleted
+                       AND public.sendry_user_is_synced(u, v_sync_on)) t
+             CROSS JOIN LATERAL (VALUES
+                 (1, 'user.signed_up', v_sync_on = 'confirmed' AND NOT t.old_confirmed AND NOT t.old_anonymous,
+                  public.sendry_user_event_payload(t.id, t.provider)),
+                 (2, 'user.became_permanent', t.old_anonymous, public.sendry_user_event_payload(t.id)),
+                 (3, 'user.email_changed', t.moved_from IS NOT NULL,
+                  public.sendry_user_event_payload(t.id, p_old_email => t.moved_from)),
+                 (4, 'user.email_confirmed', NOT t.old_confirmed AND t.confirmed,
+                  public.sendry_user_event_payload(t.id))) AS e (n, name, fires, payload)
+             WHERE e.fires AND e.name = ANY (v_events)
+             ORDER BY t.id, e.n;
+        END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue updated users for Sendry: % (SQLSTATE %)',
             SQLERRM, SQLSTATE;
@@ -1437,21 +1779,39 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
+DECLARE
+    v_sync_on   text;
+    v_on_delete text;
+    v_events    text[];
 BEGIN
     BEGIN
-        INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
-        SELECT 'live', 'delete', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
-               pg_catalog.jsonb_build_object('delete_mode', s.on_delete)
-        FROM old_rows o
-        CROSS JOIN (SELECT COALESCE((SELECT on_delete FROM public.sendry_settings LIMIT 1),
-                                    'delete_contact') AS on_delete,
-                           COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1),
-                                    'signup') AS sync_on) s
-        WHERE NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
-          AND NOT COALESCE(o.is_anonymous, false)
-          AND o.deleted_at IS NULL
-          AND s.on_delete <> 'keep'
-          AND (s.sync_on = 'signup' OR o.email_confirmed_at IS NOT NULL);
+        SELECT s.sync_on, s.on_delete, s.events INTO v_sync_on, v_on_delete, v_events
+          FROM public.sendry_settings s LIMIT 1;
+        v_sync_on := COALESCE(v_sync_on, 'signup');
+        v_on_delete := COALESCE(v_on_delete, 'delete_contact');
+        -- The event user.deleted first (whatever on_delete says), then the deletion.
+        IF 'user.deleted' = ANY (v_events) THEN
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+            SELECT 'live', 'event', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
+                   pg_catalog.jsonb_build_object('name', 'user.deleted',
+                                                 'payload', public.sendry_user_event_payload(o.id))
+              FROM old_rows o
+             WHERE NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
+               AND NOT COALESCE(o.is_anonymous, false)
+               AND o.deleted_at IS NULL
+               AND (v_sync_on = 'signup' OR o.email_confirmed_at IS NOT NULL)
+             ORDER BY o.id;
+        END IF;
+        IF v_on_delete <> 'keep' THEN
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+            SELECT 'live', 'delete', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
+                   pg_catalog.jsonb_build_object('delete_mode', v_on_delete)
+              FROM old_rows o
+             WHERE NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
+               AND NOT COALESCE(o.is_anonymous, false)
+               AND o.deleted_at IS NULL
+               AND (v_sync_on = 'signup' OR o.email_confirmed_at IS NOT NULL);
+        END IF;
         DELETE FROM public.sendry_contact_state s USING old_rows o WHERE s.user_id = o.id;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue deleted users for Sendry: % (SQLSTATE %)',

@@ -37,7 +37,10 @@
  * claim_id ($6) is chosen by the worker at random for each claim: the token its outcomes
  * carry, unique even across a crash of the database (a transaction id could be handed
  * out again after lost commits).
- * Each returned row names its contact's head (the row that led the claim). */
+ * Each returned row names its contact's head (the row that led the claim), and an event
+ * row its event_id (sendry_event_id(): stable for the row for ever, so that Sendry
+ * dedupes a repeat). Event rows are claimed with their user's other rows: fill_batch
+ * chains them after the contact (struct row's then). */
 static const char CLAIM_SQL[] =
     "WITH live AS MATERIALIZED ("
     "     SELECT ctid AS tid, id, user_id, email, old_email, 0 AS rank, next_attempt_at AS due_at"
@@ -109,7 +112,8 @@ static const char CLAIM_SQL[] =
     " RETURNING c.head, o.id, o.email, o.payload::text, o.attempts, COALESCE(o.max_attempts, $5),"
     "           EXTRACT(EPOCH FROM now() - o.created_at)::float8, o.op, o.old_email, o.claim_id,"
     "           o.class = 'live', EXTRACT(EPOCH FROM now())::float8,"
-    "           (SELECT count(*) FROM live) >= $1 + LEAST($1, 16) OR (SELECT count(*) FROM bulk) >= $2 + LEAST($2, 16)";
+    "           (SELECT count(*) FROM live) >= $1 + LEAST($1, 16) OR (SELECT count(*) FROM bulk) >= $2 + LEAST($2, 16),"
+    "           CASE WHEN o.op = 'event' THEN public.sendry_event_id(o.id) END";
 
 /* The rows this worker holds that it no longer tracks (after a reconnect), through the
  * index of rows in flight (sendry_outbox_processing_idx: its size is the rows being
@@ -209,14 +213,20 @@ static void free_list(char **list, size_t n)
 
 void row_free(struct row *row)
 {
-    free_list(row->audiences, row->naudiences);
-    free_list(row->leave, row->nleave);
-    free_list(row->via, row->nvia);
-    free(row->email);
-    free(row->old_email);
-    free(row->contact);
-    free(row->refs);
-    free(row);
+    while (row) {
+        struct row *then = row->then;
+        free_list(row->audiences, row->naudiences);
+        free_list(row->leave, row->nleave);
+        free_list(row->via, row->nvia);
+        free(row->email);
+        free(row->old_email);
+        free(row->contact);
+        free(row->event);
+        free(row->event_name);
+        free(row->refs);
+        free(row);
+        row = then;
+    }
 }
 
 /* One returned row, before its contact is put together. */
@@ -234,6 +244,12 @@ static int by_head_then_id(const void *a, const void *b)
     if (x->head != y->head)
         return x->head < y->head ? -1 : 1;
     return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static struct row_ref ref_of(const struct claimed *g)
+{
+    return (struct row_ref){.id = g->id, .claim_id = g->claim_id, .claimed_at = g->claimed_at,
+                            .attempts = g->attempts, .max_attempts = g->max_attempts, .age = g->age};
 }
 
 /* The addresses of the older rows g[0..n-1) that are neither the contact's nor the one
@@ -276,15 +292,66 @@ static struct row *contact_of(const struct claimer *c, PGresult *res, const stru
     row->refs = xcalloc(n, sizeof *row->refs);
     row->nrefs = n;
     for (size_t i = 0; i < n; i++) {
-        row->refs[i] = (struct row_ref){.id = g[i].id, .claim_id = g[i].claim_id,
-                                        .claimed_at = g[i].claimed_at, .attempts = g[i].attempts,
-                                        .max_attempts = g[i].max_attempts, .age = g[i].age};
+        row->refs[i] = ref_of(&g[i]);
         if (g[i].attempts > row->attempts)
             row->attempts = g[i].attempts;
         row->live |= *PQgetvalue(res, g[i].index, 10) == 't';
         row->max_attempts = g[i].max_attempts;
     }
     return row;
+}
+
+static bool is_event(PGresult *res, const struct claimed *g)
+{
+    return strcmp(PQgetvalue(res, g->index, 7), "event") == 0;
+}
+
+/* One event row: its own link, sent as one POST /v1/events. */
+static struct row *event_of(PGresult *res, const struct claimed *g)
+{
+    struct row *row = xcalloc(1, sizeof *row);
+    row->id = g->id;
+    row->op = OP_EVENT;
+    row->email = sendry_normalize_email(PQgetvalue(res, g->index, 2));
+    sendry_event_payload(row, PQgetisnull(res, g->index, 3) ? NULL : PQgetvalue(res, g->index, 3),
+                         PQgetvalue(res, g->index, 13));
+    row->refs = xcalloc(1, sizeof *row->refs);
+    row->refs[0] = ref_of(g);
+    row->nrefs = 1;
+    row->attempts = g->attempts;
+    row->max_attempts = g->max_attempts;
+    row->live = *PQgetvalue(res, g->index, 10) == 't';
+    return row;
+}
+
+/* The chain of a user's rows g[0..n) (oldest first): the contact of its contact rows,
+ * then its events in order; the events first when the contact is being deleted (a
+ * user.deleted event goes before the deletion). */
+static struct row *chain_of(const struct claimer *c, PGresult *res, struct claimed *g, size_t n)
+{
+    struct claimed *contact = xcalloc(n, sizeof *contact);
+    size_t nc = 0;
+    struct row *events = NULL, **tail = &events;
+    for (size_t i = 0; i < n; i++) {
+        if (!is_event(res, &g[i])) {
+            contact[nc++] = g[i];
+            continue;
+        }
+        *tail = event_of(res, &g[i]);
+        tail = &(*tail)->then;
+    }
+    struct row *head = events;
+    if (nc > 0) {
+        struct row *row = contact_of(c, res, contact, nc);
+        if (row->op == OP_DELETE) {
+            *tail = row;
+        } else {
+            row->then = events;
+            head = row;
+        }
+    }
+    free(contact);
+    return head;
 }
 
 /* Puts the returned rows together into contacts, counting the fresh first attempts. */
@@ -307,7 +374,7 @@ static void fill_batch(struct claimer *c, PGresult *res, struct claim_batch *bat
     for (int i = 0, j; i < n; i = j) {
         for (j = i; j < n && all[j].head == all[i].head; j++)
             ;
-        batch->rows[batch->n++] = contact_of(c, res, all + i, (size_t)(j - i));
+        batch->rows[batch->n++] = chain_of(c, res, all + i, (size_t)(j - i));
     }
     free(all);
 }

@@ -1,5 +1,6 @@
 #include "complete.h"
 
+#include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +31,7 @@ static const char COMPLETE_SQL[] =
     "   SELECT h.*, t.tid"
     "   FROM jsonb_to_recordset($1::jsonb)"
     "        AS h(id bigint, claim_id bigint, status text, http_status int, error text,"
-    "             delay_ms bigint, uncount int)"
+    "             delay_ms bigint, uncount int, deduped boolean)"
     "   CROSS JOIN LATERAL ("
     "       SELECT e.ctid AS tid, e.claim_id, e.locked_by, e.status FROM public.sendry_outbox e"
     "       WHERE e.id = h.id OFFSET 0 FOR UPDATE) t"
@@ -44,6 +45,7 @@ static const char COMPLETE_SQL[] =
     "     sent_at = CASE WHEN c.status = 'sent' THEN now() ELSE o.sent_at END,"
     "     last_http_status = COALESCE(c.http_status, o.last_http_status),"
     "     last_error = CASE WHEN c.status = 'sent' THEN NULL ELSE COALESCE(c.error, o.last_error) END,"
+    "     deduped = CASE WHEN c.status = 'sent' THEN c.deduped ELSE o.deduped END,"
     "     locked_by = NULL, locked_until = NULL, updated_at = now()"
     " FROM c WHERE o.ctid = ANY (ARRAY(SELECT tid FROM c)) AND o.ctid = c.tid"
     " RETURNING o.id, o.claim_id";
@@ -79,6 +81,7 @@ struct outcome_rec {
     int http_status;       /* 0 = none */
     char *error;           /* owned, may be NULL */
     long long delay_ms;
+    enum { DEDUPED_NONE, DEDUPED_NO, DEDUPED_YES } deduped;   /* a sent event's */
 };
 
 struct completer {
@@ -131,6 +134,17 @@ void complete_contact(struct completer *c, const struct row *row, enum row_resul
 {
     for (size_t i = 0; i < row->nrefs; i++)
         complete_row(c, &row->refs[i], result, http_status, error, delay);
+    bool settled = result == RESULT_SENT || result == RESULT_FAILED;
+    for (const struct row *next = row->then; next; next = next->then)
+        for (size_t i = 0; i < next->nrefs; i++)
+            complete_row(c, &next->refs[i], RESULT_RELEASE, 0, NULL, settled ? 0 : delay);
+}
+
+void complete_event_sent(struct completer *c, const struct row *row, int http_status, bool deduped)
+{
+    assert(row->op == OP_EVENT && row->nrefs == 1 && !row->then);
+    complete_row(c, &row->refs[0], RESULT_SENT, http_status, NULL, 0);
+    c->recs[c->n - 1].deduped = deduped ? DEDUPED_YES : DEDUPED_NO;
 }
 
 static const char *status_of(enum row_result r)
@@ -154,6 +168,8 @@ static json_object *rec_json(const struct outcome_rec *r)
     json_object_object_add(o, "error", r->error ? json_object_new_string(r->error) : NULL);
     json_object_object_add(o, "delay_ms", json_object_new_int64(r->delay_ms));
     json_object_object_add(o, "uncount", json_object_new_int(r->result == RESULT_RELEASE));
+    json_object_object_add(o, "deduped", r->deduped == DEDUPED_NONE ? NULL
+                                         : json_object_new_boolean(r->deduped == DEDUPED_YES));
     return o;
 }
 

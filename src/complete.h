@@ -51,9 +51,13 @@ void complete_free(struct completer *c);
 /* Queues the outcome of one held row. error may be NULL; it is copied. */
 void complete_row(struct completer *c, const struct row_ref *ref, enum row_result result,
                   int http_status, const char *error, double delay);
-/* The same outcome for every row of a contact. */
+/* The same outcome for every row of a contact. The rest of its chain (row->then), if
+ * still attached, goes back to pending with its attempt not counted: due with the
+ * contact (retried or released), or at once (settled). */
 void complete_contact(struct completer *c, const struct row *row, enum row_result result,
                       int http_status, const char *error, double delay);
+/* A sent event (its chain detached), and whether Sendry said deduped. */
+void complete_event_sent(struct completer *c, const struct row *row, int http_status, bool deduped);
 
 /* Sends the queued outcomes if no statement is running and the connection is up. */
 void complete_flush(struct completer *c);

@@ -247,6 +247,27 @@ void deliver_pump(struct deliverer *d)
     }
 }
 
+/* The next links of chains whose row before them was settled: each its own job, first
+ * in its queue (its user's rows are held; it is part of a claim already under way). */
+static void follow_chains(struct deliverer *d, struct outcome_env *env)
+{
+    for (size_t i = 0; i < env->nnext; i++) {
+        struct row *row = env->next[i];
+        struct job *job = job_for_row(row, d->cfg);
+        if (!job) {
+            job = job_new(d->cfg->mode == MODE_IMPORT ? REQ_IMPORT : REQ_CREATE, 1);
+            job->shared = true;
+            job_set_audience(job, row->naudiences ? row->audiences[0] : NULL);
+            job_add(job, row);
+        }
+        if (d->draining)
+            release_job(d, job);
+        else
+            push_front(d, job);
+    }
+    free(env->next);
+}
+
 static void on_rechecked(void *ud, enum audience_verdict v, long status)
 {
     (void)v;
@@ -267,6 +288,7 @@ static void on_http_done(struct http_request *req, void *arg)
     struct outcome_env env = {.cfg = d->cfg, .gate = d->gate, .complete = d->complete, .rng = &d->rng};
     struct job *again[2];
     size_t n = outcome_settle(&env, job, req, again);
+    follow_chains(d, &env);
     http_request_free(req);
     if (env.recheck_audience && !d->rechecking) {
         d->rechecking = true;
@@ -331,8 +353,9 @@ static void add_job_ids(const struct job *job, json_object *ids)
 {
     for (; job; job = job->next)
         for (size_t i = 0; i < job->n; i++)
-            for (size_t k = 0; k < job->rows[i]->nrefs; k++)
-                json_object_array_add(ids, json_object_new_int64(job->rows[i]->refs[k].id));
+            for (const struct row *r = job->rows[i]; r; r = r->then)
+                for (size_t k = 0; k < r->nrefs; k++)
+                    json_object_array_add(ids, json_object_new_int64(r->refs[k].id));
 }
 
 void deliver_add_ids(const struct deliverer *d, json_object *ids)
@@ -350,11 +373,13 @@ static void add_held(struct job *job, double before, double now, json_object *re
             if (row->held_since >= before)
                 continue;
             row->held_since = now;
-            for (size_t k = 0; k < row->nrefs; k++) {
-                json_object *o = json_object_new_object();
-                json_object_object_add(o, "id", json_object_new_int64(row->refs[k].id));
-                json_object_object_add(o, "claim_id", json_object_new_int64(row->refs[k].claim_id));
-                json_object_array_add(refs, o);
+            for (const struct row *r = row; r; r = r->then) {   /* its chain is held too */
+                for (size_t k = 0; k < r->nrefs; k++) {
+                    json_object *o = json_object_new_object();
+                    json_object_object_add(o, "id", json_object_new_int64(r->refs[k].id));
+                    json_object_object_add(o, "claim_id", json_object_new_int64(r->refs[k].claim_id));
+                    json_object_array_add(refs, o);
+                }
             }
         }
     }

@@ -40,7 +40,9 @@ static bool default_only(const struct row *row, const struct config *cfg)
 struct job *job_for_row(struct row *row, const struct config *cfg)
 {
     struct job *own = NULL;
-    if (row->op == OP_DELETE) {
+    if (row->op == OP_EVENT) {
+        own = job_new(REQ_EVENT, 1);
+    } else if (row->op == OP_DELETE) {
         own = job_new(REQ_LOOKUP, 1);
         own->lookup = row->email;
         own->lookup_for = LOOKUP_DELETE;
@@ -108,6 +110,8 @@ struct http_request *job_request(const struct job *job, const struct config *cfg
         return http_request_new("GET", url_with(cfg, "/v1/contacts/by-email?email=%s", job->lookup, NULL), NULL);
     case REQ_DELETE_CONTACT:
         return http_request_new("DELETE", url_with(cfg, "/v1/contacts/%s", job->contact_id, NULL), NULL);
+    case REQ_EVENT:
+        return http_request_new("POST", url_of(cfg, "/v1/events"), xstrdup(first->event));
     case REQ_REMOVE_MEMBER:
         break;
     }
@@ -124,6 +128,7 @@ const char *job_path(const struct job *job)
     case REQ_MOVE:
     case REQ_LOOKUP: return "/v1/contacts/by-email";
     case REQ_DELETE_CONTACT: return "/v1/contacts/{id}";
+    case REQ_EVENT: return "/v1/events";
     case REQ_REMOVE_MEMBER: break;
     }
     return "/v1/audiences/{id}/contacts/{id}";
@@ -259,6 +264,8 @@ enum advance job_advance(struct job *job, const struct http_request *req, const 
     case REQ_DELETE_CONTACT:
     case REQ_REMOVE_MEMBER:
         return st == 404 || ok ? removed(job) : ADV_CLASSIFY;
+    case REQ_EVENT:
+        return ADV_CLASSIFY;
     }
     return ADV_CLASSIFY;
 }

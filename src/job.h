@@ -13,6 +13,7 @@
  *   delete  GET /v1/contacts/by-email?email=<address> -> DELETE /v1/contacts/{id}, or
  *           DELETE /v1/audiences/{audience}/contacts/{id}; 404 at any step: done; then
  *           the same for the old address, when the deleted contact was still moving
+ *   event   POST /v1/events, one row per request
  * Pure: builds requests and reads answers; deliver.c sends them and outcome.c decides
  * what an answer means for the rows. A job owns its rows. */
 #ifndef SENDRY_JOB_H
@@ -31,7 +32,8 @@ enum req_kind {
     REQ_MOVE,            /* PATCH /v1/contacts/by-email?email=<old>: the new address */
     REQ_LOOKUP,          /* GET /v1/contacts/by-email?email=<address>: the contact's id */
     REQ_DELETE_CONTACT,  /* DELETE /v1/contacts/{id} */
-    REQ_REMOVE_MEMBER    /* DELETE /v1/audiences/{audience}/contacts/{id} */
+    REQ_REMOVE_MEMBER,   /* DELETE /v1/audiences/{audience}/contacts/{id} */
+    REQ_EVENT            /* POST /v1/events: one event (no batch endpoint) */
 };
 
 /* What a look-up of a contact's id is for. */
@@ -68,7 +70,7 @@ struct job *job_new(enum req_kind req, size_t cap);
 /* Sets the audience of the job's next request (copied; NULL: none). */
 void job_set_audience(struct job *job, const char *audience);
 void job_add(struct job *job, struct row *row);
-/* The job a row starts: its own for a move, a deletion or a change of audiences, else
+/* The job a row starts: its own for an event, a move, a deletion or a change of audiences, else
  * NULL: it shares the import (or, in --mode single, the create) of its one audience. */
 struct job *job_for_row(struct row *row, const struct config *cfg);
 void job_free(struct job *job);

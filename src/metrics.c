@@ -47,40 +47,63 @@ static void clean_label(char *out, size_t size, const char *in)
     out[n] = '\0';
 }
 
-static struct metrics_webhook_slot *find_slot(const char *type, const char *result)
+/* A table of (label, result) counters: metrics.webhook (by type) and metrics.event (by
+ * name). */
+struct slots {
+    struct metrics_webhook_slot *slot;
+    size_t *used, size, reserved;     /* `reserved` of `size` kept for "other" */
+    unsigned long long *unrecorded;
+};
+
+static struct metrics_webhook_slot *find_slot(const struct slots *t, const char *type, const char *result)
 {
-    for (size_t i = 0; i < metrics.webhook_used; i++)
-        if (strcmp(metrics.webhook[i].type, type) == 0 && strcmp(metrics.webhook[i].result, result) == 0)
-            return &metrics.webhook[i];
+    for (size_t i = 0; i < *t->used; i++)
+        if (strcmp(t->slot[i].type, type) == 0 && strcmp(t->slot[i].result, result) == 0)
+            return &t->slot[i];
     return NULL;
 }
 
-static struct metrics_webhook_slot *add_slot(const char *type, const char *result)
+static struct metrics_webhook_slot *add_slot(const struct slots *t, const char *type, const char *result)
 {
-    struct metrics_webhook_slot *s = &metrics.webhook[metrics.webhook_used++];
+    struct metrics_webhook_slot *s = &t->slot[(*t->used)++];
     snprintf(s->type, sizeof s->type, "%s", type);
     snprintf(s->result, sizeof s->result, "%s", result);
     s->count = 0;
     return s;
 }
 
-void metrics_webhook(const char *type, const char *result)
+/* Counts one (label, result); past the table's room for new labels, as "other". */
+static void count_in(const struct slots *t, const char *label, const char *result)
 {
-    char t[METRICS_TYPE_MAX + 1], r[METRICS_RESULT_MAX + 1];
-    clean_label(t, sizeof t, type && *type ? type : "unknown");
+    char l[METRICS_TYPE_MAX + 1], r[METRICS_RESULT_MAX + 1];
+    clean_label(l, sizeof l, label && *label ? label : "unknown");
     clean_label(r, sizeof r, result && *result ? result : "unknown");
 
-    struct metrics_webhook_slot *s = find_slot(t, r);
-    if (!s && strcmp(t, "other") != 0 && metrics.webhook_used < METRICS_WEBHOOK_SLOTS - METRICS_WEBHOOK_RESERVED)
-        s = add_slot(t, r);
+    struct metrics_webhook_slot *s = find_slot(t, l, r);
+    if (!s && strcmp(l, "other") != 0 && *t->used < t->size - t->reserved)
+        s = add_slot(t, l, r);
     if (!s)
-        s = find_slot("other", r);
-    if (!s && metrics.webhook_used < METRICS_WEBHOOK_SLOTS)
-        s = add_slot("other", r);
+        s = find_slot(t, "other", r);
+    if (!s && *t->used < t->size)
+        s = add_slot(t, "other", r);
     if (s)
         s->count++;
     else
-        metrics.webhook_unrecorded++;
+        (*t->unrecorded)++;
+}
+
+void metrics_webhook(const char *type, const char *result)
+{
+    struct slots t = {metrics.webhook, &metrics.webhook_used, METRICS_WEBHOOK_SLOTS,
+                      METRICS_WEBHOOK_RESERVED, &metrics.webhook_unrecorded};
+    count_in(&t, type, result);
+}
+
+void metrics_event(const char *name, const char *result)
+{
+    struct slots t = {metrics.event, &metrics.event_used, METRICS_EVENT_SLOTS,
+                      METRICS_EVENT_RESERVED, &metrics.event_unrecorded};
+    count_in(&t, name, result);
 }
 
 void metrics_set_stopped(bool stopped, const char *reason)
@@ -223,6 +246,22 @@ static void render_webhooks(struct buf *b)
     put(b, "sendry_sync_webhook_queue_rejections_total %llu\n", metrics.webhook_queue_full);
 }
 
+static void render_events(struct buf *b)
+{
+    header(b, "events_total", "counter",
+           "Events (POST /v1/events) settled, by name and result (sent, deduped, failed, retried).");
+    for (size_t i = 0; i < metrics.event_used; i++) {
+        put(b, "sendry_sync_events_total{name=\"");
+        put_label(b, metrics.event[i].type);
+        put(b, "\",result=\"");
+        put_label(b, metrics.event[i].result);
+        put(b, "\"} %llu\n", metrics.event[i].count);
+    }
+    header(b, "events_unrecorded_total", "counter",
+           "Events not counted by name because the label table was full.");
+    put(b, "sendry_sync_events_unrecorded_total %llu\n", metrics.event_unrecorded);
+}
+
 static void render_health(struct buf *b)
 {
     header(b, "db_connected", "gauge", "1 if the PostgreSQL connection is up.");
@@ -261,6 +300,7 @@ char *metrics_render(void)
     gauge(&b, "backlog_eta_seconds", "When the rows due now will be sent at that pace (0 if none).",
           metrics.backlog_eta_seconds);
     render_webhooks(&b);
+    render_events(&b);
     render_upkeep(&b);
     render_health(&b);
     if (b.failed) {

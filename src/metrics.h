@@ -5,7 +5,8 @@
  * GET /metrics renders them. Counters only grow; the gauges are set by their owner:
  *   health.c     rows_sent/failed/retried, backlog_due, oldest_due_age_seconds,
  *                send_rate, backlog_eta_seconds, enqueue_errors_last_hour
- *   outcome.c    rate_limit_waits, sending_stopped + stop_reason (metrics_set_stopped())
+ *   outcome.c    rate_limit_waits, sending_stopped + stop_reason (metrics_set_stopped()),
+ *                metrics_event()
  *   claim.c      metrics_claim();  deliver.c  metrics_http()
  *   relay.c      db_connected;  prune.c  rows_pruned;  inbox.c  inbox_retr*
  *   receiver.c   metrics_webhook(), webhook_queue_depth/limit/full */
@@ -20,7 +21,9 @@
 #define METRICS_CLAIM_BUCKETS 5            /* le 1, 10, 100, 500, 1000 (+Inf = count) */
 #define METRICS_WEBHOOK_SLOTS 64           /* distinct (type, result) pairs kept */
 #define METRICS_WEBHOOK_RESERVED 8         /* of which kept for type "other" */
-#define METRICS_TYPE_MAX 64                /* longer types are truncated */
+#define METRICS_EVENT_SLOTS 264            /* distinct (name, result) pairs kept: 64 names of 4... */
+#define METRICS_EVENT_RESERVED 8           /* ... of which kept for name "other" */
+#define METRICS_TYPE_MAX 64                /* longer types and names are truncated */
 #define METRICS_RESULT_MAX 32
 
 struct metrics_webhook_slot {
@@ -52,6 +55,10 @@ struct metrics {
     struct metrics_webhook_slot webhook[METRICS_WEBHOOK_SLOTS];
     size_t webhook_used;
     unsigned long long webhook_unrecorded;    /* table full even for "other" */
+    /* events (POST /v1/events) by (name, result) */
+    struct metrics_webhook_slot event[METRICS_EVENT_SLOTS];
+    size_t event_used;
+    unsigned long long event_unrecorded;
     /* webhooks waiting for the database (receiver.c), and those answered 503 because
      * --webhook-queue of them were waiting already */
     unsigned long long webhook_queue_depth;
@@ -82,6 +89,10 @@ void metrics_claim(int rows);
  * applied, duplicate, ignored, unauthorized, bad_request, too_large, busy (the queue was
  * full), error. */
 void metrics_webhook(const char *type, const char *result);
+
+/* One event settled: `name` as for webhook types; `result` sent, deduped, failed or
+ * retried. New names past the table's room are counted as "other". */
+void metrics_event(const char *name, const char *result);
 
 /* Sets sending_stopped and stop_reason (NULL reason = running again). */
 void metrics_set_stopped(bool stopped, const char *reason);

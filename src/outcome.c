@@ -5,8 +5,10 @@
 #include <time.h>
 
 #include "backoff.h"
+#include "claim.h"
 #include "log.h"
 #include "metrics.h"
+#include "xalloc.h"
 
 void outcome_describe(const struct http_request *req, char *out, size_t size, double *retry_after)
 {
@@ -36,20 +38,60 @@ const char *outcome_stop_hint(long status)
     }
 }
 
+/* The rest of a row's chain, once the row's outcome is known: sent next (settled), or
+ * given back due with the row (`delay`); dropped if another claim holds the row now. */
+static void chain_after(struct outcome_env *env, struct row *row, bool settled, double delay)
+{
+    struct row *rest = row->then;
+    if (!rest)
+        return;
+    row->then = NULL;
+    if (settled && !row->lost) {
+        xgrow((void **)&env->next, &env->capnext, env->nnext + 1, sizeof *env->next);
+        env->next[env->nnext++] = rest;
+        return;
+    }
+    for (struct row *r = rest; r && !row->lost; r = r->then)
+        for (size_t k = 0; k < r->nrefs; k++)
+            complete_row(env->complete, &r->refs[k], RESULT_RELEASE, 0, NULL, settled ? 0 : delay);
+    row_free(rest);
+}
+
+static void count_event(const struct row *row, const char *result)
+{
+    if (row->op == OP_EVENT)
+        metrics_event(row->event_name, result);
+}
+
 static void all_rows(struct outcome_env *env, struct job *job, enum row_result result, int http,
                      const char *error, double delay)
 {
-    for (size_t i = 0; i < job->n; i++)
+    bool settled = result == RESULT_SENT || result == RESULT_FAILED;
+    for (size_t i = 0; i < job->n; i++) {
+        chain_after(env, job->rows[i], settled, delay);
         complete_contact(env->complete, job->rows[i], result, http, error, delay);
+        if (result == RESULT_FAILED)
+            count_event(job->rows[i], "failed");
+    }
 }
 
-static void on_sent(struct outcome_env *env, struct job *job, int http)
+static void on_sent(struct outcome_env *env, struct job *job, const struct http_request *req, int http)
 {
     if (gate_accepted(env->gate)) {
         log_info("sending resumed: Sendry accepted a request again");
         metrics_set_stopped(false, NULL);
     }
-    all_rows(env, job, RESULT_SENT, http, NULL, 0);
+    if (job->req != REQ_EVENT) {
+        all_rows(env, job, RESULT_SENT, http, NULL, 0);
+        return;
+    }
+    struct row *row = job->rows[0];
+    bool deduped = sendry_event_deduped(req->response, req->response_len);
+    chain_after(env, row, true, 0);
+    complete_event_sent(env->complete, row, http, deduped);
+    count_event(row, deduped ? "deduped" : "sent");
+    if (deduped)
+        log_info("event %lld (%s) was already at Sendry (deduped by its event_id)", row->id, row->event_name);
 }
 
 /* A row gives up on its own transient failures only when it has had its attempts and
@@ -57,6 +99,15 @@ static void on_sent(struct outcome_env *env, struct job *job, int http)
 static bool gives_up(const struct outcome_env *env, const struct row_ref *ref)
 {
     return ref->attempts >= ref->max_attempts && ref->age >= env->cfg->retry_for;
+}
+
+/* Every row of the contact gave up: the contact is settled, its chain goes on. */
+static bool all_give_up(const struct outcome_env *env, const struct row *row)
+{
+    for (size_t k = 0; k < row->nrefs; k++)
+        if (!gives_up(env, &row->refs[k]))
+            return false;
+    return true;
 }
 
 /* The provider is down across the board: nothing of this request counts against its
@@ -95,6 +146,9 @@ static void on_retry(struct outcome_env *env, struct job *job, int http, const c
         struct row *row = job->rows[i];
         double delay = backoff_delay(env->cfg->backoff_base, env->cfg->backoff_cap, row->attempts,
                                      rand_unit(env->rng));
+        bool done = all_give_up(env, row);
+        chain_after(env, row, done, delay);
+        count_event(row, done ? "failed" : "retried");
         for (size_t k = 0; k < row->nrefs; k++, rows++) {
             const struct row_ref *ref = &row->refs[k];
             if (!gives_up(env, ref)) {
@@ -246,7 +300,7 @@ size_t outcome_settle(struct outcome_env *env, struct job *job, const struct htt
         metrics_set_stopped(false, NULL);
     }
     switch (oc) {
-    case OUTCOME_SENT: on_sent(env, job, http); break;
+    case OUTCOME_SENT: on_sent(env, job, req, http); break;
     case OUTCOME_RETRY: on_retry(env, job, http, error, transient); break;
     case OUTCOME_RATE_LIMITED: on_rate_limited(env, job, req, error, body_retry_after); break;
     case OUTCOME_INVALID: return on_invalid(env, job, req, error, again);

@@ -11,6 +11,12 @@
  *                          error.retry_after, else backoff); rows pending, attempt not counted
  *   400/404/409/422        failed with the reason; a rejected batch is split in halves
  *                          until the bad row stands alone
+ *   an event's 2xx         sent, and whether Sendry said deduped (it had the event_id)
+ *
+ * A row settled for good (sent, failed) hands the rest of its user's chain (struct row's
+ * then: the events after the contact) to the caller, to send next; any other outcome
+ * gives the rest back (pending, attempt not counted, due with the row), so that nothing
+ * of a user overtakes a change of theirs still to be accepted.
  *   401/402/403            the gate stops sending; rows pending, not counted
  *   404 to an import or a create   the same; unless the answer names the audience, the
  *                          caller checks GET /v1/audiences/{id} to say which it is (the
@@ -37,6 +43,10 @@ struct outcome_env {
     struct completer *complete;
     uint64_t *rng;
     bool recheck_audience;   /* out: a 404 that does not say whether the audience exists */
+    struct row **next;       /* out: links of chains whose row before them was settled for
+                              * good (sent or failed), to send next; the caller owns them
+                              * and the array (free it) */
+    size_t nnext, capnext;
 };
 
 /* Settles a finished request of `job`. Returns how many jobs (0 to 2) it put into

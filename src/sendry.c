@@ -200,6 +200,42 @@ void sendry_row_payload(struct row *r, const char *payload, const char *default_
     json_object_put(p);
 }
 
+void sendry_event_payload(struct row *r, const char *payload, const char *event_id)
+{
+    json_object *p = payload ? json_tokener_parse(payload) : NULL, *name = NULL, *data = NULL;
+    if (p && json_object_is_type(p, json_type_object)) {
+        json_object_object_get_ex(p, "name", &name);
+        json_object_object_get_ex(p, "payload", &data);
+    }
+    json_object *body = xcheck(json_object_new_object());
+    json_object_object_add(body, "name", json_object_get(name));
+    json_object_object_add(body, "contact_email", xcheck(json_object_new_string(r->email)));
+    json_object_object_add(body, "payload", data ? json_object_get(data) : xcheck(json_object_new_object()));
+    if (event_id && *event_id)
+        json_object_object_add(body, "event_id", xcheck(json_object_new_string(event_id)));
+    r->event_name = xstrdup(json_object_is_type(name, json_type_string) ? json_object_get_string(name) : "");
+    r->event = dup_json(body);
+    json_object_put(p);
+}
+
+bool sendry_event_deduped(const char *body, size_t len)
+{
+    if (!body || !len)
+        return false;
+    json_tokener *tok = json_tokener_new();
+    if (!tok)
+        return false;
+    json_object *root = json_tokener_parse_ex(tok, body, (int)len), *v, *data;
+    json_tokener_free(tok);
+    json_object *obj = root;
+    if (root && json_object_object_get_ex(root, "data", &data) && json_object_is_type(data, json_type_object))
+        obj = data;   /* tolerate an envelope, as for contacts */
+    bool deduped = obj && json_object_object_get_ex(obj, "deduped", &v) &&
+                   json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);
+    json_object_put(root);
+    return deduped;
+}
+
 char *sendry_move_body(const struct row *r)
 {
     return xstrdup(r->contact);

@@ -9,7 +9,7 @@
 
 #include <json-c/json.h>
 
-enum row_op { OP_UPSERT, OP_DELETE };
+enum row_op { OP_UPSERT, OP_DELETE, OP_EVENT };
 
 /* An outbox row held under a claim: what its outcome is written against. */
 struct row_ref {
@@ -22,7 +22,12 @@ struct row_ref {
 };
 
 /* One contact as the worker delivers it: the newest state of the rows of one contact
- * that a claim took together (several pending changes go out as one). */
+ * that a claim took together (several pending changes go out as one); or one event
+ * (OP_EVENT: one outbox row, one POST /v1/events).
+ * A claim's rows of one user form a chain (`then`): its contact, then its events in
+ * order (the events first when the contact is being deleted). Each link goes out only
+ * after the one before it was settled for good (sent, or failed): an event never
+ * reaches Sendry before the contact upsert enqueued before it was accepted. */
 struct row {
     long long id;           /* the newest row's id (for logs) */
     enum row_op op;
@@ -49,6 +54,9 @@ struct row {
     size_t nrefs;
     double held_since;      /* gate clock: claimed, or its lease last renewed */
     bool lost;              /* another claim took its lease: send nothing more for it */
+    char *event;            /* owned, OP_EVENT: the body of POST /v1/events */
+    char *event_name;       /* owned, OP_EVENT: its name (metrics, logs) */
+    struct row *then;       /* owned: the next link of its user's chain, or NULL */
 };
 
 /* Body of PATCH /v1/contacts/by-email?email=<old>: the new email and the names and
@@ -77,6 +85,16 @@ char *sendry_import_body(struct row *const *rows, size_t n, const char *audience
 
 /* Body of POST /v1/contacts for one row, with audience_id (unless NULL). Caller frees. */
 char *sendry_contact_body(const struct row *r, const char *audience_id);
+
+/* Reads an event row's payload ({"name", "payload"}, see docs/sql.md) into r->event,
+ * the body of POST /v1/events ({name, contact_email, payload, event_id}), and
+ * r->event_name, with r->email set. A payload that is not that shape still makes a body
+ * (Sendry's 422 then names the problem, and fails the row with it). */
+void sendry_event_payload(struct row *r, const char *payload, const char *event_id);
+
+/* Whether a 2xx answer to POST /v1/events says `deduped: true` (Sendry had the event_id
+ * already and answered with the original event). */
+bool sendry_event_deduped(const char *body, size_t len);
 
 /* Trims ASCII whitespace and lower-cases; returns a malloc'd copy. */
 char *sendry_normalize_email(const char *email);

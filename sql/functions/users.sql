@@ -6,6 +6,21 @@
 -- own, so that the WARNING goes out even if that fails): a user's write never fails
 -- because of the outbox.
 --
+-- The payload of a built-in event (sendry_settings.events): {"user_id": "<uuid>"}, with
+-- "provider" (raw_app_meta_data ->> 'provider', user.signed_up) and "old_email"
+-- (user.email_changed) when given. Inlinable: one expression, qualified names, no SET.
+CREATE OR REPLACE FUNCTION public.sendry_user_event_payload(p_user_id uuid, p_provider text DEFAULT NULL,
+                                                            p_old_email text DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+        'user_id', p_user_id::pg_catalog.text,
+        'provider', CASE WHEN p_provider OPERATOR(pg_catalog.<>) '' THEN p_provider END,
+        'old_email', p_old_email))
+$$;
+
 -- After an INSERT: a statement-level trigger over the transition table (one
 -- set-based statement for a bulk import, about half the cost of a row trigger).
 CREATE OR REPLACE FUNCTION public.sendry_auth_users_inserted()
@@ -16,12 +31,24 @@ SET search_path = ''
 AS $$
 DECLARE
     v_sync_on text;
+    v_events  text[];
 BEGIN
     BEGIN
-        v_sync_on := COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1), 'signup');
+        SELECT s.sync_on, s.events INTO v_sync_on, v_events FROM public.sendry_settings s LIMIT 1;
+        v_sync_on := COALESCE(v_sync_on, 'signup');
         PERFORM public.sendry_enqueue_contacts(
             ARRAY(SELECT n.id FROM new_rows n WHERE public.sendry_user_is_synced(n, v_sync_on)),
             'live', p_check => false);
+        -- After the contacts: each user's event row follows their contact row.
+        IF 'user.signed_up' = ANY (v_events) THEN
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+            SELECT 'live', 'event', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
+                   pg_catalog.jsonb_build_object('name', 'user.signed_up', 'payload',
+                       public.sendry_user_event_payload(n.id, n.raw_app_meta_data ->> 'provider'))
+              FROM new_rows n
+             WHERE public.sendry_user_is_synced(n, v_sync_on)
+             ORDER BY n.id;
+        END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue new users for Sendry: % (SQLSTATE %)',
             SQLERRM, SQLSTATE;
@@ -83,6 +110,7 @@ DECLARE
     v_pid       integer := pg_catalog.pg_backend_pid();
     v_sync_on   text;
     v_on_delete text;
+    v_events    text[];
     v_ids       uuid[];
     v_deletes   boolean;
     v_moves     boolean;
@@ -92,9 +120,11 @@ BEGIN
         RETURN NULL;   -- every row's WHEN clause said "no change"
     END IF;
     BEGIN
-        SELECT s.sync_on, s.on_delete INTO v_sync_on, v_on_delete FROM public.sendry_settings s LIMIT 1;
+        SELECT s.sync_on, s.on_delete, s.events INTO v_sync_on, v_on_delete, v_events
+          FROM public.sendry_settings s LIMIT 1;
         v_sync_on := COALESCE(v_sync_on, 'signup');
         v_on_delete := COALESCE(v_on_delete, 'delete_contact');
+        v_events := COALESCE(v_events, '{}');
         -- One pass over the noted users: the synced ones whose address stayed (enqueued in
         -- one set-based call), and whether any was soft-deleted or moved to a new address.
         SELECT pg_catalog.array_agg(n.id ORDER BY n.id) FILTER (WHERE NOT n.soft_deleted AND NOT n.moved AND n.synced),
@@ -109,7 +139,20 @@ BEGIN
                   FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
                  WHERE c.backend_pid = v_pid) n;
         IF v_deletes THEN
-            -- Soft deletes: the deletion of the previous address.
+            -- Soft deletes: the event user.deleted (to the previous address, which the
+            -- contact had: the delete's conditions, whatever on_delete says), before the
+            -- deletion of that address.
+            IF 'user.deleted' = ANY (v_events) THEN
+                INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+                SELECT 'live', 'event', c.user_id, pg_catalog.lower(pg_catalog.btrim(c.old_email)),
+                       pg_catalog.jsonb_build_object('name', 'user.deleted',
+                                                     'payload', public.sendry_user_event_payload(c.user_id))
+                  FROM public.sendry_changed_users c
+                 WHERE c.backend_pid = v_pid AND c.soft_deleted
+                   AND NULLIF(pg_catalog.btrim(c.old_email), '') IS NOT NULL AND NOT c.old_anonymous
+                   AND (v_sync_on = 'signup' OR c.old_confirmed)
+                 ORDER BY c.user_id;
+            END IF;
             IF v_on_delete <> 'keep' THEN
                 INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
                 SELECT 'live', 'delete', c.user_id, pg_catalog.lower(pg_catalog.btrim(c.old_email)),
@@ -142,6 +185,43 @@ BEGIN
                 PERFORM public.sendry_enqueue_contacts(ARRAY[r.id], 'live', r.old_email);
             END LOOP;
         END IF;
+        -- The built-in events of the transitions, after the contact rows (each user's
+        -- event rows follow their contact row), for users whose address may be sent:
+        --   user.signed_up         under sync_on = 'confirmed', the confirmation of a user
+        --                          not synced before (not anonymous, unconfirmed)
+        --   user.became_permanent  is_anonymous true -> false
+        --   user.email_changed     the address moved (from one that was sent)
+        --   user.email_confirmed   email_confirmed_at NULL -> set
+        -- Nothing at all unless one of them is named in sendry_settings.events.
+        IF v_events && ARRAY['user.signed_up', 'user.became_permanent', 'user.email_changed',
+                             'user.email_confirmed'] THEN
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+            SELECT 'live', 'event', t.id, t.email,
+                   pg_catalog.jsonb_build_object('name', e.name, 'payload', e.payload)
+              FROM (SELECT u.id, pg_catalog.lower(pg_catalog.btrim(u.email)) AS email,
+                           u.raw_app_meta_data ->> 'provider' AS provider,
+                           u.email_confirmed_at IS NOT NULL AS confirmed,
+                           c.old_anonymous, c.old_confirmed,
+                           CASE WHEN NOT c.old_anonymous
+                                 AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
+                                 AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
+                                     IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
+                                 AND (v_sync_on = 'signup' OR c.old_confirmed)
+                                THEN pg_catalog.lower(pg_catalog.btrim(c.old_email)) END AS moved_from
+                      FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
+                     WHERE c.backend_pid = v_pid AND NOT c.soft_deleted
+                       AND public.sendry_user_is_synced(u, v_sync_on)) t
+             CROSS JOIN LATERAL (VALUES
+                 (1, 'user.signed_up', v_sync_on = 'confirmed' AND NOT t.old_confirmed AND NOT t.old_anonymous,
+                  public.sendry_user_event_payload(t.id, t.provider)),
+                 (2, 'user.became_permanent', t.old_anonymous, public.sendry_user_event_payload(t.id)),
+                 (3, 'user.email_changed', t.moved_from IS NOT NULL,
+                  public.sendry_user_event_payload(t.id, p_old_email => t.moved_from)),
+                 (4, 'user.email_confirmed', NOT t.old_confirmed AND t.confirmed,
+                  public.sendry_user_event_payload(t.id))) AS e (n, name, fires, payload)
+             WHERE e.fires AND e.name = ANY (v_events)
+             ORDER BY t.id, e.n;
+        END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue updated users for Sendry: % (SQLSTATE %)',
             SQLERRM, SQLSTATE;
@@ -169,21 +249,39 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
+DECLARE
+    v_sync_on   text;
+    v_on_delete text;
+    v_events    text[];
 BEGIN
     BEGIN
-        INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
-        SELECT 'live', 'delete', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
-               pg_catalog.jsonb_build_object('delete_mode', s.on_delete)
-        FROM old_rows o
-        CROSS JOIN (SELECT COALESCE((SELECT on_delete FROM public.sendry_settings LIMIT 1),
-                                    'delete_contact') AS on_delete,
-                           COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1),
-                                    'signup') AS sync_on) s
-        WHERE NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
-          AND NOT COALESCE(o.is_anonymous, false)
-          AND o.deleted_at IS NULL
-          AND s.on_delete <> 'keep'
-          AND (s.sync_on = 'signup' OR o.email_confirmed_at IS NOT NULL);
+        SELECT s.sync_on, s.on_delete, s.events INTO v_sync_on, v_on_delete, v_events
+          FROM public.sendry_settings s LIMIT 1;
+        v_sync_on := COALESCE(v_sync_on, 'signup');
+        v_on_delete := COALESCE(v_on_delete, 'delete_contact');
+        -- The event user.deleted first (whatever on_delete says), then the deletion.
+        IF 'user.deleted' = ANY (v_events) THEN
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+            SELECT 'live', 'event', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
+                   pg_catalog.jsonb_build_object('name', 'user.deleted',
+                                                 'payload', public.sendry_user_event_payload(o.id))
+              FROM old_rows o
+             WHERE NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
+               AND NOT COALESCE(o.is_anonymous, false)
+               AND o.deleted_at IS NULL
+               AND (v_sync_on = 'signup' OR o.email_confirmed_at IS NOT NULL)
+             ORDER BY o.id;
+        END IF;
+        IF v_on_delete <> 'keep' THEN
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
+            SELECT 'live', 'delete', o.id, pg_catalog.lower(pg_catalog.btrim(o.email)),
+                   pg_catalog.jsonb_build_object('delete_mode', v_on_delete)
+              FROM old_rows o
+             WHERE NULLIF(pg_catalog.btrim(o.email), '') IS NOT NULL
+               AND NOT COALESCE(o.is_anonymous, false)
+               AND o.deleted_at IS NULL
+               AND (v_sync_on = 'signup' OR o.email_confirmed_at IS NOT NULL);
+        END IF;
         DELETE FROM public.sendry_contact_state s USING old_rows o WHERE s.user_id = o.id;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue deleted users for Sendry: % (SQLSTATE %)',

@@ -122,7 +122,7 @@ SELECT col_default_is('public', 'sendry_outbox', 'class', 'bulk', 'class default
 
 -- Settings: one row (a boolean primary key that can only be true), two constrained texts.
 SELECT has_table('public', 'sendry_settings', 'table public.sendry_settings exists');
-SELECT columns_are('public', 'sendry_settings', ARRAY['singleton', 'sync_on', 'on_delete', 'updated_at'],
+SELECT columns_are('public', 'sendry_settings', ARRAY['singleton', 'sync_on', 'on_delete', 'updated_at', 'events'],
                    'sendry_settings has the documented columns');
 SELECT col_is_pk('public', 'sendry_settings', 'singleton', 'sendry_settings.singleton is the primary key');
 SELECT col_type_is('public', 'sendry_settings', 'sync_on', 'text', 'sendry_settings.sync_on is text');
@@ -222,8 +222,8 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                    AND COALESCE(NOT p.proconfig @> ARRAY['search_path=""'], true)
                  ORDER BY 1),
           ARRAY['sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload',
-                'sendry_render_contacts', 'sendry_user_is_synced']::text[],
-          'every sendry_* function pins an empty search_path, but the five SQL ones written to be inlined');
+                'sendry_render_contacts', 'sendry_user_event_payload', 'sendry_user_is_synced']::text[],
+          'every sendry_* function pins an empty search_path, but the six SQL ones written to be inlined');
 -- Those have no SET clause so that they can be inlined; they must then resolve nothing
 -- through the caller's search_path: a hostile search_path changes nothing.
 SELECT ok(NOT EXISTS (SELECT 1 FROM pg_proc p
@@ -253,11 +253,13 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  ORDER BY 1),
           ARRAY['sendry_auth_users_deleted', 'sendry_auth_users_inserted', 'sendry_auth_users_noted', 'sendry_auth_users_updated',
                 'sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload', 'sendry_contact_problem',
-                'sendry_enqueue_contacts', 'sendry_inbox_apply', 'sendry_inbox_receive',
+                'sendry_enqueue_contacts', 'sendry_enqueue_event', 'sendry_event_id', 'sendry_event_problem',
+                'sendry_inbox_apply', 'sendry_inbox_receive',
                 'sendry_migrate_fingerprint', 'sendry_migrate_lock_holders', 'sendry_migrate_lockdown', 'sendry_migrate_missing', 'sendry_migrate_step',
                 'sendry_migrate_trigger', 'sendry_outbox_notify_insert', 'sendry_outbox_notify_update', 'sendry_rate_pause',
                 'sendry_rate_take', 'sendry_reconcile_contacts',
-                'sendry_render_contacts', 'sendry_schema_version', 'sendry_unwatch', 'sendry_user_is_synced',
+                'sendry_render_contacts', 'sendry_schema_version', 'sendry_track', 'sendry_track_email',
+                'sendry_unwatch', 'sendry_user_event_payload', 'sendry_user_is_synced',
                 'sendry_watch', 'sendry_watched_changed'],
           'exactly the expected sendry_* functions exist');
 SELECT matches(public.sendry_schema_version(), '^[0-9]+$',

@@ -5,7 +5,7 @@
 -- authenticated have USAGE and EXECUTE, so only the sendry_* objects can deny.
 \connect - authenticator
 BEGIN;
-SELECT plan(182);
+SELECT plan(200);
 
 SELECT is(current_user::text, 'authenticator', 'logged in as authenticator, like PostgREST');
 SELECT throws_ok('SELECT * FROM public.sendry_outbox', '42501', 'permission denied for table sendry_outbox',
@@ -121,8 +121,8 @@ SELECT throws_ok('SELECT * FROM public.sendry_reconcile_contacts()', '42501',
                  'authenticated: EXECUTE sendry_reconcile_contacts is denied');
 RESET ROLE;
 
--- No privilege of any kind for anon, authenticated and PUBLIC, per object (44 objects x 3
--- roles = 132 tests). Trigger functions are checked here rather than called. Functions are
+-- No privilege of any kind for anon, authenticated and PUBLIC, per object (50 objects x 3
+-- roles = 150 tests). Trigger functions are checked here rather than called. Functions are
 -- looked up by OID: authenticator has no USAGE on schema auth to parse "(auth.users)".
 SELECT ok(NOT granted, format('%s has no %s privilege on %s', grantee, kind, obj))
 FROM (
@@ -187,7 +187,13 @@ FROM (
                  (41, 'function', 'sendry_migrate_missing'),
                  (42, 'function', 'sendry_migrate_fingerprint'),
                  (43, 'table', 'public.sendry_changed_users'),
-                 (44, 'function', 'sendry_auth_users_noted')) AS o (n, kind, obj)
+                 (44, 'function', 'sendry_auth_users_noted'),
+                 (45, 'function', 'sendry_event_id'),
+                 (46, 'function', 'sendry_event_problem'),
+                 (47, 'function', 'sendry_enqueue_event'),
+                 (48, 'function', 'sendry_track_email'),
+                 (49, 'function', 'sendry_track'),
+                 (50, 'function', 'sendry_user_event_payload')) AS o (n, kind, obj)
     ORDER BY g.grantee, o.n
 ) AS checks;
 
@@ -222,7 +228,7 @@ SELECT is(ARRAY(SELECT relname::text FROM pg_class WHERE relnamespace = 'public'
                 'sendry_watched_tables'],
           'the ACL check above saw the ten tables, the three views and the three sequences');
 SELECT is((SELECT count(*)::int FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'sendry%'),
-          28, 'the ACL check above saw the twenty-eight functions');
+          34, 'the ACL check above saw the thirty-four functions');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -121,6 +121,35 @@ static void test_payload(void)
     free_row(e);
 }
 
+/* An event row's body: name, contact_email, payload and event_id, whatever the payload
+ * holds; a malformed payload still makes a body Sendry can reject with a reason. */
+static void test_event_body(void)
+{
+    struct row r = {.email = sendry_normalize_email(" Ada@Example.com")};
+    sendry_event_payload(&r, "{\"name\":\"trial_started\",\"payload\":{\"plan\":\"pro\",\"n\":2}}", "ss-x-7");
+    CHECK_STR(r.event, "{\"name\":\"trial_started\",\"contact_email\":\"ada@example.com\","
+                       "\"payload\":{\"plan\":\"pro\",\"n\":2},\"event_id\":\"ss-x-7\"}");
+    CHECK_STR(r.event_name, "trial_started");
+    free(r.event);
+    free(r.event_name);
+    sendry_event_payload(&r, "[1]", "ss-x-8");
+    CHECK_STR(r.event, "{\"name\":null,\"contact_email\":\"ada@example.com\",\"payload\":{},"
+                       "\"event_id\":\"ss-x-8\"}");
+    CHECK_STR(r.event_name, "");
+    free(r.event);
+    free(r.event_name);
+    free(r.email);
+
+    const char *dup = "{\"id\":\"evt_1\",\"deduped\":true}", *fresh = "{\"id\":\"evt_2\"}";
+    const char *enveloped = "{\"data\":{\"id\":\"evt_1\",\"deduped\":true}}", *no = "{\"deduped\":false}";
+    CHECK(sendry_event_deduped(dup, strlen(dup)));
+    CHECK(sendry_event_deduped(enveloped, strlen(enveloped)));
+    CHECK(!sendry_event_deduped(fresh, strlen(fresh)));
+    CHECK(!sendry_event_deduped(no, strlen(no)));
+    CHECK(!sendry_event_deduped("not json", 8));
+    CHECK(!sendry_event_deduped(NULL, 0));
+}
+
 static void test_classify(void)
 {
     CHECK(sendry_classify(true, 200, true) == OUTCOME_SENT);
@@ -535,6 +564,7 @@ static void test_config_commands(void)
 int main(void)
 {
     test_payload();
+    test_event_body();
     test_classify();
     test_errors();
     test_backoff();

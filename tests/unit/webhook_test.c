@@ -343,6 +343,27 @@ static void test_metrics(void)
     CHECK(metrics.webhook_unrecorded == 20 - (METRICS_WEBHOOK_RESERVED - 1));
     metrics_set_stopped(false, "ignored");
     CHECK(!metrics.sending_stopped && metrics.stop_reason[0] == '\0');
+
+    /* Events by name and result: their own table, bounded the same way. */
+    metrics_reset();
+    metrics_event("user.signed_up", "sent");
+    metrics_event("user.signed_up", "sent");
+    metrics_event("user.signed_up", "deduped");
+    metrics_event("trial \"x\"\n", "failed");
+    for (int i = 0; i < 400; i++) {
+        char n[32];
+        snprintf(n, sizeof n, "name.%d", i);
+        metrics_event(n, "sent");
+    }
+    CHECK(metrics.event_used == METRICS_EVENT_SLOTS - METRICS_EVENT_RESERVED + 1);   /* + other */
+    CHECK(metrics.webhook_used == 0);
+    text = metrics_render();
+    CHECK(contains(text, "\nsendry_sync_events_total{name=\"user.signed_up\",result=\"sent\"} 2\n"));
+    CHECK(contains(text, "\nsendry_sync_events_total{name=\"user.signed_up\",result=\"deduped\"} 1\n"));
+    CHECK(contains(text, "\nsendry_sync_events_total{name=\"trial \\\"x\\\"_\",result=\"failed\"} 1\n"));
+    CHECK(contains(text, "\nsendry_sync_events_total{name=\"other\",result=\"sent\"} "));
+    CHECK(contains(text, "\nsendry_sync_events_unrecorded_total 0\n"));
+    free(text);
     metrics_reset();
 }
 
