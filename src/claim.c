@@ -306,13 +306,14 @@ static bool is_event(PGresult *res, const struct claimed *g)
     return strcmp(PQgetvalue(res, g->index, 7), "event") == 0;
 }
 
-/* One event row: its own link, sent as one POST /v1/events. */
-static struct row *event_of(PGresult *res, const struct claimed *g)
+/* One event row: its own link, sent as one POST /v1/events, to `address` (the contact's,
+ * see chain_of) or, when NULL, to the row's own. */
+static struct row *event_of(PGresult *res, const struct claimed *g, const char *address)
 {
     struct row *row = xcalloc(1, sizeof *row);
     row->id = g->id;
     row->op = OP_EVENT;
-    row->email = sendry_normalize_email(PQgetvalue(res, g->index, 2));
+    row->email = address ? xstrdup(address) : sendry_normalize_email(PQgetvalue(res, g->index, 2));
     sendry_event_payload(row, PQgetisnull(res, g->index, 3) ? NULL : PQgetvalue(res, g->index, 3),
                          PQgetvalue(res, g->index, 13));
     row->refs = xcalloc(1, sizeof *row->refs);
@@ -326,32 +327,37 @@ static struct row *event_of(PGresult *res, const struct claimed *g)
 
 /* The chain of a user's rows g[0..n) (oldest first): the contact of its contact rows,
  * then its events in order; the events first when the contact is being deleted (a
- * user.deleted event goes before the deletion). */
+ * user.deleted event goes before the deletion). The events go to the address the
+ * contact is at when they are sent: after the upsert, its address (an email change
+ * enqueued after an event moves the contact before the event goes); before a deletion,
+ * the address Sendry knows it at. An automation they start then finds the contact. */
 static struct row *chain_of(const struct claimer *c, PGresult *res, struct claimed *g, size_t n)
 {
-    struct claimed *contact = xcalloc(n, sizeof *contact);
+    struct claimed *rest = xcalloc(n, sizeof *rest);
     size_t nc = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!is_event(res, &g[i]))
+            rest[nc++] = g[i];
+    struct row *contact = nc > 0 ? contact_of(c, res, rest, nc) : NULL;
+    const char *address = NULL;
+    if (contact)
+        address = contact->op == OP_DELETE && contact->old_email ? contact->old_email : contact->email;
     struct row *events = NULL, **tail = &events;
     for (size_t i = 0; i < n; i++) {
-        if (!is_event(res, &g[i])) {
-            contact[nc++] = g[i];
-            continue;
-        }
-        *tail = event_of(res, &g[i]);
-        tail = &(*tail)->then;
-    }
-    struct row *head = events;
-    if (nc > 0) {
-        struct row *row = contact_of(c, res, contact, nc);
-        if (row->op == OP_DELETE) {
-            *tail = row;
-        } else {
-            row->then = events;
-            head = row;
+        if (is_event(res, &g[i])) {
+            *tail = event_of(res, &g[i], address);
+            tail = &(*tail)->then;
         }
     }
-    free(contact);
-    return head;
+    free(rest);
+    if (!contact)
+        return events;
+    if (contact->op == OP_DELETE) {
+        *tail = contact;
+        return events;
+    }
+    contact->then = events;
+    return contact;
 }
 
 /* Puts the returned rows together into contacts, counting the fresh first attempts. */

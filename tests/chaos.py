@@ -54,6 +54,15 @@ Columns:
               At-least-once: these are expected from the kill and immediate-restart faults,
               and are harmless (the same upsert twice); never from the storms or a fast
               restart, which lose no answer and no commit (a scenario fails if they show any).
+  events      event rows in the outbox: user.signed_up and user.email_changed are on
+              (sendry_settings.events) for every scenario, so the app's sign-ups and email
+              changes during the fault emit them (the backfill does not)
+  ev_lost     event rows failed, or sent without Sendry having their event_id; plus events
+              at the fake ingested before their contact was there (out of order) or with no
+              row of ours. Must be 0.
+  ev_dedupes  event requests the fake answered `deduped: true` (their event_id was ingested
+              already): the repeats the kill and immediate-restart faults cause, each
+              ingested once; never from the storms or a fast restart
   stuck       rows still pending or processing once the fault was over and the deadline
               passed (the deadline allows --lease several times over and the backlog at a
               slow pace). Must be 0.
@@ -123,6 +132,9 @@ class Result:
     lost: int = 0
     dup_writes: int = 0
     stuck: int = 0
+    events: int = 0
+    events_lost: int = 0
+    event_dedupes: int = 0
     seconds: float = 0.0
     problems: list = dataclasses.field(default_factory=list)   # crashes, sanitizer reports
     notes: list = dataclasses.field(default_factory=list)      # what the fault met
@@ -130,7 +142,11 @@ class Result:
 
     @property
     def ok(self):
-        return self.lost == 0 and self.stuck == 0 and not self.problems
+        return self.lost == 0 and self.stuck == 0 and self.events_lost == 0 and not self.problems
+
+
+# The built-in events on in every scenario: the app's sign-ups and email changes emit them.
+EVENTS = ("user.signed_up", "user.email_changed")
 
 
 # --- the app: sign-ups and email changes while the fault runs -------------------------------
@@ -222,6 +238,7 @@ class Run:
         self.db = Db(cluster)
         self.db.truncate()
         self.db.query("TRUNCATE public.sendry_enqueue_errors, public.sendry_inbox")
+        self.db.query(f"UPDATE public.sendry_settings SET events = '{{{','.join(EVENTS)}}}'")
         self.fake = FakeSendry(audience_id=AUDIENCE, rate_limit=None)
         self.fake.start()
         self.workers, self.killed = [], set()
@@ -339,6 +356,7 @@ class Run:
         for w in self.workers:
             w.close()
         self.fake.stop()
+        self.db.query("UPDATE public.sendry_settings SET events = '{}'")
 
 
 # --- measuring ----------------------------------------------------------------------------
@@ -412,6 +430,27 @@ def measure(db, fake, result):
             result.details.append(f"user {u['user_id']} wants {u['body']['email']}; the fake holds "
                                   f"{seen}; rows {u['rows']}")
     result.dup_writes = duplicate_writes(fake)
+    measure_events(db, fake, result)
+
+
+def measure_events(db, fake, result):
+    """The events columns: every event row ingested once, after its contact."""
+    rows = db.query("SELECT id, status, public.sendry_event_id(id) AS event_id, payload->>'name' AS name"
+                    " FROM public.sendry_outbox WHERE op = 'event'")
+    at_fake = {e["external_id"]: e for e in fake.events}
+    result.events = len(rows)
+    result.event_dedupes = sum(fake.event_dedupes.values())
+    ours = {r["event_id"] for r in rows}
+    for r in rows:
+        if r["status"] == "failed" or (r["status"] == "sent" and r["event_id"] not in at_fake):
+            result.events_lost += 1
+            result.details.append(f"event row {r['id']} ({r['name']}) is {r['status']}, "
+                                  f"{'not ' if r['event_id'] not in at_fake else ''}at the fake")
+    for e in fake.events:
+        if e["external_id"] not in ours or e["contact_id"] is None:
+            result.events_lost += 1
+            why = "no row of ours" if e["external_id"] not in ours else "its contact was not there yet"
+            result.details.append(f"event {e['external_id']} ({e['name']}) at the fake: {why}")
 
 
 # --- the scenarios ----------------------------------------------------------------------------
@@ -592,13 +631,17 @@ def run_scenario(name, cluster, sizes, logdir, seed=1):
     if name in NO_DUPLICATES and result.dup_writes:
         result.problems.append(f"{result.dup_writes} contact writes repeated, where no answer and no "
                                "commit was lost")
+    if name in NO_DUPLICATES and result.event_dedupes:
+        result.problems.append(f"{result.event_dedupes} events sent again, where no answer and no "
+                               "commit was lost")
     return result
 
 
 # --- the table ------------------------------------------------------------------------------
 
 COLUMNS = (("scenario", 26), ("users", 7), ("enqueued", 9), ("delivered", 10), ("lost", 5),
-           ("dup_writes", 11), ("stuck", 6), ("seconds", 8))
+           ("dup_writes", 11), ("events", 7), ("ev_lost", 8), ("ev_dedupes", 11), ("stuck", 6),
+           ("seconds", 8))
 
 
 def header():
@@ -606,7 +649,8 @@ def header():
 
 
 def format_row(r):
-    cells = (r.scenario, r.users, r.enqueued, r.delivered, r.lost, r.dup_writes, r.stuck, f"{r.seconds:.1f}")
+    cells = (r.scenario, r.users, r.enqueued, r.delivered, r.lost, r.dup_writes, r.events, r.events_lost,
+             r.event_dedupes, r.stuck, f"{r.seconds:.1f}")
     return "  ".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
                      for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS)))
 
@@ -614,7 +658,7 @@ def format_row(r):
 def report(r):
     """The lines under the table for a scenario that did not pass."""
     out = [f"  {r.scenario}: {p}" for p in r.problems]
-    if r.lost or r.stuck:
+    if r.lost or r.stuck or r.events_lost:
         out += [f"  {r.scenario}: {d}" for d in r.details]
     return out
 
