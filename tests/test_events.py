@@ -182,6 +182,7 @@ def test_each_transition_emits_one_event_and_sign_in_none(edb, fake, workers):
         got = [e for e in fake.events_json(name=name) if e["contact_email"] == email]
         assert len(got) == 1, got
         assert got[0]["payload"] == payload, got[0]
+        assert got[0]["contact_id"] is not None, f"{name}: Sendry had no contact at {email} when it came"
         eid = event_id(db, row["id"])
         assert re.fullmatch(r"ss-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-%d" % row["id"],
                             eid), eid
@@ -284,6 +285,26 @@ def test_confirmed_mode_signs_up_on_confirmation_and_a_soft_delete_emits_user_de
     assert deletion and request_index(fake, event_sent("user.deleted", "later@example.com")) < deletion[0]
     assert request_index(fake, imported("later@example.com")) < \
         request_index(fake, event_sent("user.signed_up", "later@example.com"))
+
+
+def test_an_event_enqueued_before_an_email_change_goes_to_the_contacts_new_address(edb, fake, workers):
+    """The worker was down across a sign-up and an email change: the claim moves nothing
+    (Sendry never had the old address) and creates the contact at the new one; the
+    user.signed_up enqueued at the old address goes to the new one, where the contact is,
+    so an automation it starts finds it."""
+    db = edb
+    set_events(db, ["user.signed_up", "user.email_changed"])
+    uid = gotrue_signup(db, "before@example.com")
+    track(db, "trial_started", uid, {"plan": "pro"})
+    change_email(db, uid, "after@example.com")
+    assert [r["email"] for r in event_rows(db)] == ["before@example.com", "before@example.com", "after@example.com"]
+    w = workers("--once", "--reconcile-interval", "0")
+    assert w.wait(T) == 0, w.log()
+    assert db.counts() == {"sent": len(outbox(db))}, outbox(db)
+    assert sorted(fake.contacts) == ["after@example.com"]
+    got = [(e["name"], e["contact_email"], e["contact_id"] is not None) for e in fake.events_json()]
+    assert got == [("user.signed_up", "after@example.com", True), ("trial_started", "after@example.com", True),
+                   ("user.email_changed", "after@example.com", True)], got
 
 
 def test_no_event_while_the_setting_is_empty(edb, fake, workers):
