@@ -468,6 +468,30 @@ def test_an_event_waits_while_its_contact_upsert_fails(edb, fake, workers):
         f"waiting for the contact counts no attempt: {event_rows(db)}"
 
 
+def test_a_contact_rejected_for_good_fails_its_events_unsent(edb, fake, workers):
+    """A 422 on the contact (its address refused): the events chained after it fail with
+    the reason and are never sent (Sendry has no contact for them to start a run for);
+    another user's event goes."""
+    db = edb
+    set_events(db, ["user.signed_up"])
+    fake.fail_emails(r"\"refused@example\.com\"", 422)   # any write naming it (the body as JSON text)
+    uid = gotrue_signup(db, "refused@example.com")
+    track(db, "trial_started", uid)
+    gotrue_signup(db, "fine@example.com")
+    start_daemon(workers, "--reconcile-interval", "0")
+    try:
+        wait_until(lambda: db.counts() == {"sent": 2, "failed": 3}, T, "the refused user's rows failed")
+    finally:
+        print(outbox(db))
+    failed = [r for r in outbox(db) if r["status"] == "failed"]
+    assert [r["op"] for r in failed] == ["upsert", "event", "event"], failed
+    for r in failed[1:]:
+        assert r["last_error"].startswith("not sent: the contact before it failed (HTTP 422"), r
+        assert r["attempts"] <= 1, r
+    assert [e["contact_email"] for e in fake.events_json()] == ["fine@example.com"]
+    assert not [r for r in event_requests(fake) if r["json"].get("contact_email") == "refused@example.com"]
+
+
 # --- 5. per-user order over 1,000 events ---------------------------------------------------------
 
 def test_a_thousand_events_of_a_hundred_users_keep_each_users_order(edb, fake, workers):
