@@ -550,3 +550,22 @@ def test_a_422_fails_only_that_event_and_the_users_next_ones_go(edb, fake, worke
     assert events_metric(text, "rejected", "failed") == 1, text
     assert events_metric(text, "third", "sent") == 1, text
     assert events_metric(text, "rejected", "sent") == 0 and events_metric(text, "third", "deduped") == 0
+
+
+def test_a_deleted_database_id_makes_once_exit_1_with_the_fix(edb, fake, workers):
+    """sendry_event_id needs the database_id row (a new one would give events already sent
+    new ids): without it the claim fails loudly, naming the row and the fix, instead of
+    sending events Sendry could not dedupe."""
+    db = edb
+    uid = db.signup("noid@example.com")
+    track(db, "trial_started", uid)
+    kept = db.scalar("SELECT value FROM public.sendry_sync_state WHERE key = 'database_id'")
+    db.query("DELETE FROM public.sendry_sync_state WHERE key = 'database_id'")
+    try:
+        w = workers("--once", "--reconcile-interval", "0")
+        assert w.wait(T) == 1, w.log()
+        assert re.search(r"claiming rows failed: .*no database_id row.*\(SQLSTATE 55000\); fix: Restore the row",
+                         w.log()), w.log()
+        assert event_requests(fake) == []
+    finally:
+        db.query("INSERT INTO public.sendry_sync_state (key, value) VALUES ('database_id', %s)", (kept,))
