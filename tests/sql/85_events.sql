@@ -10,7 +10,7 @@
 \set as_owner 'SET ROLE postgres; RESET search_path;'
 \set as_admin 'RESET ROLE; RESET search_path;'
 BEGIN;
-SELECT plan(37);
+SELECT plan(41);
 
 -- The outbox as (user, op, email, event name), in id order: what the worker sends in turn.
 CREATE FUNCTION pg_temp.rows() RETURNS TABLE (user_id uuid, op text, email text, name text)
@@ -28,6 +28,13 @@ SELECT throws_ok($$UPDATE public.sendry_settings SET events = '{user.signed_up,u
 SELECT throws_ok($$UPDATE public.sendry_settings SET events = NULL$$, '23502', NULL, 'events is NOT NULL');
 SELECT throws_ok($$UPDATE public.sendry_settings SET events = ARRAY[NULL]::text[]$$, '23514', NULL,
                  'a NULL event name is rejected');
+SELECT col_type_is('public', 'sendry_outbox', 'deduped', 'boolean', 'sendry_outbox.deduped is a boolean');
+SELECT col_is_null('public', 'sendry_outbox', 'deduped', 'sendry_outbox.deduped is nullable (NULL but on a sent event)');
+SELECT ok((SELECT convalidated FROM pg_constraint WHERE conname = 'sendry_outbox_op_check'
+              AND conrelid = 'public.sendry_outbox'::regclass),
+          'the op CHECK is validated');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (op, email) VALUES ('evnt', 'x@example.com')$$, '23514', NULL,
+                 'the op CHECK still rejects an unknown op');
 
 -- 2. Events off (the default): a whole life emits no event.
 :as_gotrue
