@@ -394,6 +394,23 @@ def test_rerun_with_nothing_pending_takes_no_lock(pg):
     assert after == before, "a trigger was recreated"
 
 
+def test_an_outbox_dropped_by_hand_comes_back_whole(pg):
+    """The outbox dropped and `migrate` run again: the baseline makes the table again, and
+    the later steps that add its columns (0005's deduped) run again too, not skipped as
+    applied (the worker's completion would fail on a missing column that migrate says
+    nothing to do about)."""
+    assert migrate(pg).returncode == 0
+    pg.query("DROP TABLE public.sendry_outbox CASCADE", user=SU)
+    r = migrate(pg)
+    assert r.returncode == 0, r.stderr
+    assert "0005_events" in r.stderr, r.stderr
+    cols = {c for (c,) in pg.query("SELECT attname FROM pg_attribute WHERE attrelid = 'public.sendry_outbox'::regclass"
+                                   " AND attnum > 0 AND NOT attisdropped")}
+    assert {"deduped", "claim_id", "class", "old_email"} <= cols, cols
+    assert pg.query("SELECT pg_get_constraintdef(oid) LIKE '%event%' FROM pg_constraint"
+                    " WHERE conname = 'sendry_outbox_op_check'") == [['t']]
+
+
 # --- (d) two migrators at once ---------------------------------------------------------
 
 def test_two_migrators_at_once(pg):
