@@ -17,6 +17,8 @@ enum db_fault db_fault_of(const PGresult *res)
         return DB_FAULT_PRIVILEGE;
     if (strncmp(state, "42", 2) == 0 || strcmp(state, "3F000") == 0 || strcmp(state, "0A000") == 0)
         return DB_FAULT_SCHEMA;
+    if (strcmp(state, "55000") == 0)
+        return DB_FAULT_STATE;
     static const char *const transient[] = {"57014", "55P03", "40", "53", "08", "57P01", "57P02", "57P03"};
     for (size_t i = 0; i < sizeof transient / sizeof transient[0]; i++)
         if (strncmp(state, transient[i], strlen(transient[i])) == 0)
@@ -45,6 +47,12 @@ const char *db_fault_describe(enum db_fault fault, const PGresult *res, const ch
         snprintf(buf, size, "%s failed: %s: the schema is missing or older than this binary; fix: "
                  "sendry-sync migrate (or apply sql/install.sql)", what, server);
         break;
+    case DB_FAULT_STATE: {
+        const char *hint = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_HINT) : NULL;
+        snprintf(buf, size, "%s failed: %s; fix: %s", what, server,
+                 hint ? hint : "see the message, and sendry-sync doctor");
+        break;
+    }
     case DB_FAULT_NONE:
     case DB_FAULT_TRANSIENT:
     case DB_FAULT_PASSING:

@@ -320,7 +320,9 @@ static size_t rows_in(const struct job *job)
 {
     size_t n = 0;
     for (; job; job = job->next)
-        n += job->n;
+        for (size_t i = 0; i < job->n; i++)
+            for (const struct row *r = job->rows[i]; r; r = r->then)   /* and its chain */
+                n++;
     return n;
 }
 

@@ -37,10 +37,13 @@ static const struct expected {
     {OBJ_FUNCTION, "public.sendry_rate_take(text, double precision, double precision, integer, "
                    "double precision)", EVERYWHERE},
     {OBJ_FUNCTION, "public.sendry_rate_pause(text, double precision)", EVERYWHERE},
+    {OBJ_FUNCTION, "public.sendry_event_id(bigint)", EVERYWHERE},
+    {OBJ_FUNCTION, "public.sendry_track_email(text, text, jsonb, boolean)", EVERYWHERE},
     {OBJ_VIEW, "public.sendry_contacts", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_reconcile_contacts(integer)", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_contact_payload(auth.users)", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_inbox_apply(bigint)", WITH_AUTH_USERS},
+    {OBJ_FUNCTION, "public.sendry_track(text, uuid, jsonb, boolean)", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_auth_users_inserted()", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_auth_users_noted()", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_auth_users_updated()", WITH_AUTH_USERS},
@@ -217,6 +220,14 @@ void doctor_check_objects(struct doctor *d, struct check *c)
                       "security hides every row from it: it would claim nothing", PQuser(d->conn));
         doctor_fix(c, "connect as the owner of the outbox (postgres in Supabase), or ALTER ROLE %s "
                       "BYPASSRLS (as a superuser)", PQuser(d->conn));
+        return;
+    }
+    /* Every event row's event_id needs the database's identity (migration 0005). */
+    char event_id[512] = "";
+    if (!doctor_value(d, "SELECT public.sendry_event_id(0)", 0, NULL, event_id, sizeof event_id)) {
+        doctor_report(c, CHECK_FAIL, "public.sendry_event_id() fails, so no event can be sent: %s", event_id);
+        doctor_fix(c, "restore the row database_id of public.sendry_sync_state from a backup, or GRANT "
+                      "SELECT ON public.sendry_sync_state TO %s", PQuser(d->conn));
         return;
     }
     doctor_report(c, CHECK_OK, "the tables, the stats view and the functions exist; role %s may use "

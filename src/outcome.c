@@ -39,24 +39,13 @@ const char *outcome_stop_hint(long status)
     }
 }
 
-/* The rest of a row's chain, once the row's outcome is known: sent next (settled), or
- * given back due with the row (`delay`); dropped if another claim holds the row now. */
-static void chain_after(struct outcome_env *env, struct row *row, bool settled, double delay)
-{
-    struct row *rest = row->then;
-    if (!rest)
-        return;
-    row->then = NULL;
-    if (settled && !row->lost) {
-        xgrow((void **)&env->next, &env->capnext, env->nnext + 1, sizeof *env->next);
-        env->next[env->nnext++] = rest;
-        return;
-    }
-    for (struct row *r = rest; r && !row->lost; r = r->then)
-        for (size_t k = 0; k < r->nrefs; k++)
-            complete_row(env->complete, &r->refs[k], RESULT_RELEASE, 0, NULL, settled ? 0 : delay);
-    row_free(rest);
-}
+/* What the rest of a row's chain does once the row's outcome is known. */
+enum chain_next {
+    CHAIN_GO,        /* the row was settled: the next link is sent next */
+    CHAIN_WAIT,      /* the row waits (retried, paused, given back): the rest waits with it */
+    CHAIN_FAIL       /* a contact failed for good: its events fail too, never sent to a
+                      * contact Sendry does not have */
+};
 
 static void count_event(const struct row *row, const char *result)
 {
@@ -64,12 +53,48 @@ static void count_event(const struct row *row, const char *result)
         metrics_event(row->event_name, result);
 }
 
+/* The rest of a row's chain: sent next, given back due with the row (`delay`), or
+ * failed with `error`; dropped if another claim holds the row now. */
+static void chain_after(struct outcome_env *env, struct row *row, enum chain_next next, double delay,
+                        const char *error)
+{
+    struct row *rest = row->then;
+    if (!rest)
+        return;
+    row->then = NULL;
+    if (next == CHAIN_GO && !row->lost) {
+        xgrow((void **)&env->next, &env->capnext, env->nnext + 1, sizeof *env->next);
+        env->next[env->nnext++] = rest;
+        return;
+    }
+    char why[700];
+    snprintf(why, sizeof why, "not sent: the contact before it failed (%.600s)", error ? error : "");
+    utf8_sanitize(why);
+    for (struct row *r = rest; r && !row->lost; r = r->then) {
+        for (size_t k = 0; k < r->nrefs; k++) {
+            if (next == CHAIN_FAIL)
+                complete_row(env->complete, &r->refs[k], RESULT_FAILED, 0, why, 0);
+            else
+                complete_row(env->complete, &r->refs[k], RESULT_RELEASE, 0, NULL, delay);
+        }
+        if (next == CHAIN_FAIL)
+            count_event(r, "failed");
+    }
+    row_free(rest);
+}
+
+/* After a row settled: its chain goes on, unless a contact failed for good. */
+static enum chain_next after_settled(const struct row *row, enum row_result result)
+{
+    return result == RESULT_FAILED && row->op != OP_EVENT ? CHAIN_FAIL : CHAIN_GO;
+}
+
 static void all_rows(struct outcome_env *env, struct job *job, enum row_result result, int http,
                      const char *error, double delay)
 {
     bool settled = result == RESULT_SENT || result == RESULT_FAILED;
     for (size_t i = 0; i < job->n; i++) {
-        chain_after(env, job->rows[i], settled, delay);
+        chain_after(env, job->rows[i], settled ? after_settled(job->rows[i], result) : CHAIN_WAIT, delay, error);
         complete_contact(env->complete, job->rows[i], result, http, error, delay);
         if (result == RESULT_FAILED)
             count_event(job->rows[i], "failed");
@@ -88,7 +113,7 @@ static void on_sent(struct outcome_env *env, struct job *job, const struct http_
     }
     struct row *row = job->rows[0];
     bool deduped = sendry_event_deduped(req->response, req->response_len);
-    chain_after(env, row, true, 0);
+    chain_after(env, row, CHAIN_GO, 0, NULL);
     complete_event_sent(env->complete, row, http, deduped);
     count_event(row, deduped ? "deduped" : "sent");
     if (deduped)
@@ -148,7 +173,7 @@ static void on_retry(struct outcome_env *env, struct job *job, int http, const c
         double delay = backoff_delay(env->cfg->backoff_base, env->cfg->backoff_cap, row->attempts,
                                      rand_unit(env->rng));
         bool done = all_give_up(env, row);
-        chain_after(env, row, done, delay);
+        chain_after(env, row, done ? after_settled(row, RESULT_FAILED) : CHAIN_WAIT, delay, error);
         count_event(row, done ? "failed" : "retried");
         for (size_t k = 0; k < row->nrefs; k++, rows++) {
             const struct row_ref *ref = &row->refs[k];

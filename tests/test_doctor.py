@@ -180,6 +180,27 @@ def test_outbox_readable_by_anon_exits_2(cluster, db, fake):
     assert doctor(cluster, fake)[1]["exposure"]["status"] == "ok"
 
 
+def test_missing_database_id_fails_objects_and_track_for_anon_fails_exposure(cluster, db, fake):
+    """Events need the database's identity (their event_id); sendry_track is never anon's."""
+    saved = db.scalar("SELECT value FROM public.sendry_sync_state WHERE key = 'database_id'")
+    try:
+        db.query("DELETE FROM public.sendry_sync_state WHERE key = 'database_id'")
+        db.query("GRANT EXECUTE ON FUNCTION public.sendry_track(text, uuid, jsonb, boolean) TO anon")
+        rc, checks, _ = doctor(cluster, fake)
+        assert rc == 2
+        o = checks["objects"]
+        assert o["status"] == "fail" and "sendry_event_id() fails" in o["detail"], o
+        assert "database_id" in o["detail"] and "database_id" in o["fix"], o
+        e = checks["exposure"]
+        assert e["status"] == "fail" and "anon: public.sendry_track(text, uuid, jsonb, boolean)" in e["detail"], e
+    finally:
+        db.query(f"INSERT INTO public.sendry_sync_state (key, value) VALUES ('database_id', '{saved}')"
+                 " ON CONFLICT (key) DO NOTHING")
+        cluster.install()
+    rc, checks, _ = doctor(cluster, fake)
+    assert states(checks)["objects"] == "ok" and states(checks)["exposure"] == "ok"
+
+
 def test_dead_rows_warn(cluster, db, fake):
     db.query("ALTER TABLE public.sendry_outbox SET (autovacuum_enabled = false)")
     try:

@@ -98,7 +98,11 @@ def gotrue_signup(conn, email, meta='{}'):
 
 
 def outbox_rows(cluster):
-    return cluster.query("SELECT o::text FROM public.sendry_outbox o ORDER BY id", user=SU)
+    """The outbox as schema version 2 had it (later versions add columns)."""
+    cols = ("id, op, user_id, email, payload, status, attempts, max_attempts, next_attempt_at, locked_by,"
+            " locked_until, last_http_status, last_error, created_at, updated_at, sent_at, old_email, class,"
+            " claim_id")
+    return cluster.query(f"SELECT ({cols})::text FROM public.sendry_outbox ORDER BY id", user=SU)
 
 
 def mapping_def(cluster):
@@ -237,8 +241,14 @@ def test_upgrade_from_v2_keeps_rows_and_mapping(pg, how):
     assert steps["migrations/0002_baseline.sql"][:2] == ["versioned", "recorded"]
     assert all(v[1] == "ran" for k, v in steps.items() if k.startswith("functions/"))
     assert pg.query("SELECT public.sendry_schema_version()") == [[VERSION]]
+    # Events (0005): off until the operator names one; the op CHECK widened and validated;
+    # the database's identity made once.
+    assert pg.query("SELECT events FROM sendry_settings") == [["{}"]]
+    assert pg.query("SELECT convalidated, pg_get_constraintdef(oid) LIKE '%event%' FROM pg_constraint"
+                    " WHERE conname = 'sendry_outbox_op_check'") == [["t", "t"]]
+    assert pg.query("SELECT count(*) FROM sendry_sync_state WHERE key = 'database_id'", user=SU) == [["1"]]
 
-    # Delivery still works, through the project's mapping.
+    # Delivery still works, through the project's mapping, and a sign-up emits no event.
     with connect(pg, "supabase_auth_admin") as gt:
         uid, _ = gotrue_signup(gt, "after@example.com", '{"first_name": "After"}')
     assert pg.query(f"SELECT payload->'metadata'->>'tier' FROM sendry_outbox WHERE user_id = '{uid}'") == \
@@ -304,8 +314,12 @@ def test_upgrade_under_signups_never_makes_a_signup_wait(pg, tmp_path):
     assert "deadlock detected" not in server_log(pg)
     steps = recorded(pg)
     assert "migrations/9000_test_outbox_lock.sql" in steps
-    attempts = pg.query("SELECT attempts FROM sendry_migrations WHERE name = 'migrations/9000_test_outbox_lock.sql'")
+    # The first step that needs ACCESS EXCLUSIVE on the outbox is the release's own 0005
+    # (the events columns): it is the one that waited for the reader, retrying.
+    attempts = pg.query("SELECT attempts FROM sendry_migrations WHERE name = 'migrations/0005_events.sql'")
     assert int(attempts[0][0]) > 1, "the step retried its lock"
+    assert pg.query("SELECT count(*) FROM information_schema.columns WHERE table_name = 'sendry_outbox'"
+                    " AND column_name = 'deduped'") == [["1"]]
     assert pg.query("SELECT count(*) FROM information_schema.columns WHERE table_name = 'sendry_outbox'"
                     " AND column_name = 'test_note'") == [["1"]]
     # Every sign-up made during the upgrade is in the outbox.
@@ -321,15 +335,19 @@ def test_upgrade_past_its_deadline_changes_nothing_of_the_step(pg, tmp_path):
     assert r.returncode == 3, r.stderr
     errors = [line for line in r.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1, r.stderr
-    assert "migrations/9000_test_outbox_lock.sql not applied (nothing of it changed)" in errors[0]
+    # The first step that needs ACCESS EXCLUSIVE on the outbox: the release's 0005.
+    assert "migrations/0005_events.sql not applied (nothing of it changed)" in errors[0]
     assert "public.sendry_outbox AccessShareLock by pid" in errors[0] and "lock_holder" in errors[0]
     assert took < 6, f"gave up at its deadline ({took:.1f} s)"
     for ld in loads:
         assert not ld.errors, f"{ld.kind}: {ld.errors[:3]}"
         assert max(ld.durations) < 0.25, f"a {ld.kind} waited {max(ld.durations) * 1000:.0f} ms"
-    assert "migrations/9000_test_outbox_lock.sql" not in recorded(pg)
-    assert pg.query("SELECT count(*) FROM information_schema.columns WHERE table_name = 'sendry_outbox'"
-                    " AND column_name = 'test_note'") == [["0"]]
+    steps = recorded(pg)
+    assert "migrations/0005_events.sql" not in steps and "migrations/9000_test_outbox_lock.sql" not in steps
+    # Nothing of 0005: not the settings column it adds before it waits for the outbox.
+    assert pg.query("SELECT count(*) FROM information_schema.columns WHERE table_name IN ('sendry_outbox', 'sendry_settings')"
+                    " AND column_name IN ('test_note', 'deduped', 'events')") == [["0"]]
+    assert pg.query("SELECT count(*) FROM public.sendry_sync_state WHERE key = 'database_id'", user=SU) == [["0"]]
     # The binary: one line, exit 1, the step named (here the outbox's triggers, the v2 ones).
     holder = LockHolder(pg, "public.sendry_outbox", "SHARE", 30)
     holder.start()
@@ -342,11 +360,12 @@ def test_upgrade_past_its_deadline_changes_nothing_of_the_step(pg, tmp_path):
     assert r.returncode == 1, r.stderr
     errors = [line for line in r.stderr.splitlines() if " error " in line]
     assert len(errors) == 1, r.stderr
-    assert "functions/outbox.sql failed, nothing of it applied" in errors[0]
+    assert "migrations/0005_events.sql failed, nothing of it applied" in errors[0]
     assert "ShareLock by pid" in errors[0], errors[0]
-    assert "functions/outbox.sql" not in recorded(pg)
+    assert "migrations/0005_events.sql" not in recorded(pg)
     r = migrate(pg)
-    assert r.returncode == 0 and "applied functions/outbox.sql" in r.stderr, r.stderr
+    assert r.returncode == 0 and "applied migrations/0005_events.sql" in r.stderr, r.stderr
+    assert "applied functions/outbox.sql" in r.stderr, r.stderr
 
 
 # --- (c) nothing pending: no lock, nothing recreated ----------------------------------
@@ -373,6 +392,23 @@ def test_rerun_with_nothing_pending_takes_no_lock(pg):
         holder.join(10)
     after = pg.query("SELECT tgname, oid, xmin FROM pg_trigger WHERE tgname LIKE 'sendry%' ORDER BY 1", user=SU)
     assert after == before, "a trigger was recreated"
+
+
+def test_an_outbox_dropped_by_hand_comes_back_whole(pg):
+    """The outbox dropped and `migrate` run again: the baseline makes the table again, and
+    the later steps that add its columns (0005's deduped) run again too, not skipped as
+    applied (the worker's completion would fail on a missing column that migrate says
+    nothing to do about)."""
+    assert migrate(pg).returncode == 0
+    pg.query("DROP TABLE public.sendry_outbox CASCADE", user=SU)
+    r = migrate(pg)
+    assert r.returncode == 0, r.stderr
+    assert "0005_events" in r.stderr, r.stderr
+    cols = {c for (c,) in pg.query("SELECT attname FROM pg_attribute WHERE attrelid = 'public.sendry_outbox'::regclass"
+                                   " AND attnum > 0 AND NOT attisdropped")}
+    assert {"deduped", "claim_id", "class", "old_email"} <= cols, cols
+    assert pg.query("SELECT pg_get_constraintdef(oid) LIKE '%event%' FROM pg_constraint"
+                    " WHERE conname = 'sendry_outbox_op_check'") == [['t']]
 
 
 # --- (d) two migrators at once ---------------------------------------------------------

@@ -2,7 +2,7 @@
 -- time through public.sendry_migrate_step. Logged in as postgres; rolled back.
 BEGIN;
 SET LOCAL sendry.migrate_quiet = 'on';
-SELECT plan(19);
+SELECT plan(22);
 
 SELECT has_table('public', 'sendry_migrations', 'table public.sendry_migrations exists');
 SELECT has_table('public', 'sendry_migrate_triggers', 'table public.sendry_migrate_triggers exists');
@@ -62,6 +62,15 @@ SELECT is(public.sendry_migrate_missing($$SELECT public.sendry_migrate_trigger('
           'and a disabled trigger');
 SELECT is(public.sendry_migrate_missing('CREATE INDEX IF NOT EXISTS sendry_outbox_claim_idx ON public.sendry_outbox'),
           NULL, 'nothing when all is there');
+-- A column a versioned step adds, missing from the table an earlier step made again (the
+-- outbox dropped by hand and installed again): the step is applied again.
+SELECT is(public.sendry_migrate_missing(E'ALTER TABLE public.sendry_outbox\n    ADD COLUMN deduped boolean'),
+          NULL, 'a column that is there');
+ALTER TABLE public.sendry_outbox DROP COLUMN deduped;
+SELECT is(public.sendry_migrate_missing(E'ALTER TABLE public.sendry_outbox\n    ADD COLUMN deduped boolean'),
+          'column public.sendry_outbox.deduped', 'names a column a step adds that is missing');
+SELECT is(public.sendry_migrate_missing('ALTER TABLE public.sendry_outbox ADD COLUMN IF NOT EXISTS deduped boolean'),
+          'column public.sendry_outbox.deduped', 'written with IF NOT EXISTS too');
 SELECT throws_like($$SELECT public.sendry_migrate_step('versioned', 'migrations/x.sql', 'SELECT 1')$$,
                    '%not named migrations/NNNN_name.sql%', 'a versioned step needs a number');
 

@@ -5,7 +5,7 @@
 -- authenticated have USAGE and EXECUTE, so only the sendry_* objects can deny.
 \connect - authenticator
 BEGIN;
-SELECT plan(200);
+SELECT plan(206);
 
 SELECT is(current_user::text, 'authenticator', 'logged in as authenticator, like PostgREST');
 SELECT throws_ok('SELECT * FROM public.sendry_outbox', '42501', 'permission denied for table sendry_outbox',
@@ -229,6 +229,27 @@ SELECT is(ARRAY(SELECT relname::text FROM pg_class WHERE relnamespace = 'public'
           'the ACL check above saw the ten tables, the three views and the three sequences');
 SELECT is((SELECT count(*)::int FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'sendry%'),
           34, 'the ACL check above saw the thirty-four functions');
+
+-- The application's events: PostgREST would serve sendry_track as /rest/v1/rpc/sendry_track
+-- to every visitor; only service_role (the server-side key) may call it.
+SET ROLE anon;
+SELECT throws_ok($$SELECT public.sendry_track('x', '00000000-0000-4000-8000-000000000001')$$, '42501',
+                 'permission denied for function sendry_track', 'anon: EXECUTE sendry_track is denied');
+SELECT throws_ok($$SELECT public.sendry_track_email('x', 'victim@example.com')$$, '42501',
+                 'permission denied for function sendry_track_email', 'anon: EXECUTE sendry_track_email is denied');
+SELECT throws_ok('SELECT public.sendry_event_id(1)', '42501',
+                 'permission denied for function sendry_event_id', 'anon: EXECUTE sendry_event_id is denied');
+RESET ROLE;
+SET ROLE authenticated;
+SELECT throws_ok($$SELECT public.sendry_track('x', '00000000-0000-4000-8000-000000000001')$$, '42501',
+                 'permission denied for function sendry_track', 'authenticated: EXECUTE sendry_track is denied');
+SELECT throws_ok($$SELECT public.sendry_track_email('x', 'victim@example.com')$$, '42501',
+                 'permission denied for function sendry_track_email', 'authenticated: EXECUTE sendry_track_email is denied');
+RESET ROLE;
+SET ROLE service_role;
+SELECT ok(public.sendry_track_email('x', 'lead@example.com') > 0,
+          'service_role may call sendry_track_email (its write is rolled back with this file)');
+RESET ROLE;
 
 SELECT * FROM finish();
 ROLLBACK;
