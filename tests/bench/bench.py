@@ -462,13 +462,6 @@ class Side:
             self.sql("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (pids,), user=ADMIN)
             wait_gone(pids)
         self.sql("DROP TABLE IF EXISTS public.sendry_outbox CASCADE")
-        # The versioned steps after the baseline changed the outbox (0005: the op 'event',
-        # the column deduped) and are recorded as applied: forget them so that they run
-        # again on the new table (each is idempotent). A checkout without the table
-        # sendry_migrations (before versioned migrations) has nothing to forget.
-        self.sql("DO $$ BEGIN IF to_regclass('public.sendry_migrations') IS NOT NULL THEN"
-                 " DELETE FROM public.sendry_migrations WHERE kind = 'versioned' AND version > 2;"
-                 " END IF; END $$")
         self.cluster.psql("-f", self.install_sql)
 
     def backfill(self, n):
