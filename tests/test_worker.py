@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import threading
 import time
 
@@ -21,7 +22,7 @@ import pytest
 
 from conftest import (API_KEY, AUDIENCE, BIN, ROOT, T, import_requests, pgharness, start_daemon,
                       wait_until)
-from test_lifecycle import start_listener
+from test_lifecycle import SECRET, Hook, free_port, start_listener
 
 # Timeouts generous enough for the ASan build on a small machine.
 SECRET_KEY = "sn_test_Zq7SecretKeyNeverLogged4242"
@@ -578,6 +579,26 @@ def test_key_with_the_events_scope_logs_nothing(db, fake, workers):
     hook.worker.wait_log(r"debug\s+the API key may send events \(GET /v1/events: HTTP 200\)", T)
     assert events_scope_gauge(hook) == "0"
     assert "scope for events" not in hook.worker.log()
+
+
+def test_the_events_scope_is_asked_again_after_the_key_changes(db, fake, workers, tmp_path):
+    """SIGHUP with a new key in SENDRY_API_KEY_FILE: the probe runs again, and the gauge
+    follows the new key."""
+    fake.no_events_key = "sn_test_no_events_0001"
+    key_file = tmp_path / "sendry.key"
+    key_file.write_text("sn_test_no_events_0001\n")
+    port = free_port()
+    w = start_daemon(workers, "--listen", f"127.0.0.1:{port}", "--reconcile-interval", "0",
+                     env={"SENDRY_API_KEY": None, "SENDRY_API_KEY_FILE": str(key_file),
+                          "SENDRY_WEBHOOK_SECRET": SECRET})
+    hook = Hook(w, port)
+    w.wait_log(EVENTS_SCOPE_LINE, T)
+    assert events_scope_gauge(hook) == "1"
+    key_file.write_text(API_KEY + "\n")
+    w.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: events_scope_gauge(hook) == "0", T, "the gauge after the new key's probe")
+    assert len(fake.requests_matching("GET", "/v1/events")) == 2
+    assert len([x for x in w.lines() if re.search(EVENTS_SCOPE_LINE, x)]) == 1
 
 
 def test_an_event_refused_for_its_scope_says_so(db, fake, workers):
