@@ -1093,13 +1093,16 @@ DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions
 -- (made once by migration 0005) and the row's id. The same for the row for ever, so a
 -- retry, a crash after sending, a takeover or a requeue sends the same event_id and
 -- Sendry answers the original event (deduped) instead of starting an automation again.
--- Called by the worker's claim for its event rows (one primary-key probe). An error,
+-- Called by the worker's claim for its event rows (one primary-key probe), as the owner
+-- (SECURITY DEFINER: a worker role of its own needs EXECUTE on it, not the state table,
+-- whose row level security would hide the row and lose the dedupe). An error,
 -- never a NULL, when the database_id row is gone: events would lose their dedupe.
 CREATE OR REPLACE FUNCTION public.sendry_event_id(p_id bigint)
 RETURNS text
 LANGUAGE plpgsql
 STABLE
 PARALLEL SAFE
+SECURITY DEFINER
 SET search_path = ''
 AS $$
 DECLARE

@@ -198,14 +198,16 @@ void doctor_check_objects(struct doctor *d, struct check *c)
         return;
     }
     doctor_value(d, "SELECT has_table_privilege('public.sendry_outbox', 'SELECT')"
-                    " AND has_table_privilege('public.sendry_outbox', 'UPDATE')", 0, NULL, rights,
+                    " AND has_table_privilege('public.sendry_outbox', 'UPDATE')"
+                    " AND has_function_privilege('public.sendry_event_id(bigint)', 'EXECUTE')", 0, NULL, rights,
                  sizeof rights);
     if (rights[0] != 't') {
         doctor_report(c, CHECK_FAIL, "role %s lacks the SELECT and UPDATE privileges on "
-                      "public.sendry_outbox: every claim would fail with \"permission denied\"",
-                      PQuser(d->conn));
+                      "public.sendry_outbox or EXECUTE on public.sendry_event_id(bigint): every claim would "
+                      "fail with \"permission denied\"", PQuser(d->conn));
         doctor_fix(c, "connect as the owner of the outbox (postgres in Supabase), or GRANT SELECT, UPDATE "
-                      "ON public.sendry_outbox TO %s (and BYPASSRLS or a policy: RLS is on)", PQuser(d->conn));
+                      "ON public.sendry_outbox TO %s; GRANT EXECUTE ON FUNCTION public.sendry_event_id(bigint) "
+                      "TO %s (and BYPASSRLS or a policy: RLS is on)", PQuser(d->conn), PQuser(d->conn));
         return;
     }
     /* RLS is on and has no policy: a role that neither owns the table nor bypasses RLS
@@ -226,8 +228,8 @@ void doctor_check_objects(struct doctor *d, struct check *c)
     char event_id[512] = "";
     if (!doctor_value(d, "SELECT public.sendry_event_id(0)", 0, NULL, event_id, sizeof event_id)) {
         doctor_report(c, CHECK_FAIL, "public.sendry_event_id() fails, so no event can be sent: %s", event_id);
-        doctor_fix(c, "restore the row database_id of public.sendry_sync_state from a backup, or GRANT "
-                      "SELECT ON public.sendry_sync_state TO %s", PQuser(d->conn));
+        doctor_fix(c, "restore the row database_id of public.sendry_sync_state from a backup (see "
+                      "docs/sql.md: a new one only if no event was ever sent)");
         return;
     }
     doctor_report(c, CHECK_OK, "the tables, the stats view and the functions exist; role %s may use "

@@ -178,7 +178,8 @@ def norights(ldb):
     ldb.query(f"DROP ROLE {NORIGHTS}", user=su)
 
 
-GRANT = f"GRANT SELECT, UPDATE ON public.sendry_outbox TO {NORIGHTS}"
+GRANT = (f"GRANT SELECT, UPDATE ON public.sendry_outbox TO {NORIGHTS}; "
+         f"GRANT EXECUTE ON FUNCTION public.sendry_event_id(bigint) TO {NORIGHTS}")
 
 
 def test_a_role_without_rights_on_the_outbox_makes_once_exit_1(ldb, fake, workers, norights):

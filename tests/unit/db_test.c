@@ -254,7 +254,8 @@ int main(void)
     CHECK(fault_of(timed, "DO $$ BEGIN RAISE insufficient_privilege USING MESSAGE = 'permission denied for "
                           "table sendry_outbox'; END $$") == DB_FAULT_PRIVILEGE);
     CHECK(strstr(described, "permission denied for table sendry_outbox (SQLSTATE 42501)") &&
-          strstr(described, "GRANT SELECT, UPDATE ON public.sendry_outbox TO worker_role"));
+          strstr(described, "GRANT SELECT, UPDATE ON public.sendry_outbox TO worker_role; GRANT EXECUTE ON "
+                                    "FUNCTION public.sendry_event_id(bigint) TO worker_role"));
     CHECK(fault_of(timed, "DO $$ BEGIN RAISE object_not_in_prerequisite_state USING MESSAGE = 'no database_id',"
                           " HINT = 'restore the row'; END $$") == DB_FAULT_STATE);
     CHECK(strstr(described, "no database_id (SQLSTATE 55000); fix: restore the row"));
