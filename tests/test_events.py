@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from conftest import INSTANCE_ID, T, import_requests, start_daemon, wait_until
+from conftest import API_KEY, INSTANCE_ID, T, import_requests, start_daemon, wait_until
 from test_lifecycle import start_listener
 
 EVENTS = "/v1/events"
@@ -569,3 +569,48 @@ def test_a_deleted_database_id_makes_once_exit_1_with_the_fix(edb, fake, workers
         assert event_requests(fake) == []
     finally:
         db.query("INSERT INTO public.sendry_sync_state (key, value) VALUES ('database_id', %s)", (kept,))
+
+
+# --- the budget and the stop rule ---------------------------------------------------------------
+
+def test_a_live_event_goes_before_a_backlog_of_bulk_events(edb, fake, workers):
+    """200 bulk event rows (as backfill --events writes them) drain at --rate 5 (about
+    40 s); a sign-up made once they are going has its contact and user.signed_up sent
+    next, ahead of the bulk events still waiting (each event is one request of the key's
+    budget)."""
+    db = edb
+    emails = db.signup_many(200, prefix="bulkev")
+    db.query("INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)"
+             " SELECT 'bulk', 'event', id, lower(email), jsonb_build_object('name', 'user.signed_up',"
+             "        'payload', jsonb_build_object('user_id', id::text))"
+             " FROM auth.users WHERE email LIKE 'bulkev%' ORDER BY email")
+    db.query("DELETE FROM public.sendry_outbox WHERE op <> 'event'")   # the contacts are there already
+    set_events(db, ["user.signed_up"])
+    start_daemon(workers, "--rate", "5", "--reconcile-interval", "0")
+    wait_until(lambda: len(event_requests(fake)) >= 3, T, "the bulk events going out")
+    gotrue_signup(db, "live-one@example.com")
+    wait_until(lambda: request_index(fake, event_sent("user.signed_up", "live-one@example.com")) is not None,
+               T, "the live event sent")
+    names = [r["json"].get("contact_email") for r in event_requests(fake)]
+    at = names.index("live-one@example.com")
+    assert at < 40, f"the live event was request {at} of the events, behind {at} bulk ones"
+    assert db.scalar("SELECT count(*) FROM public.sendry_outbox WHERE class = 'bulk'"
+                     " AND status IN ('pending', 'processing')") > 100, "most bulk events still to go"
+
+
+def test_a_403_on_an_event_stops_sending_and_keeps_the_row(edb, fake, workers):
+    """The key lacks the scope for events: the event's 403 stops all sending (as for
+    contacts: retrying cannot help), the row stays pending with its attempt not counted,
+    and the cause names the events scope."""
+    db = edb
+    fake.api_key, fake.no_events_key = "sn_test_another_key", API_KEY
+    uid = db.signup("scoped@example.com")
+    track(db, "trial_started", uid)
+    hook = start_listener(workers)
+    w = hook.worker
+    w.wait_log(r"sending stopped: the API key lacks the scope for events", T)
+    row = [r for r in event_rows(db)][0]
+    assert row["status"] == "pending" and row["attempts"] == 0, row
+    assert fake.events_json() == []
+    _, text = hook.get("/metrics")
+    assert metric(text, "sendry_sync_sending_stopped") == 1, text
