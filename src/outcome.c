@@ -116,8 +116,10 @@ static void on_sent(struct outcome_env *env, struct job *job, const struct http_
     chain_after(env, row, CHAIN_GO, 0, NULL);
     complete_event_sent(env->complete, row, http, deduped);
     count_event(row, deduped ? "deduped" : "sent");
+    char name[256];
     if (deduped)
-        log_info("event %lld (%s) was already at Sendry (deduped by its event_id)", row->id, row->event_name);
+        log_info("event %lld (%s) was already at Sendry (deduped by its event_id)", row->id,
+                 log_text(row->event_name, name, sizeof name));
 }
 
 /* A row gives up on its own transient failures only when it has had its attempts and
