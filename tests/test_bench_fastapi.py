@@ -56,14 +56,19 @@ def test_answers_counts_and_logs(start_fake):
     assert request(conn, "DELETE", "/v1/contacts/ct_1") == (200, {"Content-Type": "application/json",
                                                                   "Content-Length": "2"}, {})
     assert request(conn, "GET", "/v1/unsubscribes?limit=100")[2]["data"] == []
-    assert fake.stats() == {"requests": 5, "imports": 1, "creates": 1, "audiences": 1, "other": 2,
-                            "contacts": 4, "status_429": 0}
+    status, _, body = request(conn, "POST", "/v1/events", {"name": "user.signed_up", "event_id": "ss-x-1",
+                                                          "contact_email": "one@example.com", "payload": {}})
+    assert status == 200 and body["id"].startswith("evt_") and body["triggered_runs"] == 0, body
+    assert fake.stats() == {"requests": 6, "imports": 1, "creates": 1, "audiences": 1, "other": 2,
+                            "contacts": 4, "status_429": 0, "events": 1}
     fake.stop()
-    assert [(st, n, path) for _, st, n, path in fake.requests()] == [
-        (200, 0, "/v1/audiences/aud_test"), (200, 3, "/v1/contacts/import"), (201, 1, "/v1/contacts"),
-        (200, 0, "/v1/contacts/ct_1"), (200, 0, "/v1/unsubscribes")]
+    assert [(st, path) for _, st, _, path in fake.requests()] == [
+        (200, "/v1/audiences/aud_test"), (200, "/v1/contacts/import"), (201, "/v1/contacts"),
+        (200, "/v1/contacts/ct_1"), (200, "/v1/unsubscribes"), (200, "/v1/events")]
+    assert [n for _, _, n, _ in fake.requests()][:5] == [0, 3, 1, 0, 0]
     arrivals = fake.arrivals()
-    assert sorted(arrivals) == ["one@example.com", "u0@example.com", "u1@example.com", "u2@example.com"]
+    assert sorted(arrivals) == ["event:one@example.com", "one@example.com", "u0@example.com", "u1@example.com",
+                                "u2@example.com"]   # an event's arrival is logged as event:<contact_email>
     assert abs(arrivals["u0@example.com"] - time.time()) < 60    # CLOCK_REALTIME
 
 
