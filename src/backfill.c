@@ -102,15 +102,17 @@ static bool step(PGconn *conn, const struct config *cfg, struct walk *w, int *st
 }
 
 /* One chunk of the dry run, read-only; false when the walk is over (or failed). */
-static bool dry_step(PGconn *conn, const struct config *cfg, struct walk *w, int *status)
+bool backfill_chunk(PGconn *conn, const struct config *cfg, struct walk *w, const char *sql,
+                    int nparams, const char **params, int *status)
 {
     char chunk[16];
     snprintf(chunk, sizeof chunk, "%d", cfg->chunk_size);
-    const char *params[2] = {w->after[0] ? w->after : NULL, chunk};
-    PGresult *res = PQexecParams(conn, DRY_STEP_SQL, 2, NULL, params, NULL, NULL, 0);
+    params[0] = w->after[0] ? w->after : NULL;
+    params[1] = chunk;
+    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         char line[768];
-        log_error("%s --dry-run: %s", w->what, dbsync_result_error(res, line, sizeof line));
+        log_error("%s%s: %s", w->what, w->dry ? " --dry-run" : "", dbsync_result_error(res, line, sizeof line));
         PQclear(res);
         *status = 1;
         return false;
@@ -118,13 +120,20 @@ static bool dry_step(PGconn *conn, const struct config *cfg, struct walk *w, int
     long long examined = atoll(PQgetvalue(res, 0, 0));
     w->examined += examined;
     w->enqueued += atoll(PQgetvalue(res, 0, 2));
-    w->failed += atoll(PQgetvalue(res, 0, 3));
+    if (PQnfields(res) > 3)
+        w->failed += atoll(PQgetvalue(res, 0, 3));
     if (!PQgetisnull(res, 0, 1))
         snprintf(w->after, sizeof w->after, "%s", PQgetvalue(res, 0, 1));
     PQclear(res);
     bool more = examined == cfg->chunk_size;
     backfill_show(w, !more);
     return more;
+}
+
+static bool dry_step(PGconn *conn, const struct config *cfg, struct walk *w, int *status)
+{
+    const char *params[2];
+    return backfill_chunk(conn, cfg, w, DRY_STEP_SQL, 2, params, status);
 }
 
 int backfill_walk(PGconn *conn, const struct config *cfg, struct walk *w, backfill_step_fn *next)

@@ -74,26 +74,8 @@ static char started_at[64];
 
 static bool step(PGconn *conn, const struct config *cfg, struct walk *w, int *status)
 {
-    char chunk[16];
-    snprintf(chunk, sizeof chunk, "%d", cfg->chunk_size);
-    const char *params[3] = {w->after[0] ? w->after : NULL, chunk, started_at};
-    PGresult *res = PQexecParams(conn, w->dry ? DRY_STEP_SQL : STEP_SQL, 3, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        char line[768];
-        log_error("%s: %s", w->what, dbsync_result_error(res, line, sizeof line));
-        PQclear(res);
-        *status = 1;
-        return false;
-    }
-    long long examined = atoll(PQgetvalue(res, 0, 0));
-    w->examined += examined;
-    w->enqueued += atoll(PQgetvalue(res, 0, 2));
-    if (!PQgetisnull(res, 0, 1))
-        snprintf(w->after, sizeof w->after, "%s", PQgetvalue(res, 0, 1));
-    PQclear(res);
-    bool more = examined == cfg->chunk_size;
-    backfill_show(w, !more);
-    return more;
+    const char *params[3] = {NULL, NULL, started_at};
+    return backfill_chunk(conn, cfg, w, w->dry ? DRY_STEP_SQL : STEP_SQL, 3, params, status);
 }
 
 static bool exec(PGconn *conn, const char *sql, char *err, size_t errsize)

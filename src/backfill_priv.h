@@ -25,6 +25,12 @@ struct walk {
 /* One chunk; false when the walk is over (or failed: *status set). */
 typedef bool backfill_step_fn(PGconn *conn, const struct config *cfg, struct walk *w, int *status);
 
+/* Runs one chunk statement ($1 the last id examined or NULL, $2 the chunk size, then
+ * params[2..]) whose one row is (examined, the last id, enqueued[, failed]), and adds it
+ * to the walk; false when the walk is over, or the statement failed (logged, *status 1). */
+bool backfill_chunk(PGconn *conn, const struct config *cfg, struct walk *w, const char *sql,
+                    int nparams, const char **params, int *status);
+
 double backfill_now(void);                       /* a monotonic clock, in s */
 void backfill_show(struct walk *w, bool last);   /* the progress */
 /* Steps until the walk is over, interrupted (1: run it again to go on) or failed (1). */
