@@ -438,6 +438,9 @@ def start_listener(workers, *flags, secret=SECRET):
     w = start_daemon(workers, "--listen", f"127.0.0.1:{port}", "--reconcile-interval", "0", *flags,
                      env={"SENDRY_WEBHOOK_SECRET": secret})
     w.wait_log(r"listening on", T)
+    # Webhooks go to the aux connection: until it is up they are answered 503 (Sendry
+    # redelivers), which a test of what a webhook does must not race with.
+    w.wait_log(r"db: connected \(aux connection", T)
     return Hook(w, port)
 
 
