@@ -283,6 +283,14 @@ def budget_plans(pg):
     return {"take": nested_plans(pg, take)[0], "pause": nested_plans(pg, pause)[0]}
 
 
+def track_plans(pg):
+    """The plans of every statement sendry_track runs for a user among 1M (the application
+    calls it inside its own transactions: the user's address, the outbox row, its event id)."""
+    uid = pg.query("SELECT id FROM auth.users WHERE email = 'user500001@example.com'")[0][0]
+    return nested_plans(pg, f"SELECT public.sendry_track('trial_started', '{uid}', '{{\"plan\": \"pro\"}}')"
+                            f", public.sendry_event_id(1)")
+
+
 # --- the fixture: the same tables under each state of the statistics ------------------------
 
 @pytest.fixture(scope="module")
@@ -316,6 +324,7 @@ def plans():
                           for name, src, var, params, want in statements(pg)}
             inbox[state] = {case: inbox_plans(pg, email) for case, email, _ in INBOX_CASES}
             inbox[state]["budget"] = budget_plans(pg)
+            inbox[state]["track"] = track_plans(pg)
             read[state] = {name: (rows_read(explain_analyze(pg, c_statement(src, var), params)), most)
                            for name, src, var, params, most in CAPPED}
             # a prune step half-way through its walk: its 1000 rows, each looked at about
@@ -382,6 +391,19 @@ def test_inbox_lookup_uses_an_index(plans, state, case, email, result):
         assert "sendry_contact_state_email_idx" in used, f"{case}, {state}: {used}"
     if case == "an SSO user":   # and each candidate by primary key
         assert "users_pkey" in used, f"{case}, {state}: {used}"
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_track_finds_its_user_by_key(plans, state):
+    """sendry_track at 1M users and a 2M-row outbox: its user by primary key, nothing of a
+    big table read otherwise (and sendry_event_id, which the claim calls, by key too)."""
+    found, got = plans[1][state]["track"]
+    assert re.fullmatch(r"\d+\|ss-[0-9a-f-]{36}-1", got), got
+    lookups = [(q, p) for q, p in found if "auth.users" in q]
+    assert lookups, f"the user's lookup was not seen: {[q for q, _ in found]}"
+    for q, p in found:
+        assert not problems(p), f"{state}: {problems(p)}\n{q}"
+    assert all("users_pkey" in indexes(p) for _, p in lookups), [indexes(p) for _, p in lookups]
 
 
 @pytest.mark.parametrize("state", STATES)
