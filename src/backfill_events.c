@@ -78,21 +78,11 @@ static bool step(PGconn *conn, const struct config *cfg, struct walk *w, int *st
     return backfill_chunk(conn, cfg, w, w->dry ? DRY_STEP_SQL : STEP_SQL, 3, params, status);
 }
 
-static bool exec(PGconn *conn, const char *sql, char *err, size_t errsize)
-{
-    PGresult *res = PQexec(conn, sql);
-    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        dbsync_result_error(res, err, errsize);
-    PQclear(res);
-    return ok;
-}
-
 /* The users that have a user.signed_up event row already, and the run's start. */
 static bool prepare(PGconn *conn, const char *what)
 {
     char err[768];
-    if (!exec(conn, SEEN_SQL, err, sizeof err) || !exec(conn, SEEN_INDEX_SQL, err, sizeof err)) {
+    if (!dbsync_exec(conn, SEEN_SQL, err, sizeof err) || !dbsync_exec(conn, SEEN_INDEX_SQL, err, sizeof err)) {
         log_error("%s: cannot read the user.signed_up events already enqueued: %s (is the schema at "
                   "version 5? sendry-sync migrate)", what, err);
         return false;

@@ -82,6 +82,27 @@ PGconn *dbsync_connect(const char *conninfo, const char *appname, int timeout_s,
     return conn;
 }
 
+bool dbsync_exec(PGconn *conn, const char *sql, char *err, size_t errsize)
+{
+    PGresult *res = PQexec(conn, sql);
+    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        dbsync_result_error(res, err, errsize);
+    PQclear(res);
+    return ok;
+}
+
+PGresult *dbsync_rows(PGconn *conn, const char *sql, int nparams, const char *const *params, char *err,
+                      size_t errsize)
+{
+    PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        return res;
+    dbsync_result_error(res, err, errsize);
+    PQclear(res);
+    return NULL;
+}
+
 bool dbsync_scalar(PGconn *conn, const char *sql, int nparams, const char *const *params,
                   char *out, size_t outsize)
 {

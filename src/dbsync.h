@@ -38,6 +38,14 @@ const char *dbsync_error(const char *msg, char *buf, size_t bufsize);
  * ..."), without libpq's "ERROR:" prefix; the whole text if it has none. */
 const char *dbsync_result_error(const PGresult *res, char *buf, size_t bufsize);
 
+/* A statement that returns no rows: true, or false with the one-line error in err. */
+bool dbsync_exec(PGconn *conn, const char *sql, char *err, size_t errsize);
+
+/* A query with optional text parameters that returns rows: its result (the caller
+ * PQclears it), or NULL with the one-line error in err. */
+PGresult *dbsync_rows(PGconn *conn, const char *sql, int nparams, const char *const *params, char *err,
+                      size_t errsize);
+
 /* A one-row, one-column query with optional text parameters: the value copied into
  * out (the empty string for NULL). Returns false with the one-line error in out. */
 bool dbsync_scalar(PGconn *conn, const char *sql, int nparams, const char *const *params,

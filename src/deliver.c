@@ -1,5 +1,6 @@
 #include "deliver.h"
 
+#include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,18 +249,16 @@ void deliver_pump(struct deliverer *d)
 }
 
 /* The next links of chains whose row before them was settled: each its own job, first
- * in its queue (its user's rows are held; it is part of a claim already under way). */
+ * in its queue (its user's rows are held; it is part of a claim already under way). A
+ * link after the first is an event or a deletion (claim.c's chain_of): never a shared
+ * import. */
 static void follow_chains(struct deliverer *d, struct outcome_env *env)
 {
     for (size_t i = 0; i < env->nnext; i++) {
         struct row *row = env->next[i];
+        assert(row->op == OP_EVENT || row->op == OP_DELETE);
         struct job *job = job_for_row(row, d->cfg);
-        if (!job) {
-            job = job_new(d->cfg->mode == MODE_IMPORT ? REQ_IMPORT : REQ_CREATE, 1);
-            job->shared = true;
-            job_set_audience(job, row->naudiences ? row->audiences[0] : NULL);
-            job_add(job, row);
-        }
+        assert(job);
         if (d->draining)
             release_job(d, job);
         else

@@ -86,16 +86,6 @@ static bool await_notify(PGconn *conn, const char *channel, int ms)
     }
 }
 
-static bool exec_ok(PGconn *conn, const char *sql, char *err, size_t errsize)
-{
-    PGresult *res = PQexec(conn, sql);
-    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (!ok)
-        dbsync_result_error(res, err, errsize);
-    PQclear(res);
-    return ok;
-}
-
 /* LISTEN on one connection, NOTIFY from another, as the worker and the triggers do. */
 void doctor_check_notify(struct doctor *d, struct check *c)
 {
@@ -107,9 +97,9 @@ void doctor_check_notify(struct doctor *d, struct check *c)
     PGconn *sender = listener ? dbsync_connect(d->cfg->database_url, "sendry-sync doctor", 10, err,
                                                sizeof err) : NULL;
     snprintf(sql, sizeof sql, "LISTEN %s", channel);
-    bool sent = sender && exec_ok(listener, sql, err, sizeof err);
+    bool sent = sender && dbsync_exec(listener, sql, err, sizeof err);
     snprintf(sql, sizeof sql, "NOTIFY %s, 'doctor'", channel);
-    sent = sent && exec_ok(sender, sql, err, sizeof err);
+    sent = sent && dbsync_exec(sender, sql, err, sizeof err);
     if (!sent) {
         doctor_report(c, CHECK_FAIL, "LISTEN/NOTIFY could not be tried: %s", err);
         doctor_fix(c, "the worker needs LISTEN and NOTIFY on this connection; check DATABASE_URL");

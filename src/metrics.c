@@ -223,16 +223,23 @@ static void render_claims(struct buf *b)
     put(b, "sendry_sync_claim_batch_rows_count %llu\n", metrics.claim_count);
 }
 
+/* One sample per (label, result) slot of a table. */
+static void render_slots(struct buf *b, const char *metric, const char *label,
+                         const struct metrics_webhook_slot *slot, size_t used)
+{
+    for (size_t i = 0; i < used; i++) {
+        put(b, "%s{%s=\"", metric, label);
+        put_label(b, slot[i].type);
+        put(b, "\",result=\"");
+        put_label(b, slot[i].result);
+        put(b, "\"} %llu\n", slot[i].count);
+    }
+}
+
 static void render_webhooks(struct buf *b)
 {
     header(b, "webhook_events_total", "counter", "Webhook requests received, by event type and result.");
-    for (size_t i = 0; i < metrics.webhook_used; i++) {
-        put(b, "sendry_sync_webhook_events_total{type=\"");
-        put_label(b, metrics.webhook[i].type);
-        put(b, "\",result=\"");
-        put_label(b, metrics.webhook[i].result);
-        put(b, "\"} %llu\n", metrics.webhook[i].count);
-    }
+    render_slots(b, "sendry_sync_webhook_events_total", "type", metrics.webhook, metrics.webhook_used);
     header(b, "webhook_events_unrecorded_total", "counter",
            "Webhook requests not counted by type because the label table was full.");
     put(b, "sendry_sync_webhook_events_unrecorded_total %llu\n", metrics.webhook_unrecorded);
@@ -250,13 +257,7 @@ static void render_events(struct buf *b)
 {
     header(b, "events_total", "counter",
            "Events (POST /v1/events) settled, by name and result (sent, deduped, failed, retried).");
-    for (size_t i = 0; i < metrics.event_used; i++) {
-        put(b, "sendry_sync_events_total{name=\"");
-        put_label(b, metrics.event[i].type);
-        put(b, "\",result=\"");
-        put_label(b, metrics.event[i].result);
-        put(b, "\"} %llu\n", metrics.event[i].count);
-    }
+    render_slots(b, "sendry_sync_events_total", "name", metrics.event, metrics.event_used);
     header(b, "events_unrecorded_total", "counter",
            "Events not counted by name because the label table was full.");
     put(b, "sendry_sync_events_unrecorded_total %llu\n", metrics.event_unrecorded);

@@ -115,16 +115,6 @@ static const char OLDEST_SQL[] =
 
 /* ---- queries into one JSON object ---------------------------------------------------- */
 
-static PGresult *run(PGconn *conn, const char *sql, const char *param, char *err, size_t errsize)
-{
-    PGresult *res = PQexecParams(conn, sql, 1, NULL, &param, NULL, NULL, 0);
-    if (PQresultStatus(res) == PGRES_TUPLES_OK)
-        return res;
-    dbsync_result_error(res, err, errsize);
-    PQclear(res);
-    return NULL;
-}
-
 /* A number column as a JSON integer or double; NULL as null. */
 static json_object *num(const PGresult *res, int row, int col)
 {
@@ -242,7 +232,7 @@ static json_object *collect(PGconn *conn, char *err, size_t errsize)
     PGresult *res[N] = {0};
     json_object *out = NULL;
     for (int i = 0; i < N; i++)
-        if (!(res[i] = run(conn, sqls[i], params[i], err, errsize)))
+        if (!(res[i] = dbsync_rows(conn, sqls[i], 1, &params[i], err, errsize)))
             goto done;
     if (PQntuples(res[0]) != 1 || PQntuples(res[2]) != 1) {
         snprintf(err, errsize, "public.sendry_outbox: no figures returned");

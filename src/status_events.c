@@ -38,16 +38,6 @@ static const char EVENTS_SENT_SQL[] =
     " FROM public.sendry_outbox o TABLESAMPLE SYSTEM ((SELECT pct FROM s))"
     " WHERE o.status = 'sent' AND o.op = 'event' GROUP BY 1 ORDER BY 1 LIMIT 51";
 
-static PGresult *run(PGconn *conn, const char *sql, const char *param, char *err, size_t errsize)
-{
-    PGresult *res = PQexecParams(conn, sql, 1, NULL, &param, NULL, NULL, 0);
-    if (PQresultStatus(res) == PGRES_TUPLES_OK)
-        return res;
-    dbsync_result_error(res, err, errsize);
-    PQclear(res);
-    return NULL;
-}
-
 static json_object *entry(json_object *by_name, const char *name)
 {
     json_object *e = NULL;
@@ -79,8 +69,8 @@ static int by_name(const void *a, const void *b)
 json_object *status_events_collect(PGconn *conn, const char *count_cap, const char *sample_pages,
                                    double sampled_percent, bool *more, char *err, size_t errsize)
 {
-    PGresult *counts = run(conn, EVENTS_SQL, count_cap, err, errsize), *sent = NULL;
-    if (!counts || !(sent = run(conn, EVENTS_SENT_SQL, sample_pages, err, errsize))) {
+    PGresult *counts = dbsync_rows(conn, EVENTS_SQL, 1, &count_cap, err, errsize), *sent = NULL;
+    if (!counts || !(sent = dbsync_rows(conn, EVENTS_SENT_SQL, 1, &sample_pages, err, errsize))) {
         PQclear(counts);
         return NULL;
     }

@@ -109,23 +109,14 @@ END
 $$;
 
 -- Who may call it: not PUBLIC, anon or authenticated (PostgREST would serve it to every
--- visitor as /rest/v1/rpc/sendry_track_email); service_role where it exists (Supabase's
--- server-side key). GRANT it to your own roles as you need.
+-- visitor as /rest/v1/rpc/sendry_track_email: the step runner's sendry_migrate_lockdown
+-- takes every sendry_* function from them after each step); service_role where it exists
+-- (Supabase's server-side key). GRANT it to your own roles as you need.
 REVOKE ALL ON FUNCTION public.sendry_track_email(text, text, jsonb, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION public.sendry_enqueue_event(text, uuid, text, text, jsonb, text, boolean) FROM PUBLIC;
-DO $grants$
-BEGIN
-    IF pg_catalog.to_regrole('anon') IS NOT NULL THEN
-        REVOKE ALL ON FUNCTION public.sendry_track_email(text, text, jsonb, boolean) FROM anon;
-    END IF;
-    IF pg_catalog.to_regrole('authenticated') IS NOT NULL THEN
-        REVOKE ALL ON FUNCTION public.sendry_track_email(text, text, jsonb, boolean) FROM authenticated;
-    END IF;
-    IF pg_catalog.to_regrole('service_role') IS NOT NULL THEN
-        GRANT EXECUTE ON FUNCTION public.sendry_track_email(text, text, jsonb, boolean) TO service_role;
-    END IF;
-END
-$grants$;
+DO $grants$ BEGIN IF pg_catalog.to_regrole('service_role') IS NOT NULL THEN
+    GRANT EXECUTE ON FUNCTION public.sendry_track_email(text, text, jsonb, boolean) TO service_role;
+END IF; END $grants$;
 
 -- Migration 0005 widened the outbox's op CHECK to 'event' NOT VALID; it is validated
 -- here, in a transaction of its own, under SHARE UPDATE EXCLUSIVE (writes to the outbox

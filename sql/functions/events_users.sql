@@ -48,16 +48,6 @@ $$;
 
 -- Who may call it: as sendry_track_email (functions/events.sql).
 REVOKE ALL ON FUNCTION public.sendry_track(text, uuid, jsonb, boolean) FROM PUBLIC;
-DO $grants$
-BEGIN
-    IF pg_catalog.to_regrole('anon') IS NOT NULL THEN
-        REVOKE ALL ON FUNCTION public.sendry_track(text, uuid, jsonb, boolean) FROM anon;
-    END IF;
-    IF pg_catalog.to_regrole('authenticated') IS NOT NULL THEN
-        REVOKE ALL ON FUNCTION public.sendry_track(text, uuid, jsonb, boolean) FROM authenticated;
-    END IF;
-    IF pg_catalog.to_regrole('service_role') IS NOT NULL THEN
-        GRANT EXECUTE ON FUNCTION public.sendry_track(text, uuid, jsonb, boolean) TO service_role;
-    END IF;
-END
-$grants$;
+DO $grants$ BEGIN IF pg_catalog.to_regrole('service_role') IS NOT NULL THEN
+    GRANT EXECUTE ON FUNCTION public.sendry_track(text, uuid, jsonb, boolean) TO service_role;
+END IF; END $grants$;
