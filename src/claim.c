@@ -40,7 +40,12 @@
  * Each returned row names its contact's head (the row that led the claim), and an event
  * row its event_id (sendry_event_id(): stable for the row for ever, so that Sendry
  * dedupes a repeat). Event rows are claimed with their user's other rows: fill_batch
- * chains them after the contact (struct row's then). */
+ * chains them after the contact (struct row's then).
+ * A captured row (an upsert with no payload: what the triggers write) is rendered here,
+ * once per user for the whole claim (sendry_claim_render, set-wise, by key): its address,
+ * its body, where Sendry has it (the state's address, when there is a state) and the
+ * verdict (send, same, gone, failed; see enum render), with the hash and audiences the
+ * completion records in sendry_contact_state when Sendry accepts it. */
 static const char CLAIM_SQL[] =
     "WITH live AS MATERIALIZED ("
     "     SELECT ctid AS tid, id, user_id, email, old_email, 0 AS rank, next_attempt_at AS due_at"
@@ -102,18 +107,30 @@ static const char CLAIM_SQL[] =
     "     SELECT w.id AS head, w.tid FROM whole w"
     "     UNION ALL"
     "     SELECT m.head, m.tid FROM members m WHERE m.head IN (SELECT w.id FROM whole w))"
-    " UPDATE public.sendry_outbox o"
-    " SET status = 'processing', locked_by = $3,"
-    "     locked_until = now() + $4 * interval '1 second',"
-    "     next_attempt_at = now() + $4 * interval '1 second',"
-    "     claim_id = $6,"
-    "     attempts = o.attempts + 1, updated_at = now()"
-    " FROM claim c WHERE o.ctid = c.tid"
-    " RETURNING c.head, o.id, o.email, o.payload::text, o.attempts, COALESCE(o.max_attempts, $5),"
-    "           EXTRACT(EPOCH FROM now() - o.created_at)::float8, o.op, o.old_email, o.claim_id,"
-    "           o.class = 'live', EXTRACT(EPOCH FROM now())::float8,"
-    "           (SELECT count(*) FROM live) >= $1 + LEAST($1, 16) OR (SELECT count(*) FROM bulk) >= $2 + LEAST($2, 16),"
-    "           CASE WHEN o.op = 'event' THEN public.sendry_event_id(o.id) END";
+    "  taken AS ("
+    "     UPDATE public.sendry_outbox o"
+    "     SET status = 'processing', locked_by = $3,"
+    "         locked_until = now() + $4 * interval '1 second',"
+    "         next_attempt_at = now() + $4 * interval '1 second',"
+    "         claim_id = $6,"
+    "         attempts = o.attempts + 1, updated_at = now()"
+    "     FROM claim c WHERE o.ctid = c.tid"
+    "     RETURNING c.head, o.id, o.email, o.payload, o.attempts, COALESCE(o.max_attempts, $5) AS max_attempts,"
+    "               EXTRACT(EPOCH FROM now() - o.created_at)::float8 AS age, o.op, o.old_email, o.claim_id,"
+    "               o.class = 'live' AS live, o.user_id, o.op = 'upsert' AND o.payload IS NULL AS captured),"
+    "  rendered AS MATERIALIZED ("
+    "     SELECT * FROM public.sendry_claim_render(ARRAY(SELECT DISTINCT t.user_id FROM taken t"
+    "                                                    WHERE t.captured AND t.user_id IS NOT NULL)))"
+    " SELECT t.head, t.id, CASE WHEN t.captured THEN COALESCE(r.email, t.email) ELSE t.email END,"
+    "        CASE WHEN t.captured THEN r.payload::text ELSE t.payload::text END,"
+    "        t.attempts, t.max_attempts, t.age, t.op,"
+    "        CASE WHEN t.captured AND r.known THEN r.state_email ELSE t.old_email END,"
+    "        t.claim_id, t.live, EXTRACT(EPOCH FROM now())::float8,"
+    "        (SELECT count(*) FROM live) >= $1 + LEAST($1, 16) OR (SELECT count(*) FROM bulk) >= $2 + LEAST($2, 16),"
+    "        CASE WHEN t.op = 'event' THEN public.sendry_event_id(t.id) END,"
+    "        t.user_id, CASE WHEN t.captured THEN COALESCE(r.verdict, 'gone') END, r.hash,"
+    "        to_jsonb(r.audiences)::text, r.problem"
+    " FROM taken t LEFT JOIN rendered r ON t.captured AND r.user_id = t.user_id";
 
 /* The rows this worker holds that it no longer tracks (after a reconnect), through the
  * index of rows in flight (sendry_outbox_processing_idx: its size is the rows being
@@ -224,6 +241,10 @@ void row_free(struct row *row)
         free(row->event);
         free(row->event_name);
         free(row->refs);
+        free(row->problem);
+        free(row->state.user_id);
+        free(row->state.hash);
+        free(row->state.audiences);
         free(row);
         row = then;
     }
@@ -272,6 +293,27 @@ static void add_via(struct row *row, PGresult *res, const struct claimed *g, siz
         row->old_email = row->via[--row->nvia];   /* back to an earlier address: move from the last */
 }
 
+/* The verdict of a contact's newest row, rendered at the claim (RENDER_GIVEN: it was not
+ * captured), and what the state records when Sendry accepts it. */
+static void render_of(struct row *row, PGresult *res, int i)
+{
+    if (PQgetisnull(res, i, 15))
+        return;
+    const char *v = PQgetvalue(res, i, 15);
+    row->render = strcmp(v, "send") == 0   ? RENDER_SEND
+                  : strcmp(v, "same") == 0 ? RENDER_SAME
+                  : strcmp(v, "gone") == 0 ? RENDER_GONE
+                                           : RENDER_FAILED;
+    if (row->render == RENDER_FAILED)
+        row->problem = xstrdup(PQgetisnull(res, i, 18) ? "mapping: sendry_claim_render gave no verdict"
+                                                        : PQgetvalue(res, i, 18));
+    if (row->render == RENDER_SEND || row->render == RENDER_SAME) {
+        row->state.user_id = xstrdup(PQgetvalue(res, i, 14));
+        row->state.hash = xstrdup(PQgetvalue(res, i, 16));
+        row->state.audiences = PQgetisnull(res, i, 17) ? NULL : xstrdup(PQgetvalue(res, i, 17));
+    }
+}
+
 /* The contact of rows g[0..n) (oldest first): the newest row's state, moving from the
  * address Sendry knew before the oldest one, if that is another. */
 static struct row *contact_of(const struct claimer *c, PGresult *res, const struct claimed *g, size_t n)
@@ -283,6 +325,7 @@ static struct row *contact_of(const struct claimer *c, PGresult *res, const stru
     row->op = strcmp(PQgetvalue(res, newest, 7), "delete") == 0 ? OP_DELETE : OP_UPSERT;
     sendry_row_payload(row, PQgetisnull(res, newest, 3) ? NULL : PQgetvalue(res, newest, 3),
                        c->cfg->audience_id);
+    render_of(row, res, newest);
     const char *before = PQgetisnull(res, oldest, 8) ? PQgetvalue(res, oldest, 2) : PQgetvalue(res, oldest, 8);
     char *old = sendry_normalize_email(before);
     if (strcmp(old, row->email) != 0)
@@ -340,7 +383,7 @@ static struct row *chain_of(const struct claimer *c, PGresult *res, struct claim
             rest[nc++] = g[i];
     struct row *contact = nc > 0 ? contact_of(c, res, rest, nc) : NULL;
     const char *address = NULL;
-    if (contact)
+    if (contact && contact->render != RENDER_GONE)   /* gone: each event keeps its own address */
         address = contact->op == OP_DELETE && contact->old_email ? contact->old_email : contact->email;
     struct row *events = NULL, **tail = &events;
     for (size_t i = 0; i < n; i++) {

@@ -25,17 +25,28 @@
  * table; tests/test_hot_plans.py, tests/test_backlog_after_install.py). A version
  * committed by someone else after this statement began is locked but not updated (the
  * UPDATE sees the statement's snapshot): that outcome is reported unrecorded, "changed
- * by someone else", and the row comes back after its lease, as before. */
+ * by someone else", and the row comes back after its lease, as before.
+ * A rendered contact settled sent (accepted by Sendry, or found unchanged at the claim)
+ * records what Sendry now has in sendry_contact_state (by its primary key), in the same
+ * statement and only under the claim that sent it: the state is what Sendry accepted. */
 static const char COMPLETE_SQL[] =
     "WITH c AS MATERIALIZED ("
     "   SELECT h.*, t.tid"
     "   FROM jsonb_to_recordset($1::jsonb)"
     "        AS h(id bigint, claim_id bigint, status text, http_status int, error text,"
-    "             delay_ms bigint, uncount int, deduped boolean)"
+    "             delay_ms bigint, uncount int, deduped boolean,"
+    "             user_id uuid, state_email text, state_audiences text[], hash bigint)"
     "   CROSS JOIN LATERAL ("
     "       SELECT e.ctid AS tid, e.claim_id, e.locked_by, e.status FROM public.sendry_outbox e"
     "       WHERE e.id = h.id OFFSET 0 FOR UPDATE) t"
-    "   WHERE t.claim_id = h.claim_id AND t.locked_by = $2 AND t.status = 'processing')"
+    "   WHERE t.claim_id = h.claim_id AND t.locked_by = $2 AND t.status = 'processing'),"
+    " accepted AS ("
+    "   INSERT INTO public.sendry_contact_state AS s (user_id, email, audiences, contact_hash)"
+    "   SELECT DISTINCT ON (c.user_id) c.user_id, c.state_email, c.state_audiences, c.hash FROM c"
+    "   WHERE c.status = 'sent' AND c.hash IS NOT NULL ORDER BY c.user_id, c.id DESC"
+    "   ON CONFLICT (user_id) DO UPDATE"
+    "   SET email = EXCLUDED.email, audiences = EXCLUDED.audiences,"
+    "       contact_hash = EXCLUDED.contact_hash, updated_at = now())"
     " UPDATE public.sendry_outbox o"
     " SET status = c.status,"
     "     attempts = o.attempts - c.uncount,"
@@ -82,6 +93,8 @@ struct outcome_rec {
     char *error;           /* owned, may be NULL */
     long long delay_ms;
     enum { DEDUPED_NONE, DEDUPED_NO, DEDUPED_YES } deduped;   /* a sent event's */
+    struct accepted state;  /* owned: a rendered contact's, for sendry_contact_state */
+    char *state_email;      /* owned: its address */
 };
 
 struct completer {
@@ -95,6 +108,15 @@ struct completer {
     size_t n, cap;
     size_t in_flight;      /* the first in_flight records are being written */
 };
+
+static void rec_free(struct outcome_rec *r)
+{
+    free(r->error);
+    free(r->state.user_id);
+    free(r->state.hash);
+    free(r->state.audiences);
+    free(r->state_email);
+}
 
 struct completer *complete_new(struct db *db, struct db *aux, const char *locked_by,
                                complete_cb done, void *ud)
@@ -113,7 +135,7 @@ void complete_free(struct completer *c)
     if (c->waiting)
         lh_table_free(c->waiting);
     for (size_t i = 0; i < c->n; i++)
-        free(c->recs[i].error);
+        rec_free(&c->recs[i]);
     free(c->recs);
     free(c->locked_by);
     free(c);
@@ -134,6 +156,14 @@ void complete_contact(struct completer *c, const struct row *row, enum row_resul
 {
     for (size_t i = 0; i < row->nrefs; i++)
         complete_row(c, &row->refs[i], result, http_status, error, delay);
+    if (result == RESULT_SENT && (row->render == RENDER_SEND || row->render == RENDER_SAME)) {
+        struct outcome_rec *newest = &c->recs[c->n - 1];
+        assert(row->nrefs > 0 && newest->id == row->refs[row->nrefs - 1].id && row->state.hash);
+        newest->state = (struct accepted){
+            .user_id = xstrdup(row->state.user_id), .hash = xstrdup(row->state.hash),
+            .audiences = row->state.audiences ? xstrdup(row->state.audiences) : NULL};
+        newest->state_email = xstrdup(row->email);
+    }
     bool settled = result == RESULT_SENT || result == RESULT_FAILED;
     for (const struct row *next = row->then; next; next = next->then)
         for (size_t i = 0; i < next->nrefs; i++)
@@ -170,6 +200,13 @@ static json_object *rec_json(const struct outcome_rec *r)
     json_object_object_add(o, "uncount", json_object_new_int(r->result == RESULT_RELEASE));
     json_object_object_add(o, "deduped", r->deduped == DEDUPED_NONE ? NULL
                                          : json_object_new_boolean(r->deduped == DEDUPED_YES));
+    if (r->state.hash) {
+        json_object_object_add(o, "user_id", json_object_new_string(r->state.user_id));
+        json_object_object_add(o, "state_email", json_object_new_string(r->state_email));
+        json_object_object_add(o, "hash", json_object_new_string(r->state.hash));
+        json_object_object_add(o, "state_audiences",
+                               r->state.audiences ? json_tokener_parse(r->state.audiences) : NULL);
+    }
     return o;
 }
 
@@ -210,7 +247,7 @@ static void settle(struct completer *c, struct complete_report *rep)
             if (rep->soonest < 0 || in < rep->soonest)
                 rep->soonest = in;
         }
-        free(r->error);
+        rec_free(r);
     }
     memmove(c->recs, c->recs + n, (c->n - n) * sizeof *c->recs);
     c->n -= n;

@@ -41,8 +41,9 @@ const char *db_fault_describe(enum db_fault fault, const PGresult *res, const ch
     case DB_FAULT_PRIVILEGE:
         snprintf(buf, size, "%s failed: %s: role %s lacks a privilege; fix: connect as the owner of "
                  "the outbox (postgres in Supabase), or run GRANT SELECT, UPDATE ON public.sendry_outbox "
-                 "TO %s; GRANT EXECUTE ON FUNCTION public.sendry_event_id(bigint) TO %s (and, as RLS is "
-                 "on, give it BYPASSRLS or a policy)", what, server, who, who, who);
+                 "TO %s; GRANT SELECT, INSERT, UPDATE ON public.sendry_contact_state TO %s; GRANT EXECUTE "
+                 "ON FUNCTION public.sendry_event_id(bigint), public.sendry_claim_render(uuid[]) TO %s "
+                 "(and, as RLS is on, give it BYPASSRLS or a policy)", what, server, who, who, who, who);
         break;
     case DB_FAULT_SCHEMA:
         snprintf(buf, size, "%s failed: %s: the schema is missing or older than this binary; fix: "

@@ -132,12 +132,22 @@ static struct job *shared_job(struct deliverer *d, struct filling *f, size_t *nf
     return job;
 }
 
+static void follow_chains(struct deliverer *d, struct outcome_env *env);
+
+/* A claim's contacts, queued: those the render settled without a request are completed
+ * at once (the next link of their chain queued instead); the others join this claim's
+ * shared imports, or a job of their own. */
 void deliver_take(struct deliverer *d, struct claim_batch *batch)
 {
     struct filling *f = xcalloc(batch->n ? batch->n : 1, sizeof *f);
     size_t nf = 0;
+    struct outcome_env env = {.cfg = d->cfg, .gate = d->gate, .complete = d->complete, .rng = &d->rng};
     for (size_t i = 0; i < batch->n; i++) {
         struct row *row = batch->rows[i];
+        if (row->render == RENDER_SAME || row->render == RENDER_GONE || row->render == RENDER_FAILED) {
+            outcome_settle_unsent(&env, row);
+            continue;
+        }
         struct job *own = job_for_row(row, d->cfg);
         if (own)
             push_back(d, own);
@@ -147,6 +157,7 @@ void deliver_take(struct deliverer *d, struct claim_batch *batch)
     for (size_t i = 0; i < nf; i++)
         push_back(d, f[i].job);
     free(f);
+    follow_chains(d, &env);
     batch->n = 0;
 }
 

@@ -199,15 +199,20 @@ void doctor_check_objects(struct doctor *d, struct check *c)
     }
     doctor_value(d, "SELECT has_table_privilege('public.sendry_outbox', 'SELECT')"
                     " AND has_table_privilege('public.sendry_outbox', 'UPDATE')"
-                    " AND has_function_privilege('public.sendry_event_id(bigint)', 'EXECUTE')", 0, NULL, rights,
-                 sizeof rights);
+                    " AND has_table_privilege('public.sendry_contact_state', 'SELECT, INSERT, UPDATE')"
+                    " AND has_function_privilege('public.sendry_event_id(bigint)', 'EXECUTE')"
+                    " AND has_function_privilege('public.sendry_claim_render(uuid[])', 'EXECUTE')", 0, NULL,
+                 rights, sizeof rights);
     if (rights[0] != 't') {
         doctor_report(c, CHECK_FAIL, "role %s lacks the SELECT and UPDATE privileges on "
-                      "public.sendry_outbox or EXECUTE on public.sendry_event_id(bigint): every claim would "
-                      "fail with \"permission denied\"", PQuser(d->conn));
+                      "public.sendry_outbox, SELECT, INSERT and UPDATE on public.sendry_contact_state, or "
+                      "EXECUTE on public.sendry_event_id(bigint) or public.sendry_claim_render(uuid[]): every "
+                      "claim would fail with \"permission denied\"", PQuser(d->conn));
         doctor_fix(c, "connect as the owner of the outbox (postgres in Supabase), or GRANT SELECT, UPDATE "
-                      "ON public.sendry_outbox TO %s; GRANT EXECUTE ON FUNCTION public.sendry_event_id(bigint) "
-                      "TO %s (and BYPASSRLS or a policy: RLS is on)", PQuser(d->conn), PQuser(d->conn));
+                      "ON public.sendry_outbox TO %s; GRANT SELECT, INSERT, UPDATE ON "
+                      "public.sendry_contact_state TO %s; GRANT EXECUTE ON FUNCTION "
+                      "public.sendry_event_id(bigint), public.sendry_claim_render(uuid[]) TO %s (and BYPASSRLS "
+                      "or a policy: RLS is on)", PQuser(d->conn), PQuser(d->conn), PQuser(d->conn));
         return;
     }
     /* RLS is on and has no policy: a role that neither owns the table nor bypasses RLS

@@ -106,6 +106,16 @@ void metrics_event(const char *name, const char *result)
     count_in(&t, name, result);
 }
 
+void metrics_unsent(const char *reason)
+{
+    if (strcmp(reason, "same") == 0)
+        metrics.unsent_same++;
+    else if (strcmp(reason, "gone") == 0)
+        metrics.unsent_gone++;
+    else
+        metrics.unsent_failed++;
+}
+
 void metrics_set_stopped(bool stopped, const char *reason)
 {
     metrics.sending_stopped = stopped;
@@ -192,6 +202,11 @@ static void render_rows(struct buf *b)
     put(b, "sendry_sync_rows_total{outcome=\"sent\"} %llu\n", metrics.rows_sent);
     put(b, "sendry_sync_rows_total{outcome=\"failed\"} %llu\n", metrics.rows_failed);
     put(b, "sendry_sync_rows_total{outcome=\"retried\"} %llu\n", metrics.rows_retried);
+    header(b, "contacts_unsent_total", "counter",
+           "Contacts the claim rendered and settled without a request, by reason.");
+    put(b, "sendry_sync_contacts_unsent_total{reason=\"same\"} %llu\n", metrics.unsent_same);
+    put(b, "sendry_sync_contacts_unsent_total{reason=\"gone\"} %llu\n", metrics.unsent_gone);
+    put(b, "sendry_sync_contacts_unsent_total{reason=\"failed\"} %llu\n", metrics.unsent_failed);
 }
 
 /* Sendry's answers by status, and the waits its rate limit caused. */

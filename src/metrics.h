@@ -6,7 +6,7 @@
  *   health.c     rows_sent/failed/retried, backlog_due, oldest_due_age_seconds,
  *                send_rate, backlog_eta_seconds, enqueue_errors_last_hour
  *   outcome.c    rate_limit_waits, sending_stopped + stop_reason (metrics_set_stopped()),
- *                metrics_event()
+ *                metrics_event(), metrics_unsent()
  *   claim.c      metrics_claim();  deliver.c  metrics_http()
  *   relay.c      db_connected;  prune.c  rows_pruned;  inbox.c  inbox_retr*
  *   events_scope.c  events_scope_missing
@@ -38,6 +38,7 @@ struct metrics {
     unsigned long long rows_sent;
     unsigned long long rows_failed;
     unsigned long long rows_retried;
+    unsigned long long unsent_same, unsent_gone, unsent_failed;   /* metrics_unsent() */
     /* Sendry API responses: http_status[status - 100]; no response at all */
     unsigned long long http_status[METRICS_STATUS_MAX - METRICS_STATUS_MIN + 1];
     unsigned long long http_transport_errors;
@@ -95,6 +96,8 @@ void metrics_webhook(const char *type, const char *result);
 /* One event settled: `name` as for webhook types; `result` sent, deduped, failed or
  * retried. New names past the table's room are counted as "other". */
 void metrics_event(const char *name, const char *result);
+/* A contact the claim's render settled without a request: "same", "gone" or "failed". */
+void metrics_unsent(const char *reason);
 
 /* Sets sending_stopped and stop_reason (NULL reason = running again). */
 void metrics_set_stopped(bool stopped, const char *reason);

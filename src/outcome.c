@@ -1,5 +1,6 @@
 #include "outcome.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -120,6 +121,21 @@ static void on_sent(struct outcome_env *env, struct job *job, const struct http_
     if (deduped)
         log_info("event %lld (%s) was already at Sendry (deduped by its event_id)", row->id,
                  log_text(row->event_name, name, sizeof name));
+}
+
+void outcome_settle_unsent(struct outcome_env *env, struct row *row)
+{
+    assert(row->render == RENDER_SAME || row->render == RENDER_GONE || row->render == RENDER_FAILED);
+    enum row_result result = row->render == RENDER_FAILED ? RESULT_FAILED : RESULT_SENT;
+    if (row->render == RENDER_FAILED)
+        log_warn("row %lld: not sent, %s", row->id, row->problem);
+    else
+        log_debug("row %lld: nothing to send (%s)", row->id,
+                  row->render == RENDER_SAME ? "Sendry has this contact already" : "the user is not synced");
+    metrics_unsent(row->render == RENDER_FAILED ? "failed" : row->render == RENDER_SAME ? "same" : "gone");
+    chain_after(env, row, after_settled(row, result), 0, row->problem);
+    complete_contact(env->complete, row, result, 0, row->problem, 0);
+    row_free(row);
 }
 
 /* A row gives up on its own transient failures only when it has had its attempts and

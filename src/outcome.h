@@ -55,6 +55,11 @@ struct outcome_env {
 size_t outcome_settle(struct outcome_env *env, struct job *job, const struct http_request *req,
                       struct job *again[2]);
 
+/* Settles a contact the claim's render decided needs no request (RENDER_SAME,
+ * RENDER_GONE: sent; RENDER_FAILED: failed with its problem, its events failed unsent),
+ * and frees it. Its chain's next link goes to env->next. */
+void outcome_settle_unsent(struct outcome_env *env, struct row *row);
+
 /* "HTTP 422 validation_error: ..." or "network: ...", valid UTF-8, for last_error and
  * logs; *retry_after is set from the body when it has one. */
 void outcome_describe(const struct http_request *req, char *out, size_t size, double *retry_after);

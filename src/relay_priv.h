@@ -36,7 +36,7 @@ struct relay {
     char locked_by[256];
     /* A claim or a completion failed for a reason that will not pass by itself (see
      * dbfault.h): one line with the fix, "" while they work. */
-    char fault[RELAY_FAULTS][600];
+    char fault[RELAY_FAULTS][1024];
 
     struct gate *gate;
     struct budget *budget;     /* the key's requests, shared by its workers; NULL at --rate 0 */

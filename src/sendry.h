@@ -11,6 +11,24 @@
 
 enum row_op { OP_UPSERT, OP_DELETE, OP_EVENT };
 
+/* How a contact's body came to be. A captured row (an upsert written by a trigger or a
+ * short backfill: payload NULL) is rendered through the mapping at the claim
+ * (sendry_claim_render) and compared with what Sendry last accepted. */
+enum render {
+    RENDER_GIVEN,      /* the newest row carried its payload: sent as given */
+    RENDER_SEND,       /* rendered, differs from the state: sent, the state written on acceptance */
+    RENDER_SAME,       /* rendered, what Sendry already has: settled sent without a request */
+    RENDER_GONE,       /* the user is not synced any more: settled sent without a request */
+    RENDER_FAILED      /* the mapping renders something Sendry would reject: failed, unsent */
+};
+
+/* What sendry_contact_state records once Sendry has accepted a rendered contact. */
+struct accepted {
+    char *user_id;          /* owned, uuid text */
+    char *hash;             /* owned, the rendered body's hash (bigint text) */
+    char *audiences;        /* owned, JSON array text, or NULL: the default audience */
+};
+
 /* An outbox row held under a claim: what its outcome is written against. */
 struct row_ref {
     long long id;
@@ -57,6 +75,9 @@ struct row {
     char *event;            /* owned, OP_EVENT: the body of POST /v1/events */
     char *event_name;       /* owned, OP_EVENT: its name (metrics, logs) */
     struct row *then;       /* owned: the next link of its user's chain, or NULL */
+    enum render render;
+    char *problem;          /* owned, RENDER_FAILED: "mapping: ..." */
+    struct accepted state;  /* RENDER_SEND, RENDER_SAME: written when it settles sent */
 };
 
 /* Body of PATCH /v1/contacts/by-email?email=<old>: the new email and the names and
