@@ -1,8 +1,9 @@
 """Upgrades: versioned migrations over a database the previous release installed, under load.
 
-Each test starts its own Supabase-shaped cluster and installs the previous release's
-install.sql (tests/fixtures/install_v2.sql, schema version 2) or this one, then upgrades
-with the binary (`sendry-sync migrate`) or with psql (`psql -f sql/install.sql`).
+Each test starts its own Supabase-shaped cluster and installs an older release's
+install.sql (tests/fixtures/install_v2.sql, schema version 2; tests/fixtures/install_v5.sql,
+schema version 5, the release before the capture path) or this one, then upgrades with the
+binary (`sendry-sync migrate`) or with psql (`psql -f sql/install.sql`).
 
     /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/test_migrate.py
 
@@ -35,6 +36,8 @@ ROOT = pgharness.ROOT
 VERSION = subprocess.run(["sh", os.path.join(ROOT, "sql", "build.sh"), "version"], stdout=subprocess.PIPE,
                          text=True, check=True).stdout.strip()
 V2_SQL = os.path.join(ROOT, "tests", "fixtures", "install_v2.sql")
+# The release before the capture path (issue 17): main at 2353878, schema version 5.
+V5_SQL = os.path.join(ROOT, "tests", "fixtures", "install_v5.sql")
 EXTRA_STEPS = os.path.join(ROOT, "tests", "fixtures", "migrations")
 SU = pgharness.Cluster.SUPERUSER
 
@@ -463,3 +466,126 @@ def test_status_lists_applied_and_pending(pg):
     assert lines[-1] == "1 step(s) pending: sendry-sync migrate applies them"
     r = migrate(pg, "--status", "--print")
     assert r.returncode == 2 and "exclude each other" in r.stderr
+
+
+# --- (f) from the release before the capture path (issue 17) ------------------------------
+
+V5_COLS = ("id, op, user_id, email, payload, status, attempts, max_attempts, next_attempt_at, locked_by,"
+           " locked_until, last_http_status, last_error, created_at, updated_at, sent_at, old_email, class,"
+           " claim_id, deduped")
+
+
+def v5_rows(cluster, where="true"):
+    """{email: the row as text} over the columns schema version 5 had."""
+    return {r[0]: r[1] for r in cluster.query(
+        f"SELECT email || ':' || op, ({V5_COLS})::text FROM public.sendry_outbox WHERE {where} ORDER BY id",
+        user=SU)}
+
+
+def seed_v5(cluster):
+    """On schema version 5, as its triggers wrote them (payloads rendered, state at enqueue):
+    rows pending (three contacts and their user.signed_up events), one processing under the
+    expired lease of a worker that died, one sent and one failed."""
+    with connect(cluster) as c:
+        c.execute("UPDATE sendry_settings SET events = '{user.signed_up}', updated_at = now()")
+    with connect(cluster, "supabase_auth_admin") as gt:
+        for i in range(3):
+            gotrue_signup(gt, f"pending{i}@example.com", '{"first_name": "Before"}')
+    with connect(cluster) as c:
+        c.execute("UPDATE sendry_settings SET events = '{}', updated_at = now()")
+    with connect(cluster, "supabase_auth_admin") as gt:
+        for who in ("held", "sent", "failed"):
+            gotrue_signup(gt, f"{who}@example.com", '{"first_name": "Before"}')
+    with connect(cluster) as c:
+        c.execute("UPDATE sendry_outbox SET status = 'processing', attempts = 1, claim_id = 42,"
+                  " locked_by = 'deadhost:4242:00000000000000aa', locked_until = now() - interval '1 s',"
+                  " next_attempt_at = now() - interval '1 s' WHERE email = 'held@example.com'")
+        c.execute("UPDATE sendry_outbox SET status = 'sent', attempts = 1, last_http_status = 200,"
+                  " sent_at = now() WHERE email = 'sent@example.com'")
+        c.execute("UPDATE sendry_outbox SET status = 'failed', attempts = 3, last_http_status = 422,"
+                  " last_error = 'HTTP 422: invalid' WHERE email = 'failed@example.com'")
+    return v5_rows(cluster)
+
+
+def run_worker_once(cluster, fake):
+    r = subprocess.run([BIN, "--once", *FAST_FLAGS, "--no-verify"], env=worker_env(cluster, fake),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.mark.parametrize("how", ["binary", "psql"])
+def test_upgrade_from_v5_keeps_every_row_and_delivers_what_was_due(pg, how):
+    r = psql(pg, "-q", "-f", V5_SQL)
+    assert r.returncode == 0, r.stderr
+    assert pg.query("SELECT public.sendry_schema_version()") == [["5"]]
+    rows = seed_v5(pg)
+    assert [k for k in rows] == ["pending0@example.com:upsert", "pending0@example.com:event",
+                                 "pending1@example.com:upsert", "pending1@example.com:event",
+                                 "pending2@example.com:upsert", "pending2@example.com:event",
+                                 "held@example.com:upsert", "sent@example.com:upsert", "failed@example.com:upsert"]
+    assert pg.query("SELECT count(*) FROM sendry_outbox WHERE op = 'upsert' AND payload->>'first_name' = 'Before'") \
+        == [["6"]], "schema version 5 rendered the payloads in the trigger"
+    state = pg.query("SELECT user_id, email, contact_hash FROM sendry_contact_state ORDER BY user_id", user=SU)
+    assert len(state) == 6
+
+    if how == "binary":
+        r = migrate(pg)
+        assert r.returncode == 0, r.stderr
+        assert "applied migrations/0006_capture.sql" in r.stderr, r.stderr
+        assert "error" not in r.stderr.lower() and "warn" not in r.stderr.lower(), r.stderr
+    else:
+        r = psql(pg, "-f", pgharness.INSTALL)
+        assert r.returncode == 0, r.stderr
+        assert "WARNING" not in r.stderr and "ERROR" not in r.stderr, r.stderr
+    assert pg.query("SELECT public.sendry_schema_version()") == [[VERSION]]
+    assert int(VERSION) >= 6
+    assert v5_rows(pg) == rows, "the upgrade changed a row of the outbox"
+    assert pg.query("SELECT user_id, email, contact_hash FROM sendry_contact_state ORDER BY user_id",
+                    user=SU) == state, "the upgrade changed sendry_contact_state"
+    assert pg.query("SELECT attname, attnotnull, pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a"
+                    " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+                    " WHERE a.attrelid = 'public.sendry_outbox'::regclass AND attname IN ('email', 'payload')"
+                    " ORDER BY attname") == [["email", "f", ""], ["payload", "f", ""]]
+    assert pg.query("SELECT convalidated FROM pg_constraint WHERE conname = 'sendry_outbox_address_check'") == [["t"]]
+
+    # The worker: the pending rows and the one a dead worker held go, as that release
+    # rendered them; the sent and failed rows are left as they are, and nothing of them
+    # reaches Sendry.
+    fake = FakeSendry(api_key=API_KEY, audience_id=AUDIENCE, rate_limit=None)
+    fake.start()
+    try:
+        run_worker_once(pg, fake)
+        due = [f"pending{i}@example.com" for i in range(3)] + ["held@example.com"]
+        assert sorted(fake.contacts) == sorted(due), sorted(fake.contacts)
+        assert all(fake.contacts[e]["first_name"] == "Before" for e in due)
+        assert sorted(e["contact_email"] for e in fake.events_json("user.signed_up")) == due[:3]
+        after = v5_rows(pg)
+        assert {k: v for k, v in after.items() if k.split("@")[0] in ("sent", "failed")} == \
+            {k: v for k, v in rows.items() if k.split("@")[0] in ("sent", "failed")}, "a settled row was touched"
+        assert pg.query("SELECT email, op, status FROM sendry_outbox WHERE status <> 'sent' ORDER BY id") == \
+            [["failed@example.com", "upsert", "failed"]]
+        assert pg.query("SELECT attempts, locked_by IS NULL FROM sendry_outbox WHERE email = 'held@example.com'") == \
+            [["2", "t"]], "the dead worker's row, claimed once more"
+        sent_before = [r for r in fake.requests if "sent@example.com" in json.dumps(r["json"] or {})
+                       or "failed@example.com" in json.dumps(r["json"] or {})]
+        assert sent_before == [], "a sent or failed row went again"
+
+        # After the upgrade: a sign-up is captured (no payload, no state until Sendry
+        # accepts it); a change of an upgraded user is rendered at the claim.
+        with connect(pg, "supabase_auth_admin") as gt:
+            uid, _ = gotrue_signup(gt, "after@example.com", '{"first_name": "After"}')
+            gt.execute("UPDATE users SET raw_user_meta_data = '{\"first_name\": \"Renamed\"}', updated_at = now()"
+                       " WHERE email = 'pending0@example.com'")
+        assert pg.query("SELECT email, payload IS NULL, old_email IS NULL, class FROM sendry_outbox"
+                        " WHERE status = 'pending' ORDER BY id") == \
+            [["after@example.com", "t", "t", "live"], ["pending0@example.com", "t", "t", "live"]]
+        assert pg.query(f"SELECT count(*) FROM sendry_contact_state WHERE user_id = '{uid}'", user=SU) == [["0"]]
+        run_worker_once(pg, fake)
+        assert fake.contacts["after@example.com"]["first_name"] == "After"
+        assert fake.contacts["pending0@example.com"]["first_name"] == "Renamed"
+        assert pg.query(f"SELECT email FROM sendry_contact_state WHERE user_id = '{uid}'", user=SU) == \
+            [["after@example.com"]]
+        assert pg.query("SELECT count(*) FROM sendry_outbox WHERE status = 'pending'") == [["0"]]
+    finally:
+        fake.stop()
