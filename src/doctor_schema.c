@@ -42,6 +42,7 @@ static const struct expected {
     {OBJ_VIEW, "public.sendry_contacts", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_reconcile_contacts(integer)", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_contact_payload(auth.users)", WITH_AUTH_USERS},
+    {OBJ_FUNCTION, "public.sendry_claim_render(uuid[])", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_inbox_apply(bigint)", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_track(text, uuid, jsonb, boolean)", WITH_AUTH_USERS},
     {OBJ_FUNCTION, "public.sendry_auth_users_inserted()", WITH_AUTH_USERS},
@@ -197,17 +198,22 @@ void doctor_check_objects(struct doctor *d, struct check *c)
                       "nothing else)");
         return;
     }
+    /* The claim renders captured rows through sendry_claim_render (where auth.users is). */
     doctor_value(d, "SELECT has_table_privilege('public.sendry_outbox', 'SELECT')"
                     " AND has_table_privilege('public.sendry_outbox', 'UPDATE')"
-                    " AND has_function_privilege('public.sendry_event_id(bigint)', 'EXECUTE')", 0, NULL, rights,
+                    " AND has_function_privilege('public.sendry_event_id(bigint)', 'EXECUTE')"
+                    " AND COALESCE(has_function_privilege(pg_catalog.to_regprocedure("
+                    "'public.sendry_claim_render(uuid[])'), 'EXECUTE'), true)", 0, NULL, rights,
                  sizeof rights);
     if (rights[0] != 't') {
         doctor_report(c, CHECK_FAIL, "role %s lacks the SELECT and UPDATE privileges on "
-                      "public.sendry_outbox or EXECUTE on public.sendry_event_id(bigint): every claim would "
-                      "fail with \"permission denied\"", PQuser(d->conn));
+                      "public.sendry_outbox or EXECUTE on public.sendry_event_id(bigint) or "
+                      "public.sendry_claim_render(uuid[]): every claim would fail with \"permission denied\"",
+                      PQuser(d->conn));
         doctor_fix(c, "connect as the owner of the outbox (postgres in Supabase), or GRANT SELECT, UPDATE "
-                      "ON public.sendry_outbox TO %s; GRANT EXECUTE ON FUNCTION public.sendry_event_id(bigint) "
-                      "TO %s (and BYPASSRLS or a policy: RLS is on)", PQuser(d->conn), PQuser(d->conn));
+                      "ON public.sendry_outbox TO %s; GRANT EXECUTE ON FUNCTION public.sendry_event_id(bigint), "
+                      "public.sendry_claim_render(uuid[]) TO %s (and BYPASSRLS or a policy: RLS is on)",
+                      PQuser(d->conn), PQuser(d->conn));
         return;
     }
     /* RLS is on and has no policy: a role that neither owns the table nor bypasses RLS
