@@ -106,7 +106,7 @@ static const char CLAIM_SQL[] =
     "  claim AS ("
     "     SELECT w.id AS head, w.tid FROM whole w"
     "     UNION ALL"
-    "     SELECT m.head, m.tid FROM members m WHERE m.head IN (SELECT w.id FROM whole w))"
+    "     SELECT m.head, m.tid FROM members m WHERE m.head IN (SELECT w.id FROM whole w)),"
     "  taken AS ("
     "     UPDATE public.sendry_outbox o"
     "     SET status = 'processing', locked_by = $3,"
