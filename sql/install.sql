@@ -1943,14 +1943,22 @@ $$;
 -- when only they change (the repair pass catches up). The column list (UPDATE OF)
 -- lets an UPDATE that sets none of them, as GoTrue's sign-in and token refresh do,
 -- skip the trigger without even reading its WHEN clause (about 40 us a statement);
--- the WHEN clause skips an UPDATE that sets them to what they were.
+-- the WHEN clause skips an UPDATE that sets them to what they were, and one that changes
+-- only the opt-out keys sendry_inbox_apply writes into raw_app_meta_data
+-- (sendry_unsubscribed, _at, _reason: never part of a contact, an upsert must not
+-- re-subscribe anyone), so that mirroring an opt-out enqueues nothing.
 DO $triggers$
 DECLARE
     v_columns text;
     v_when    text;
 BEGIN
     SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum),
-           pg_catalog.string_agg(pg_catalog.format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', a.attname),
+           pg_catalog.string_agg(pg_catalog.format(
+               CASE WHEN a.attname = 'raw_app_meta_data'
+                    THEN '(OLD.%1$I OPERATOR(pg_catalog.-) %2$L::pg_catalog.text[])'
+                         ' IS DISTINCT FROM (NEW.%1$I OPERATOR(pg_catalog.-) %2$L::pg_catalog.text[])'
+                    ELSE 'OLD.%1$I IS DISTINCT FROM NEW.%1$I' END,
+               a.attname, '{sendry_unsubscribed,sendry_unsubscribed_at,sendry_unsubscribed_reason}'),
                                  ' OR ' ORDER BY a.attnum)
       INTO v_columns, v_when
       FROM pg_catalog.pg_attribute a
