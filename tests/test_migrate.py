@@ -254,14 +254,15 @@ def test_upgrade_from_v2_keeps_rows_and_mapping(pg, how):
     # Delivery still works, through the project's mapping, and a sign-up emits no event.
     with connect(pg, "supabase_auth_admin") as gt:
         uid, _ = gotrue_signup(gt, "after@example.com", '{"first_name": "After"}')
-    assert pg.query(f"SELECT payload->'metadata'->>'tier' FROM sendry_outbox WHERE user_id = '{uid}'") == \
-        [["custom"]]
+    assert pg.query(f"SELECT op, payload IS NULL FROM sendry_outbox WHERE user_id = '{uid}'") == \
+        [["upsert", "t"]], "one captured row (rendered at the claim), no event"
     fake = FakeSendry(api_key=API_KEY, audience_id=AUDIENCE, rate_limit=None)
     fake.start()
     try:
         r = subprocess.run([BIN, "--once", *FAST_FLAGS, "--no-verify"], env=worker_env(pg, fake),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
+        assert fake.contacts["after@example.com"]["metadata"]["tier"] == "custom", "through the project's mapping"
     finally:
         fake.stop()
     assert pg.query("SELECT email, status FROM sendry_outbox WHERE status <> 'sent' ORDER BY email") == \
