@@ -54,9 +54,9 @@ STABLE
 SET search_path = ''
 AS $fn$
     -- The first sendry_* object a step's text creates that is not there (a function, a
-    -- table, view or index, a column it adds to one of our tables (a table dropped and
-    -- made again by an earlier step), a trigger made by sendry_migrate_trigger, or one
-    -- disabled), or
+    -- table, view or index, a column or a constraint it adds to one of our tables (a table
+    -- dropped and made again by an earlier step), a trigger made by sendry_migrate_trigger,
+    -- or one disabled), or
     -- NULL: a repeatable step whose objects were dropped by hand is applied again, so that
     -- `sendry-sync migrate` repairs what doctor finds missing. Catalog reads only: no lock.
     SELECT COALESCE(
@@ -77,6 +77,13 @@ AS $fn$
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                              WHERE a.attrelid = pg_catalog.to_regclass('public.' || m[1])
                                AND a.attname = m[2] AND NOT a.attisdropped)
+          LIMIT 1),
+        (SELECT 'constraint ' || m[2] || ' on public.' || m[1]
+           FROM pg_catalog.regexp_matches(p_sql,
+                    'ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?public\.(sendry_\w+)\s[^;]*?ADD\s+CONSTRAINT\s+(sendry_\w+)', 'g') m
+          WHERE pg_catalog.to_regclass('public.' || m[1]) IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k
+                             WHERE k.conrelid = pg_catalog.to_regclass('public.' || m[1]) AND k.conname = m[2])
           LIMIT 1),
         (SELECT 'trigger ' || m[2] || ' on ' || m[1] || ' (or it is disabled)'
            FROM pg_catalog.regexp_matches(p_sql, 'sendry_migrate_trigger\(\s*''([^'']+)''\s*,\s*''(\w+)''', 'g') m

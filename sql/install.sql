@@ -1,5 +1,5 @@
 -- sendry-sync: install or upgrade the outbox, its triggers on auth.users, the contact
--- mapping and the views, one step at a time (schema version 5).
+-- mapping and the views, one step at a time (schema version 6).
 --
 --   psql -v ON_ERROR_STOP=1 -f sql/install.sql        (or: sendry-sync migrate)
 --
@@ -71,9 +71,9 @@ STABLE
 SET search_path = ''
 AS $fn$
     -- The first sendry_* object a step's text creates that is not there (a function, a
-    -- table, view or index, a column it adds to one of our tables (a table dropped and
-    -- made again by an earlier step), a trigger made by sendry_migrate_trigger, or one
-    -- disabled), or
+    -- table, view or index, a column or a constraint it adds to one of our tables (a table
+    -- dropped and made again by an earlier step), a trigger made by sendry_migrate_trigger,
+    -- or one disabled), or
     -- NULL: a repeatable step whose objects were dropped by hand is applied again, so that
     -- `sendry-sync migrate` repairs what doctor finds missing. Catalog reads only: no lock.
     SELECT COALESCE(
@@ -94,6 +94,13 @@ AS $fn$
             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                              WHERE a.attrelid = pg_catalog.to_regclass('public.' || m[1])
                                AND a.attname = m[2] AND NOT a.attisdropped)
+          LIMIT 1),
+        (SELECT 'constraint ' || m[2] || ' on public.' || m[1]
+           FROM pg_catalog.regexp_matches(p_sql,
+                    'ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?public\.(sendry_\w+)\s[^;]*?ADD\s+CONSTRAINT\s+(sendry_\w+)', 'g') m
+          WHERE pg_catalog.to_regclass('public.' || m[1]) IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k
+                             WHERE k.conrelid = pg_catalog.to_regclass('public.' || m[1]) AND k.conname = m[2])
           LIMIT 1),
         (SELECT 'trigger ' || m[2] || ' on ' || m[1] || ' (or it is disabled)'
            FROM pg_catalog.regexp_matches(p_sql, 'sendry_migrate_trigger\(\s*''([^'']+)''\s*,\s*''(\w+)''', 'g') m
@@ -739,6 +746,51 @@ VALUES ('database_id', pg_catalog.gen_random_uuid()::text)
 ON CONFLICT (key) DO NOTHING;
 $sendry_step$, '{"idempotent"}'); END $sendry_do$;
 
+-- ---- migrations/0006_capture.sql (versioned) ----
+DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('versioned', 'migrations/0006_capture.sql', $sendry_step$-- sendry-step: idempotent
+-- Capture in the trigger, render at the claim (issue 17): the triggers on auth.users and
+-- on watched tables write one narrow row per changed user, and the worker renders the
+-- contact through the mapping when it claims the row (public.sendry_claim_render).
+--   sendry_outbox.email    nullable: a captured row of a user may come without it (the
+--                          short backfill: INSERT INTO sendry_outbox (user_id) SELECT id
+--                          FROM auth.users); the claim renders the address
+--   sendry_outbox.payload  nullable, DEFAULT NULL: an upsert row without a payload is
+--                          CAPTURED (rendered at the claim); one with a payload (today's
+--                          backfill form) is sent as given
+--   sendry_outbox_address_check
+--                          a row names its contact: an email, or an upsert of a user
+-- Short locks only, on the outbox alone: dropping NOT NULL and changing a default rewrite
+-- and read nothing; the CHECK is added NOT VALID here (no scan under ACCESS EXCLUSIVE) and
+-- validated by functions/outbox.sql in a transaction of its own, under SHARE UPDATE
+-- EXCLUSIVE (writes to the outbox go on while it reads the table). Each change is made only
+-- when missing: running it again takes no lock and changes nothing. An outbox made again by
+-- the baseline (dropped by hand) lacks the CHECK: sendry_migrate_missing names it, and this
+-- step runs again.
+DO $capture$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                WHERE attrelid = 'public.sendry_outbox'::regclass AND attname IN ('email', 'payload')
+                  AND attnotnull AND NOT attisdropped) THEN
+        ALTER TABLE public.sendry_outbox
+            ALTER COLUMN email DROP NOT NULL,
+            ALTER COLUMN payload DROP NOT NULL,
+            ALTER COLUMN payload DROP DEFAULT;
+        COMMENT ON COLUMN public.sendry_outbox.email IS
+            'sendry-sync: the contact''s address, lower(btrim(...)); NULL only on an upsert of a user (user_id), whose address the claim renders';
+        COMMENT ON COLUMN public.sendry_outbox.payload IS
+            'sendry-sync: an upsert: the contact to send as given, or NULL (captured: rendered through the mapping at the claim); a delete: delete_mode; an event: name and payload';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                    WHERE conrelid = 'public.sendry_outbox'::regclass
+                      AND conname = 'sendry_outbox_address_check') THEN
+        ALTER TABLE public.sendry_outbox
+            ADD CONSTRAINT sendry_outbox_address_check
+                CHECK (email IS NOT NULL OR (op = 'upsert' AND user_id IS NOT NULL)) NOT VALID;
+    END IF;
+END
+$capture$;
+$sendry_step$, '{"idempotent"}'); END $sendry_do$;
+
 -- ---- functions/budget.sql (repeatable) ----
 DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions/budget.sql', $sendry_step$-- The key's request budget (sendry_rate_budget, in the baseline): taking and pausing.
 
@@ -963,15 +1015,18 @@ AS $$
     OFFSET 0
 $$;
 
--- The contacts of these users that differ from what was last enqueued for them, as
--- their outbox row gets them (payload with leave_audiences, old_email, problem) and
--- as sendry_contact_state keeps them (state_email, state_audiences: those of the
--- last contact without a problem; known: the user has a state row). The state row
--- is probed per user (LATERAL ... LIMIT 1): one index probe each whatever the
--- planner believes about the table's size, never a scan of it. Inlinable.
-CREATE OR REPLACE FUNCTION public.sendry_changed_contacts(p_user_ids uuid[], p_old_email text DEFAULT NULL)
-RETURNS TABLE (user_id uuid, email text, old_email text, payload jsonb, hash bigint, problem text,
-               known boolean, state_email text, state_audiences text[])
+-- The contacts the mapping renders for these users beside what Sendry last accepted for
+-- each (sendry_contact_state, written by the worker when Sendry accepts a contact): as an
+-- upsert sends them (payload: the body, plus leave_audiences when the contact left
+-- audiences since), with the rendered audiences and hash, the address to move from
+-- (old_email: the state's address when it differs, else p_old_email), and the state's
+-- row (known: there is one; state_email, state_audiences, state_hash). The state row is
+-- probed per user (LATERAL ... LIMIT 1): one index probe each whatever the planner
+-- believes about the table's size, never a scan of it. Inlinable. Used by
+-- sendry_changed_contacts (the repair pass) and sendry_claim_render (the claim).
+CREATE OR REPLACE FUNCTION public.sendry_compared_contacts(p_user_ids uuid[], p_old_email text DEFAULT NULL)
+RETURNS TABLE (user_id uuid, email text, old_email text, payload jsonb, hash bigint, audiences text[],
+               problem text, known boolean, state_email text, state_audiences text[], state_hash bigint)
 LANGUAGE sql
 STABLE
 AS $$
@@ -988,27 +1043,44 @@ AS $$
                              SELECT pg_catalog.unnest(COALESCE(r.audiences, '{default}'))) AS a (id)
                      HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0), '{}')
            END,
-           r.hash, r.problem, s.user_id IS NOT NULL,
-           CASE WHEN r.problem IS NULL THEN r.email ELSE s.email END,
-           CASE WHEN r.problem IS NULL THEN r.audiences ELSE s.audiences END
+           r.hash, r.audiences, r.problem, s.user_id IS NOT NULL, s.email, s.audiences, s.contact_hash
     FROM public.sendry_render_contacts(p_user_ids) r
     LEFT JOIN LATERAL (SELECT st.user_id, st.email, st.audiences, st.contact_hash
                          FROM public.sendry_contact_state st
                         WHERE st.user_id OPERATOR(pg_catalog.=) r.user_id
                         LIMIT 1) s ON true
-    WHERE s.contact_hash IS DISTINCT FROM r.hash
 $$;
 
--- Enqueues the contacts of the given users (all synced: callers check) whose rendered
--- contact differs from what was last enqueued for them, and records it in
--- sendry_contact_state; set-based. With p_check (the default) it first only looks,
--- and writes nothing when no contact changed (most UPDATEs change none). Without it
--- (the INSERT trigger: users no other transaction can see yet) the state rows of
--- users without one are plain INSERTs, about twice as cheap as an upsert. A contact
--- the mapping renders wrongly is enqueued `failed` (attempts 0, last_error
--- "mapping: ..."), never an error. old_email is the address last enqueued when it
--- changed, else p_old_email (the previous address, from an auth.users UPDATE, for a
--- user enqueued before 0.4). Returns the rows enqueued, and how many of them failed.
+-- The contacts of these users that differ from what Sendry last accepted for them, as
+-- their outbox row would get them (payload with leave_audiences, old_email, problem) and
+-- as sendry_contact_state would keep them once Sendry accepts them (state_email,
+-- state_audiences: those of a contact without a problem; known: the user has a state
+-- row). Inlinable.
+CREATE OR REPLACE FUNCTION public.sendry_changed_contacts(p_user_ids uuid[], p_old_email text DEFAULT NULL)
+RETURNS TABLE (user_id uuid, email text, old_email text, payload jsonb, hash bigint, problem text,
+               known boolean, state_email text, state_audiences text[])
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT c.user_id, c.email, c.old_email, c.payload, c.hash, c.problem, c.known,
+           CASE WHEN c.problem IS NULL THEN c.email ELSE c.state_email END,
+           CASE WHEN c.problem IS NULL THEN c.audiences ELSE c.state_audiences END
+    FROM public.sendry_compared_contacts(p_user_ids, p_old_email) c
+    WHERE c.state_hash IS DISTINCT FROM c.hash
+$$;
+
+-- Enqueues CAPTURED rows (op 'upsert', payload NULL: the worker renders the contact
+-- through the mapping when it claims the row, sendry_claim_render) for the given users
+-- (all synced: callers check), set-based, one row per user in user id order. It never
+-- writes sendry_contact_state (the worker does, when Sendry accepts a contact).
+--  * With p_check (the default; the repair pass and a repair by hand, outside users'
+--    transactions) it first renders and compares with what Sendry last accepted, and
+--    enqueues only the users whose contact differs; one the mapping renders wrongly is
+--    enqueued `failed` (attempts 0, last_error "mapping: ..."), never an error. old_email
+--    is the address Sendry last accepted when it changed, else p_old_email.
+--  * Without it, every given user (email: their address in auth.users, old_email:
+--    p_old_email when it differs), nothing rendered.
+-- Returns the rows enqueued, and how many of them failed.
 CREATE OR REPLACE FUNCTION public.sendry_enqueue_contacts(p_user_ids uuid[], p_class text,
                                                          p_old_email text DEFAULT NULL,
                                                          p_check boolean DEFAULT true,
@@ -1017,67 +1089,100 @@ LANGUAGE plpgsql
 SET search_path = ''
 SET plan_cache_mode = force_generic_plan
 AS $$
-DECLARE
-    v_user_ids uuid[] := p_user_ids;
 BEGIN
     enqueued := 0;
     failed := 0;
-    IF p_check THEN
-        SELECT pg_catalog.array_agg(c.user_id) INTO v_user_ids
-          FROM public.sendry_changed_contacts(p_user_ids, p_old_email) c;
-    END IF;
-    IF COALESCE(pg_catalog.cardinality(v_user_ids), 0) = 0 THEN
+    IF COALESCE(pg_catalog.cardinality(p_user_ids), 0) = 0 THEN
         RETURN;
     END IF;
     IF p_check THEN
-        WITH changed AS MATERIALIZED (
-            SELECT * FROM public.sendry_changed_contacts(v_user_ids, p_old_email)
-        ),
-        queued AS (
+        WITH queued AS (
             INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload, status, last_error)
-            SELECT p_class, 'upsert', d.user_id, d.email, d.old_email, d.payload,
+            SELECT p_class, 'upsert', d.user_id, d.email, d.old_email, NULL,
                    CASE WHEN d.problem IS NULL THEN 'pending' ELSE 'failed' END, d.problem
-            FROM changed d
+              FROM public.sendry_changed_contacts(p_user_ids, p_old_email) d
+             ORDER BY d.user_id
             RETURNING status
-        ),
-        remembered AS (
-            INSERT INTO public.sendry_contact_state AS s (user_id, email, audiences, contact_hash)
-            SELECT d.user_id, d.state_email, d.state_audiences, d.hash FROM changed d
-            ON CONFLICT (user_id) DO UPDATE
-               SET email = EXCLUDED.email, audiences = EXCLUDED.audiences,
-                   contact_hash = EXCLUDED.contact_hash, updated_at = pg_catalog.now()
         )
         SELECT count(*)::integer, (count(*) FILTER (WHERE q.status = 'failed'))::integer
           INTO enqueued, failed
           FROM queued q;
     ELSE
-        WITH changed AS MATERIALIZED (
-            SELECT * FROM public.sendry_changed_contacts(v_user_ids, p_old_email)
-        ),
-        queued AS (
-            INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload, status, last_error)
-            SELECT p_class, 'upsert', d.user_id, d.email, d.old_email, d.payload,
-                   CASE WHEN d.problem IS NULL THEN 'pending' ELSE 'failed' END, d.problem
-            FROM changed d
-            RETURNING status
-        ),
-        added AS (
-            INSERT INTO public.sendry_contact_state (user_id, email, audiences, contact_hash)
-            SELECT d.user_id, d.state_email, d.state_audiences, d.hash FROM changed d WHERE NOT d.known
-        ),
-        remembered AS (
-            UPDATE public.sendry_contact_state s
-               SET email = d.state_email, audiences = d.state_audiences, contact_hash = d.hash,
-                   updated_at = pg_catalog.now()
-              FROM changed d
-             WHERE d.known AND s.user_id = d.user_id
-        )
-        SELECT count(*)::integer, (count(*) FILTER (WHERE q.status = 'failed'))::integer
-          INTO enqueued, failed
-          FROM queued q;
+        INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email)
+        SELECT p_class, 'upsert', u.id, NULLIF(pg_catalog.lower(pg_catalog.btrim(u.email)), ''),
+               NULLIF(pg_catalog.lower(pg_catalog.btrim(p_old_email)),
+                      pg_catalog.lower(pg_catalog.btrim(u.email)))
+          FROM auth.users u
+         WHERE u.id = ANY (p_user_ids)
+         ORDER BY u.id;
+        GET DIAGNOSTICS enqueued = ROW_COUNT;
     END IF;
 END
 $$;
+
+-- The render at the claim (the worker calls it once per claim, for the users of its
+-- captured rows): for each DISTINCT user id given, one row with what to do with the
+-- user's contact now, rendered through the mapping and compared with what Sendry last
+-- accepted (sendry_contact_state):
+--   verdict 'gone'    the user is not synced now (no auth.users row, not
+--                     sendry_user_is_synced under sendry_settings.sync_on, or no row or no
+--                     email in the mapping): email, payload, hash, audiences, problem NULL
+--   verdict 'failed'  the mapping renders a problem ("mapping: ...", as
+--                     sendry_render_contacts): the row fails with it
+--   verdict 'same'    no problem, and Sendry accepted this contact (hash) at this address
+--   verdict 'send'    otherwise: payload is the body to send (with leave_audiences when
+--                     the contact left audiences since it was accepted)
+-- email, hash and audiences are the rendered ones (what the worker writes into
+-- sendry_contact_state when Sendry accepts the contact); known: the user has a state row,
+-- state_email its address (NULL if none). Set-wise and by key: the users, the mapping and
+-- the state are read by primary key for the ids given, whatever the tables' size and
+-- statistics (tests/test_hot_plans.py). SECURITY DEFINER: the worker's role needs EXECUTE
+-- on it, not the right to read auth.users, the mapping or the state.
+--   SELECT * FROM sendry_claim_render(ARRAY(SELECT id FROM auth.users LIMIT 10));
+CREATE OR REPLACE FUNCTION public.sendry_claim_render(p_user_ids uuid[])
+RETURNS TABLE (user_id uuid, verdict text, email text, payload jsonb, hash bigint,
+               audiences text[], problem text, known boolean, state_email text)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = ''
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_sync_on text;
+    v_ids     uuid[];
+    v_synced  uuid[];
+BEGIN
+    v_sync_on := COALESCE((SELECT s.sync_on FROM public.sendry_settings s LIMIT 1), 'signup');
+    v_ids := ARRAY(SELECT DISTINCT i.id FROM pg_catalog.unnest(p_user_ids) AS i (id) WHERE i.id IS NOT NULL);
+    -- The users synced now: one probe of auth.users' primary key per id.
+    v_synced := ARRAY(SELECT u.id FROM auth.users u
+                       WHERE u.id = ANY (v_ids) AND public.sendry_user_is_synced(u, v_sync_on));
+    RETURN QUERY
+    SELECT DISTINCT ON (i.id) i.id,
+           CASE WHEN c.user_id IS NULL THEN 'gone'
+                WHEN c.problem IS NOT NULL THEN 'failed'
+                WHEN c.state_hash = c.hash AND c.state_email = c.email THEN 'same'
+                ELSE 'send' END,
+           c.email, c.payload, c.hash, c.audiences, c.problem,
+           COALESCE(c.known, s.user_id IS NOT NULL), COALESCE(c.state_email, s.email)
+      FROM pg_catalog.unnest(v_ids) AS i (id)
+      LEFT JOIN public.sendry_compared_contacts(v_synced) c ON c.user_id = i.id
+      -- The state of a user not rendered (gone): probed only for them.
+      LEFT JOIN LATERAL (SELECT st.user_id, st.email FROM public.sendry_contact_state st
+                          WHERE st.user_id = i.id AND c.user_id IS NULL
+                          LIMIT 1) s ON true
+     ORDER BY i.id;
+END
+$$;
+
+-- Who may call it: not PUBLIC, anon or authenticated (sendry_migrate_lockdown takes every
+-- sendry_* function from them after each step); service_role where it exists. A worker
+-- role of its own: GRANT EXECUTE ON FUNCTION public.sendry_claim_render(uuid[]) TO <role>.
+REVOKE ALL ON FUNCTION public.sendry_claim_render(uuid[]) FROM PUBLIC;
+DO $grants$ BEGIN IF pg_catalog.to_regrole('service_role') IS NOT NULL THEN
+    GRANT EXECUTE ON FUNCTION public.sendry_claim_render(uuid[]) TO service_role;
+END IF; END $grants$;
 $sendry_step$, '{"requires auth.users"}'); END $sendry_do$;
 
 -- ---- functions/events.sql (repeatable) ----
@@ -1519,6 +1624,20 @@ SELECT
     (SELECT count(*) FROM public.sendry_enqueue_errors e
       WHERE e.occurred_at > now() - interval '1 hour')                      AS enqueue_errors_last_hour
 FROM public.sendry_outbox;
+
+-- Migration 0006 added the CHECK sendry_outbox_address_check NOT VALID (a row names its
+-- contact: an email, or an upsert of a user); it is validated here, in a transaction of
+-- its own, under SHARE UPDATE EXCLUSIVE (writes to the outbox go on while it reads the
+-- table), once. Every row written before 0006 has an email.
+DO $validate$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                WHERE conrelid = 'public.sendry_outbox'::regclass AND conname = 'sendry_outbox_address_check'
+                  AND NOT convalidated) THEN
+        ALTER TABLE public.sendry_outbox VALIDATE CONSTRAINT sendry_outbox_address_check;
+    END IF;
+END
+$validate$;
 $sendry_step$, '{}'); END $sendry_do$;
 
 -- ---- functions/users.sql (repeatable) ----
@@ -1545,6 +1664,13 @@ AS $$
         'old_email', p_old_email))
 $$;
 
+-- The triggers CAPTURE: per changed synced user, one narrow outbox row (op 'upsert',
+-- class 'live', user_id, email = lower(btrim(the current address)), old_email = the
+-- previous one for an email change, payload NULL). They never read the contact mapping
+-- nor sendry_contact_state (the worker renders the contact when it claims the row, and
+-- compares it with what Sendry last accepted: sendry_claim_render); the deletion paths
+-- only delete the user's state row.
+--
 -- After an INSERT: a statement-level trigger over the transition table (one
 -- set-based statement for a bulk import, about half the cost of a row trigger).
 CREATE OR REPLACE FUNCTION public.sendry_auth_users_inserted()
@@ -1560,9 +1686,11 @@ BEGIN
     BEGIN
         SELECT s.sync_on, s.events INTO v_sync_on, v_events FROM public.sendry_settings s LIMIT 1;
         v_sync_on := COALESCE(v_sync_on, 'signup');
-        PERFORM public.sendry_enqueue_contacts(
-            ARRAY(SELECT n.id FROM new_rows n WHERE public.sendry_user_is_synced(n, v_sync_on)),
-            'live', p_check => false);
+        -- One captured row per new synced user: the worker renders the contact at the claim.
+        INSERT INTO public.sendry_outbox (class, op, user_id, email)
+        SELECT 'live', 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email))
+          FROM new_rows n
+         WHERE public.sendry_user_is_synced(n, v_sync_on);
         -- After the contacts: each user's event row follows their contact row.
         IF 'user.signed_up' = ANY (v_events) THEN
             INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
@@ -1602,10 +1730,11 @@ $$;
 --    enqueues the noted users set-wise, in ONE subtransaction for the whole statement
 --    (errors: a WARNING and a row in sendry_enqueue_errors naming every user of the
 --    statement, for the repair pass), then forgets them.
--- For a synced user it enqueues the contact if it changed (names, metadata, email,
--- audiences; the confirmation under sync_on = 'confirmed'; an anonymous user becoming
--- permanent). An email change carries the previous address in old_email, so the worker
--- moves the contact. A soft delete (deleted_at set; GoTrue overwrites email with a hash,
+-- For each noted user synced now it captures the contact (the claim finds whether it
+-- changed: names, metadata, email, audiences; the confirmation under sync_on =
+-- 'confirmed'; an anonymous user becoming permanent). An email change carries the previous
+-- address in old_email (one that may have been sent: not an anonymous user's, and under
+-- sync_on = 'confirmed' a confirmed one), so the worker moves the contact. A soft delete (deleted_at set; GoTrue overwrites email with a hash,
 -- never to be sent) enqueues the deletion of the previous address (in confirmed-only mode
 -- only if it was confirmed: an unconfirmed address was never sent, and may be someone
 -- else's).
@@ -1635,10 +1764,6 @@ DECLARE
     v_sync_on   text;
     v_on_delete text;
     v_events    text[];
-    v_ids       uuid[];
-    v_deletes   boolean;
-    v_moves     boolean;
-    r           record;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM public.sendry_changed_users c WHERE c.backend_pid = v_pid) THEN
         RETURN NULL;   -- every row's WHEN clause said "no change"
@@ -1649,20 +1774,7 @@ BEGIN
         v_sync_on := COALESCE(v_sync_on, 'signup');
         v_on_delete := COALESCE(v_on_delete, 'delete_contact');
         v_events := COALESCE(v_events, '{}');
-        -- One pass over the noted users: the synced ones whose address stayed (enqueued in
-        -- one set-based call), and whether any was soft-deleted or moved to a new address.
-        SELECT pg_catalog.array_agg(n.id ORDER BY n.id) FILTER (WHERE NOT n.soft_deleted AND NOT n.moved AND n.synced),
-               COALESCE(pg_catalog.bool_or(n.soft_deleted), false),
-               COALESCE(pg_catalog.bool_or(n.moved AND n.synced AND NOT n.soft_deleted), false)
-          INTO v_ids, v_deletes, v_moves
-          FROM (SELECT u.id, c.soft_deleted, public.sendry_user_is_synced(u, v_sync_on) AS synced,
-                       NOT c.old_anonymous
-                       AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
-                       AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
-                           IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email)) AS moved
-                  FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
-                 WHERE c.backend_pid = v_pid) n;
-        IF v_deletes THEN
+        IF EXISTS (SELECT 1 FROM public.sendry_changed_users c WHERE c.backend_pid = v_pid AND c.soft_deleted) THEN
             -- Soft deletes: the event user.deleted (to the previous address, which the
             -- contact had: the delete's conditions, whatever on_delete says), before the
             -- deletion of that address.
@@ -1691,24 +1803,20 @@ BEGIN
              USING public.sendry_changed_users c
              WHERE c.backend_pid = v_pid AND c.soft_deleted AND s.user_id = c.user_id;
         END IF;
-        IF v_ids IS NOT NULL THEN
-            PERFORM public.sendry_enqueue_contacts(v_ids, 'live');
-        END IF;
-        IF v_moves THEN
-            -- Address changes (rare in bulk): each with its previous address.
-            FOR r IN
-                SELECT u.id, pg_catalog.lower(pg_catalog.btrim(c.old_email)) AS old_email
-                  FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
-                 WHERE c.backend_pid = v_pid AND NOT c.soft_deleted AND NOT c.old_anonymous
-                   AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
-                   AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
-                       IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
-                   AND public.sendry_user_is_synced(u, v_sync_on)
-                 ORDER BY u.id
-            LOOP
-                PERFORM public.sendry_enqueue_contacts(ARRAY[r.id], 'live', r.old_email);
-            END LOOP;
-        END IF;
+        -- One captured row per noted user synced now, with the previous address of an
+        -- email change.
+        INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email)
+        SELECT 'live', 'upsert', u.id, pg_catalog.lower(pg_catalog.btrim(u.email)),
+               CASE WHEN NOT c.old_anonymous
+                     AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
+                     AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
+                         IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
+                     AND (v_sync_on = 'signup' OR c.old_confirmed)
+                    THEN pg_catalog.lower(pg_catalog.btrim(c.old_email)) END
+          FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
+         WHERE c.backend_pid = v_pid AND NOT c.soft_deleted
+           AND public.sendry_user_is_synced(u, v_sync_on)
+         ORDER BY u.id;
         -- The built-in events of the transitions, after the contact rows (each user's
         -- event rows follow their contact row), for users whose address may be sent:
         --   user.signed_up         under sync_on = 'confirmed', the confirmation of a user
@@ -1835,14 +1943,22 @@ $$;
 -- when only they change (the repair pass catches up). The column list (UPDATE OF)
 -- lets an UPDATE that sets none of them, as GoTrue's sign-in and token refresh do,
 -- skip the trigger without even reading its WHEN clause (about 40 us a statement);
--- the WHEN clause skips an UPDATE that sets them to what they were.
+-- the WHEN clause skips an UPDATE that sets them to what they were, and one that changes
+-- only the opt-out keys sendry_inbox_apply writes into raw_app_meta_data
+-- (sendry_unsubscribed, _at, _reason: never part of a contact, an upsert must not
+-- re-subscribe anyone), so that mirroring an opt-out enqueues nothing.
 DO $triggers$
 DECLARE
     v_columns text;
     v_when    text;
 BEGIN
     SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum),
-           pg_catalog.string_agg(pg_catalog.format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', a.attname),
+           pg_catalog.string_agg(pg_catalog.format(
+               CASE WHEN a.attname = 'raw_app_meta_data'
+                    THEN '(OLD.%1$I OPERATOR(pg_catalog.-) %2$L::pg_catalog.text[])'
+                         ' IS DISTINCT FROM (NEW.%1$I OPERATOR(pg_catalog.-) %2$L::pg_catalog.text[])'
+                    ELSE 'OLD.%1$I IS DISTINCT FROM NEW.%1$I' END,
+               a.attname, '{sendry_unsubscribed,sendry_unsubscribed_at,sendry_unsubscribed_reason}'),
                                  ' OR ' ORDER BY a.attnum)
       INTO v_columns, v_when
       FROM pg_catalog.pg_attribute a
@@ -1897,8 +2013,9 @@ $sendry_step$, '{}'); END $sendry_do$;
 -- ---- functions/watch.sql (repeatable) ----
 DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions/watch.sql', $sendry_step$-- sendry-step: requires auth.users
 -- Watching the project's own tables: SELECT sendry_watch('public.profiles', 'id') makes
--- every INSERT, UPDATE and DELETE of public.profiles re-render the contacts of the users
--- it touched (the uuid column `id` names the user) and enqueue those that changed.
+-- every INSERT, UPDATE and DELETE of public.profiles capture the contacts of the synced
+-- users it touched (the uuid column `id` names the user): the worker renders each at the
+-- claim and sends those that changed.
 -- sendry_unwatch('public.profiles') stops it; public.sendry_watched_tables lists them.
 
 -- The trigger function of every watched table (statement-level, over the transition
@@ -1933,10 +2050,13 @@ BEGIN
         v_ids := pg_catalog.array_remove(v_ids, NULL);
         IF pg_catalog.cardinality(v_ids) > 0 THEN
             v_sync_on := COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1), 'signup');
-            PERFORM public.sendry_enqueue_contacts(
-                ARRAY(SELECT u.id FROM auth.users u
-                       WHERE u.id = ANY (v_ids) AND public.sendry_user_is_synced(u, v_sync_on)),
-                'live');
+            -- One captured row per synced user: the claim renders the contact, and
+            -- completes it without a request when it did not change.
+            INSERT INTO public.sendry_outbox (class, op, user_id, email)
+            SELECT 'live', 'upsert', u.id, pg_catalog.lower(pg_catalog.btrim(u.email))
+              FROM auth.users u
+             WHERE u.id = ANY (v_ids) AND public.sendry_user_is_synced(u, v_sync_on)
+             ORDER BY u.id;
         END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue the users of changed % rows for Sendry: % (SQLSTATE %)',

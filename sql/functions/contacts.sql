@@ -173,15 +173,18 @@ AS $$
     OFFSET 0
 $$;
 
--- The contacts of these users that differ from what was last enqueued for them, as
--- their outbox row gets them (payload with leave_audiences, old_email, problem) and
--- as sendry_contact_state keeps them (state_email, state_audiences: those of the
--- last contact without a problem; known: the user has a state row). The state row
--- is probed per user (LATERAL ... LIMIT 1): one index probe each whatever the
--- planner believes about the table's size, never a scan of it. Inlinable.
-CREATE OR REPLACE FUNCTION public.sendry_changed_contacts(p_user_ids uuid[], p_old_email text DEFAULT NULL)
-RETURNS TABLE (user_id uuid, email text, old_email text, payload jsonb, hash bigint, problem text,
-               known boolean, state_email text, state_audiences text[])
+-- The contacts the mapping renders for these users beside what Sendry last accepted for
+-- each (sendry_contact_state, written by the worker when Sendry accepts a contact): as an
+-- upsert sends them (payload: the body, plus leave_audiences when the contact left
+-- audiences since), with the rendered audiences and hash, the address to move from
+-- (old_email: the state's address when it differs, else p_old_email), and the state's
+-- row (known: there is one; state_email, state_audiences, state_hash). The state row is
+-- probed per user (LATERAL ... LIMIT 1): one index probe each whatever the planner
+-- believes about the table's size, never a scan of it. Inlinable. Used by
+-- sendry_changed_contacts (the repair pass) and sendry_claim_render (the claim).
+CREATE OR REPLACE FUNCTION public.sendry_compared_contacts(p_user_ids uuid[], p_old_email text DEFAULT NULL)
+RETURNS TABLE (user_id uuid, email text, old_email text, payload jsonb, hash bigint, audiences text[],
+               problem text, known boolean, state_email text, state_audiences text[], state_hash bigint)
 LANGUAGE sql
 STABLE
 AS $$
@@ -198,27 +201,44 @@ AS $$
                              SELECT pg_catalog.unnest(COALESCE(r.audiences, '{default}'))) AS a (id)
                      HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0), '{}')
            END,
-           r.hash, r.problem, s.user_id IS NOT NULL,
-           CASE WHEN r.problem IS NULL THEN r.email ELSE s.email END,
-           CASE WHEN r.problem IS NULL THEN r.audiences ELSE s.audiences END
+           r.hash, r.audiences, r.problem, s.user_id IS NOT NULL, s.email, s.audiences, s.contact_hash
     FROM public.sendry_render_contacts(p_user_ids) r
     LEFT JOIN LATERAL (SELECT st.user_id, st.email, st.audiences, st.contact_hash
                          FROM public.sendry_contact_state st
                         WHERE st.user_id OPERATOR(pg_catalog.=) r.user_id
                         LIMIT 1) s ON true
-    WHERE s.contact_hash IS DISTINCT FROM r.hash
 $$;
 
--- Enqueues the contacts of the given users (all synced: callers check) whose rendered
--- contact differs from what was last enqueued for them, and records it in
--- sendry_contact_state; set-based. With p_check (the default) it first only looks,
--- and writes nothing when no contact changed (most UPDATEs change none). Without it
--- (the INSERT trigger: users no other transaction can see yet) the state rows of
--- users without one are plain INSERTs, about twice as cheap as an upsert. A contact
--- the mapping renders wrongly is enqueued `failed` (attempts 0, last_error
--- "mapping: ..."), never an error. old_email is the address last enqueued when it
--- changed, else p_old_email (the previous address, from an auth.users UPDATE, for a
--- user enqueued before 0.4). Returns the rows enqueued, and how many of them failed.
+-- The contacts of these users that differ from what Sendry last accepted for them, as
+-- their outbox row would get them (payload with leave_audiences, old_email, problem) and
+-- as sendry_contact_state would keep them once Sendry accepts them (state_email,
+-- state_audiences: those of a contact without a problem; known: the user has a state
+-- row). Inlinable.
+CREATE OR REPLACE FUNCTION public.sendry_changed_contacts(p_user_ids uuid[], p_old_email text DEFAULT NULL)
+RETURNS TABLE (user_id uuid, email text, old_email text, payload jsonb, hash bigint, problem text,
+               known boolean, state_email text, state_audiences text[])
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT c.user_id, c.email, c.old_email, c.payload, c.hash, c.problem, c.known,
+           CASE WHEN c.problem IS NULL THEN c.email ELSE c.state_email END,
+           CASE WHEN c.problem IS NULL THEN c.audiences ELSE c.state_audiences END
+    FROM public.sendry_compared_contacts(p_user_ids, p_old_email) c
+    WHERE c.state_hash IS DISTINCT FROM c.hash
+$$;
+
+-- Enqueues CAPTURED rows (op 'upsert', payload NULL: the worker renders the contact
+-- through the mapping when it claims the row, sendry_claim_render) for the given users
+-- (all synced: callers check), set-based, one row per user in user id order. It never
+-- writes sendry_contact_state (the worker does, when Sendry accepts a contact).
+--  * With p_check (the default; the repair pass and a repair by hand, outside users'
+--    transactions) it first renders and compares with what Sendry last accepted, and
+--    enqueues only the users whose contact differs; one the mapping renders wrongly is
+--    enqueued `failed` (attempts 0, last_error "mapping: ..."), never an error. old_email
+--    is the address Sendry last accepted when it changed, else p_old_email.
+--  * Without it, every given user (email: their address in auth.users, old_email:
+--    p_old_email when it differs), nothing rendered.
+-- Returns the rows enqueued, and how many of them failed.
 CREATE OR REPLACE FUNCTION public.sendry_enqueue_contacts(p_user_ids uuid[], p_class text,
                                                          p_old_email text DEFAULT NULL,
                                                          p_check boolean DEFAULT true,
@@ -227,64 +247,97 @@ LANGUAGE plpgsql
 SET search_path = ''
 SET plan_cache_mode = force_generic_plan
 AS $$
-DECLARE
-    v_user_ids uuid[] := p_user_ids;
 BEGIN
     enqueued := 0;
     failed := 0;
-    IF p_check THEN
-        SELECT pg_catalog.array_agg(c.user_id) INTO v_user_ids
-          FROM public.sendry_changed_contacts(p_user_ids, p_old_email) c;
-    END IF;
-    IF COALESCE(pg_catalog.cardinality(v_user_ids), 0) = 0 THEN
+    IF COALESCE(pg_catalog.cardinality(p_user_ids), 0) = 0 THEN
         RETURN;
     END IF;
     IF p_check THEN
-        WITH changed AS MATERIALIZED (
-            SELECT * FROM public.sendry_changed_contacts(v_user_ids, p_old_email)
-        ),
-        queued AS (
+        WITH queued AS (
             INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload, status, last_error)
-            SELECT p_class, 'upsert', d.user_id, d.email, d.old_email, d.payload,
+            SELECT p_class, 'upsert', d.user_id, d.email, d.old_email, NULL,
                    CASE WHEN d.problem IS NULL THEN 'pending' ELSE 'failed' END, d.problem
-            FROM changed d
+              FROM public.sendry_changed_contacts(p_user_ids, p_old_email) d
+             ORDER BY d.user_id
             RETURNING status
-        ),
-        remembered AS (
-            INSERT INTO public.sendry_contact_state AS s (user_id, email, audiences, contact_hash)
-            SELECT d.user_id, d.state_email, d.state_audiences, d.hash FROM changed d
-            ON CONFLICT (user_id) DO UPDATE
-               SET email = EXCLUDED.email, audiences = EXCLUDED.audiences,
-                   contact_hash = EXCLUDED.contact_hash, updated_at = pg_catalog.now()
         )
         SELECT count(*)::integer, (count(*) FILTER (WHERE q.status = 'failed'))::integer
           INTO enqueued, failed
           FROM queued q;
     ELSE
-        WITH changed AS MATERIALIZED (
-            SELECT * FROM public.sendry_changed_contacts(v_user_ids, p_old_email)
-        ),
-        queued AS (
-            INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload, status, last_error)
-            SELECT p_class, 'upsert', d.user_id, d.email, d.old_email, d.payload,
-                   CASE WHEN d.problem IS NULL THEN 'pending' ELSE 'failed' END, d.problem
-            FROM changed d
-            RETURNING status
-        ),
-        added AS (
-            INSERT INTO public.sendry_contact_state (user_id, email, audiences, contact_hash)
-            SELECT d.user_id, d.state_email, d.state_audiences, d.hash FROM changed d WHERE NOT d.known
-        ),
-        remembered AS (
-            UPDATE public.sendry_contact_state s
-               SET email = d.state_email, audiences = d.state_audiences, contact_hash = d.hash,
-                   updated_at = pg_catalog.now()
-              FROM changed d
-             WHERE d.known AND s.user_id = d.user_id
-        )
-        SELECT count(*)::integer, (count(*) FILTER (WHERE q.status = 'failed'))::integer
-          INTO enqueued, failed
-          FROM queued q;
+        INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email)
+        SELECT p_class, 'upsert', u.id, NULLIF(pg_catalog.lower(pg_catalog.btrim(u.email)), ''),
+               NULLIF(pg_catalog.lower(pg_catalog.btrim(p_old_email)),
+                      pg_catalog.lower(pg_catalog.btrim(u.email)))
+          FROM auth.users u
+         WHERE u.id = ANY (p_user_ids)
+         ORDER BY u.id;
+        GET DIAGNOSTICS enqueued = ROW_COUNT;
     END IF;
 END
 $$;
+
+-- The render at the claim (the worker calls it once per claim, for the users of its
+-- captured rows): for each DISTINCT user id given, one row with what to do with the
+-- user's contact now, rendered through the mapping and compared with what Sendry last
+-- accepted (sendry_contact_state):
+--   verdict 'gone'    the user is not synced now (no auth.users row, not
+--                     sendry_user_is_synced under sendry_settings.sync_on, or no row or no
+--                     email in the mapping): email, payload, hash, audiences, problem NULL
+--   verdict 'failed'  the mapping renders a problem ("mapping: ...", as
+--                     sendry_render_contacts): the row fails with it
+--   verdict 'same'    no problem, and Sendry accepted this contact (hash) at this address
+--   verdict 'send'    otherwise: payload is the body to send (with leave_audiences when
+--                     the contact left audiences since it was accepted)
+-- email, hash and audiences are the rendered ones (what the worker writes into
+-- sendry_contact_state when Sendry accepts the contact); known: the user has a state row,
+-- state_email its address (NULL if none). Set-wise and by key: the users, the mapping and
+-- the state are read by primary key for the ids given, whatever the tables' size and
+-- statistics (tests/test_hot_plans.py). SECURITY DEFINER: the worker's role needs EXECUTE
+-- on it, not the right to read auth.users, the mapping or the state.
+--   SELECT * FROM sendry_claim_render(ARRAY(SELECT id FROM auth.users LIMIT 10));
+CREATE OR REPLACE FUNCTION public.sendry_claim_render(p_user_ids uuid[])
+RETURNS TABLE (user_id uuid, verdict text, email text, payload jsonb, hash bigint,
+               audiences text[], problem text, known boolean, state_email text)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = ''
+SET plan_cache_mode = force_generic_plan
+AS $$
+DECLARE
+    v_sync_on text;
+    v_ids     uuid[];
+    v_synced  uuid[];
+BEGIN
+    v_sync_on := COALESCE((SELECT s.sync_on FROM public.sendry_settings s LIMIT 1), 'signup');
+    v_ids := ARRAY(SELECT DISTINCT i.id FROM pg_catalog.unnest(p_user_ids) AS i (id) WHERE i.id IS NOT NULL);
+    -- The users synced now: one probe of auth.users' primary key per id.
+    v_synced := ARRAY(SELECT u.id FROM auth.users u
+                       WHERE u.id = ANY (v_ids) AND public.sendry_user_is_synced(u, v_sync_on));
+    RETURN QUERY
+    SELECT DISTINCT ON (i.id) i.id,
+           CASE WHEN c.user_id IS NULL THEN 'gone'
+                WHEN c.problem IS NOT NULL THEN 'failed'
+                WHEN c.state_hash = c.hash AND c.state_email = c.email THEN 'same'
+                ELSE 'send' END,
+           c.email, c.payload, c.hash, c.audiences, c.problem,
+           COALESCE(c.known, s.user_id IS NOT NULL), COALESCE(c.state_email, s.email)
+      FROM pg_catalog.unnest(v_ids) AS i (id)
+      LEFT JOIN public.sendry_compared_contacts(v_synced) c ON c.user_id = i.id
+      -- The state of a user not rendered (gone): probed only for them.
+      LEFT JOIN LATERAL (SELECT st.user_id, st.email FROM public.sendry_contact_state st
+                          WHERE st.user_id = i.id AND c.user_id IS NULL
+                          LIMIT 1) s ON true
+     ORDER BY i.id;
+END
+$$;
+
+-- Who may call it: not PUBLIC, anon or authenticated (sendry_migrate_lockdown takes every
+-- sendry_* function from them after each step); service_role where it exists. A worker
+-- role of its own: GRANT EXECUTE ON FUNCTION public.sendry_claim_render(uuid[]) TO <role>.
+REVOKE ALL ON FUNCTION public.sendry_claim_render(uuid[]) FROM PUBLIC;
+DO $grants$ BEGIN IF pg_catalog.to_regrole('service_role') IS NOT NULL THEN
+    GRANT EXECUTE ON FUNCTION public.sendry_claim_render(uuid[]) TO service_role;
+END IF; END $grants$;

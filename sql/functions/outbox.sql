@@ -61,3 +61,17 @@ SELECT
     (SELECT count(*) FROM public.sendry_enqueue_errors e
       WHERE e.occurred_at > now() - interval '1 hour')                      AS enqueue_errors_last_hour
 FROM public.sendry_outbox;
+
+-- Migration 0006 added the CHECK sendry_outbox_address_check NOT VALID (a row names its
+-- contact: an email, or an upsert of a user); it is validated here, in a transaction of
+-- its own, under SHARE UPDATE EXCLUSIVE (writes to the outbox go on while it reads the
+-- table), once. Every row written before 0006 has an email.
+DO $validate$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
+                WHERE conrelid = 'public.sendry_outbox'::regclass AND conname = 'sendry_outbox_address_check'
+                  AND NOT convalidated) THEN
+        ALTER TABLE public.sendry_outbox VALIDATE CONSTRAINT sendry_outbox_address_check;
+    END IF;
+END
+$validate$;

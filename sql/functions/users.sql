@@ -21,6 +21,13 @@ AS $$
         'old_email', p_old_email))
 $$;
 
+-- The triggers CAPTURE: per changed synced user, one narrow outbox row (op 'upsert',
+-- class 'live', user_id, email = lower(btrim(the current address)), old_email = the
+-- previous one for an email change, payload NULL). They never read the contact mapping
+-- nor sendry_contact_state (the worker renders the contact when it claims the row, and
+-- compares it with what Sendry last accepted: sendry_claim_render); the deletion paths
+-- only delete the user's state row.
+--
 -- After an INSERT: a statement-level trigger over the transition table (one
 -- set-based statement for a bulk import, about half the cost of a row trigger).
 CREATE OR REPLACE FUNCTION public.sendry_auth_users_inserted()
@@ -36,9 +43,11 @@ BEGIN
     BEGIN
         SELECT s.sync_on, s.events INTO v_sync_on, v_events FROM public.sendry_settings s LIMIT 1;
         v_sync_on := COALESCE(v_sync_on, 'signup');
-        PERFORM public.sendry_enqueue_contacts(
-            ARRAY(SELECT n.id FROM new_rows n WHERE public.sendry_user_is_synced(n, v_sync_on)),
-            'live', p_check => false);
+        -- One captured row per new synced user: the worker renders the contact at the claim.
+        INSERT INTO public.sendry_outbox (class, op, user_id, email)
+        SELECT 'live', 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email))
+          FROM new_rows n
+         WHERE public.sendry_user_is_synced(n, v_sync_on);
         -- After the contacts: each user's event row follows their contact row.
         IF 'user.signed_up' = ANY (v_events) THEN
             INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
@@ -78,10 +87,11 @@ $$;
 --    enqueues the noted users set-wise, in ONE subtransaction for the whole statement
 --    (errors: a WARNING and a row in sendry_enqueue_errors naming every user of the
 --    statement, for the repair pass), then forgets them.
--- For a synced user it enqueues the contact if it changed (names, metadata, email,
--- audiences; the confirmation under sync_on = 'confirmed'; an anonymous user becoming
--- permanent). An email change carries the previous address in old_email, so the worker
--- moves the contact. A soft delete (deleted_at set; GoTrue overwrites email with a hash,
+-- For each noted user synced now it captures the contact (the claim finds whether it
+-- changed: names, metadata, email, audiences; the confirmation under sync_on =
+-- 'confirmed'; an anonymous user becoming permanent). An email change carries the previous
+-- address in old_email (one that may have been sent: not an anonymous user's, and under
+-- sync_on = 'confirmed' a confirmed one), so the worker moves the contact. A soft delete (deleted_at set; GoTrue overwrites email with a hash,
 -- never to be sent) enqueues the deletion of the previous address (in confirmed-only mode
 -- only if it was confirmed: an unconfirmed address was never sent, and may be someone
 -- else's).
@@ -111,10 +121,6 @@ DECLARE
     v_sync_on   text;
     v_on_delete text;
     v_events    text[];
-    v_ids       uuid[];
-    v_deletes   boolean;
-    v_moves     boolean;
-    r           record;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM public.sendry_changed_users c WHERE c.backend_pid = v_pid) THEN
         RETURN NULL;   -- every row's WHEN clause said "no change"
@@ -125,20 +131,7 @@ BEGIN
         v_sync_on := COALESCE(v_sync_on, 'signup');
         v_on_delete := COALESCE(v_on_delete, 'delete_contact');
         v_events := COALESCE(v_events, '{}');
-        -- One pass over the noted users: the synced ones whose address stayed (enqueued in
-        -- one set-based call), and whether any was soft-deleted or moved to a new address.
-        SELECT pg_catalog.array_agg(n.id ORDER BY n.id) FILTER (WHERE NOT n.soft_deleted AND NOT n.moved AND n.synced),
-               COALESCE(pg_catalog.bool_or(n.soft_deleted), false),
-               COALESCE(pg_catalog.bool_or(n.moved AND n.synced AND NOT n.soft_deleted), false)
-          INTO v_ids, v_deletes, v_moves
-          FROM (SELECT u.id, c.soft_deleted, public.sendry_user_is_synced(u, v_sync_on) AS synced,
-                       NOT c.old_anonymous
-                       AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
-                       AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
-                           IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email)) AS moved
-                  FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
-                 WHERE c.backend_pid = v_pid) n;
-        IF v_deletes THEN
+        IF EXISTS (SELECT 1 FROM public.sendry_changed_users c WHERE c.backend_pid = v_pid AND c.soft_deleted) THEN
             -- Soft deletes: the event user.deleted (to the previous address, which the
             -- contact had: the delete's conditions, whatever on_delete says), before the
             -- deletion of that address.
@@ -167,24 +160,20 @@ BEGIN
              USING public.sendry_changed_users c
              WHERE c.backend_pid = v_pid AND c.soft_deleted AND s.user_id = c.user_id;
         END IF;
-        IF v_ids IS NOT NULL THEN
-            PERFORM public.sendry_enqueue_contacts(v_ids, 'live');
-        END IF;
-        IF v_moves THEN
-            -- Address changes (rare in bulk): each with its previous address.
-            FOR r IN
-                SELECT u.id, pg_catalog.lower(pg_catalog.btrim(c.old_email)) AS old_email
-                  FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
-                 WHERE c.backend_pid = v_pid AND NOT c.soft_deleted AND NOT c.old_anonymous
-                   AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
-                   AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
-                       IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
-                   AND public.sendry_user_is_synced(u, v_sync_on)
-                 ORDER BY u.id
-            LOOP
-                PERFORM public.sendry_enqueue_contacts(ARRAY[r.id], 'live', r.old_email);
-            END LOOP;
-        END IF;
+        -- One captured row per noted user synced now, with the previous address of an
+        -- email change.
+        INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email)
+        SELECT 'live', 'upsert', u.id, pg_catalog.lower(pg_catalog.btrim(u.email)),
+               CASE WHEN NOT c.old_anonymous
+                     AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
+                     AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
+                         IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
+                     AND (v_sync_on = 'signup' OR c.old_confirmed)
+                    THEN pg_catalog.lower(pg_catalog.btrim(c.old_email)) END
+          FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
+         WHERE c.backend_pid = v_pid AND NOT c.soft_deleted
+           AND public.sendry_user_is_synced(u, v_sync_on)
+         ORDER BY u.id;
         -- The built-in events of the transitions, after the contact rows (each user's
         -- event rows follow their contact row), for users whose address may be sent:
         --   user.signed_up         under sync_on = 'confirmed', the confirmation of a user
@@ -311,14 +300,22 @@ $$;
 -- when only they change (the repair pass catches up). The column list (UPDATE OF)
 -- lets an UPDATE that sets none of them, as GoTrue's sign-in and token refresh do,
 -- skip the trigger without even reading its WHEN clause (about 40 us a statement);
--- the WHEN clause skips an UPDATE that sets them to what they were.
+-- the WHEN clause skips an UPDATE that sets them to what they were, and one that changes
+-- only the opt-out keys sendry_inbox_apply writes into raw_app_meta_data
+-- (sendry_unsubscribed, _at, _reason: never part of a contact, an upsert must not
+-- re-subscribe anyone), so that mirroring an opt-out enqueues nothing.
 DO $triggers$
 DECLARE
     v_columns text;
     v_when    text;
 BEGIN
     SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum),
-           pg_catalog.string_agg(pg_catalog.format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', a.attname),
+           pg_catalog.string_agg(pg_catalog.format(
+               CASE WHEN a.attname = 'raw_app_meta_data'
+                    THEN '(OLD.%1$I OPERATOR(pg_catalog.-) %2$L::pg_catalog.text[])'
+                         ' IS DISTINCT FROM (NEW.%1$I OPERATOR(pg_catalog.-) %2$L::pg_catalog.text[])'
+                    ELSE 'OLD.%1$I IS DISTINCT FROM NEW.%1$I' END,
+               a.attname, '{sendry_unsubscribed,sendry_unsubscribed_at,sendry_unsubscribed_reason}'),
                                  ' OR ' ORDER BY a.attnum)
       INTO v_columns, v_when
       FROM pg_catalog.pg_attribute a

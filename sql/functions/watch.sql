@@ -1,7 +1,8 @@
 -- sendry-step: requires auth.users
 -- Watching the project's own tables: SELECT sendry_watch('public.profiles', 'id') makes
--- every INSERT, UPDATE and DELETE of public.profiles re-render the contacts of the users
--- it touched (the uuid column `id` names the user) and enqueue those that changed.
+-- every INSERT, UPDATE and DELETE of public.profiles capture the contacts of the synced
+-- users it touched (the uuid column `id` names the user): the worker renders each at the
+-- claim and sends those that changed.
 -- sendry_unwatch('public.profiles') stops it; public.sendry_watched_tables lists them.
 
 -- The trigger function of every watched table (statement-level, over the transition
@@ -36,10 +37,13 @@ BEGIN
         v_ids := pg_catalog.array_remove(v_ids, NULL);
         IF pg_catalog.cardinality(v_ids) > 0 THEN
             v_sync_on := COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1), 'signup');
-            PERFORM public.sendry_enqueue_contacts(
-                ARRAY(SELECT u.id FROM auth.users u
-                       WHERE u.id = ANY (v_ids) AND public.sendry_user_is_synced(u, v_sync_on)),
-                'live');
+            -- One captured row per synced user: the claim renders the contact, and
+            -- completes it without a request when it did not change.
+            INSERT INTO public.sendry_outbox (class, op, user_id, email)
+            SELECT 'live', 'upsert', u.id, pg_catalog.lower(pg_catalog.btrim(u.email))
+              FROM auth.users u
+             WHERE u.id = ANY (v_ids) AND public.sendry_user_is_synced(u, v_sync_on)
+             ORDER BY u.id;
         END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue the users of changed % rows for Sendry: % (SQLSTATE %)',

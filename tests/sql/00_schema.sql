@@ -1,7 +1,7 @@
 -- Every object sql/install.sql creates exists, with the shape DESIGN.md promises.
 -- Logged in as postgres (the role that ran the migration and owns the objects).
 BEGIN;
-SELECT plan(134);
+SELECT plan(143);
 
 -- The outbox table and its columns (DESIGN.md: "columns at least").
 SELECT has_table('public', 'sendry_outbox', 'table public.sendry_outbox exists');
@@ -30,7 +30,27 @@ SELECT is((SELECT attidentity::text FROM pg_attribute
             WHERE attrelid = 'public.sendry_outbox'::regclass AND attname = 'id'),
           'a', 'id is GENERATED ALWAYS AS IDENTITY');
 SELECT col_is_null('public', 'sendry_outbox', 'user_id', 'user_id is nullable (rows not tied to a user)');
-SELECT col_not_null('public', 'sendry_outbox', 'email', 'email is NOT NULL');
+SELECT col_is_null('public', 'sendry_outbox', 'email', 'email is nullable (a captured upsert of a user may come without it)');
+SELECT col_is_null('public', 'sendry_outbox', 'payload', 'payload is nullable (NULL: captured, rendered at the claim)');
+SELECT col_hasnt_default('public', 'sendry_outbox', 'payload', 'payload has no default (a row inserted without one is captured)');
+SELECT col_default_is('public', 'sendry_outbox', 'class', 'bulk', 'class defaults to bulk (a backfill by hand)');
+-- The address CHECK: a row names its contact, an email or an upsert of a user.
+SELECT is((SELECT convalidated FROM pg_constraint WHERE conrelid = 'public.sendry_outbox'::regclass
+             AND conname = 'sendry_outbox_address_check'), true,
+          'sendry_outbox_address_check exists and is validated');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (op, user_id) VALUES ('delete', gen_random_uuid())$$,
+                 '23514', NULL, 'a delete with no email is a check violation (sendry_outbox_address_check)');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (op, user_id, payload) VALUES ('event', gen_random_uuid(), '{"name": "x"}')$$,
+                 '23514', NULL, 'an event with no email is a check violation');
+SELECT throws_ok($$INSERT INTO public.sendry_outbox (op) VALUES ('upsert')$$,
+                 '23514', NULL, 'an upsert with neither an email nor a user is a check violation');
+SELECT lives_ok($$INSERT INTO public.sendry_outbox (user_id) VALUES ('00000000-0000-4000-8000-0000000000a1')$$,
+                'an upsert of a user with no email and no payload is accepted (the short backfill)');
+SELECT is((SELECT ROW(op, class, status, email, payload)::text FROM public.sendry_outbox
+            WHERE user_id = '00000000-0000-4000-8000-0000000000a1'),
+          ROW('upsert', 'bulk', 'pending', NULL::text, NULL::jsonb)::text,
+          'it is a captured bulk upsert, pending');
+DELETE FROM public.sendry_outbox WHERE user_id = '00000000-0000-4000-8000-0000000000a1';
 SELECT col_default_is('public', 'sendry_outbox', 'op', 'upsert', 'op defaults to upsert');
 SELECT col_default_is('public', 'sendry_outbox', 'status', 'pending', 'status defaults to pending');
 
@@ -221,14 +241,15 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
                    AND COALESCE(NOT p.proconfig @> ARRAY['search_path=""'], true)
                  ORDER BY 1),
-          ARRAY['sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload',
+          ARRAY['sendry_changed_contacts', 'sendry_compared_contacts', 'sendry_contact_body', 'sendry_contact_payload',
                 'sendry_render_contacts', 'sendry_user_event_payload', 'sendry_user_is_synced']::text[],
-          'every sendry_* function pins an empty search_path, but the six SQL ones written to be inlined');
+          'every sendry_* function pins an empty search_path, but the seven SQL ones written to be inlined');
 -- Those have no SET clause so that they can be inlined; they must then resolve nothing
 -- through the caller's search_path: a hostile search_path changes nothing.
 SELECT ok(NOT EXISTS (SELECT 1 FROM pg_proc p
                        WHERE p.pronamespace = 'public'::regnamespace
-                         AND p.proname IN ('sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload',
+                         AND p.proname IN ('sendry_changed_contacts', 'sendry_compared_contacts',
+                                           'sendry_contact_body', 'sendry_contact_payload',
                                            'sendry_render_contacts', 'sendry_user_is_synced')
                          AND (p.prosecdef OR p.proconfig IS NOT NULL OR p.provolatile = 'v'
                               OR p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'sql'))),
@@ -252,7 +273,8 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                  WHERE p.pronamespace = 'public'::regnamespace AND p.proname LIKE 'sendry%'
                  ORDER BY 1),
           ARRAY['sendry_auth_users_deleted', 'sendry_auth_users_inserted', 'sendry_auth_users_noted', 'sendry_auth_users_updated',
-                'sendry_changed_contacts', 'sendry_contact_body', 'sendry_contact_payload', 'sendry_contact_problem',
+                'sendry_changed_contacts', 'sendry_claim_render', 'sendry_compared_contacts',
+                'sendry_contact_body', 'sendry_contact_payload', 'sendry_contact_problem',
                 'sendry_enqueue_contacts', 'sendry_enqueue_event', 'sendry_event_id', 'sendry_event_problem',
                 'sendry_inbox_apply', 'sendry_inbox_receive',
                 'sendry_migrate_fingerprint', 'sendry_migrate_lock_holders', 'sendry_migrate_lockdown', 'sendry_migrate_missing', 'sendry_migrate_step',

@@ -9,7 +9,7 @@
 \set as_gotrue 'SET ROLE supabase_auth_admin; SET search_path = auth;'
 \set as_admin 'RESET ROLE; RESET search_path;'
 BEGIN;
-SELECT plan(24);
+SELECT plan(30);
 
 SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'the outbox starts empty');
 
@@ -141,43 +141,43 @@ SELECT results_eq(
              ('00000000-0000-4000-8000-000000000012'::uuid, 'upsert', 'two@example.com', 'pending', 0)$$,
     'exactly one pending upsert per user with an email; none for the role update, the anonymous or the phone-only user');
 
-SELECT is((SELECT payload FROM public.sendry_outbox WHERE user_id = '00000000-0000-4000-8000-000000000001' ORDER BY id LIMIT 1),
+SELECT is((SELECT payload FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-000000000001'::uuid])),
           '{"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace",
             "metadata": {"supabase_user_id": "00000000-0000-4000-8000-000000000001", "signup_source": "supabase"}}'::jsonb,
           'email sign-up: first_name and last_name from the metadata, nothing else copied');
-SELECT is((SELECT payload FROM public.sendry_outbox WHERE user_id = '00000000-0000-4000-8000-000000000002' ORDER BY id LIMIT 1),
+SELECT is((SELECT payload FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-000000000002'::uuid])),
           '{"email": "ada.king@example.com", "first_name": "Ada", "last_name": "King Lovelace",
             "metadata": {"supabase_user_id": "00000000-0000-4000-8000-000000000002", "signup_source": "supabase"}}'::jsonb,
           'OAuth full_name "Ada King Lovelace": first Ada, last "King Lovelace"');
-SELECT is((SELECT payload FROM public.sendry_outbox WHERE user_id = '00000000-0000-4000-8000-000000000003' ORDER BY id LIMIT 1),
+SELECT is((SELECT payload FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-000000000003'::uuid])),
           '{"email": "grace@example.com", "first_name": "Grace", "last_name": "Hopper",
             "metadata": {"supabase_user_id": "00000000-0000-4000-8000-000000000003", "signup_source": "supabase"}}'::jsonb,
           'OAuth with only name: split into first and last');
-SELECT is((SELECT payload FROM public.sendry_outbox WHERE user_id = '00000000-0000-4000-8000-000000000004' ORDER BY id LIMIT 1),
+SELECT is((SELECT payload FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-000000000004'::uuid])),
           '{"email": "cher@example.com", "first_name": "Cher",
             "metadata": {"supabase_user_id": "00000000-0000-4000-8000-000000000004", "signup_source": "supabase"}}'::jsonb,
           'one-word name: first_name only, no last_name key');
-SELECT is((SELECT payload FROM public.sendry_outbox WHERE user_id = '00000000-0000-4000-8000-000000000005' ORDER BY id LIMIT 1),
+SELECT is((SELECT payload FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-000000000005'::uuid])),
           '{"email": "zoe@example.com", "first_name": "Zoë", "last_name": "O''Brien-Łukasz",
             "metadata": {"supabase_user_id": "00000000-0000-4000-8000-000000000005", "signup_source": "supabase"}}'::jsonb,
           'unicode and an apostrophe survive unchanged');
-SELECT is((SELECT payload FROM public.sendry_outbox WHERE user_id = '00000000-0000-4000-8000-000000000006' ORDER BY id LIMIT 1),
+SELECT is((SELECT payload FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-000000000006'::uuid])),
           '{"email": "dwayne@example.com", "first_name": "Dwayne", "last_name": "\"The Rock\" Johnson",
             "metadata": {"supabase_user_id": "00000000-0000-4000-8000-000000000006", "signup_source": "supabase"}}'::jsonb,
           'a double quote in the name survives unchanged');
-SELECT is((SELECT payload FROM public.sendry_outbox WHERE user_id = '00000000-0000-4000-8000-000000000007' ORDER BY id LIMIT 1),
+SELECT is((SELECT payload FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-000000000007'::uuid])),
           '{"email": "mixed.case@example.com", "first_name": "Mixed",
             "metadata": {"supabase_user_id": "00000000-0000-4000-8000-000000000007", "signup_source": "supabase"}}'::jsonb,
           'email trimmed and lower-cased, names trimmed, an empty last_name dropped');
-SELECT is((SELECT payload FROM public.sendry_outbox WHERE user_id = '00000000-0000-4000-8000-000000000010' ORDER BY id LIMIT 1),
+SELECT is((SELECT payload FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-000000000010'::uuid])),
           '{"email": "nometa@example.com",
             "metadata": {"supabase_user_id": "00000000-0000-4000-8000-000000000010", "signup_source": "supabase"}}'::jsonb,
           'NULL user metadata: no name keys');
-SELECT is((SELECT payload FROM public.sendry_outbox WHERE user_id = '00000000-0000-4000-8000-000000000011' ORDER BY id LIMIT 1),
+SELECT is((SELECT payload FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-000000000011'::uuid])),
           '{"email": "one@example.com", "first_name": "One",
             "metadata": {"supabase_user_id": "00000000-0000-4000-8000-000000000011", "signup_source": "supabase"}}'::jsonb,
           'first of two users inserted in one statement');
-SELECT is((SELECT payload FROM public.sendry_outbox WHERE user_id = '00000000-0000-4000-8000-000000000012' ORDER BY id LIMIT 1),
+SELECT is((SELECT payload FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-000000000012'::uuid])),
           '{"email": "two@example.com", "last_name": "Two",
             "metadata": {"supabase_user_id": "00000000-0000-4000-8000-000000000012", "signup_source": "supabase"}}'::jsonb,
           'second of two users inserted in one statement (last_name only)');
@@ -193,22 +193,62 @@ SELECT ok(EXISTS (SELECT 1 FROM auth.users WHERE id = '00000000-0000-4000-8000-0
 SELECT is_empty($$SELECT 1 FROM public.sendry_outbox WHERE user_id = '00000000-0000-4000-8000-000000000009'$$,
                 'the phone-only user enqueued nothing');
 
-SELECT is_empty($$SELECT o.id, e.key FROM public.sendry_outbox o, jsonb_each(o.payload -> 'metadata') e
+-- What the trigger wrote: captured rows only (the claim renders them), no state.
+SELECT is_empty($$SELECT id FROM public.sendry_outbox
+                   WHERE payload IS NOT NULL OR class <> 'live' OR old_email IS NOT NULL OR last_error IS NOT NULL$$,
+                'every row is captured: class live, payload NULL, no old_email, no error');
+SELECT is_empty('SELECT 1 FROM public.sendry_contact_state',
+                'the sign-ups wrote no sendry_contact_state row (the worker does, when Sendry accepts)');
+
+-- What the claim renders for them (sendry_claim_render): the payloads above, and these.
+CREATE TEMP TABLE rendered ON COMMIT DROP AS
+SELECT o.id, o.email AS row_email, r.*
+  FROM public.sendry_outbox o
+  JOIN public.sendry_claim_render(ARRAY(SELECT user_id FROM public.sendry_outbox)) r ON r.user_id = o.user_id;
+SELECT is((SELECT count(*) FROM rendered WHERE verdict = 'send' AND NOT known AND state_email IS NULL), 10::bigint,
+          'the claim renders every captured row: verdict send, no state yet');
+SELECT is_empty($$SELECT o.id, e.key FROM rendered o, jsonb_each(o.payload -> 'metadata') e
                    WHERE jsonb_typeof(e.value) <> 'string'$$,
                 'every metadata value is a string');
-SELECT is_empty($$SELECT id FROM public.sendry_outbox WHERE jsonb_typeof(payload -> 'metadata') IS DISTINCT FROM 'object'$$,
+SELECT is_empty($$SELECT id FROM rendered WHERE jsonb_typeof(payload -> 'metadata') IS DISTINCT FROM 'object'$$,
                 'every payload has a metadata object');
-SELECT is_empty($$SELECT id FROM public.sendry_outbox
+SELECT is_empty($$SELECT id FROM rendered
                    WHERE payload ? 'unsubscribed' OR payload -> 'metadata' ? 'unsubscribed'$$,
                 'no payload has the key "unsubscribed" (an upsert must not re-subscribe anyone)');
-SELECT is_empty($$SELECT o.id, k FROM public.sendry_outbox o, jsonb_object_keys(o.payload) k
+SELECT is_empty($$SELECT o.id, k FROM rendered o, jsonb_object_keys(o.payload) k
                    WHERE k NOT IN ('email', 'first_name', 'last_name', 'metadata')$$,
                 'payload keys are only email, first_name, last_name, metadata');
-SELECT is_empty($$SELECT id FROM public.sendry_outbox WHERE payload ->> 'email' IS DISTINCT FROM email$$,
-                'the payload email is the row''s email');
-SELECT is_empty($$SELECT o.id FROM public.sendry_outbox o JOIN auth.users u ON u.id = o.user_id
+SELECT is_empty($$SELECT id FROM rendered WHERE payload ->> 'email' IS DISTINCT FROM row_email
+                                              OR email IS DISTINCT FROM row_email$$,
+                'the rendered email is the row''s email (lower(btrim(...)) of the address)');
+SELECT is_empty($$SELECT o.id FROM rendered o JOIN auth.users u ON u.id = o.user_id
                    WHERE o.payload IS DISTINCT FROM public.sendry_contact_payload(u)$$,
-                'the trigger''s payload is sendry_contact_payload(user) (what a backfill sends)');
+                'the claim''s payload is sendry_contact_payload(user) (what a backfill sends)');
+
+-- The trigger reads no mapping: with a mapping that raises on every row, a GoTrue sign-up
+-- still enqueues its captured row, and no error is recorded.
+CREATE FUNCTION public.test_mapping_raises(uuid) RETURNS text LANGUAGE plpgsql AS
+$$ BEGIN RAISE EXCEPTION 'test: the mapping was read for %', $1; END $$;
+CREATE OR REPLACE VIEW public.sendry_contacts WITH (security_invoker = true) AS
+SELECT u.id AS user_id, public.test_mapping_raises(u.id) AS email, NULL::text AS first_name,
+       NULL::text AS last_name, NULL::jsonb AS metadata, NULL::text[] AS audiences
+  FROM auth.users u;
+SELECT throws_like($$SELECT * FROM public.sendry_contacts WHERE user_id = '00000000-0000-4000-8000-000000000001'$$,
+                   'test: the mapping was read%', 'the replaced mapping raises when read');
+:as_gotrue
+INSERT INTO users (instance_id, id, aud, role, email, raw_app_meta_data, raw_user_meta_data,
+                   is_sso_user, is_anonymous, created_at, updated_at)
+VALUES ('00000000-0000-0000-0000-000000000000', '00000000-0000-4000-8000-000000000014',
+        'authenticated', '', 'no.mapping@example.com', '{"provider": "email", "providers": ["email"]}',
+        '{"first_name": "No"}', false, false, now(), now());
+UPDATE users SET role = 'authenticated', updated_at = now() WHERE id = '00000000-0000-4000-8000-000000000014';
+UPDATE users SET last_sign_in_at = now(), updated_at = now() WHERE id = '00000000-0000-4000-8000-000000000014';
+:as_admin
+SELECT results_eq($$SELECT op, class, email, payload IS NULL, status FROM public.sendry_outbox
+                     WHERE user_id = '00000000-0000-4000-8000-000000000014'$$,
+                  $$VALUES ('upsert', 'live', 'no.mapping@example.com', true, 'pending')$$,
+                  'a GoTrue sign-up with a mapping that raises enqueues its one captured row (the sign-in after it nothing)');
+SELECT is_empty('SELECT 1 FROM public.sendry_enqueue_errors', 'and no trigger error was recorded');
 
 SELECT * FROM finish();
 ROLLBACK;

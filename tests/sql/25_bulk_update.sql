@@ -9,7 +9,7 @@
 \set as_owner 'SET ROLE postgres; RESET search_path;'
 \set as_admin 'RESET ROLE; RESET search_path;'
 BEGIN;
-SELECT plan(12);
+SELECT plan(13);
 SET LOCAL track_functions = 'pl';
 CREATE FUNCTION pg_temp.calls(fn regprocedure) RETURNS bigint LANGUAGE sql AS
     $$ SELECT coalesce(pg_stat_get_xact_function_calls(fn), 0) $$;
@@ -34,17 +34,26 @@ UPDATE users SET raw_user_meta_data = raw_user_meta_data || '{"last_name": "Rena
 :as_admin
 SELECT is(pg_temp.calls('public.sendry_auth_users_noted()'), 300::bigint, 'the row function ran once a row');
 SELECT is(pg_temp.calls('public.sendry_auth_users_updated()'), 1::bigint, 'the statement function once');
-SELECT is((SELECT count(*) FROM public.sendry_outbox WHERE payload ->> 'last_name' = 'Renamed'
-                                                       AND class = 'live' AND op = 'upsert'),
-          300::bigint, 'every changed contact is enqueued, live');
+SELECT is((SELECT count(*) FROM public.sendry_outbox WHERE payload IS NULL AND class = 'live' AND op = 'upsert'),
+          300::bigint, 'every changed user is captured once, live');
+SELECT is((SELECT count(*) FROM public.sendry_claim_render(ARRAY(SELECT user_id FROM public.sendry_outbox)) r
+            WHERE r.payload ->> 'last_name' = 'Renamed' AND r.verdict = 'send'),
+          300::bigint, 'and the claim renders each with the new name');
 SELECT is_empty('SELECT 1 FROM public.sendry_changed_users', 'the noted users are forgotten at the end of the statement');
 
--- 2. A bulk UPDATE that changes no contact: nothing enqueued.
+-- 2. A bulk UPDATE that changes no contact (Sendry accepted them all): captured, and the
+-- claim finds every contact the same (completed without a request).
+INSERT INTO public.sendry_contact_state (user_id, email, audiences, contact_hash)
+SELECT r.user_id, r.email, r.audiences, r.hash FROM public.sendry_claim_render(ARRAY(SELECT id FROM auth.users)) r
+ WHERE r.verdict = 'send';
 DELETE FROM public.sendry_outbox;
 :as_gotrue
 UPDATE users SET raw_app_meta_data = raw_app_meta_data || '{"tick": 1}' WHERE email LIKE 'bulk%';
 :as_admin
-SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'app metadata the mapping ignores: nothing enqueued');
+SELECT is((SELECT count(*) FROM public.sendry_claim_render(ARRAY(SELECT user_id FROM public.sendry_outbox)) r
+            WHERE r.verdict = 'same'),
+          300::bigint, 'app metadata the mapping ignores: 300 captured rows, each contact the same at the claim');
+DELETE FROM public.sendry_outbox;
 
 -- 3. Two address changes in one statement: each carries its own previous address.
 :as_gotrue
@@ -68,12 +77,10 @@ SELECT is_empty($$SELECT 1 FROM public.sendry_contact_state
                    WHERE user_id IN ('00000000-0000-4000-8000-000000000003', '00000000-0000-4000-8000-000000000004')$$,
                 'and forgets what was enqueued for them');
 
--- 5. A mapping that fails: the UPDATE succeeds, one error row names every user of it.
+-- 5. An enqueue that fails (here a CHECK of the test's on the outbox): the UPDATE
+-- succeeds, one error row names every user of it.
 :as_owner
-CREATE OR REPLACE VIEW public.sendry_contacts WITH (security_invoker = true) AS
-SELECT u.id AS user_id, lower(btrim(u.email)) AS email, NULL::text AS first_name, NULL::text AS last_name,
-       jsonb_build_object('broken', (1 / 0)::text) AS metadata, NULL::text[] AS audiences
-FROM auth.users u;
+ALTER TABLE public.sendry_outbox ADD CONSTRAINT test_no_upserts CHECK (op <> 'upsert') NOT VALID;
 :as_admin
 DELETE FROM public.sendry_outbox;
 DELETE FROM public.sendry_enqueue_errors;
@@ -84,9 +91,9 @@ UPDATE users SET raw_user_meta_data = '{"first_name": "Again"}'
 :as_admin
 SET LOCAL client_min_messages = notice;
 SELECT is((SELECT count(*) FROM auth.users WHERE raw_user_meta_data ->> 'first_name' = 'Again'), 2::bigint,
-          'a mapping that raises an error does not fail the bulk UPDATE');
+          'an enqueue that raises an error does not fail the bulk UPDATE');
 SELECT results_eq($$SELECT trigger_name, sqlstate, user_ids FROM public.sendry_enqueue_errors$$,
-                  $$VALUES ('sendry_sync_users_updated', '22012',
+                  $$VALUES ('sendry_sync_users_updated', '23514',
                             ARRAY['00000000-0000-4000-8000-000000000010', '00000000-0000-4000-8000-000000000011']::uuid[])$$,
                   'one error row for the statement, naming every user of it (the repair pass catches up)');
 SELECT is_empty('SELECT 1 FROM public.sendry_changed_users', 'and the noted users are forgotten even then');

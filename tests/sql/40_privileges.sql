@@ -5,7 +5,7 @@
 -- authenticated have USAGE and EXECUTE, so only the sendry_* objects can deny.
 \connect - authenticator
 BEGIN;
-SELECT plan(206);
+SELECT plan(215);
 
 SELECT is(current_user::text, 'authenticator', 'logged in as authenticator, like PostgREST');
 SELECT throws_ok('SELECT * FROM public.sendry_outbox', '42501', 'permission denied for table sendry_outbox',
@@ -121,8 +121,8 @@ SELECT throws_ok('SELECT * FROM public.sendry_reconcile_contacts()', '42501',
                  'authenticated: EXECUTE sendry_reconcile_contacts is denied');
 RESET ROLE;
 
--- No privilege of any kind for anon, authenticated and PUBLIC, per object (50 objects x 3
--- roles = 150 tests). Trigger functions are checked here rather than called. Functions are
+-- No privilege of any kind for anon, authenticated and PUBLIC, per object (52 objects x 3
+-- roles = 156 tests). Trigger functions are checked here rather than called. Functions are
 -- looked up by OID: authenticator has no USAGE on schema auth to parse "(auth.users)".
 SELECT ok(NOT granted, format('%s has no %s privilege on %s', grantee, kind, obj))
 FROM (
@@ -193,7 +193,9 @@ FROM (
                  (47, 'function', 'sendry_enqueue_event'),
                  (48, 'function', 'sendry_track_email'),
                  (49, 'function', 'sendry_track'),
-                 (50, 'function', 'sendry_user_event_payload')) AS o (n, kind, obj)
+                 (50, 'function', 'sendry_user_event_payload'),
+                 (51, 'function', 'sendry_claim_render'),
+                 (52, 'function', 'sendry_compared_contacts')) AS o (n, kind, obj)
     ORDER BY g.grantee, o.n
 ) AS checks;
 
@@ -228,7 +230,7 @@ SELECT is(ARRAY(SELECT relname::text FROM pg_class WHERE relnamespace = 'public'
                 'sendry_watched_tables'],
           'the ACL check above saw the ten tables, the three views and the three sequences');
 SELECT is((SELECT count(*)::int FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'sendry%'),
-          34, 'the ACL check above saw the thirty-four functions');
+          36, 'the ACL check above saw the thirty-six functions');
 
 -- The application's events: PostgREST would serve sendry_track as /rest/v1/rpc/sendry_track
 -- to every visitor; only service_role (the server-side key) may call it.
@@ -239,16 +241,25 @@ SELECT throws_ok($$SELECT public.sendry_track_email('x', 'victim@example.com')$$
                  'permission denied for function sendry_track_email', 'anon: EXECUTE sendry_track_email is denied');
 SELECT throws_ok('SELECT public.sendry_event_id(1)', '42501',
                  'permission denied for function sendry_event_id', 'anon: EXECUTE sendry_event_id is denied');
+-- The claim's render reads every user's contact (SECURITY DEFINER): never a visitor's.
+SELECT throws_ok($$SELECT * FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-000000000001'::uuid])$$,
+                 '42501', 'permission denied for function sendry_claim_render',
+                 'anon: EXECUTE sendry_claim_render is denied');
 RESET ROLE;
 SET ROLE authenticated;
 SELECT throws_ok($$SELECT public.sendry_track('x', '00000000-0000-4000-8000-000000000001')$$, '42501',
                  'permission denied for function sendry_track', 'authenticated: EXECUTE sendry_track is denied');
 SELECT throws_ok($$SELECT public.sendry_track_email('x', 'victim@example.com')$$, '42501',
                  'permission denied for function sendry_track_email', 'authenticated: EXECUTE sendry_track_email is denied');
+SELECT throws_ok($$SELECT * FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-000000000001'::uuid])$$,
+                 '42501', 'permission denied for function sendry_claim_render',
+                 'authenticated: EXECUTE sendry_claim_render is denied');
 RESET ROLE;
 SET ROLE service_role;
 SELECT ok(public.sendry_track_email('x', 'lead@example.com') > 0,
           'service_role may call sendry_track_email (its write is rolled back with this file)');
+SELECT is((SELECT verdict FROM public.sendry_claim_render(ARRAY['00000000-0000-4000-8000-0000000000ff'::uuid])),
+          'gone', 'service_role may call sendry_claim_render (the worker''s role in Supabase)');
 RESET ROLE;
 
 SELECT * FROM finish();

@@ -204,7 +204,8 @@ SELECT results_eq(
 SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'and still no outbox row');
 -- SSO users may share an address, and GoTrue's unique index on email leaves them out
 -- (WHERE is_sso_user = false): the lookup goes by the address last enqueued for them
--- (sendry_contact_state), the most recent first; an SSO user never enqueued is not found.
+-- (sendry_contact_state: what Sendry last accepted, written by the worker), the most
+-- recent first; an SSO user whose contact Sendry never accepted is not found.
 :as_gotrue
 INSERT INTO users (instance_id, id, aud, role, email, email_confirmed_at, raw_app_meta_data,
                    raw_user_meta_data, is_sso_user, is_anonymous, created_at, updated_at)
@@ -213,6 +214,10 @@ SELECT '00000000-0000-0000-0000-000000000000', ('00000000-0000-4000-8000-0000000
        true, false, now(), now()
 FROM (VALUES (1, 'sso@example.com'), (2, 'sso@example.com'), (3, 'sso.unseen@example.com')) AS u (n, email);
 :as_admin
+-- Sendry accepted their contacts (what the worker's completion writes).
+INSERT INTO public.sendry_contact_state (user_id, email, audiences, contact_hash)
+SELECT r.user_id, r.email, r.audiences, r.hash
+  FROM public.sendry_claim_render(ARRAY(SELECT id FROM auth.users WHERE is_sso_user)) r WHERE r.verdict = 'send';
 UPDATE public.sendry_contact_state SET updated_at = now() - interval '1 day'
  WHERE user_id = '00000000-0000-4000-8000-000000000801';
 DELETE FROM public.sendry_contact_state WHERE user_id = '00000000-0000-4000-8000-000000000803';

@@ -1,6 +1,8 @@
 -- Watching the project's own tables: sendry_watch('public.profiles', 'id') makes a change
--- of a watched row enqueue its user's contact when the rendered contact changed (INSERT,
--- UPDATE, DELETE of the row); sendry_unwatch stops it; sendry_watched_tables lists them.
+-- of a watched row (INSERT, UPDATE, DELETE) capture its user (one row, payload NULL); the
+-- claim renders the contact and sends it when it changed (pg_temp.claim() plays the
+-- worker, as if Sendry accepted every contact sent); sendry_unwatch stops it;
+-- sendry_watched_tables lists them.
 -- The same safety rules as the auth.users triggers: the app's own roles write the table
 -- (here authenticated, under RLS, as PostgREST does), a failure never breaks the write.
 -- Logged in as supabase_admin to switch roles. Everything is undone by the final ROLLBACK.
@@ -9,7 +11,26 @@
 \set as_owner 'SET ROLE postgres; RESET search_path;'
 \set as_admin 'RESET ROLE; RESET search_path;'
 BEGIN;
-SELECT plan(34);
+SELECT plan(36);
+
+-- The worker's claim of the captured rows, and its completion as if Sendry accepted every
+-- contact sent ('send') or found unchanged ('same'): the state written, the rows done.
+CREATE FUNCTION pg_temp.claim() RETURNS TABLE (user_id uuid, verdict text, email text, payload jsonb, problem text)
+LANGUAGE sql AS $$
+    WITH r AS MATERIALIZED (
+        SELECT * FROM public.sendry_claim_render(ARRAY(SELECT o.user_id FROM public.sendry_outbox o
+                                                        WHERE o.op = 'upsert' AND o.payload IS NULL
+                                                          AND o.status = 'pending'))
+    ), accepted AS (
+        INSERT INTO public.sendry_contact_state AS s (user_id, email, audiences, contact_hash)
+        SELECT r.user_id, r.email, r.audiences, r.hash FROM r WHERE r.verdict IN ('send', 'same')
+        ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, audiences = EXCLUDED.audiences,
+                                            contact_hash = EXCLUDED.contact_hash, updated_at = now()
+    ), done AS (
+        DELETE FROM public.sendry_outbox o WHERE o.op = 'upsert' AND o.payload IS NULL AND o.status = 'pending'
+    )
+    SELECT r.user_id, r.verdict, r.email, r.payload, r.problem FROM r ORDER BY r.user_id
+$$;
 
 -- The project's table and mapping (the README's example), owned by postgres.
 :as_owner
@@ -76,36 +97,38 @@ VALUES ('00000000-0000-0000-0000-000000000000', '00000000-0000-4000-8000-0000000
         'pat@example.com', '{"provider": "email", "providers": ["email"]}', '{"first_name": "Pat"}',
         false, false, now(), now());
 :as_admin
-SELECT results_eq($$SELECT payload -> 'metadata' ->> 'plan', payload -> 'audiences' FROM public.sendry_outbox ORDER BY id$$,
-                  $$VALUES ('none', '["aud_customers"]'::jsonb)$$, 'the sign-up enqueues the contact as it is (no profile yet)');
-DELETE FROM public.sendry_outbox;
+SELECT results_eq($$SELECT verdict, payload -> 'metadata' ->> 'plan', payload -> 'audiences' FROM pg_temp.claim()$$,
+                  $$VALUES ('send', 'none', '["aud_customers"]'::jsonb)$$, 'the sign-up enqueues the contact as it is (no profile yet)');
 SET LOCAL test.uid = '00000000-0000-4000-8000-000000000811';
 SET ROLE authenticated;
 INSERT INTO public.profiles (id, plan, locale) VALUES ('00000000-0000-4000-8000-000000000811', 'trial', 'fr');
 :as_admin
-SELECT results_eq($$SELECT user_id, op, class, status, payload -> 'metadata', payload -> 'audiences', payload -> 'leave_audiences'
-                      FROM public.sendry_outbox ORDER BY id$$,
-                  $$VALUES ('00000000-0000-4000-8000-000000000811'::uuid, 'upsert', 'live', 'pending',
+SELECT results_eq($$SELECT user_id, op, class, status, email, payload FROM public.sendry_outbox ORDER BY id$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000811'::uuid, 'upsert', 'live', 'pending', 'pat@example.com',
+                            NULL::jsonb)$$,
+                  'a profile INSERT by the user (authenticated, RLS) captures the user: one live upsert, payload NULL');
+SELECT results_eq($$SELECT user_id, verdict, payload -> 'metadata', payload -> 'audiences', payload -> 'leave_audiences'
+                      FROM pg_temp.claim()$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000811'::uuid, 'send',
                             '{"supabase_user_id": "00000000-0000-4000-8000-000000000811", "plan": "trial", "locale": "fr"}'::jsonb,
                             '["aud_trial"]'::jsonb, '["aud_customers"]'::jsonb)$$,
-                  'a profile INSERT by the user (authenticated, RLS) enqueues one upsert: plan, locale, audiences, and the audience left');
-DELETE FROM public.sendry_outbox;
+                  'the claim renders it: plan, locale, audiences, and the audience left');
 
 -- 3. Updates: one that changes the contact, one that does not, one that sets what is there.
 SET ROLE authenticated;
 UPDATE public.profiles SET plan = 'pro' WHERE id = '00000000-0000-4000-8000-000000000811';
 :as_admin
-SELECT results_eq($$SELECT payload -> 'metadata' ->> 'plan', payload -> 'audiences', payload -> 'leave_audiences'
-                      FROM public.sendry_outbox ORDER BY id$$,
-                  $$VALUES ('pro', '["aud_customers"]'::jsonb, '["aud_trial"]'::jsonb)$$,
-                  'a profile change through the watched table enqueues one upsert (trial -> customers)');
-DELETE FROM public.sendry_outbox;
+SELECT results_eq($$SELECT verdict, payload -> 'metadata' ->> 'plan', payload -> 'audiences', payload -> 'leave_audiences'
+                      FROM pg_temp.claim()$$,
+                  $$VALUES ('send', 'pro', '["aud_customers"]'::jsonb, '["aud_trial"]'::jsonb)$$,
+                  'a profile change through the watched table sends one upsert (trial -> customers)');
 SET ROLE authenticated;
 UPDATE public.profiles SET last_seen_at = now() WHERE id = '00000000-0000-4000-8000-000000000811';
 UPDATE public.profiles SET plan = 'pro' WHERE id = '00000000-0000-4000-8000-000000000811';
 :as_admin
-SELECT is_empty('SELECT 1 FROM public.sendry_outbox',
-                'a profile change the contact does not show (last_seen_at), or to the same plan, enqueues nothing');
+SELECT results_eq($$SELECT user_id, verdict FROM pg_temp.claim()$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000811'::uuid, 'same')$$,
+                  'a profile change the contact does not show (last_seen_at), or to the same plan: the contact is the same at the claim');
 
 -- 4. Several users in one statement; a watched table with several rows per user.
 :as_gotrue
@@ -121,25 +144,25 @@ FROM generate_series(1, 3) n;
 DELETE FROM public.sendry_outbox;
 UPDATE public.profiles SET plan = 'team' WHERE plan = 'trial';
 :as_admin
-SELECT results_eq($$SELECT user_id, payload -> 'metadata' ->> 'plan' FROM public.sendry_outbox ORDER BY user_id$$,
-                  $$SELECT ('00000000-0000-4000-8000-00000000082' || n)::uuid, 'team' FROM generate_series(1, 3) n$$,
+SELECT results_eq($$SELECT user_id, verdict, payload -> 'metadata' ->> 'plan' FROM pg_temp.claim()$$,
+                  $$SELECT ('00000000-0000-4000-8000-00000000082' || n)::uuid, 'send', 'team' FROM generate_series(1, 3) n$$,
                   'one UPDATE of three profiles enqueues three upserts, set-based');
-DELETE FROM public.sendry_outbox;
 :as_owner
 INSERT INTO public.notes VALUES ('00000000-0000-4000-8000-000000000821', 'a'), ('00000000-0000-4000-8000-000000000821', 'b'),
                                 (NULL, 'nobody''s');
 :as_admin
-SELECT is_empty('SELECT 1 FROM public.sendry_outbox',
-                'rows of a watched table that change no contact (and one with no user) enqueue nothing');
+SELECT results_eq($$SELECT user_id, verdict FROM pg_temp.claim()$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000821'::uuid, 'same')$$,
+                  'rows of a watched table that change no contact: its user once (the contact the same), none for no user');
 
 -- 5. DELETE of a profile row.
 :as_owner
 DELETE FROM public.profiles WHERE id = '00000000-0000-4000-8000-000000000822';
 :as_admin
-SELECT results_eq($$SELECT user_id, op, payload -> 'metadata' ->> 'plan', payload -> 'audiences' FROM public.sendry_outbox$$,
-                  $$VALUES ('00000000-0000-4000-8000-000000000822'::uuid, 'upsert', 'none', '["aud_customers"]'::jsonb)$$,
-                  'deleting a profile re-renders the contact without it: one upsert, never a delete');
-DELETE FROM public.sendry_outbox;
+SELECT is_empty($$SELECT 1 FROM public.sendry_outbox WHERE op <> 'upsert'$$, 'deleting a profile never enqueues a delete');
+SELECT results_eq($$SELECT user_id, verdict, payload -> 'metadata' ->> 'plan', payload -> 'audiences' FROM pg_temp.claim()$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000822'::uuid, 'send', 'none', '["aud_customers"]'::jsonb)$$,
+                  'deleting a profile re-renders the contact without it: one upsert');
 
 -- 6. Users sendry-sync does not sync are not enqueued through a watched table either.
 :as_gotrue
@@ -165,12 +188,10 @@ SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'confirmed-only: an unconf
 :as_owner
 UPDATE public.sendry_settings SET sync_on = 'signup';
 
--- 8. A failure never breaks the write: WARNING, recorded.
+-- 8. A failure never breaks the write: WARNING, recorded (here a CHECK of the test's on
+--    the outbox makes the enqueue fail).
 :as_owner
-CREATE OR REPLACE VIEW public.sendry_contacts WITH (security_invoker = true) AS
-SELECT u.id AS user_id, lower(btrim(u.email)) AS email, NULL::text AS first_name, NULL::text AS last_name,
-       jsonb_build_object('plan', p.plan::int::text) AS metadata, NULL::text[] AS audiences
-FROM auth.users u LEFT JOIN public.profiles p ON p.id = u.id;
+ALTER TABLE public.sendry_outbox ADD CONSTRAINT test_no_upserts CHECK (op <> 'upsert') NOT VALID;
 :as_admin
 DELETE FROM public.sendry_enqueue_errors;
 SET LOCAL client_min_messages = error;
@@ -179,11 +200,14 @@ UPDATE public.profiles SET plan = 'not a number' WHERE id = '00000000-0000-4000-
 :as_admin
 SET LOCAL client_min_messages = notice;
 SELECT is((SELECT plan FROM public.profiles WHERE id = '00000000-0000-4000-8000-000000000811'), 'not a number',
-          'a profile UPDATE succeeds although rendering its contact fails');
+          'a profile UPDATE succeeds although enqueueing its user fails');
 SELECT results_eq($$SELECT trigger_name, table_name, sqlstate, user_ids FROM public.sendry_enqueue_errors$$,
-                  $$VALUES ('sendry_watch_update', 'public.profiles', '22P02', ARRAY['00000000-0000-4000-8000-000000000811'::uuid])$$,
+                  $$VALUES ('sendry_watch_update', 'public.profiles', '23514', ARRAY['00000000-0000-4000-8000-000000000811'::uuid])$$,
                   'and the failure is recorded: trigger, table, SQLSTATE, the user');
 SELECT is_empty('SELECT 1 FROM public.sendry_outbox', 'nothing was enqueued');
+:as_owner
+ALTER TABLE public.sendry_outbox DROP CONSTRAINT test_no_upserts;
+:as_admin
 
 -- 9. Unwatching.
 :as_owner
@@ -233,9 +257,9 @@ VALUES ('00000000-0000-0000-0000-000000000000', '00000000-0000-4000-8000-0000000
         'handled@example.com', '{"provider": "email", "providers": ["email"]}', '{}', false, false, now(), now());
 UPDATE users SET role = 'authenticated' WHERE id = '00000000-0000-4000-8000-000000000841';
 :as_admin
-SELECT results_eq($$SELECT user_id, payload -> 'metadata' ->> 'plan' FROM public.sendry_outbox$$,
-                  $$VALUES ('00000000-0000-4000-8000-000000000841'::uuid, 'starter')$$,
-                  'a sign-up whose profile a trigger creates enqueues one row, with the profile');
+SELECT results_eq($$SELECT user_id, verdict, payload -> 'metadata' ->> 'plan' FROM pg_temp.claim()$$,
+                  $$VALUES ('00000000-0000-4000-8000-000000000841'::uuid, 'send', 'starter')$$,
+                  'a sign-up whose profile a trigger creates: its captured rows are one contact at the claim, with the profile');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -1,6 +1,7 @@
 -- The repair pass, sendry_reconcile_contacts(batch): compares what the mapping renders
--- with what was last enqueued for each user and enqueues the differences as class 'bulk'
--- rows, p_batch users per call, until `more` is false. Here the triggers on auth.users
+-- with what Sendry last accepted for each user and enqueues the differences as class
+-- 'bulk' captured rows, p_batch users per call, until `more` is false. It writes no state:
+-- pg_temp.claim() plays the worker that sends them, as if Sendry accepted each. Here the triggers on auth.users
 -- are disabled while users come and go (as supabase_admin: what "installed late" or "a
 -- trigger disabled for a migration" looks like), then the pass catches up.
 -- Also the README's queries for users an error left without an outbox row.
@@ -9,7 +10,27 @@
 \set as_owner 'SET ROLE postgres; RESET search_path;'
 \set as_admin 'RESET ROLE; RESET search_path;'
 BEGIN;
-SELECT plan(23);
+SELECT plan(27);
+
+-- The worker's claim of the captured rows, and its completion as if Sendry accepted every
+-- contact sent ('send') or found unchanged ('same'): the state written, the rows done
+-- (a 'failed' one too: the worker fails it).
+CREATE FUNCTION pg_temp.claim() RETURNS TABLE (user_id uuid, verdict text, email text, payload jsonb, problem text)
+LANGUAGE sql AS $$
+    WITH r AS MATERIALIZED (
+        SELECT * FROM public.sendry_claim_render(ARRAY(SELECT o.user_id FROM public.sendry_outbox o
+                                                        WHERE o.op = 'upsert' AND o.payload IS NULL
+                                                          AND o.status = 'pending'))
+    ), accepted AS (
+        INSERT INTO public.sendry_contact_state AS s (user_id, email, audiences, contact_hash)
+        SELECT r.user_id, r.email, r.audiences, r.hash FROM r WHERE r.verdict IN ('send', 'same')
+        ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, audiences = EXCLUDED.audiences,
+                                            contact_hash = EXCLUDED.contact_hash, updated_at = now()
+    ), done AS (
+        DELETE FROM public.sendry_outbox o WHERE o.op = 'upsert' AND o.payload IS NULL
+    )
+    SELECT r.user_id, r.verdict, r.email, r.payload, r.problem FROM r ORDER BY r.user_id
+$$;
 
 -- A whole pass, as a loop would make it: one row per call.
 CREATE FUNCTION pg_temp.pass(batch int) RETURNS TABLE (call int, enqueued int, failed int, examined int, more boolean)
@@ -59,20 +80,25 @@ SELECT results_eq($$SELECT u.email::text FROM auth.users u
 SELECT results_eq('SELECT * FROM pg_temp.pass(2)',
                   $$VALUES (1, 2, 0, 2, true), (2, 2, 0, 2, true), (3, 1, 0, 2, true), (4, 1, 0, 1, false)$$,
                   'a pass of 2 users a call: 4 calls, 6 rows enqueued (not the anonymous user), more false at the end');
-SELECT results_eq($$SELECT user_id, op, class, status, payload ->> 'first_name' FROM public.sendry_outbox ORDER BY user_id$$,
-                  $$SELECT ('00000000-0000-4000-8000-00000000090' || n)::uuid, 'upsert', 'bulk', 'pending', 'Late' || n
+SELECT results_eq($$SELECT o.user_id, o.op, o.class, o.status, o.payload IS NULL, r.payload ->> 'first_name'
+                      FROM public.sendry_outbox o
+                      JOIN public.sendry_claim_render(ARRAY(SELECT user_id FROM public.sendry_outbox)) r USING (user_id)
+                     ORDER BY o.user_id$$,
+                  $$SELECT ('00000000-0000-4000-8000-00000000090' || n)::uuid, 'upsert', 'bulk', 'pending', true, 'Late' || n
                       FROM unnest(ARRAY[1, 2, 3, 4, 5, 7]) n$$,
-                  'the rows are class bulk upserts of the contacts the mapping renders');
+                  'the rows are class bulk captured upserts, of the contacts the mapping renders');
+SELECT is_empty('SELECT 1 FROM public.sendry_contact_state', 'the pass wrote no state (nothing was accepted yet)');
 SELECT is((SELECT value FROM public.sendry_sync_state WHERE key = 'contacts_reconcile_after'), NULL,
           'after a whole pass the position is cleared (the next call starts a new pass)');
 SELECT is_empty($$SELECT u.id FROM auth.users u
                    WHERE u.email IS NOT NULL AND u.deleted_at IS NULL AND NOT u.is_anonymous
                      AND NOT EXISTS (SELECT 1 FROM public.sendry_outbox o WHERE o.user_id = u.id)$$,
                 'the README''s query finds nobody any more');
-DELETE FROM public.sendry_outbox;
-
+SELECT results_eq('SELECT * FROM pg_temp.pass(1000)', $$VALUES (1, 6, 0, 7, false)$$,
+                  'a second pass before the worker sent them enqueues them again (nothing was accepted: the claim coalesces them)');
+SELECT is((SELECT count(*) FROM pg_temp.claim() WHERE verdict = 'send'), 6::bigint, 'the worker sends the six contacts');
 SELECT results_eq('SELECT * FROM pg_temp.pass(1000)', $$VALUES (1, 0, 0, 7, false)$$,
-                  'a second pass enqueues nothing: every contact is as it was enqueued');
+                  'a pass after Sendry accepted them enqueues nothing: every contact is as Sendry has it');
 
 -- 2. Half a pass, then a position kept between calls.
 SELECT results_eq('SELECT enqueued, examined, more FROM public.sendry_reconcile_contacts(3)',
@@ -103,12 +129,16 @@ FROM auth.users u;
 :as_admin
 SELECT results_eq('SELECT sum(enqueued)::int, sum(failed)::int FROM pg_temp.pass(4)',
                   $$VALUES (6, 1)$$, 'a replaced mapping: the pass enqueues every contact again, one of them failed');
-SELECT results_eq($$SELECT email, status, payload -> 'metadata', payload -> 'leave_audiences', last_error
-                      FROM public.sendry_outbox WHERE email IN ('late1@example.com', 'late3@example.com') ORDER BY 1$$,
+SELECT results_eq($$SELECT o.email, o.status, r.payload -> 'metadata', r.payload -> 'leave_audiences', o.last_error
+                      FROM public.sendry_outbox o
+                      JOIN public.sendry_claim_render(ARRAY(SELECT user_id FROM public.sendry_outbox)) r USING (user_id)
+                     WHERE o.email IN ('late1@example.com', 'late3@example.com') ORDER BY 1$$,
                   $$VALUES ('late1@example.com', 'pending', '{"tier": "free"}'::jsonb, '["default"]'::jsonb, NULL::text),
                            ('late3@example.com', 'failed', '{"tier": 3}'::jsonb, NULL::jsonb,
                             'mapping: metadata.tier is a JSON number, not a string (metadata is flat: string values only)')$$,
                   'the new metadata, the audience left, and the wrong one failed with its reason');
+SELECT results_eq($$SELECT verdict, count(*)::int FROM pg_temp.claim() GROUP BY 1 ORDER BY 1$$,
+                  $$VALUES ('send', 5)$$, 'the worker sends the five pending ones (the wrong one is failed already)');
 DELETE FROM public.sendry_outbox;
 
 -- 5. Users deleted while nothing watched.
@@ -118,19 +148,20 @@ UPDATE users SET deleted_at = now(), email = md5(email) WHERE id = '00000000-000
 :as_owner
 UPDATE public.sendry_settings SET on_delete = 'remove_from_audience';
 :as_admin
-SELECT results_eq('SELECT sum(enqueued)::int FROM pg_temp.pass(1000)', $$VALUES (2)$$,
-                  'users deleted (hard and soft) while the triggers were off: two rows');
-SELECT results_eq($$SELECT user_id, op, class, email, payload FROM public.sendry_outbox ORDER BY user_id$$,
+SELECT results_eq('SELECT sum(enqueued)::int, sum(failed)::int FROM pg_temp.pass(1000)', $$VALUES (3, 1)$$,
+                  'users deleted (hard and soft) while the triggers were off: two rows (and the contact the mapping renders wrongly, failed again)');
+SELECT results_eq($$SELECT user_id, op, class, email, payload FROM public.sendry_outbox WHERE op = 'delete' ORDER BY user_id$$,
                   $$VALUES ('00000000-0000-4000-8000-000000000901'::uuid, 'delete', 'bulk', 'late1@example.com',
                             '{"delete_mode": "remove_from_audience"}'::jsonb),
                            ('00000000-0000-4000-8000-000000000902'::uuid, 'delete', 'bulk', 'late2@example.com',
                             '{"delete_mode": "remove_from_audience"}'::jsonb)$$,
-                  'each a bulk delete of the address last enqueued, as on_delete says');
+                  'each a bulk delete of the address Sendry last accepted, as on_delete says');
 SELECT is_empty($$SELECT 1 FROM public.sendry_contact_state
                    WHERE user_id IN ('00000000-0000-4000-8000-000000000901', '00000000-0000-4000-8000-000000000902')$$,
                 'and their state rows are gone');
 DELETE FROM public.sendry_outbox;
-SELECT results_eq('SELECT sum(enqueued)::int FROM pg_temp.pass(1000)', $$VALUES (0)$$, 'once: a second pass enqueues nothing');
+SELECT results_eq('SELECT sum(enqueued)::int, sum(failed)::int FROM pg_temp.pass(1000)', $$VALUES (1, 1)$$,
+                  'once: a second pass enqueues no delete (only the wrong contact, failed, until the mapping is fixed)');
 
 -- 6. With on_delete = keep nothing is sent for them, but their state goes.
 :as_gotrue
@@ -143,6 +174,7 @@ SELECT is_empty($$SELECT 1 FROM public.sendry_contact_state WHERE user_id = '000
                 'on_delete keep: the state row is gone all the same');
 
 -- 7. An enqueue error left users without a row: the README's query for them, and the repair.
+DELETE FROM public.sendry_outbox;
 ALTER TABLE auth.users ENABLE TRIGGER sendry_sync_users_insert;
 ALTER TABLE public.sendry_outbox ADD CONSTRAINT sendry_test_reject_everything CHECK (false) NOT VALID;
 DELETE FROM public.sendry_enqueue_errors;
@@ -168,8 +200,8 @@ SELECT results_eq($$SELECT * FROM public.sendry_enqueue_contacts(
                              WHERE public.sendry_user_is_synced(u, (SELECT sync_on FROM public.sendry_settings))),
                        'bulk')$$,
                   $$VALUES (1, 0)$$, 'and the README''s repair enqueues them (class bulk)');
-SELECT results_eq($$SELECT email, class, status FROM public.sendry_outbox$$,
-                  $$VALUES ('lost@example.com', 'bulk', 'pending')$$, 'the lost user''s contact is in the outbox');
+SELECT results_eq($$SELECT email, class, status, payload IS NULL FROM public.sendry_outbox$$,
+                  $$VALUES ('lost@example.com', 'bulk', 'pending', true)$$, 'the lost user''s contact is in the outbox, captured');
 
 SELECT throws_ok('SELECT * FROM public.sendry_reconcile_contacts(0)', 'P0001',
                  'sendry-sync: the batch must be between 1 and 100000 users, not 0', 'a batch of 0 is refused');
