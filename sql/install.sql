@@ -839,6 +839,34 @@ AS $$
 $$;
 $sendry_step$, '{}'); END $sendry_do$;
 
+-- ---- functions/claim_render.sql (repeatable) ----
+DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions/claim_render.sql', $sendry_step$-- The claim's render where there is no auth.users (the outbox alone, filled by the
+-- project's own trigger): the claim calls public.sendry_claim_render for the users of
+-- its rows without a payload, and this one answers 'given' for each (send the row as it
+-- is: its address, with no names). Created only when the function is missing: where
+-- auth.users exists, functions/contacts.sql (applied after this step) replaces it with the
+-- render through the mapping, which this step then leaves alone.
+DO $fallback$
+BEGIN
+    IF pg_catalog.to_regprocedure('public.sendry_claim_render(uuid[])') IS NULL THEN
+        CREATE FUNCTION public.sendry_claim_render(p_user_ids uuid[])
+        RETURNS TABLE (user_id uuid, verdict text, email text, payload jsonb, hash bigint,
+                       audiences text[], problem text, known boolean, state_email text)
+        LANGUAGE sql
+        STABLE
+        SET search_path = ''
+        AS $f$
+            SELECT DISTINCT i.id, 'given'::text, NULL::text, NULL::jsonb, NULL::bigint,
+                   NULL::text[], NULL::text, false, NULL::text
+              FROM pg_catalog.unnest(p_user_ids) AS i (id)
+             WHERE i.id IS NOT NULL
+        $f$;
+        REVOKE ALL ON FUNCTION public.sendry_claim_render(uuid[]) FROM PUBLIC;
+    END IF;
+END
+$fallback$;
+$sendry_step$, '{}'); END $sendry_do$;
+
 -- ---- functions/contacts.sql (repeatable) ----
 DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions/contacts.sql', $sendry_step$-- sendry-step: requires auth.users
 -- The contact mapping and the functions that render and enqueue contacts.

@@ -95,13 +95,20 @@ void audience_check(struct ev_loop *loop, struct http *http, const struct config
     ev_timer_start(loop, &c->later);
 }
 
-/* The audiences the mapping names, other than the configured one: a bounded look. */
+/* The audiences the mapping names, other than the configured one: a bounded look at the
+ * rows waiting (their payload, or, for a captured row, its user rendered through the
+ * mapping: sendry_claim_render, at most 1000 users) and at what Sendry accepted. */
 static const char NAMED_SQL[] =
-    "SELECT DISTINCT a FROM ("
-    "   SELECT jsonb_array_elements_text(o.payload -> 'audiences') AS a"
-    "   FROM (SELECT payload FROM public.sendry_outbox WHERE status IN ('pending', 'processing')"
-    "         AND class IN ('live', 'bulk') LIMIT 10000) o"
+    "WITH waiting AS MATERIALIZED ("
+    "   SELECT payload, user_id FROM public.sendry_outbox WHERE status IN ('pending', 'processing')"
+    "   AND class IN ('live', 'bulk') LIMIT 10000)"
+    " SELECT DISTINCT a FROM ("
+    "   SELECT jsonb_array_elements_text(o.payload -> 'audiences') AS a FROM waiting o"
     "   WHERE jsonb_typeof(o.payload -> 'audiences') = 'array'"
+    "   UNION"
+    "   SELECT unnest(r.audiences) FROM public.sendry_claim_render(ARRAY("
+    "       SELECT DISTINCT w.user_id FROM waiting w WHERE w.payload IS NULL AND w.user_id IS NOT NULL"
+    "       LIMIT 1000)) r"
     "   UNION"
     "   SELECT unnest(s.audiences) FROM (SELECT audiences FROM public.sendry_contact_state"
     "                                    WHERE audiences IS NOT NULL LIMIT 100000) s) x"

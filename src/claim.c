@@ -300,7 +300,8 @@ static void render_of(struct row *row, PGresult *res, int i)
     if (PQgetisnull(res, i, 15))
         return;
     const char *v = PQgetvalue(res, i, 15);
-    row->render = strcmp(v, "send") == 0   ? RENDER_SEND
+    row->render = strcmp(v, "given") == 0  ? RENDER_GIVEN   /* no auth.users: functions/claim_render.sql */
+                  : strcmp(v, "send") == 0 ? RENDER_SEND
                   : strcmp(v, "same") == 0 ? RENDER_SAME
                   : strcmp(v, "gone") == 0 ? RENDER_GONE
                                            : RENDER_FAILED;

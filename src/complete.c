@@ -93,6 +93,7 @@ struct outcome_rec {
     char *error;           /* owned, may be NULL */
     long long delay_ms;
     enum { DEDUPED_NONE, DEDUPED_NO, DEDUPED_YES } deduped;   /* a sent event's */
+    bool unsent;            /* settled without a request: its attempt is not counted */
     struct accepted state;  /* owned: a rendered contact's, for sendry_contact_state */
     char *state_email;      /* owned: its address */
 };
@@ -170,6 +171,15 @@ void complete_contact(struct completer *c, const struct row *row, enum row_resul
             complete_row(c, &next->refs[i], RESULT_RELEASE, 0, NULL, settled ? 0 : delay);
 }
 
+void complete_contact_unsent(struct completer *c, const struct row *row, enum row_result result,
+                             const char *error)
+{
+    size_t first = c->n;
+    complete_contact(c, row, result, 0, error, 0);
+    for (size_t i = first; i < first + row->nrefs; i++)
+        c->recs[i].unsent = true;
+}
+
 void complete_event_sent(struct completer *c, const struct row *row, int http_status, bool deduped)
 {
     assert(row->op == OP_EVENT && row->nrefs == 1 && !row->then);
@@ -197,7 +207,7 @@ static json_object *rec_json(const struct outcome_rec *r)
     json_object_object_add(o, "http_status", r->http_status ? json_object_new_int(r->http_status) : NULL);
     json_object_object_add(o, "error", r->error ? json_object_new_string(r->error) : NULL);
     json_object_object_add(o, "delay_ms", json_object_new_int64(r->delay_ms));
-    json_object_object_add(o, "uncount", json_object_new_int(r->result == RESULT_RELEASE));
+    json_object_object_add(o, "uncount", json_object_new_int(r->result == RESULT_RELEASE || r->unsent));
     json_object_object_add(o, "deduped", r->deduped == DEDUPED_NONE ? NULL
                                          : json_object_new_boolean(r->deduped == DEDUPED_YES));
     if (r->state.hash) {

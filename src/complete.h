@@ -56,6 +56,10 @@ void complete_row(struct completer *c, const struct row_ref *ref, enum row_resul
  * contact (retried or released), or at once (settled). */
 void complete_contact(struct completer *c, const struct row *row, enum row_result result,
                       int http_status, const char *error, double delay);
+/* The same, for a contact settled without a request (the claim's render found nothing to
+ * send, or a mapping problem): its rows' attempts are not counted. */
+void complete_contact_unsent(struct completer *c, const struct row *row, enum row_result result,
+                             const char *error);
 /* A sent event (its chain detached), and whether Sendry said deduped. */
 void complete_event_sent(struct completer *c, const struct row *row, int http_status, bool deduped);
 

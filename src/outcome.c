@@ -134,7 +134,7 @@ void outcome_settle_unsent(struct outcome_env *env, struct row *row)
                   row->render == RENDER_SAME ? "Sendry has this contact already" : "the user is not synced");
     metrics_unsent(row->render == RENDER_FAILED ? "failed" : row->render == RENDER_SAME ? "same" : "gone");
     chain_after(env, row, after_settled(row, result), 0, row->problem);
-    complete_contact(env->complete, row, result, 0, row->problem, 0);
+    complete_contact_unsent(env->complete, row, result, row->problem);
     row_free(row);
 }
 

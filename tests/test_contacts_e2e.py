@@ -1,10 +1,10 @@
-"""End-to-end: what the contact triggers write, the real worker delivers (issue 11).
+"""End-to-end: what the contact triggers capture, the real worker renders and delivers
+(issues 11 and 17).
 
 A project mapping over public.profiles, a watched table, a name change through
-raw_user_meta_data, a sign-in that enqueues nothing, a profile change the contact does not
-show (captured, settled without a request), and a contact the mapping renders wrongly that
-is failed at the claim and never reaches Sendry (issue 17: capture in the trigger, render
-at the claim; tests/test_capture.py has the rest).
+raw_user_meta_data, a sign-in that enqueues nothing, a change the contact does not show
+(settled at the claim without a request), and a contact the mapping renders wrongly that
+is failed at the claim and never reaches Sendry.
 
     make && /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/test_contacts_e2e.py
 """
@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from conftest import T
+from conftest import T, import_requests
 
 MAPPING = """
 CREATE OR REPLACE VIEW public.sendry_contacts WITH (security_invoker = true) AS
@@ -66,39 +66,42 @@ def test_watched_and_metadata_changes_reach_sendry(mapped, fake, workers):
     assert "prefs" not in contact["metadata"], "a NULL metadata value is left out"
     assert db.counts() == {"sent": 3}
 
-    # A sign-in writes nothing; a profile change the contact does not show is captured (the
-    # trigger does not render) and settled at the claim without a request.
-    sent_before = len(fake.requests)
+    # A sign-in enqueues nothing; a profile change the contact does not show is captured
+    # (the trigger does not render) and settled at the claim without a request.
+    sent_before = len(import_requests(fake))
     as_gotrue(db, "UPDATE users SET last_sign_in_at = now(), updated_at = now() WHERE id = %s", (uid,))
     assert db.counts() == {"sent": 3}
     db.query("UPDATE public.profiles SET plan = 'pro' WHERE id = %s", (uid,))
     assert db.counts() == {"sent": 3, "pending": 1}
     run_once(workers)
-    assert [r for r in list(fake.requests)[sent_before:] if r["method"] != "GET"] == []
+    assert len(import_requests(fake)) == sent_before
     assert db.counts() == {"sent": 4}
-    assert db.scalar("SELECT last_http_status FROM public.sendry_outbox ORDER BY id DESC LIMIT 1") is None
+    last = db.query("SELECT attempts, last_http_status FROM public.sendry_outbox ORDER BY id DESC LIMIT 1")[0]
+    assert (last["attempts"], last["last_http_status"]) == (0, None), last
 
 
 def test_a_contact_the_mapping_renders_wrongly_never_reaches_sendry(mapped, fake, workers):
-    """The triggers capture (they do not render): the problem is found when the worker
-    renders the contact at the claim, which fails the user's rows ("mapping: ...") without
-    a request. Once the data is mended, the next change goes through."""
     db = mapped
+    ok = db.signup("fine@example.com", {"first_name": "Fi"})
     uid = db.signup("nested@example.com", {"first_name": "Nes"})
     db.query("INSERT INTO public.profiles (id, plan, prefs) VALUES (%s, 'pro', '{\"news\": true}')", (uid,))
-    rows = db.query("SELECT status, payload FROM public.sendry_outbox ORDER BY id")
-    assert [(r["status"], r["payload"]) for r in rows] == [("pending", None), ("pending", None)]
+    assert db.counts() == {"pending": 3}, "the triggers capture; nothing is rendered yet"
     w = workers("--once")
-    assert w.wait(T) == 1, w.log()          # a row failed
-    rows = db.query("SELECT status, attempts, last_http_status, last_error FROM public.sendry_outbox ORDER BY id")
-    assert {r["status"] for r in rows} == {"failed"}, rows
-    for r in rows:
-        assert r["last_error"].startswith("mapping: metadata.prefs is a JSON object"), r
-        assert r["last_http_status"] is None and r["attempts"] <= 1, r
+    assert w.wait(T) == 1, "--once: 1 when a row failed"
+    assert "row 3: not sent, mapping: metadata.prefs is a JSON object" in w.log()
+    # Both rows of the user are rendered once, at the claim, as the user is now: wrongly.
     assert "nested@example.com" not in fake.contacts
-    assert not [r for r in fake.requests if r["method"] != "GET"], "a request for a contact that failed"
+    assert fake.contacts["fine@example.com"]["metadata"] == {"supabase_user_id": ok, "plan": "none"}
+    rows = db.query("SELECT status, attempts, last_error FROM public.sendry_outbox"
+                    " WHERE user_id = %s ORDER BY id", (uid,))
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all(r["attempts"] == 0 for r in rows), rows
+    assert rows[1]["last_error"].startswith("mapping: metadata.prefs is a JSON object"), rows[1]
+    assert db.scalar("SELECT count(*) FROM public.sendry_contact_state WHERE user_id = %s", (uid,)) == 0
 
+    # Put right and requeued: rendered again at the claim, and sent.
     db.query("UPDATE public.profiles SET prefs = NULL WHERE id = %s", (uid,))
+    db.query("UPDATE public.sendry_outbox SET status = 'pending', next_attempt_at = now() WHERE status = 'failed'")
     run_once(workers)
     assert fake.contacts["nested@example.com"]["metadata"] == {"supabase_user_id": uid, "plan": "pro"}
-    assert db.counts() == {"sent": 1, "failed": 2}, "the failed rows are left alone"
+    assert db.counts() == {"sent": 4}
