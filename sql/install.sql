@@ -1079,7 +1079,8 @@ AS $$
                         LIMIT 1) s ON true
 $$;
 
--- The contacts of these users that differ from what Sendry last accepted for them, as
+-- The contacts of these users that differ from what Sendry last accepted for them (the
+-- hash, or the address: all but what sendry_claim_render finds 'same'), as
 -- their outbox row would get them (payload with leave_audiences, old_email, problem) and
 -- as sendry_contact_state would keep them once Sendry accepts them (state_email,
 -- state_audiences: those of a contact without a problem; known: the user has a state
@@ -1094,7 +1095,7 @@ AS $$
            CASE WHEN c.problem IS NULL THEN c.email ELSE c.state_email END,
            CASE WHEN c.problem IS NULL THEN c.audiences ELSE c.state_audiences END
     FROM public.sendry_compared_contacts(p_user_ids, p_old_email) c
-    WHERE c.state_hash IS DISTINCT FROM c.hash
+    WHERE c.state_hash IS DISTINCT FROM c.hash OR c.state_email IS DISTINCT FROM c.email
 $$;
 
 -- Enqueues CAPTURED rows (op 'upsert', payload NULL: the worker renders the contact
@@ -1762,10 +1763,10 @@ $$;
 -- changed: names, metadata, email, audiences; the confirmation under sync_on =
 -- 'confirmed'; an anonymous user becoming permanent). An email change carries the previous
 -- address in old_email (one that may have been sent: not an anonymous user's, and under
--- sync_on = 'confirmed' a confirmed one), so the worker moves the contact. A soft delete (deleted_at set; GoTrue overwrites email with a hash,
--- never to be sent) enqueues the deletion of the previous address (in confirmed-only mode
--- only if it was confirmed: an unconfirmed address was never sent, and may be someone
--- else's).
+-- sync_on = 'confirmed' a confirmed one), so the worker moves the contact. A soft delete
+-- (deleted_at set; GoTrue overwrites email with a hash, never to be sent) enqueues the
+-- deletion of the previous address (in confirmed-only mode only if it was confirmed: an
+-- unconfirmed address was never sent, and may be someone else's).
 CREATE OR REPLACE FUNCTION public.sendry_auth_users_noted()
 RETURNS trigger
 LANGUAGE plpgsql

@@ -206,7 +206,7 @@ static int run(const struct config *cfg, bool backfill)
         char resuming[8] = "";
         dbsync_scalar(conn, POSITION_SQL, 0, NULL, resuming, sizeof resuming);
         log_info("%s: examining %lld users in chunks of %d; a user whose contact differs from the one "
-                 "last enqueued is enqueued%s", what, w.total, cfg->chunk_size,
+                 "Sendry last accepted is enqueued%s", what, w.total, cfg->chunk_size,
                  strcmp(resuming, "t") == 0 ? " (an earlier run was interrupted: going on from there)" : "");
         status = backfill_walk(conn, cfg, &w, step);
     }

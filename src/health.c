@@ -30,8 +30,10 @@ static const char BACKLOG_SQL[] =
 /* Errors the triggers on auth.users turned into a WARNING in the last hour (the user's
  * write succeeded, but no outbox row was written for it) that nothing has repaired yet:
  * not one before the start of the last complete repair walk (sendry_reconcile_contacts,
- * `sendry-sync reconcile-contacts`), nor one all of whose users were enqueued again
- * since (sendry_contact_state.updated_at, as the README's repair by user does). A
+ * `sendry-sync reconcile-contacts`), nor one all of whose users' contacts Sendry has
+ * accepted since (sendry_contact_state.updated_at: written by the completion when Sendry
+ * accepts a contact, or when the claim finds it unchanged; so a repair by user, as the
+ * README's, counts once the worker has delivered what it enqueued). A
  * separate statement: a role that may not read the table loses this figure, not the
  * backlog. The errors of an hour are few; each user is a primary-key probe. */
 static const char ENQUEUE_ERRORS_SQL[] =

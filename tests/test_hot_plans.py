@@ -291,6 +291,24 @@ def track_plans(pg):
                             f", public.sendry_event_id(1)")
 
 
+# The render at the claim (sendry_claim_render, functions/contacts.sql): the worker calls it
+# once per claim with the users of its captured rows, up to a batch of 1000.
+RENDER_IDS = 1000
+
+
+def render_ids(pg):
+    """1000 users spread over the 1M (every 1000th in id order), as uuid literals."""
+    return [r[0] for r in pg.query("SELECT id FROM (SELECT id, row_number() OVER (ORDER BY id) AS n"
+                                   " FROM auth.users) u WHERE n % 1000 = 500")]
+
+
+def claim_render_plans(pg, ids):
+    """The plans of every statement sendry_claim_render runs for these users, and its verdicts."""
+    arr = "ARRAY[" + ",".join(f"'{i}'" for i in ids) + "]::uuid[]"
+    return nested_plans(pg, "SELECT count(*) || ' ' || string_agg(DISTINCT verdict, ',')"
+                            f" FROM public.sendry_claim_render({arr})")
+
+
 # --- the fixture: the same tables under each state of the statistics ------------------------
 
 @pytest.fixture(scope="module")
@@ -313,6 +331,8 @@ def plans():
         pg.psql("-c", "INSERT INTO public.sendry_rate_budget (key, tokens)"
                       f" SELECT 'key-' || g, 20 FROM generate_series(1, {BUDGET_KEYS}) g")
         out, inbox, read = {}, {}, {}
+        ids = render_ids(pg)
+        assert len(ids) == RENDER_IDS
         for state in STATES:
             if state == "missing":
                 forget_statistics(pg)
@@ -325,6 +345,7 @@ def plans():
             inbox[state] = {case: inbox_plans(pg, email) for case, email, _ in INBOX_CASES}
             inbox[state]["budget"] = budget_plans(pg)
             inbox[state]["track"] = track_plans(pg)
+            inbox[state]["claim render"] = claim_render_plans(pg, ids)
             read[state] = {name: (rows_read(explain_analyze(pg, c_statement(src, var), params)), most)
                            for name, src, var, params, most in CAPPED}
             # a prune step half-way through its walk: its 1000 rows, each looked at about
@@ -377,7 +398,7 @@ def test_completion_probes_the_primary_key_per_outcome_and_updates_by_ctid(plans
 @pytest.mark.parametrize("case,email,result", INBOX_CASES)
 def test_inbox_lookup_uses_an_index(plans, state, case, email, result):
     """An unsubscribe finds its user by key at 1M users: GoTrue's partial unique index
-    (its predicate named), or for an SSO user the address last enqueued for them."""
+    (its predicate named), or for an SSO user the address Sendry last accepted for them."""
     found, got = plans[1][state][case]
     assert got == result, f"{case}: {got}"
     lookups = [(q, p) for q, p in found if "v_email" in q and re.search(r"auth\.users|sendry_contact_state", q)]
@@ -404,6 +425,24 @@ def test_track_finds_its_user_by_key(plans, state):
     for q, p in found:
         assert not problems(p), f"{state}: {problems(p)}\n{q}"
     assert all("users_pkey" in indexes(p) for _, p in lookups), [indexes(p) for _, p in lookups]
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_claim_render_reads_users_and_state_by_key(plans, state):
+    """sendry_claim_render for 1000 users among 1M, each with a state row: the users (the
+    synced check, and the mapping's read of auth.users) and the state by primary key, no
+    big table read otherwise, whatever the statistics."""
+    found, got = plans[1][state]["claim render"]
+    assert got == f"{RENDER_IDS} send", got
+    inner = [(q, p) for q, p in found if "sendry_claim_render" not in q]
+    assert inner, f"its statements' plans were not seen: {[q for q, _ in found]}"
+    for q, p in found:
+        assert not problems(p), f"{state}: {problems(p)}\n{q}\n{json.dumps(p, indent=1)}"
+    users = [(q, p) for q, p in inner if "auth.users" in q]
+    assert users and all("users_pkey" in indexes(p) for _, p in users), \
+        f"{state}: {[(q, indexes(p)) for q, p in users]}"
+    used = set().union(*(indexes(p) for _, p in inner))
+    assert {"users_pkey", "sendry_contact_state_pkey"} <= used, f"{state}: {used}"
 
 
 @pytest.mark.parametrize("state", STATES)

@@ -247,12 +247,18 @@ def test_upgrade_from_v2_keeps_rows_and_mapping(pg, how):
     assert pg.query("SELECT convalidated, pg_get_constraintdef(oid) LIKE '%event%' FROM pg_constraint"
                     " WHERE conname = 'sendry_outbox_op_check'") == [["t", "t"]]
     assert pg.query("SELECT count(*) FROM sendry_sync_state WHERE key = 'database_id'", user=SU) == [["1"]]
+    # Capture (0006): the address CHECK added and validated over the rows kept; email and
+    # payload nullable, payload with no default.
+    assert pg.query("SELECT convalidated FROM pg_constraint WHERE conname = 'sendry_outbox_address_check'") == [["t"]]
+    assert pg.query("SELECT attname, attnotnull, atthasdef FROM pg_attribute WHERE attrelid = 'sendry_outbox'::regclass"
+                    " AND attname IN ('email', 'payload') ORDER BY 1") == [["email", "f", "f"], ["payload", "f", "f"]]
 
-    # Delivery still works, through the project's mapping, and a sign-up emits no event.
+    # Delivery still works, through the project's mapping (rendered at the claim), and a
+    # sign-up emits no event.
     with connect(pg, "supabase_auth_admin") as gt:
         uid, _ = gotrue_signup(gt, "after@example.com", '{"first_name": "After"}')
-    assert pg.query(f"SELECT payload->'metadata'->>'tier' FROM sendry_outbox WHERE user_id = '{uid}'") == \
-        [["custom"]]
+    assert pg.query(f"SELECT o.op, o.payload IS NULL, r.payload->'metadata'->>'tier' FROM sendry_outbox o,"
+                    f" sendry_claim_render(ARRAY[o.user_id]) r WHERE o.user_id = '{uid}'") == [["upsert", "t", "custom"]]
     fake = FakeSendry(api_key=API_KEY, audience_id=AUDIENCE, rate_limit=None)
     fake.start()
     try:
@@ -396,7 +402,8 @@ def test_rerun_with_nothing_pending_takes_no_lock(pg):
 
 def test_an_outbox_dropped_by_hand_comes_back_whole(pg):
     """The outbox dropped and `migrate` run again: the baseline makes the table again, and
-    the later steps that add its columns (0005's deduped) run again too, not skipped as
+    the later steps that add its columns (0005's deduped) or constraints (0006's address
+    CHECK) run again too, not skipped as
     applied (the worker's completion would fail on a missing column that migrate says
     nothing to do about)."""
     assert migrate(pg).returncode == 0
@@ -409,6 +416,11 @@ def test_an_outbox_dropped_by_hand_comes_back_whole(pg):
     assert {"deduped", "claim_id", "class", "old_email"} <= cols, cols
     assert pg.query("SELECT pg_get_constraintdef(oid) LIKE '%event%' FROM pg_constraint"
                     " WHERE conname = 'sendry_outbox_op_check'") == [['t']]
+    # and 0006 again: the baseline's NOT NULL email and payload dropped, the address CHECK back.
+    assert "0006_capture" in r.stderr, r.stderr
+    assert pg.query("SELECT convalidated FROM pg_constraint WHERE conname = 'sendry_outbox_address_check'") == [["t"]]
+    assert pg.query("SELECT count(*) FROM pg_attribute WHERE attrelid = 'sendry_outbox'::regclass"
+                    " AND attname IN ('email', 'payload') AND NOT attnotnull") == [["2"]]
 
 
 # --- (d) two migrators at once ---------------------------------------------------------

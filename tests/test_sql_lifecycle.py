@@ -367,8 +367,7 @@ def test_notify_once_per_delete(pg, listener, gotrue):
     gotrue.execute("DELETE FROM users WHERE id = %s", (uid,))
     assert listener.until_marker(gotrue) == [""]
     assert pg.query(f"SELECT op, email, payload FROM sendry_outbox WHERE user_id = '{uid}' ORDER BY id") == \
-        [["upsert", "delete.notify@example.com", f'{{"email": "delete.notify@example.com", "metadata": '
-          f'{{"signup_source": "supabase", "supabase_user_id": "{uid}"}}}}'],
+        [["upsert", "delete.notify@example.com", ""],
          ["delete", "delete.notify@example.com", '{"delete_mode": "delete_contact"}']]
 
 
@@ -477,6 +476,23 @@ def test_design_backfill_statement_as_postgres(pg, listener, gotrue, owner):
                     f" WHERE id > {before} AND email = 'backfill.ada@example.com'") == [["Ada", "Lovelace"]]
 
 
+def test_short_backfill_statement_as_postgres(pg, listener, gotrue, owner):
+    """INSERT INTO sendry_outbox (user_id) SELECT id FROM auth.users: every user captured,
+    class bulk, in one statement that notifies once; the claim renders them."""
+    uid = gotrue_signup(gotrue, "short.backfill@example.com", '{"first_name": "Short"}')
+    listener.until_marker(gotrue)
+    expected = int(pg.query("SELECT count(*) FROM auth.users", user=pg.SUPERUSER)[0][0])
+    before = int(pg.query("SELECT coalesce(max(id), 0) FROM sendry_outbox")[0][0])
+    r = run_psql(pg, "postgres", "-c", "INSERT INTO sendry_outbox (user_id) SELECT id FROM auth.users")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"INSERT 0 {expected}"
+    assert listener.until_marker(owner) == [""]
+    assert pg.query(f"SELECT count(*) FROM sendry_outbox WHERE id > {before} AND op = 'upsert' AND class = 'bulk'"
+                    " AND status = 'pending' AND email IS NULL AND payload IS NULL") == [[str(expected)]]
+    assert pg.query(f"SELECT verdict, payload->>'first_name' FROM sendry_claim_render(ARRAY['{uid}'::uuid])") == \
+        [["send", "Short"]]
+
+
 # --- the contact mapping and watched tables, across transactions ---------------------
 
 PROFILES_MAPPING = """
@@ -513,10 +529,10 @@ def test_a_replaced_mapping_survives_reinstall(pg, gotrue, owner):
         assert r.returncode == 0, r.stderr
         notices_only(r.stderr, MAPPING_KEPT, "sendry-sync: functions/contacts.sql applied")
         assert mapping_definition(pg) == mine, "an upgrade replaced the project's mapping"
-        # ... and the triggers render through it.
+        # ... and the claim renders through it.
         uid = gotrue_signup(gotrue, "mapped@example.com", '{"first_name": "Map"}')
-        assert pg.query(f"SELECT payload->'metadata'->>'plan', payload->'audiences' FROM sendry_outbox"
-                        f" WHERE user_id = '{uid}'") == [["none", '["aud_customers"]']]
+        assert pg.query(f"SELECT payload->'metadata'->>'plan', payload->'audiences'"
+                        f" FROM sendry_claim_render(ARRAY['{uid}'::uuid])") == [["none", '["aud_customers"]']]
         # The replaced view keeps its privileges: nothing for anon or authenticated.
         assert pg.query("SELECT count(*) FROM aclexplode((SELECT relacl FROM pg_class"
                         " WHERE oid = 'public.sendry_contacts'::regclass))"
@@ -556,12 +572,13 @@ def test_notify_once_per_watched_change(pg, listener, gotrue, owner):
         uid = gotrue_signup(gotrue, "watched.notify@example.com")
         assert listener.until_marker(gotrue) == [""]
         owner.execute("INSERT INTO public.profiles (id, plan) VALUES (%s, 'trial')", (uid,))
-        assert listener.until_marker(owner) == [""], "a profile change that changes the contact notifies once"
+        assert listener.until_marker(owner) == [""], "a profile change notifies once"
         owner.execute("UPDATE public.profiles SET locale = locale WHERE id = %s", (uid,))
-        assert listener.until_marker(owner) == [], "a profile change that changes no contact notifies nothing"
-        assert pg.query(f"SELECT payload->'audiences', payload->'leave_audiences' FROM sendry_outbox"
-                        f" WHERE user_id = '{uid}' ORDER BY id") == \
-            [['["aud_customers"]', ""], ['["aud_trial"]', '["aud_customers"]']]
+        assert listener.until_marker(owner) == [""], "each statement on a watched table notifies once (captured)"
+        assert pg.query(f"SELECT count(*) FROM sendry_outbox WHERE user_id = '{uid}' AND payload IS NULL") == [["3"]]
+        # the claim renders the three as one contact, with the profile
+        assert pg.query(f"SELECT verdict, payload->'audiences', payload->'leave_audiences'"
+                        f" FROM sendry_claim_render(ARRAY['{uid}'::uuid])") == [["send", '["aud_trial"]', ""]]
     finally:
         owner.execute("SELECT sendry_unwatch('public.profiles')")
         owner.execute("DROP VIEW public.sendry_contacts")
@@ -594,8 +611,8 @@ def test_upgrade_from_the_previous_release():
             r = run_psql(cluster, "postgres", "-f", INSTALL)
             notices_only(r.stderr)
             assert pg_dump_schema(cluster) == dump
-            # A user enqueued before the upgrade has no state: a name change enqueues, an
-            # email change still carries the previous address.
+            # A user enqueued before the upgrade: a name change is captured, an email change
+            # carries the previous address; the claim renders the new name.
             conn.execute("UPDATE users SET raw_user_meta_data = '{\"first_name\": \"New\"}' WHERE id = %s", (uid,))
             conn.execute("UPDATE users SET email = 'after.upgrade@example.com' WHERE id = %s", (uid,))
             conn.execute("UPDATE users SET last_sign_in_at = now() WHERE id = %s", (uid,))
@@ -603,8 +620,11 @@ def test_upgrade_from_the_previous_release():
             conn.close()
         assert cluster.query(f"SELECT email, old_email, payload->>'first_name' FROM sendry_outbox"
                              f" WHERE user_id = '{uid}' ORDER BY id") == \
-            [["before.upgrade@example.com", "", "Old"], ["before.upgrade@example.com", "", "New"],
-             ["after.upgrade@example.com", "before.upgrade@example.com", "New"]]
+            [["before.upgrade@example.com", "", "Old"], ["before.upgrade@example.com", "", ""],
+             ["after.upgrade@example.com", "before.upgrade@example.com", ""]]
+        assert cluster.query(f"SELECT verdict, email, payload->>'first_name'"
+                             f" FROM sendry_claim_render(ARRAY['{uid}'::uuid])") == \
+            [["send", "after.upgrade@example.com", "New"]]
 
 
 # --- uninstall (last; reinstalls so the order of tests does not matter) -------------

@@ -209,7 +209,8 @@ AS $$
                         LIMIT 1) s ON true
 $$;
 
--- The contacts of these users that differ from what Sendry last accepted for them, as
+-- The contacts of these users that differ from what Sendry last accepted for them (the
+-- hash, or the address: all but what sendry_claim_render finds 'same'), as
 -- their outbox row would get them (payload with leave_audiences, old_email, problem) and
 -- as sendry_contact_state would keep them once Sendry accepts them (state_email,
 -- state_audiences: those of a contact without a problem; known: the user has a state
@@ -224,7 +225,7 @@ AS $$
            CASE WHEN c.problem IS NULL THEN c.email ELSE c.state_email END,
            CASE WHEN c.problem IS NULL THEN c.audiences ELSE c.state_audiences END
     FROM public.sendry_compared_contacts(p_user_ids, p_old_email) c
-    WHERE c.state_hash IS DISTINCT FROM c.hash
+    WHERE c.state_hash IS DISTINCT FROM c.hash OR c.state_email IS DISTINCT FROM c.email
 $$;
 
 -- Enqueues CAPTURED rows (op 'upsert', payload NULL: the worker renders the contact

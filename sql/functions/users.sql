@@ -91,10 +91,10 @@ $$;
 -- changed: names, metadata, email, audiences; the confirmation under sync_on =
 -- 'confirmed'; an anonymous user becoming permanent). An email change carries the previous
 -- address in old_email (one that may have been sent: not an anonymous user's, and under
--- sync_on = 'confirmed' a confirmed one), so the worker moves the contact. A soft delete (deleted_at set; GoTrue overwrites email with a hash,
--- never to be sent) enqueues the deletion of the previous address (in confirmed-only mode
--- only if it was confirmed: an unconfirmed address was never sent, and may be someone
--- else's).
+-- sync_on = 'confirmed' a confirmed one), so the worker moves the contact. A soft delete
+-- (deleted_at set; GoTrue overwrites email with a hash, never to be sent) enqueues the
+-- deletion of the previous address (in confirmed-only mode only if it was confirmed: an
+-- unconfirmed address was never sent, and may be someone else's).
 CREATE OR REPLACE FUNCTION public.sendry_auth_users_noted()
 RETURNS trigger
 LANGUAGE plpgsql

@@ -2,7 +2,7 @@
 -- time through public.sendry_migrate_step. Logged in as postgres; rolled back.
 BEGIN;
 SET LOCAL sendry.migrate_quiet = 'on';
-SELECT plan(22);
+SELECT plan(25);
 
 SELECT has_table('public', 'sendry_migrations', 'table public.sendry_migrations exists');
 SELECT has_table('public', 'sendry_migrate_triggers', 'table public.sendry_migrate_triggers exists');
@@ -71,6 +71,15 @@ SELECT is(public.sendry_migrate_missing(E'ALTER TABLE public.sendry_outbox\n    
           'column public.sendry_outbox.deduped', 'names a column a step adds that is missing');
 SELECT is(public.sendry_migrate_missing('ALTER TABLE public.sendry_outbox ADD COLUMN IF NOT EXISTS deduped boolean'),
           'column public.sendry_outbox.deduped', 'written with IF NOT EXISTS too');
+-- A constraint a versioned step adds (0006's address CHECK), missing from an outbox made
+-- again by the baseline: the step is applied again.
+SELECT is(public.sendry_migrate_missing(E'ALTER TABLE public.sendry_outbox\n    ADD CONSTRAINT sendry_outbox_address_check\n CHECK (true) NOT VALID;'),
+          NULL, 'a constraint that is there');
+ALTER TABLE public.sendry_outbox DROP CONSTRAINT sendry_outbox_address_check;
+SELECT is(public.sendry_migrate_missing(E'ALTER TABLE public.sendry_outbox\n    ADD CONSTRAINT sendry_outbox_address_check\n CHECK (true) NOT VALID;'),
+          'constraint sendry_outbox_address_check on public.sendry_outbox', 'names a constraint a step adds that is missing');
+SELECT is(public.sendry_migrate_missing(E'ALTER TABLE public.sendry_outbox ALTER COLUMN email DROP NOT NULL;\nSELECT 1; ADD CONSTRAINT sendry_outbox_address_check'),
+          NULL, 'not across statements');
 SELECT throws_like($$SELECT public.sendry_migrate_step('versioned', 'migrations/x.sql', 'SELECT 1')$$,
                    '%not named migrations/NNNN_name.sql%', 'a versioned step needs a number');
 
