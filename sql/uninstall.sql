@@ -51,6 +51,8 @@ DROP FUNCTION IF EXISTS public.sendry_unwatch(regclass);
 DROP FUNCTION IF EXISTS public.sendry_reconcile_contacts(integer);
 DROP FUNCTION IF EXISTS public.sendry_enqueue_contacts(uuid[], text, text, boolean);
 DROP FUNCTION IF EXISTS public.sendry_changed_contacts(uuid[], text);
+DROP FUNCTION IF EXISTS public.sendry_compared_contacts(uuid[], text);
+DROP FUNCTION IF EXISTS public.sendry_claim_render(uuid[]);
 DROP FUNCTION IF EXISTS public.sendry_render_contacts(uuid[]);
 DROP FUNCTION IF EXISTS public.sendry_contact_body(text, text, text, jsonb, text[]);
 DROP FUNCTION IF EXISTS public.sendry_contact_problem(text, text, jsonb, text[]);
