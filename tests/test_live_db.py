@@ -179,7 +179,7 @@ def norights(ldb):
 
 
 GRANT = (f"GRANT SELECT, UPDATE ON public.sendry_outbox TO {NORIGHTS}; "
-         f"GRANT EXECUTE ON FUNCTION public.sendry_event_id(bigint) TO {NORIGHTS}")
+         f"GRANT EXECUTE ON FUNCTION public.sendry_event_id(bigint), public.sendry_claim_render(uuid[]) TO {NORIGHTS}")
 
 
 def test_a_role_without_rights_on_the_outbox_makes_once_exit_1(ldb, fake, workers, norights):
