@@ -264,7 +264,7 @@ def test_confirmed_mode_signs_up_on_confirmation_and_a_soft_delete_emits_user_de
     sign_in(db, uid)
     assert outbox(db) == []
     confirm(db, uid)
-    assert [(r["op"], r["payload"].get("name")) for r in outbox(db)] == \
+    assert [(r["op"], (r["payload"] or {}).get("name")) for r in outbox(db)] == \
         [("upsert", None), ("event", "user.signed_up"), ("event", "user.email_confirmed")], outbox(db)
     assert event_rows(db)[0]["payload"]["payload"] == {"user_id": uid, "provider": "email"}
     w = workers("--once", "--reconcile-interval", "0")
@@ -272,7 +272,7 @@ def test_confirmed_mode_signs_up_on_confirmation_and_a_soft_delete_emits_user_de
     assert "later@example.com" in fake.contacts
     soft_delete(db, uid)
     delete_user(db, never)
-    tail = [(r["op"], r["email"], r["payload"].get("name")) for r in outbox(db)][3:]
+    tail = [(r["op"], r["email"], (r["payload"] or {}).get("name")) for r in outbox(db)][3:]
     assert tail == [("event", "later@example.com", "user.deleted"), ("delete", "later@example.com", None)], outbox(db)
     w = workers("--once", "--reconcile-interval", "0")
     assert w.wait(T) == 0, w.log()
