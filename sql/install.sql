@@ -845,22 +845,25 @@ DO $sendry_do$ BEGIN PERFORM public.sendry_migrate_step('repeatable', 'functions
 -- its rows without a payload, and this one answers 'given' for each (send the row as it
 -- is: its address, with no names). Created only when the function is missing: where
 -- auth.users exists, functions/contacts.sql (applied after this step) replaces it with the
--- render through the mapping, which this step then leaves alone.
+-- render through the mapping, which this step then leaves alone. Created through EXECUTE
+-- so that the step runner does not count the function as this step's own (it would see
+-- contacts.sql's version as "replaced by hand" and apply this step again every time).
 DO $fallback$
 BEGIN
     IF pg_catalog.to_regprocedure('public.sendry_claim_render(uuid[])') IS NULL THEN
-        CREATE FUNCTION public.sendry_claim_render(p_user_ids uuid[])
-        RETURNS TABLE (user_id uuid, verdict text, email text, payload jsonb, hash bigint,
-                       audiences text[], problem text, known boolean, state_email text)
-        LANGUAGE sql
-        STABLE
-        SET search_path = ''
-        AS $f$
-            SELECT DISTINCT i.id, 'given'::text, NULL::text, NULL::jsonb, NULL::bigint,
-                   NULL::text[], NULL::text, false, NULL::text
-              FROM pg_catalog.unnest(p_user_ids) AS i (id)
-             WHERE i.id IS NOT NULL
-        $f$;
+        EXECUTE pg_catalog.format($f$
+            CREATE FUNCTION %s(p_user_ids uuid[])
+            RETURNS TABLE (user_id uuid, verdict text, email text, payload jsonb, hash bigint,
+                           audiences text[], problem text, known boolean, state_email text)
+            LANGUAGE sql
+            STABLE
+            SET search_path = ''
+            AS $body$
+                SELECT DISTINCT i.id, 'given'::text, NULL::text, NULL::jsonb, NULL::bigint,
+                       NULL::text[], NULL::text, false, NULL::text
+                  FROM pg_catalog.unnest(p_user_ids) AS i (id)
+                 WHERE i.id IS NOT NULL
+            $body$$f$, 'public.sendry_claim_render');
         REVOKE ALL ON FUNCTION public.sendry_claim_render(uuid[]) FROM PUBLIC;
     END IF;
 END
@@ -1106,7 +1109,8 @@ $$;
 --    transactions) it first renders and compares with what Sendry last accepted, and
 --    enqueues only the users whose contact differs; one the mapping renders wrongly is
 --    enqueued `failed` (attempts 0, last_error "mapping: ..."), never an error. old_email
---    is the address Sendry last accepted when it changed, else p_old_email.
+--    is the address Sendry last accepted when it changed, else p_old_email. A user with
+--    a captured row still pending is skipped (that row is rendered when claimed).
 --  * Without it, every given user (email: their address in auth.users, old_email:
 --    p_old_email when it differs), nothing rendered.
 -- Returns the rows enqueued, and how many of them failed.
@@ -1130,6 +1134,13 @@ BEGIN
             SELECT p_class, 'upsert', d.user_id, d.email, d.old_email, NULL,
                    CASE WHEN d.problem IS NULL THEN 'pending' ELSE 'failed' END, d.problem
               FROM public.sendry_changed_contacts(p_user_ids, p_old_email) d
+             -- A captured row of the user still waiting renders the contact as it is
+             -- when claimed: another would only repeat it (a second walk before the
+             -- worker ran). One probe of the unfinished rows by user each.
+             WHERE NOT EXISTS (SELECT 1 FROM public.sendry_outbox o
+                                WHERE o.user_id = d.user_id AND o.status <> 'sent' AND o.status <> 'failed'
+                                  AND o.status = 'pending' AND o.op = 'upsert' AND o.payload IS NULL
+                                OFFSET 0)
              ORDER BY d.user_id
             RETURNING status
         )

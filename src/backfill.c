@@ -18,7 +18,8 @@ static const char TOTAL_SQL[] = "SELECT count(*) FROM auth.users";
 static const char STEP_SQL[] = "SELECT enqueued, failed, examined, more FROM public.sendry_reconcile_contacts($1)";
 
 /* The dry run's chunk: the same users the real step takes, and what it would enqueue for
- * them (sendry_changed_contacts, the function the real step writes from), read-only.
+ * them (sendry_changed_contacts, the function the real step writes from, less the users
+ * with a captured row still pending, as sendry_enqueue_contacts skips them), read-only.
  * Returns the users examined, the last id, the contacts that would be enqueued, and how
  * many of those the mapping renders wrongly (enqueued failed). */
 static const char DRY_STEP_SQL[] =
@@ -28,7 +29,10 @@ static const char DRY_STEP_SQL[] =
     "    FROM auth.users u WHERE $1::uuid IS NULL OR u.id > $1::uuid ORDER BY u.id LIMIT $2)"
     " SELECT (SELECT count(*) FROM chunk), (SELECT id::text FROM chunk ORDER BY id DESC LIMIT 1),"
     "        count(c.user_id), count(c.user_id) FILTER (WHERE c.problem IS NOT NULL)"
-    "   FROM public.sendry_changed_contacts(ARRAY(SELECT id FROM chunk WHERE synced)) c";
+    "   FROM public.sendry_changed_contacts(ARRAY(SELECT id FROM chunk WHERE synced)) c"
+    "  WHERE NOT EXISTS (SELECT 1 FROM public.sendry_outbox o"
+    "                     WHERE o.user_id = c.user_id AND o.status <> 'sent' AND o.status <> 'failed'"
+    "                       AND o.status = 'pending' AND o.op = 'upsert' AND o.payload IS NULL OFFSET 0)";
 
 /* The deletions the walk would enqueue: contacts recorded for users deleted since. */
 static const char DRY_DELETES_SQL[] =

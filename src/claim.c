@@ -42,7 +42,8 @@
  * dedupes a repeat). Event rows are claimed with their user's other rows: fill_batch
  * chains them after the contact (struct row's then).
  * A captured row (an upsert with no payload: what the triggers write) is rendered here,
- * once per user for the whole claim (sendry_claim_render, set-wise, by key): its address,
+ * once per user for the whole claim (sendry_claim_render, set-wise, by key): its address
+ * now (the last column; each row keeps the address it was captured with, for the moves),
  * its body, where Sendry has it (the state's address, when there is a state) and the
  * verdict (send, same, gone, failed; see enum render), with the hash and audiences the
  * completion records in sendry_contact_state when Sendry accepts it. The address a
@@ -123,7 +124,7 @@ static const char CLAIM_SQL[] =
     "  rendered AS MATERIALIZED ("
     "     SELECT * FROM public.sendry_claim_render(ARRAY(SELECT DISTINCT t.user_id FROM taken t"
     "                                                    WHERE t.captured AND t.user_id IS NOT NULL)))"
-    " SELECT t.head, t.id, CASE WHEN t.captured THEN COALESCE(r.email, t.email) ELSE t.email END,"
+    " SELECT t.head, t.id, t.email,"
     "        CASE WHEN t.captured THEN r.payload::text ELSE t.payload::text END,"
     "        t.attempts, t.max_attempts, t.age, t.op,"
     "        CASE WHEN t.captured AND r.known THEN r.state_email WHEN t.captured THEN COALESCE(t.old_email, t.email) ELSE t.old_email END,"
@@ -131,7 +132,7 @@ static const char CLAIM_SQL[] =
     "        (SELECT count(*) FROM live) >= $1 + LEAST($1, 16) OR (SELECT count(*) FROM bulk) >= $2 + LEAST($2, 16),"
     "        CASE WHEN t.op = 'event' THEN public.sendry_event_id(t.id) END,"
     "        t.user_id, CASE WHEN t.captured THEN COALESCE(r.verdict, 'gone') END, r.hash,"
-    "        to_jsonb(r.audiences)::text, r.problem"
+    "        to_jsonb(r.audiences)::text, r.problem, r.email"
     " FROM taken t LEFT JOIN rendered r ON t.captured AND r.user_id = t.user_id";
 
 /* The rows this worker holds that it no longer tracks (after a reconnect), through the
@@ -283,7 +284,7 @@ static void add_via(struct row *row, PGresult *res, const struct claimed *g, siz
     row->via = xcalloc(n, sizeof *row->via);
     for (size_t i = 0; i + 1 < n; i++) {
         char *e = sendry_normalize_email(PQgetvalue(res, g[i].index, 2));
-        bool known = strcmp(e, row->email) == 0 || strcmp(e, from) == 0;
+        bool known = !*e || strcmp(e, row->email) == 0 || strcmp(e, from) == 0;
         for (size_t k = 0; k < row->nvia && !known; k++)
             known = strcmp(e, row->via[k]) == 0;
         if (known)
@@ -324,17 +325,23 @@ static struct row *contact_of(const struct claimer *c, PGresult *res, const stru
     int newest = g[n - 1].index, oldest = g[0].index;
     struct row *row = xcalloc(1, sizeof *row);
     row->id = g[n - 1].id;
-    row->email = sendry_normalize_email(PQgetvalue(res, newest, 2));
+    /* A rendered contact's address is the mapping's now; the rows keep theirs (the moves). */
+    row->email = sendry_normalize_email(PQgetvalue(res, newest, PQgetisnull(res, newest, 19) ? 2 : 19));
     row->op = strcmp(PQgetvalue(res, newest, 7), "delete") == 0 ? OP_DELETE : OP_UPSERT;
     sendry_row_payload(row, PQgetisnull(res, newest, 3) ? NULL : PQgetvalue(res, newest, 3),
                        c->cfg->audience_id);
     render_of(row, res, newest);
     const char *before = PQgetisnull(res, oldest, 8) ? PQgetvalue(res, oldest, 2) : PQgetvalue(res, oldest, 8);
-    char *old = sendry_normalize_email(before);
-    if (strcmp(old, row->email) != 0)
+    char *old = sendry_normalize_email(before);   /* "": a captured row without an address */
+    if (*old && strcmp(old, row->email) != 0)
         row->old_email = xstrdup(old);
     add_via(row, res, g, n, old);
     free(old);
+    /* "Same" compares with what Sendry accepted as far as we know: a move among its rows
+     * (one applied, its outcome lost with a killed worker, then changed back) may have
+     * put the contact elsewhere since. Sent again, through the move's steps. */
+    if (row->render == RENDER_SAME && (row->old_email || row->nvia))
+        row->render = RENDER_SEND;
     row->refs = xcalloc(n, sizeof *row->refs);
     row->nrefs = n;
     for (size_t i = 0; i < n; i++) {

@@ -176,7 +176,11 @@ def test_dry_run_counts_what_the_real_run_enqueues(ldb, cluster):
         ldb.query("ALTER TABLE auth.users ENABLE TRIGGER USER", user="supabase_admin")
     existing_users(ldb, 5, prefix="never")
     ldb.query("TRUNCATE public.sendry_outbox")
-    ldb.query("UPDATE public.sendry_contact_state SET contact_hash = contact_hash + 1")   # every contact differs
+    # What Sendry accepted (the worker writes it): the users still here, every contact now
+    # different from it, and two users deleted since (their trigger disabled).
+    ldb.query("INSERT INTO public.sendry_contact_state (user_id, email, contact_hash)"
+              " SELECT id, lower(email), 0 FROM auth.users WHERE email LIKE 'mapped%'"
+              " UNION ALL SELECT gen_random_uuid(), 'gone' || g || '@example.com', 0 FROM generate_series(1, 2) g")
     r = run_cmd(cluster, "reconcile-contacts", "--dry-run", "--chunk-size", "7")
     assert r.returncode == 0, r.stderr
     m = re.search(r"(\d+) users examined; the run would enqueue (\d+) rows: (\d+) contacts to send .*"

@@ -102,8 +102,11 @@ def check_bounded(plan, case):
     assert subplans, f"{case}: the ordering checks should be per-row subplans"
     loops = max(n["Actual Loops"] for n in subplans)
     assert 0 < loops <= 2 * BATCH, f"{case}: an ordering check ran {loops} times for {BATCH}"
-    assert plan["Node Type"] == "ModifyTable" and plan["Actual Rows"] == BATCH, \
-        f"{case}: a full batch is claimed"
+    updates = [n for n in nodes(plan) if n["Node Type"] == "ModifyTable"]
+    assert len(updates) == 1 and updates[0]["Actual Rows"] == BATCH and plan["Actual Rows"] == BATCH, \
+        f"{case}: a full batch is claimed (and returned with its render)"
+    renders = [n for n in nodes(plan) if n.get("Function Name") == "sendry_claim_render"]
+    assert len(renders) == 1 and renders[0]["Actual Loops"] == 1, f"{case}: one render per claim"
 
 
 def test_claim_stays_batch_sized_whatever_the_statistics(pg):

@@ -309,6 +309,19 @@ def claim_render_plans(pg, ids):
                             f" FROM public.sendry_claim_render({arr})")
 
 
+def trigger_plans(pg, uid):
+    """The plans of every statement the triggers on auth.users run for a sign-up and for an
+    UPDATE of a user among 1M (a name and an address change: captured with old_email)."""
+    signup, _ = nested_plans(pg, "INSERT INTO auth.users (instance_id, id, aud, role, email, raw_app_meta_data,"
+                                 " raw_user_meta_data, created_at, updated_at) VALUES"
+                                 " ('00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated', '',"
+                                 " 'plan.signup@example.com', '{\"provider\": \"email\"}', '{}', now(), now())")
+    update, _ = nested_plans(pg, "UPDATE auth.users SET email = 'plan.moved@example.com',"
+                                 " raw_user_meta_data = '{\"first_name\": \"Plan\"}'"
+                                 f" WHERE id = '{uid}'")
+    return signup, update
+
+
 # --- the fixture: the same tables under each state of the statistics ------------------------
 
 @pytest.fixture(scope="module")
@@ -346,6 +359,7 @@ def plans():
             inbox[state]["budget"] = budget_plans(pg)
             inbox[state]["track"] = track_plans(pg)
             inbox[state]["claim render"] = claim_render_plans(pg, ids)
+            inbox[state]["triggers"] = trigger_plans(pg, ids[0])
             read[state] = {name: (rows_read(explain_analyze(pg, c_statement(src, var), params)), most)
                            for name, src, var, params, most in CAPPED}
             # a prune step half-way through its walk: its 1000 rows, each looked at about
@@ -443,6 +457,25 @@ def test_claim_render_reads_users_and_state_by_key(plans, state):
         f"{state}: {[(q, indexes(p)) for q, p in users]}"
     used = set().union(*(indexes(p) for _, p in inner))
     assert {"users_pkey", "sendry_contact_state_pkey"} <= used, f"{state}: {used}"
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_triggers_capture_by_key_and_read_no_state(plans, state):
+    """A sign-up and a user's UPDATE among 1M users: the triggers' statements read
+    auth.users by primary key only, and neither the contact state nor the mapping (they
+    capture: the claim renders)."""
+    signup, update = plans[1][state]["triggers"]
+    for what, found in (("sign-up", signup), ("update", update)):
+        inner = [(q, p) for q, p in found if "sendry_outbox" in q]
+        assert inner, f"{what}: the capture's INSERT was not seen: {[q for q, _ in found]}"
+        for q, p in found:
+            assert not problems(p), f"{what}, {state}: {problems(p)}\n{q}"
+            rels = {n.get("Relation Name") for n, _ in nodes(p)}
+            assert "sendry_contact_state" not in rels, f"{what}, {state}: reads the state\n{q}"
+            assert "sendry_contacts" not in q, f"{what}, {state}: reads the mapping\n{q}"
+    capture = [p for q, p in update if "sendry_outbox" in q and "auth.users" in q]
+    assert capture and all("users_pkey" in indexes(p) for p in capture), \
+        f"{state}: {[indexes(p) for p in capture]}"
 
 
 @pytest.mark.parametrize("state", STATES)

@@ -206,7 +206,7 @@ def test_install_on_plain_postgresql():
         assert plain.query("SELECT to_regclass('public.sendry_outbox') IS NOT NULL,"
                            " to_regclass('public.sendry_outbox_stats') IS NOT NULL") == [["t", "t"]]
         assert plain.query("SELECT proname FROM pg_proc WHERE proname LIKE 'sendry%' ORDER BY 1") == \
-            [["sendry_enqueue_event"], ["sendry_event_id"], ["sendry_event_problem"],
+            [["sendry_claim_render"], ["sendry_enqueue_event"], ["sendry_event_id"], ["sendry_event_problem"],
              ["sendry_inbox_receive"], ["sendry_migrate_fingerprint"], ["sendry_migrate_lock_holders"], ["sendry_migrate_lockdown"],
              ["sendry_migrate_missing"], ["sendry_migrate_step"], ["sendry_migrate_trigger"],
              ["sendry_outbox_notify_insert"], ["sendry_outbox_notify_update"],

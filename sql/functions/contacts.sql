@@ -236,7 +236,8 @@ $$;
 --    transactions) it first renders and compares with what Sendry last accepted, and
 --    enqueues only the users whose contact differs; one the mapping renders wrongly is
 --    enqueued `failed` (attempts 0, last_error "mapping: ..."), never an error. old_email
---    is the address Sendry last accepted when it changed, else p_old_email.
+--    is the address Sendry last accepted when it changed, else p_old_email. A user with
+--    a captured row still pending is skipped (that row is rendered when claimed).
 --  * Without it, every given user (email: their address in auth.users, old_email:
 --    p_old_email when it differs), nothing rendered.
 -- Returns the rows enqueued, and how many of them failed.
@@ -260,6 +261,13 @@ BEGIN
             SELECT p_class, 'upsert', d.user_id, d.email, d.old_email, NULL,
                    CASE WHEN d.problem IS NULL THEN 'pending' ELSE 'failed' END, d.problem
               FROM public.sendry_changed_contacts(p_user_ids, p_old_email) d
+             -- A captured row of the user still waiting renders the contact as it is
+             -- when claimed: another would only repeat it (a second walk before the
+             -- worker ran). One probe of the unfinished rows by user each.
+             WHERE NOT EXISTS (SELECT 1 FROM public.sendry_outbox o
+                                WHERE o.user_id = d.user_id AND o.status <> 'sent' AND o.status <> 'failed'
+                                  AND o.status = 'pending' AND o.op = 'upsert' AND o.payload IS NULL
+                                OFFSET 0)
              ORDER BY d.user_id
             RETURNING status
         )
