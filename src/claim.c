@@ -46,9 +46,7 @@
  * now (the last column; each row keeps the address it was captured with, for the moves),
  * its body, where Sendry has it (the state's address, when there is a state) and the
  * verdict (send, same, gone, failed; see enum render), with the hash and audiences the
- * completion records in sendry_contact_state when Sendry accepts it. The address a
- * captured row moves from is the state's; with no state, the row's own (old_email, else
- * its email): Sendry may hold the contact there (an acceptance whose completion was lost). */
+ * completion records in sendry_contact_state when Sendry accepts it. */
 static const char CLAIM_SQL[] =
     "WITH live AS MATERIALIZED ("
     "     SELECT ctid AS tid, id, user_id, email, old_email, 0 AS rank, next_attempt_at AS due_at"
@@ -127,7 +125,7 @@ static const char CLAIM_SQL[] =
     " SELECT t.head, t.id, t.email,"
     "        CASE WHEN t.captured THEN r.payload::text ELSE t.payload::text END,"
     "        t.attempts, t.max_attempts, t.age, t.op,"
-    "        CASE WHEN t.captured AND r.known THEN r.state_email WHEN t.captured THEN COALESCE(t.old_email, t.email) ELSE t.old_email END,"
+    "        CASE WHEN t.captured AND r.known THEN r.state_email ELSE t.old_email END,"
     "        t.claim_id, t.live, EXTRACT(EPOCH FROM now())::float8,"
     "        (SELECT count(*) FROM live) >= $1 + LEAST($1, 16) OR (SELECT count(*) FROM bulk) >= $2 + LEAST($2, 16),"
     "        CASE WHEN t.op = 'event' THEN public.sendry_event_id(t.id) END,"
