@@ -19,7 +19,7 @@ SELECT is(public.sendry_schema_version(),
           (SELECT max(version)::text FROM public.sendry_migrations WHERE kind = 'versioned'),
           'sendry_schema_version() is the last versioned step applied');
 SELECT is(ARRAY(SELECT name FROM public.sendry_migrations WHERE kind = 'repeatable' ORDER BY 1),
-          ARRAY['functions/budget.sql', 'functions/contacts.sql', 'functions/events.sql',
+          ARRAY['functions/budget.sql', 'functions/claim_render.sql', 'functions/contacts.sql', 'functions/events.sql',
                 'functions/events_users.sql', 'functions/inbox.sql',
                 'functions/inbox_apply.sql', 'functions/outbox.sql', 'functions/users.sql',
                 'functions/version.sql', 'functions/watch.sql'],

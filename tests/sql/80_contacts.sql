@@ -40,24 +40,8 @@ LANGUAGE sql AS $$
     FROM public.sendry_outbox ORDER BY id
 $$;
 
--- The worker's claim of the captured rows, and its completion as if Sendry accepted every
--- contact sent ('send') or found unchanged ('same'): the state written, the rows done.
-CREATE FUNCTION pg_temp.claim() RETURNS TABLE (user_id uuid, verdict text, email text, payload jsonb, problem text)
-LANGUAGE sql AS $$
-    WITH r AS MATERIALIZED (
-        SELECT * FROM public.sendry_claim_render(ARRAY(SELECT o.user_id FROM public.sendry_outbox o
-                                                        WHERE o.op = 'upsert' AND o.payload IS NULL
-                                                          AND o.status = 'pending'))
-    ), accepted AS (
-        INSERT INTO public.sendry_contact_state AS s (user_id, email, audiences, contact_hash)
-        SELECT r.user_id, r.email, r.audiences, r.hash FROM r WHERE r.verdict IN ('send', 'same')
-        ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, audiences = EXCLUDED.audiences,
-                                            contact_hash = EXCLUDED.contact_hash, updated_at = now()
-    ), done AS (
-        DELETE FROM public.sendry_outbox o WHERE o.op = 'upsert' AND o.payload IS NULL AND o.status = 'pending'
-    )
-    SELECT r.user_id, r.verdict, r.email, r.payload, r.problem FROM r ORDER BY r.user_id
-$$;
+-- pg_temp.claim(): the worker's claim and completion (lib/claim.sql).
+\ir lib/claim.sql
 
 -- Setup: an email sign-up and an OAuth sign-up, as GoTrue makes them.
 :as_gotrue

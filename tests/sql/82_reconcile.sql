@@ -15,22 +15,8 @@ SELECT plan(27);
 -- The worker's claim of the captured rows, and its completion as if Sendry accepted every
 -- contact sent ('send') or found unchanged ('same'): the state written, the rows done
 -- (a 'failed' one too: the worker fails it).
-CREATE FUNCTION pg_temp.claim() RETURNS TABLE (user_id uuid, verdict text, email text, payload jsonb, problem text)
-LANGUAGE sql AS $$
-    WITH r AS MATERIALIZED (
-        SELECT * FROM public.sendry_claim_render(ARRAY(SELECT o.user_id FROM public.sendry_outbox o
-                                                        WHERE o.op = 'upsert' AND o.payload IS NULL
-                                                          AND o.status = 'pending'))
-    ), accepted AS (
-        INSERT INTO public.sendry_contact_state AS s (user_id, email, audiences, contact_hash)
-        SELECT r.user_id, r.email, r.audiences, r.hash FROM r WHERE r.verdict IN ('send', 'same')
-        ON CONFLICT (user_id) DO UPDATE SET email = EXCLUDED.email, audiences = EXCLUDED.audiences,
-                                            contact_hash = EXCLUDED.contact_hash, updated_at = now()
-    ), done AS (
-        DELETE FROM public.sendry_outbox o WHERE o.op = 'upsert' AND o.payload IS NULL
-    )
-    SELECT r.user_id, r.verdict, r.email, r.payload, r.problem FROM r ORDER BY r.user_id
-$$;
+-- pg_temp.claim(): the worker's claim and completion (lib/claim.sql).
+\ir lib/claim.sql
 
 -- A whole pass, as a loop would make it: one row per call.
 CREATE FUNCTION pg_temp.pass(batch int) RETURNS TABLE (call int, enqueued int, failed int, examined int, more boolean)
@@ -94,8 +80,8 @@ SELECT is_empty($$SELECT u.id FROM auth.users u
                    WHERE u.email IS NOT NULL AND u.deleted_at IS NULL AND NOT u.is_anonymous
                      AND NOT EXISTS (SELECT 1 FROM public.sendry_outbox o WHERE o.user_id = u.id)$$,
                 'the README''s query finds nobody any more');
-SELECT results_eq('SELECT * FROM pg_temp.pass(1000)', $$VALUES (1, 6, 0, 7, false)$$,
-                  'a second pass before the worker sent them enqueues them again (nothing was accepted: the claim coalesces them)');
+SELECT results_eq('SELECT * FROM pg_temp.pass(1000)', $$VALUES (1, 0, 0, 7, false)$$,
+                  'a second pass before the worker sent them enqueues nothing: each user has a captured row still pending, rendered when claimed');
 SELECT is((SELECT count(*) FROM pg_temp.claim() WHERE verdict = 'send'), 6::bigint, 'the worker sends the six contacts');
 SELECT results_eq('SELECT * FROM pg_temp.pass(1000)', $$VALUES (1, 0, 0, 7, false)$$,
                   'a pass after Sendry accepted them enqueues nothing: every contact is as Sendry has it');
