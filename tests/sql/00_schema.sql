@@ -1,7 +1,7 @@
 -- Every object sql/install.sql creates exists, with the shape DESIGN.md promises.
 -- Logged in as postgres (the role that ran the migration and owns the objects).
 BEGIN;
-SELECT plan(143);
+SELECT plan(144);
 
 -- The outbox table and its columns (DESIGN.md: "columns at least").
 SELECT has_table('public', 'sendry_outbox', 'table public.sendry_outbox exists');
@@ -375,5 +375,7 @@ SELECT is(ARRAY(SELECT format('%s rls=%s', c.relname, c.relrowsecurity) FROM pg_
                 'sendry_migrate_triggers rls=t', 'sendry_migrations rls=t', 'sendry_outbox rls=t', 'sendry_rate_budget rls=t', 'sendry_settings rls=t', 'sendry_sync_state rls=t'],
           'exactly the ten sendry_* tables exist, each with row level security enabled');
 
+SELECT ok((SELECT reloptions @> ARRAY['fillfactor=70'] FROM pg_class WHERE oid = 'public.sendry_outbox'::regclass),
+          'the outbox leaves room on each page for a row''s claim and completion (fillfactor 70)');
 SELECT * FROM finish();
 ROLLBACK;
