@@ -46,7 +46,10 @@
  * now (the last column; each row keeps the address it was captured with, for the moves),
  * its body, where Sendry has it (the state's address, when there is a state) and the
  * verdict (send, same, gone, failed; see enum render), with the hash and audiences the
- * completion records in sendry_contact_state when Sendry accepts it. */
+ * completion records in sendry_contact_state when Sendry accepts it. The render comes
+ * before the UPDATE, which writes the rendered address into a captured row that came
+ * without one (the short backfill): each attempt's row names the address it went to, so
+ * that a later claim moves the contact from there if that attempt's outcome was lost. */
 static const char CLAIM_SQL[] =
     "WITH live AS MATERIALIZED ("
     "     SELECT ctid AS tid, id, user_id, email, old_email, 0 AS rank, next_attempt_at AS due_at"
@@ -108,20 +111,24 @@ static const char CLAIM_SQL[] =
     "     SELECT w.id AS head, w.tid FROM whole w"
     "     UNION ALL"
     "     SELECT m.head, m.tid FROM members m WHERE m.head IN (SELECT w.id FROM whole w)),"
+    "  rendered AS MATERIALIZED ("
+    "     SELECT * FROM public.sendry_claim_render(ARRAY(SELECT h.user_id FROM heads h"
+    "                                                    WHERE h.id IN (SELECT w.id FROM whole w)"
+    "                                                      AND h.user_id IS NOT NULL))),"
     "  taken AS ("
     "     UPDATE public.sendry_outbox o"
     "     SET status = 'processing', locked_by = $3,"
     "         locked_until = now() + $4 * interval '1 second',"
     "         next_attempt_at = now() + $4 * interval '1 second',"
     "         claim_id = $6,"
-    "         attempts = o.attempts + 1, updated_at = now()"
-    "     FROM claim c WHERE o.ctid = c.tid"
+    "         attempts = o.attempts + 1, updated_at = now(),"
+    "         email = CASE WHEN o.email IS NULL AND o.op = 'upsert' AND o.payload IS NULL THEN r.email"
+    "                      ELSE o.email END"
+    "     FROM claim c JOIN heads h ON h.id = c.head LEFT JOIN rendered r ON r.user_id = h.user_id"
+    "     WHERE o.ctid = c.tid"
     "     RETURNING c.head, o.id, o.email, o.payload, o.attempts, COALESCE(o.max_attempts, $5) AS max_attempts,"
     "               EXTRACT(EPOCH FROM now() - o.created_at)::float8 AS age, o.op, o.old_email, o.claim_id,"
-    "               o.class = 'live' AS live, o.user_id, o.op = 'upsert' AND o.payload IS NULL AS captured),"
-    "  rendered AS MATERIALIZED ("
-    "     SELECT * FROM public.sendry_claim_render(ARRAY(SELECT DISTINCT t.user_id FROM taken t"
-    "                                                    WHERE t.captured AND t.user_id IS NOT NULL)))"
+    "               o.class = 'live' AS live, o.user_id, o.op = 'upsert' AND o.payload IS NULL AS captured)"
     " SELECT t.head, t.id, t.email,"
     "        CASE WHEN t.captured THEN r.payload::text ELSE t.payload::text END,"
     "        t.attempts, t.max_attempts, t.age, t.op,"

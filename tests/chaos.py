@@ -11,7 +11,8 @@
 One throwaway Supabase-shaped PostgreSQL (tests/pgharness.py) for the whole run; each
 scenario starts on a truncated outbox and auth.users with users of its own, a fresh fake
 Sendry (tests/fake_sendry.py) and the real ./sendry-sync ($SENDRY_SYNC_BIN) as daemons.
-A backlog of existing users is backfilled with the INSERT ... SELECT statement, and while
+A backlog of existing users is backfilled with the README's INSERT ... SELECT statement
+(captured rows: `INSERT INTO sendry_outbox (user_id) SELECT id FROM auth.users`), and while
 the fault runs, sign-ups and email changes come in as GoTrue makes them (live rows
 mixed with the bulk ones, moves of contacts among them).
 
@@ -98,9 +99,8 @@ from fake_sendry import FakeSendry  # noqa: E402
 SCENARIOS = ("kill9_backfill", "three_workers_one_killed", "pg_restart_fast", "pg_restart_immediate",
              "storm_429", "storm_5xx", "api_down")
 IMPORT = "/v1/contacts/import"
-BACKFILL = ("INSERT INTO public.sendry_outbox (user_id, email, payload)"
-            " SELECT id, email, public.sendry_contact_payload(u) FROM auth.users u"
-            " WHERE email IS NOT NULL")
+# The README's backfill: captured rows, each rendered through the mapping at its claim.
+BACKFILL = "INSERT INTO public.sendry_outbox (user_id) SELECT id FROM auth.users u WHERE email IS NOT NULL"
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 T = 60.0   # waiting for a worker's state: generous, for the ASan build on two cores
 
