@@ -106,7 +106,7 @@ static bool run_until_break(void)
 }
 
 static enum db_fault fault;    /* test 7 */
-static char described[600];
+static char described[1024];
 
 static void on_fault(PGresult *res, void *arg)
 {
@@ -254,8 +254,10 @@ int main(void)
     CHECK(fault_of(timed, "DO $$ BEGIN RAISE insufficient_privilege USING MESSAGE = 'permission denied for "
                           "table sendry_outbox'; END $$") == DB_FAULT_PRIVILEGE);
     CHECK(strstr(described, "permission denied for table sendry_outbox (SQLSTATE 42501)") &&
-          strstr(described, "GRANT SELECT, UPDATE ON public.sendry_outbox TO worker_role; GRANT EXECUTE ON "
-                                    "FUNCTION public.sendry_event_id(bigint) TO worker_role"));
+          strstr(described, "GRANT SELECT, UPDATE ON public.sendry_outbox TO worker_role; GRANT SELECT, INSERT, "
+                                    "UPDATE ON public.sendry_contact_state TO worker_role; GRANT EXECUTE ON "
+                                    "FUNCTION public.sendry_event_id(bigint), public.sendry_claim_render(uuid[]) "
+                                    "TO worker_role"));
     CHECK(fault_of(timed, "DO $$ BEGIN RAISE object_not_in_prerequisite_state USING MESSAGE = 'no database_id',"
                           " HINT = 'restore the row'; END $$") == DB_FAULT_STATE);
     CHECK(strstr(described, "no database_id (SQLSTATE 55000); fix: restore the row"));
