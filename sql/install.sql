@@ -1146,10 +1146,12 @@ BEGIN
               FROM public.sendry_changed_contacts(p_user_ids, p_old_email) d
              -- A captured row of the user still waiting renders the contact as it is
              -- when claimed: another would only repeat it (a second walk before the
-             -- worker ran). One probe of the unfinished rows by user each.
+             -- worker ran). One probe of the unfinished rows by user each (pending said
+             -- as "not processing": status = 'pending' would let the planner add the claim
+             -- index, which it proves too, scanned whole, when statistics are missing).
              WHERE NOT EXISTS (SELECT 1 FROM public.sendry_outbox o
                                 WHERE o.user_id = d.user_id AND o.status <> 'sent' AND o.status <> 'failed'
-                                  AND o.status = 'pending' AND o.op = 'upsert' AND o.payload IS NULL
+                                  AND o.status <> 'processing' AND o.op = 'upsert' AND o.payload IS NULL
                                 OFFSET 0)
              ORDER BY d.user_id
             RETURNING status
@@ -2257,7 +2259,9 @@ BEGIN
     WITH gone AS (
         DELETE FROM public.sendry_contact_state s
          WHERE s.user_id >= v_lo AND (s.user_id > v_after OR v_after IS NULL) AND s.user_id <= v_hi
-           AND NOT EXISTS (SELECT 1 FROM auth.users u WHERE u.id = s.user_id AND u.deleted_at IS NULL)
+           -- OFFSET 0: one probe of users' key per state row, never an anti-join that
+           -- reads all of auth.users when statistics are missing (test_hot_plans)
+           AND NOT EXISTS (SELECT 1 FROM auth.users u WHERE u.id = s.user_id AND u.deleted_at IS NULL OFFSET 0)
         RETURNING s.user_id, s.email
     )
     INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)

@@ -32,7 +32,7 @@ static const char DRY_STEP_SQL[] =
     "   FROM public.sendry_changed_contacts(ARRAY(SELECT id FROM chunk WHERE synced)) c"
     "  WHERE NOT EXISTS (SELECT 1 FROM public.sendry_outbox o"
     "                     WHERE o.user_id = c.user_id AND o.status <> 'sent' AND o.status <> 'failed'"
-    "                       AND o.status = 'pending' AND o.op = 'upsert' AND o.payload IS NULL OFFSET 0)";
+    "                       AND o.status <> 'processing' AND o.op = 'upsert' AND o.payload IS NULL OFFSET 0)";
 
 /* The deletions the walk would enqueue: contacts recorded for users deleted since. */
 static const char DRY_DELETES_SQL[] =

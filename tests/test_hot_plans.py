@@ -360,6 +360,8 @@ def plans():
             inbox[state]["track"] = track_plans(pg)
             inbox[state]["claim render"] = claim_render_plans(pg, ids)
             inbox[state]["triggers"] = trigger_plans(pg, ids[0])
+            inbox[state]["repair"] = nested_plans(pg, "SELECT enqueued || ' of ' || examined"
+                                                      " FROM public.sendry_reconcile_contacts(1000)")
             read[state] = {name: (rows_read(explain_analyze(pg, c_statement(src, var), params)), most)
                            for name, src, var, params, most in CAPPED}
             # a prune step half-way through its walk: its 1000 rows, each looked at about
@@ -457,6 +459,21 @@ def test_claim_render_reads_users_and_state_by_key(plans, state):
         f"{state}: {[(q, indexes(p)) for q, p in users]}"
     used = set().union(*(indexes(p) for _, p in inner))
     assert {"users_pkey", "sendry_contact_state_pkey"} <= used, f"{state}: {used}"
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_repair_chunk_reads_by_key(plans, state):
+    """A chunk of the repair walk (sendry_reconcile_contacts: `backfill`, the repair pass)
+    over 1000 users among 1M with a 2M-row outbox: the users, the state and the outbox
+    (is a captured row of the user still pending? one probe of the unfinished rows by
+    user each) by key, whatever the statistics."""
+    found, got = plans[1][state]["repair"]
+    assert got.endswith(" of 1000"), got
+    for q, p in found:
+        assert not problems(p), f"{state}: {problems(p)}\n{q}\n{json.dumps(p, indent=1)}"
+    pending = [p for q, p in found if "INSERT INTO public.sendry_outbox" in q and "o.payload IS NULL" in q]
+    assert pending and all("sendry_outbox_user_idx" in indexes(p) for p in pending), \
+        f"{state}: {[indexes(p) for p in pending]}"
 
 
 @pytest.mark.parametrize("state", STATES)

@@ -194,7 +194,9 @@ BEGIN
     WITH gone AS (
         DELETE FROM public.sendry_contact_state s
          WHERE s.user_id >= v_lo AND (s.user_id > v_after OR v_after IS NULL) AND s.user_id <= v_hi
-           AND NOT EXISTS (SELECT 1 FROM auth.users u WHERE u.id = s.user_id AND u.deleted_at IS NULL)
+           -- OFFSET 0: one probe of users' key per state row, never an anti-join that
+           -- reads all of auth.users when statistics are missing (test_hot_plans)
+           AND NOT EXISTS (SELECT 1 FROM auth.users u WHERE u.id = s.user_id AND u.deleted_at IS NULL OFFSET 0)
         RETURNING s.user_id, s.email
     )
     INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
