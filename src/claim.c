@@ -176,9 +176,13 @@ static const char RENEW_SQL[] =
     "                    FROM public.sendry_outbox e WHERE e.id = h.id OFFSET 0) o ON true"
     " WHERE h.tid IS NULL";
 
+/* Hidden: RLS on, no policy, the role neither the owner nor BYPASSRLS, and allowed to read
+ * the table (a role without SELECT gets "permission denied" from the claim: that is its
+ * fault, named with its GRANT; RLS is said once the GRANT is there). */
 static const char HIDDEN_SQL[] =
     "SELECT c.relrowsecurity AND NOT (pg_catalog.pg_has_role(c.relowner, 'USAGE') OR r.rolbypassrls)"
-    "       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid),"
+    "       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)"
+    "       AND pg_catalog.has_table_privilege(c.oid, 'SELECT'),"
     "       current_user"
     " FROM pg_catalog.pg_class c, pg_catalog.pg_roles r"
     " WHERE c.oid = pg_catalog.to_regclass('public.sendry_outbox') AND r.rolname = current_user";

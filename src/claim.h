@@ -69,7 +69,8 @@ typedef void (*renew_cb)(void *ud, const long long *lost, size_t n, size_t taken
 void claim_renew(struct claimer *c, json_object *refs, renew_cb done);
 
 /* Whether row level security hides every outbox row from the connection's role (RLS on,
- * no policy, neither the owner nor BYPASSRLS): then every claim finds nothing, without an
+ * no policy, neither the owner nor BYPASSRLS, SELECT granted: without it the claim's own
+ * "permission denied" names the fault): then every claim finds nothing, without an
  * error. done gets the answer and the role (not called if the question failed). */
 typedef void (*hidden_cb)(void *ud, bool hidden, const char *role);
 void claim_check_hidden(struct claimer *c, hidden_cb done);

@@ -204,6 +204,7 @@ def test_a_role_without_rights_on_the_outbox_turns_healthz_503(ldb, fake, worker
                                 "/healthz naming the missing privilege")
     assert "claiming rows failed" in reason and GRANT in reason, reason
     assert len(w.wait_log(r"db: claiming rows failed: permission denied", T)) == 1
+    assert "row level security hides" not in w.log(), "RLS is not the fault while SELECT is missing"
     # Granted, but row level security (on, no policy) hides every row from the role: the
     # claims now succeed and find nothing, which is said as loudly.
     ldb.query(GRANT)
