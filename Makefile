@@ -31,7 +31,7 @@ SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 
 SRCS     = src/xalloc.c src/config.c src/config_options.c src/config_keys.c src/config_validate.c \
            src/log.c src/backoff.c src/sendry.c src/http.c src/db.c src/db_session.c src/dbfault.c \
-           src/gate.c src/budget.c src/job.c src/claim.c src/deliver.c src/outcome.c src/complete.c \
+           src/gate.c src/budget.c src/job.c src/claim.c src/claim_rows.c src/deliver.c src/outcome.c src/complete.c \
            src/reconcile.c src/prune.c src/inbox.c src/audience.c src/events_scope.c src/health.c \
            src/relay.c src/relay_setup.c src/relay_faults.c src/webhook.c src/metrics.c src/httpd.c src/receiver.c \
            src/dbsync.c src/probe.c src/vault.c src/notify.c src/migrate.c \
