@@ -127,7 +127,8 @@ check-asan: sendry-sync-asan
 	    tests/test_backlog_after_install.py \
 	    tests/test_live_db.py \
 	    tests/test_events.py \
-	    tests/test_capture.py
+	    tests/test_capture.py \
+	    tests/test_prepared.py
 
 SUITES = check-install-sql check-docs check-unit check-sql check-e2e check-asan check-valgrind check-fuzz
 check: all $(SUITES)

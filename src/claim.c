@@ -266,7 +266,7 @@ void claim_take(struct claimer *c, int limit, int bulk_limit, double connected_f
     char sclaim[32];
     snprintf(sclaim, sizeof sclaim, "%lld", (long long)(rand_unit(&c->rng) * 4e18) + 1);
     const char *params[6] = {slimit, sbulk, c->locked_by, slease, smax, sclaim};
-    db_query(c->db, CLAIM_SQL, 6, params, on_claimed, c);
+    db_query_named(c->db, "sendry_claim", CLAIM_SQL, 6, params, on_claimed, c);
     c->busy = true;
     c->limit = limit;
     c->fresh_window = connected_for;
@@ -331,7 +331,7 @@ void claim_renew(struct claimer *c, json_object *refs, renew_cb done)
     const char *params[3] = {json_object_to_json_string_ext(refs, JSON_C_TO_STRING_PLAIN), slease,
                              c->locked_by};
     c->renewed = done;
-    db_query(c->db, RENEW_SQL, 3, params, on_renewed, c);
+    db_query_named(c->db, "sendry_renew", RENEW_SQL, 3, params, on_renewed, c);
 }
 
 static void on_hidden(PGresult *res, void *arg)
@@ -350,4 +350,7 @@ void claim_check_hidden(struct claimer *c, hidden_cb done)
         return;
     c->hidden = done;
     db_query(c->db, HIDDEN_SQL, 0, NULL, on_hidden, c);
+    /* Whatever it answers, the next claim is planned anew: a claim planned while row
+     * level security hid the rows keeps hiding them after the role may see them. */
+    db_replan(c->db);
 }

@@ -374,7 +374,7 @@ void complete_flush(struct completer *c)
     }
     printbuf_strappend(text, "]");
     const char *params[2] = {text->buf, c->locked_by};
-    db_query(c->db, COMPLETE_SQL, 2, params, on_written, c);
+    db_query_named(c->db, "sendry_complete", COMPLETE_SQL, 2, params, on_written, c);
     c->in_flight = c->n;
     printbuf_free(text);
 }

@@ -19,8 +19,16 @@ enum db_state {
     DB_READY           /* idle, or running `running` */
 };
 
+/* What a query's last send asked of the server: the statement itself, or (a named
+ * statement, db_query_named) its preparation, then its execution by name. */
+enum query_step { STEP_PLAIN, STEP_PREPARE, STEP_EXECUTE };
+
 struct query {
     char *sql;
+    const char *name;        /* NULL, or a named statement's name (static storage) */
+    enum query_step step;
+    bool retried;            /* prepared again once already (see resend_after) */
+    int renamed;             /* names found taken when preparing it (42P05) */
     int nparams;
     char **params;
     db_result_cb cb;
@@ -54,6 +62,14 @@ struct db {
     PGresult *result;        /* the last result of `running` */
     char err[512];
     struct db_overdue overdue; /* db_overdue(): "" while queries are answered in time */
+    /* Named statements prepared on this connection (their names; forgotten with it), the
+     * generation their server-side names carry, and whether preparing is off for good (a
+     * transaction-mode pooler: statements prepared on one server connection are missing
+     * on the next). */
+    const char *prepared[DB_MAX_NAMED];
+    size_t nprepared;
+    unsigned generation;
+    bool unprepared;
 };
 
 #define CONNECT_TIMEOUT 15.0
@@ -148,6 +164,7 @@ static void lost(struct db *db, const char *why)
     db->conn = NULL;
     db->state = DB_DISCONNECTED;
     db->flushing = false;
+    db->nprepared = 0;
     PQclear(db->result);
     db->result = NULL;
     struct query *q = db->running;
@@ -174,6 +191,54 @@ static void flush(struct db *db)
     arm(db, EV_READ | (db->flushing ? EV_WRITE : 0));
 }
 
+/* After a send: the answer's deadline starts, and what libpq could not write yet goes out
+ * as the socket takes it. */
+static void sent(struct db *db)
+{
+    if (db->session.statement_timeout > 0) {
+        ev_timer_set(&db->answer, db_answer_deadline(&db->session), 0.);
+        ev_timer_start(db->loop, &db->answer);
+    }
+    flush(db);
+}
+
+static bool is_prepared(const struct db *db, const char *name)
+{
+    for (size_t i = 0; i < db->nprepared; i++)
+        if (db->prepared[i] == name)
+            return true;
+    return false;
+}
+
+/* Sends q: as it is, or (a named statement) its preparation the first time on this
+ * connection, then its execution by name. The server's name carries the generation. */
+static bool send_query(struct db *db, struct query *q)
+{
+    const char *const *params = (const char *const *)q->params;
+    if (!q->name || db->unprepared) {
+        q->step = STEP_PLAIN;
+        return PQsendQueryParams(db->conn, q->sql, q->nparams, NULL, params, NULL, NULL, 0);
+    }
+    char name[64];
+    snprintf(name, sizeof name, "%s_%u", q->name, db->generation);
+    if (!is_prepared(db, q->name)) {
+        q->step = STEP_PREPARE;
+        return PQsendPrepare(db->conn, name, q->sql, q->nparams, NULL);
+    }
+    q->step = STEP_EXECUTE;
+    return PQsendQueryPrepared(db->conn, name, q->nparams, params, NULL, NULL, 0);
+}
+
+/* Sends the running query (again) and starts its deadline. */
+static void send_running(struct db *db)
+{
+    if (!send_query(db, db->running)) {
+        lost(db, "could not send query: ");
+        return;
+    }
+    sent(db);
+}
+
 /* Sends the next queued query if the connection is free. */
 static void pump(struct db *db)
 {
@@ -185,16 +250,51 @@ static void pump(struct db *db)
         db->tail = NULL;
     q->next = NULL;
     db->running = q;
-    if (!PQsendQueryParams(db->conn, q->sql, q->nparams, NULL, (const char *const *)q->params, NULL,
-                           NULL, 0)) {
-        lost(db, "could not send query: ");
-        return;
+    send_running(db);
+}
+
+/* Whether a named statement's answer asks for another send rather than its callback:
+ * its preparation went through (now its execution); or its execution found the prepared
+ * statement gone (26000: a pooler gave us another server connection, or DISCARD ALL) or
+ * stale (0A000, "cached plan must not change result type": an upgrade changed a column
+ * it returns). Such an execution did nothing: it is prepared again, under a new
+ * generation's name, once; gone again, preparing stops on this worker. */
+static bool resend_after(struct db *db, struct query *q, const PGresult *res)
+{
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (q->step == STEP_PREPARE) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            /* 42P05: a session pooler that does not reset its server connections handed us
+             * one with statements of that name left by earlier clients: the next
+             * generation's name. Anything else is the statement's own error, the callback's. */
+            if (!state || strcmp(state, "42P05") || ++q->renamed > DB_MAX_NAMED)
+                return false;
+            log_info("db: statement %s: its name is taken on the %s connection (a session "
+                     "pooler that keeps what its last client prepared?): another name", q->name,
+                     db->name);
+            db->generation++;
+            return true;
+        }
+        assert(db->nprepared < DB_MAX_NAMED);
+        db->prepared[db->nprepared++] = q->name;
+        return true;
     }
-    if (db->session.statement_timeout > 0) {
-        ev_timer_set(&db->answer, db_answer_deadline(&db->session), 0.);
-        ev_timer_start(db->loop, &db->answer);
+    if (q->step != STEP_EXECUTE || !state || (strcmp(state, "26000") && strcmp(state, "0A000")))
+        return false;
+    if (q->retried) {
+        if (strcmp(state, "26000"))
+            return false;
+        log_warn("db: prepared statements do not last on the %s connection (a transaction-mode "
+                 "pooler?); every statement is planned anew from now on", db->name);
+        db->unprepared = true;
+        return true;
     }
-    flush(db);
+    log_info("db: statement %s prepared again (%s)", q->name,
+             PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+    q->retried = true;
+    db->nprepared = 0;
+    db->generation++;
+    return true;
 }
 
 static void drain_notifies(struct db *db)
@@ -257,8 +357,13 @@ static void read_results(struct db *db)
             on_setup_done(db, res);
         } else {
             struct query *q = db->running;
-            db->running = NULL;
             ev_timer_stop(db->loop, &db->answer);
+            if (resend_after(db, q, res)) {
+                PQclear(res);
+                send_running(db);
+                continue;
+            }
+            db->running = NULL;
             note_answer(db, res);
             if (q->cb)
                 q->cb(res, q->arg);
@@ -304,11 +409,7 @@ static void connect_step(struct db *db)
         lost(db, "could not set up the session: ");
         return;
     }
-    if (db->session.statement_timeout > 0) {
-        ev_timer_set(&db->answer, db_answer_deadline(&db->session), 0.);
-        ev_timer_start(db->loop, &db->answer);
-    }
-    flush(db);
+    sent(db);
 }
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents)
@@ -509,6 +610,25 @@ void db_query(struct db *db, const char *sql, int nparams, const char *const *pa
         db->head = q;
     db->tail = q;
     ev_idle_start(db->loop, &db->pump_w);
+}
+
+void db_query_named(struct db *db, const char *name, const char *sql, int nparams,
+                    const char *const *params, db_result_cb cb, void *arg)
+{
+    db_query(db, sql, nparams, params, cb, arg);
+    db->tail->name = name;
+}
+
+static void on_deallocated(PGresult *res, void *arg)
+{
+    struct db *db = arg;
+    if (res && PQresultStatus(res) == PGRES_COMMAND_OK)
+        db->nprepared = 0;
+}
+
+void db_replan(struct db *db)
+{
+    db_query(db, "DEALLOCATE ALL", 0, NULL, on_deallocated, db);
 }
 
 void db_query_first(struct db *db, const char *sql, int nparams, const char *const *params,

@@ -1,7 +1,9 @@
 /* db: one PostgreSQL connection driven by a libev loop, never blocking.
  *
  * Connects with PQconnectStartParams, optionally LISTENs on a channel, runs queued
- * queries one at a time (PQsendQueryParams), hands notifications to a callback, and
+ * queries one at a time (PQsendQueryParams; a named statement, db_query_named, is
+ * prepared once per connection and then executed by name), hands notifications to a
+ * callback, and
  * reconnects with capped exponential backoff (jittered per process) when the connection
  * is lost. A worker holds two: one for the relay (claim, complete) and one for
  * everything else (webhooks, reconciliation, metrics), so neither waits behind the other.
@@ -70,7 +72,23 @@ void db_free(struct db *db);
 /* Queues a query (params are copied) and returns; cb (may be NULL) runs from the loop. */
 void db_query(struct db *db, const char *sql, int nparams, const char *const *params,
               db_result_cb cb, void *arg);
-/* The same, ahead of every query queued: for what must run first on a new connection,
+/* At most this many named statements per connection. */
+#define DB_MAX_NAMED 8
+/* db_query for a statement run often: prepared on the connection the first time
+ * (PQsendPrepare), then executed by name, so that it is not planned at every run (the
+ * claim's planning took longer than its execution for a row or two). The server may run
+ * it with a generic plan after a few runs: tests/test_hot_plans.py checks that plan too.
+ * name identifies sql: a string in static storage, the same pointer for the same sql,
+ * at most DB_MAX_NAMED of them. A prepared statement the server no longer has or whose
+ * result type an upgrade changed is prepared again, once (the failed execution did
+ * nothing); through a transaction-mode pooler preparing stops. */
+void db_query_named(struct db *db, const char *name, const char *sql, int nparams,
+                    const char *const *params, db_result_cb cb, void *arg);
+/* The named statements are prepared (planned) anew after the queries queued now: a plan
+ * keeps what held when it was made, row level security among them (a role given
+ * BYPASSRLS still finds nothing with a plan made before). */
+void db_replan(struct db *db);
+/* db_query, ahead of every query queued: for what must run first on a new connection,
  * before statements queued while the last one was going down (a claim among them). */
 void db_query_first(struct db *db, const char *sql, int nparams, const char *const *params,
                     db_result_cb cb, void *arg);

@@ -12,6 +12,10 @@ were there, statistics of an empty table), the claim statement compiled into the
   * reach the outbox through the same access paths in every case (the same indexes, and
     a TID scan for the UPDATE; join methods between its own small CTEs may differ).
 
+The worker prepares the claim once per connection (db_query_named), so after five runs
+PostgreSQL may run it with a generic plan, made without the parameters' values (the batch
+size among them): each check runs on the custom plan and on the generic one.
+
     /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/test_claim_plan.py
 """
 
@@ -29,15 +33,22 @@ SENT = 200_000
 PENDING = 20_000
 
 
-def claim_sql():
-    """CLAIM_SQL as compiled into the binary, read from src/claim.c."""
+PARAMS = ["42", "12", "60", "'plan-test'", str(BATCH), str(BATCH)]   # $6 .. $1
+PLANS = ["custom", "generic"]
+
+
+def claim_sql(generic=False):
+    """CLAIM_SQL as compiled into the binary, read from src/claim.c: with the worker's
+    parameters written in, or (generic) as a prepared statement's generic plan runs it."""
     src = open(os.path.join(ROOT, "src", "claim.c")).read()
     body = re.search(r"static const char CLAIM_SQL\[\] =\n(.*?);\n", src, re.S).group(1)
     sql = "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', body))
-    for n, v in (("$6", "42"), ("$5", "12"), ("$4", "60"), ("$3", "'plan-test'"), ("$2", str(BATCH)),
-                 ("$1", str(BATCH))):
+    if generic:
+        return (f"SET plan_cache_mode = force_generic_plan; PREPARE claim AS {sql};"
+                f" EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim({', '.join(reversed(PARAMS))})")
+    for n, v in zip(("$6", "$5", "$4", "$3", "$2", "$1"), PARAMS):
         sql = sql.replace(n, v)
-    return sql
+    return f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}"
 
 
 def nodes(node):
@@ -61,9 +72,8 @@ def pg():
         yield c
 
 
-def explain_claim(pg):
-    out = pg.psql("-A", "-t", "-c", "BEGIN", "-c", f"EXPLAIN (ANALYZE, FORMAT JSON) {claim_sql()}",
-                  "-c", "ROLLBACK").stdout
+def explain_claim(pg, plan="custom"):
+    out = pg.psql("-A", "-t", "-c", "BEGIN", "-c", claim_sql(plan == "generic"), "-c", "ROLLBACK").stdout
     return json.loads(out[out.index("["):out.rindex("]") + 1])[0]["Plan"]
 
 
@@ -109,22 +119,24 @@ def check_bounded(plan, case):
     assert len(renders) == 1 and renders[0]["Actual Loops"] == 1, f"{case}: one render per claim"
 
 
-def test_claim_stays_batch_sized_whatever_the_statistics(pg):
+@pytest.mark.parametrize("kind", PLANS)
+def test_claim_stays_batch_sized_whatever_the_statistics(pg, kind):
     shapes = {}
     for case, sent, analyze in CASES:
         fill(pg, sent, PENDING, analyze)
-        plan = explain_claim(pg)
-        check_bounded(plan, case)
+        plan = explain_claim(pg, kind)
+        check_bounded(plan, f"{kind} plan, {case}")
         shapes[case] = shape(plan)
     first = next(iter(shapes.values()))
     for case, s in shapes.items():
         assert s == first, f"the plan differs for {case!r}:\n{s}\nvs\n{first}"
 
 
-def test_claim_probes_each_check_through_its_own_index(pg):
+@pytest.mark.parametrize("kind", PLANS)
+def test_claim_probes_each_check_through_its_own_index(pg, kind):
     """With skewed statistics, each ordering check is one probe of its own index."""
     fill(pg, SENT, PENDING, True)
-    plan = explain_claim(pg)
+    plan = explain_claim(pg, kind)
     probes = {n["Index Name"] for n in nodes(plan)
               if n.get("Parent Relationship") == "SubPlan" and n.get("Index Name")}
     lateral = {n.get("Index Name") for n in nodes(plan) if n.get("Index Name")}

@@ -72,7 +72,10 @@ def free_port():
 @pytest.fixture(scope="module")
 def pgbouncer(cluster):
     """PgBouncer on 127.0.0.1: database `postgres` in transaction mode, `postgres_session` in
-    session mode, both to the test cluster. Yields the port."""
+    session mode, both to the test cluster, round robin over the server connections, and
+    no reset of a server connection between session-mode clients (server_reset_query
+    empty: a client finds what the one before it left, prepared statements among them).
+    Yields the port."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not os.path.exists(binary):
         pytest.skip("pgbouncer is not installed (contrib/install-deps.sh installs it)")
@@ -82,7 +85,8 @@ def pgbouncer(cluster):
     with open(os.path.join(d, "pgbouncer.ini"), "w") as f:
         f.write(f"[databases]\npostgres = {target}\npostgres_session = {target} pool_mode=session\n"
                 f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-                f"auth_type = trust\nauth_file = {d}/users.txt\npool_mode = transaction\n"
+                f"auth_type = trust\nauth_file = {d}/users.txt\npool_mode = transaction\nserver_round_robin = 1\n"
+                f"server_reset_query =\n"
                 f"logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n")
     with open(os.path.join(d, "users.txt"), "w") as f:
         f.write('"postgres" ""\n')

@@ -15,7 +15,10 @@ string literals of `static const char NAME[]`), so this test breaks when the cod
 statement changes; the inbox's lookup runs inside sendry_inbox_apply (sql/install.sql)
 and is caught with auto_explain (log_nested_statements) as the function runs. Each is
 planned with the parameters the worker passes (PREPARE + EXPLAIN EXECUTE: a custom plan,
-as PQexecParams gets). A plan passes when no node reads auth.users, the outbox or the
+as PQexecParams gets). The statements the worker prepares once per connection (the claim,
+the lease renewal, the completion: db_query_named) are checked with their generic plan
+too (plan_cache_mode = force_generic_plan: the plan PostgreSQL may switch to after five
+runs, made without the parameters' values). A plan passes when no node reads auth.users, the outbox or the
 contact state through a sequential scan, every index scan of them has an Index Cond (or
 stops at a LIMIT: a capped count), and the indexes each statement is meant to use are
 the ones it uses.
@@ -103,9 +106,10 @@ def statements(pg):
     ]
 
 
-def explain(pg, sql, params):
-    """The custom plan of sql with params, as PQexecParams gets it (nothing is run)."""
-    prep = f"PREPARE s AS {sql}"
+def explain(pg, sql, params, generic=False):
+    """The custom plan of sql with params, as PQexecParams gets it (nothing is run); generic:
+    the prepared statement's generic plan."""
+    prep = ("SET plan_cache_mode = force_generic_plan;\n" if generic else "") + f"PREPARE s AS {sql}"
     exe = "EXPLAIN (FORMAT JSON) EXECUTE s" + (f"({', '.join(lit(p) for p in params)})" if params else "")
     out = pg.psql("-A", "-t", "-c", prep + ";\n" + exe).stdout
     return json.loads(out[out.index("["):out.rindex("]") + 1])[0]["Plan"]
@@ -355,6 +359,8 @@ def plans():
                           "VACUUM ANALYZE public.sendry_inbox")
             out[state] = {name: (explain(pg, c_statement(src, var), params), want)
                           for name, src, var, params, want in statements(pg)}
+            out[state].update({f"{name} (generic plan)": (explain(pg, c_statement(src, var), params, True), want)
+                               for name, src, var, params, want in statements(pg) if name in PREPARED})
             inbox[state] = {case: inbox_plans(pg, email) for case, email, _ in INBOX_CASES}
             inbox[state]["budget"] = budget_plans(pg)
             inbox[state]["track"] = track_plans(pg)
@@ -371,7 +377,9 @@ def plans():
         yield out, inbox, read
 
 
-STATEMENTS = ["claim", "next due", "orphan release", "lease renewal", "completion", "unrecorded outcomes",
+# Prepared once per connection by the worker (db_query_named): their generic plans too.
+PREPARED = ["claim", "lease renewal", "completion"]
+STATEMENTS = [f"{n} (generic plan)" for n in PREPARED] + ["claim", "next due", "orphan release", "lease renewal", "completion", "unrecorded outcomes",
               "prune", "backlog count", "enqueue errors", "status figures", "status sent sample",
               "status workers", "status failures", "status oldest", "inbox retry"]
 
@@ -398,7 +406,7 @@ def test_counts_stop_at_their_cap(plans, name, state):
 def test_completion_probes_the_primary_key_per_outcome_and_updates_by_ctid(plans, state):
     """No join between the outcomes and the rows held: each outcome is one probe of the
     primary key, in a per-outcome subquery, and the UPDATE reads exactly the ctids found."""
-    for name in ("completion", "lease renewal"):
+    for name in ("completion", "lease renewal", "completion (generic plan)", "lease renewal (generic plan)"):
         plan = plans[0][state][name][0]
         probes = [n for n, _ in nodes(plan) if n.get("Index Name") == "sendry_outbox_pkey"]
         assert probes and all(re.fullmatch(r"\(id = h(_\d+)?\.id\)", n.get("Index Cond", "")) for n in probes), \
