@@ -21,6 +21,9 @@
  *   7. dbfault.c on real errors: an undefined table or column (class 42) needs a migrate,
  *      insufficient_privilege a GRANT, a statement timeout passes by itself (transient),
  *      a division by zero is neither (passing), a lost connection is transient.
+ *   8. A named statement (db_query_named) is prepared on its first run and executed by
+ *      name after (the session holds it once); db_replan deallocates it, and the next
+ *      run prepares it again; its callback, as any query's, runs after the call returned.
  * Every wait is a loop run with a deadline timer. */
 #include <errno.h>
 #include <ev.h>
@@ -262,6 +265,28 @@ int main(void)
                           " HINT = 'restore the row'; END $$") == DB_FAULT_STATE);
     CHECK(strstr(described, "no database_id (SQLSTATE 55000); fix: restore the row"));
     CHECK(db_fault_of(NULL) == DB_FAULT_TRANSIENT);
+
+    /* 8. Named statements. */
+    const char *prepared_sql = "SELECT COALESCE(string_agg(name, ','), '-') FROM pg_prepared_statements";
+    const char *np[1] = {"9"};
+    for (int run = 0; run < 3; run++) {
+        if (run == 2)
+            db_replan(timed);
+        returned = false;
+        calls = 0;
+        db_query_named(timed, "db_test_named", "SELECT ($1::int + 1)::text", 1, np, on_result, NULL);
+        returned = true;
+        CHECK(calls == 0);
+        CHECK(run_until_break() && got_rows && !called_before_return);
+        CHECK_STR(value, "10");
+        query(timed, prepared_sql, 0, NULL);
+        CHECK(run_until_break() && got_rows);
+        CHECK_STR(value, "db_test_named_0");
+    }
+    db_replan(timed);
+    query(timed, prepared_sql, 0, NULL);
+    CHECK(run_until_break() && got_rows);
+    CHECK_STR(value, "-");
     db_free(timed);
     ev_loop_destroy(loop);
     printf("db: %d passed, %d failed\n", passed, failed);
