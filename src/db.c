@@ -619,16 +619,17 @@ void db_query_named(struct db *db, const char *name, const char *sql, int nparam
     db->tail->name = name;
 }
 
-static void on_deallocated(PGresult *res, void *arg)
-{
-    struct db *db = arg;
-    if (res && PQresultStatus(res) == PGRES_COMMAND_OK)
-        db->nprepared = 0;
-}
-
 void db_replan(struct db *db)
 {
-    db_query(db, "DEALLOCATE ALL", 0, NULL, on_deallocated, db);
+    char sql[96];
+    for (size_t i = 0; i < db->nprepared; i++) {
+        snprintf(sql, sizeof sql, "DEALLOCATE %s_%u", db->prepared[i], db->generation);
+        db_query(db, sql, 0, NULL, NULL, NULL);
+    }
+    if (db->nprepared) {
+        db->nprepared = 0;
+        db->generation++;   /* queries queued before the DEALLOCATEs keep the old names */
+    }
 }
 
 void db_query_first(struct db *db, const char *sql, int nparams, const char *const *params,

@@ -84,9 +84,11 @@ void db_query(struct db *db, const char *sql, int nparams, const char *const *pa
  * nothing); through a transaction-mode pooler preparing stops. */
 void db_query_named(struct db *db, const char *name, const char *sql, int nparams,
                     const char *const *params, db_result_cb cb, void *arg);
-/* The named statements are prepared (planned) anew after the queries queued now: a plan
- * keeps what held when it was made, row level security among them (a role given
- * BYPASSRLS still finds nothing with a plan made before). */
+/* The named statements are prepared (planned) anew, under new names, after the queries
+ * queued now; the old ones are deallocated by name (never DEALLOCATE ALL: through a
+ * pooler that would drop other clients' statements). A plan keeps what held when it was
+ * made, row level security among them (a role given BYPASSRLS still finds nothing with a
+ * plan made before). */
 void db_replan(struct db *db);
 /* db_query, ahead of every query queued: for what must run first on a new connection,
  * before statements queued while the last one was going down (a claim among them). */

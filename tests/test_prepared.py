@@ -46,16 +46,20 @@ def test_transaction_mode_pooler_stops_preparing_and_still_delivers(cluster, db,
 
 
 def test_session_pooler_that_keeps_statements_gets_other_names(cluster, db, fake, workers, pgbouncer):  # noqa: F811
-    """A session-mode pooler without a reset query hands the next worker the server
-    connection with the statements the last one prepared (42P05 "already exists"): it
-    prepares its own under another name, and delivers."""
+    """A session-mode pooler without a reset query hands a worker a server connection with
+    statements an earlier client prepared under the names the worker uses (42P05 "already
+    exists"): it prepares its own under other names, and delivers (executing the earlier
+    client's statement instead would send nothing)."""
     url = f"host=127.0.0.1 port={pgbouncer} dbname=postgres_session user=postgres"
-    logs = []
-    for n in range(3):   # two server connections: by the third worker its relay meets one
-        w = start_daemon(workers, "--poll-interval", "1", env={"DATABASE_URL": url})
-        db.signup(f"session{n}@example.com")
-        wait_until(lambda: db.counts() == {"sent": n + 1}, T, "sent through the session pooler")
-        w.terminate()
-        assert w.wait(T) == 0, w.log()
-        logs.append(w.log())
-    assert any("its name is taken on the relay connection" in log for log in logs), logs
+    # Two clients at once: two server connections, each left with statements of our names.
+    clients = [psycopg.connect(url, autocommit=True) for _ in range(2)]
+    for c in clients:
+        for name in ("sendry_claim_0", "sendry_complete_0", "sendry_renew_0"):
+            c.execute(f"PREPARE {name} AS SELECT 1")
+    for c in clients:
+        c.close()
+    db.signup("session@example.com")
+    w = workers("--once", env={"DATABASE_URL": url})
+    assert w.wait(T) == 0, w.log()
+    assert db.counts() == {"sent": 1}, (db.rows(), w.log())
+    assert "statement sendry_claim: its name is taken on the relay connection" in w.log(), w.log()
