@@ -36,26 +36,23 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-DECLARE
-    v_sync_on text;
-    v_events  text[];
 BEGIN
     BEGIN
-        SELECT s.sync_on, s.events INTO v_sync_on, v_events FROM public.sendry_settings s LIMIT 1;
-        v_sync_on := COALESCE(v_sync_on, 'signup');
+        -- The settings are constants in these statements' plans (functions/settings.sql):
+        -- no read of sendry_settings in a sign-up.
         -- One captured row per new synced user: the worker renders the contact at the claim.
         INSERT INTO public.sendry_outbox (class, op, user_id, email)
         SELECT 'live', 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email))
           FROM new_rows n
-         WHERE public.sendry_user_is_synced(n, v_sync_on);
+         WHERE public.sendry_user_is_synced(n, public.sendry_settings_sync_on());
         -- After the contacts: each user's event row follows their contact row.
-        IF 'user.signed_up' = ANY (v_events) THEN
+        IF 'user.signed_up' = ANY (public.sendry_settings_events()) THEN
             INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
             SELECT 'live', 'event', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
                    pg_catalog.jsonb_build_object('name', 'user.signed_up', 'payload',
                        public.sendry_user_event_payload(n.id, n.raw_app_meta_data ->> 'provider'))
               FROM new_rows n
-             WHERE public.sendry_user_is_synced(n, v_sync_on)
+             WHERE public.sendry_user_is_synced(n, public.sendry_settings_sync_on())
              ORDER BY n.id;
         END IF;
     EXCEPTION WHEN OTHERS THEN
@@ -126,11 +123,10 @@ BEGIN
         RETURN NULL;   -- every row's WHEN clause said "no change"
     END IF;
     BEGIN
-        SELECT s.sync_on, s.on_delete, s.events INTO v_sync_on, v_on_delete, v_events
-          FROM public.sendry_settings s LIMIT 1;
-        v_sync_on := COALESCE(v_sync_on, 'signup');
-        v_on_delete := COALESCE(v_on_delete, 'delete_contact');
-        v_events := COALESCE(v_events, '{}');
+        -- The settings, compiled (functions/settings.sql): no read of sendry_settings.
+        v_sync_on := public.sendry_settings_sync_on();
+        v_on_delete := public.sendry_settings_on_delete();
+        v_events := public.sendry_settings_events();
         IF EXISTS (SELECT 1 FROM public.sendry_changed_users c WHERE c.backend_pid = v_pid AND c.soft_deleted) THEN
             -- Soft deletes: the event user.deleted (to the previous address, which the
             -- contact had: the delete's conditions, whatever on_delete says), before the
@@ -244,10 +240,10 @@ DECLARE
     v_events    text[];
 BEGIN
     BEGIN
-        SELECT s.sync_on, s.on_delete, s.events INTO v_sync_on, v_on_delete, v_events
-          FROM public.sendry_settings s LIMIT 1;
-        v_sync_on := COALESCE(v_sync_on, 'signup');
-        v_on_delete := COALESCE(v_on_delete, 'delete_contact');
+        -- The settings, compiled (functions/settings.sql): no read of sendry_settings.
+        v_sync_on := public.sendry_settings_sync_on();
+        v_on_delete := public.sendry_settings_on_delete();
+        v_events := public.sendry_settings_events();
         -- The event user.deleted first (whatever on_delete says), then the deletion.
         IF 'user.deleted' = ANY (v_events) THEN
             INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
