@@ -10,7 +10,7 @@
 \set as_owner 'SET ROLE postgres; RESET search_path;'
 \set as_admin 'RESET ROLE; RESET search_path;'
 BEGIN;
-SELECT plan(27);
+SELECT plan(28);
 
 -- A GoTrue sign-up (INSERT with role '', then the role UPDATE), unconfirmed.
 CREATE FUNCTION pg_temp.signup(p_id uuid, p_email text) RETURNS void LANGUAGE plpgsql AS $$
@@ -51,6 +51,15 @@ SELECT ok((SELECT prosrc !~* 'from\s+public\.sendry_settings'
              FROM pg_proc WHERE oid = 'public.sendry_auth_users_inserted()'::regprocedure),
           'the INSERT trigger does not query sendry_settings');
 SELECT is(public.sendry_settings_compile(), 0, 'compiling unchanged settings replaces nothing');
+CREATE FUNCTION pg_temp.plan_of(p_sql text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE r record; v text := '';
+BEGIN
+    FOR r IN EXECUTE 'EXPLAIN (VERBOSE, COSTS OFF) ' || p_sql LOOP v := v || r."QUERY PLAN" || E'\n'; END LOOP;
+    RETURN v;
+END $$;
+SELECT matches(pg_temp.plan_of($$SELECT 1 FROM auth.users n WHERE public.sendry_user_is_synced(n, public.sendry_settings_sync_on())$$),
+               '^((?!sendry_settings_sync_on)[\s\S])*$',
+               'the planner inlines the compiled sync_on: the plan holds its value, not a call');
 
 -- 2. A sign-up reads no sendry_settings (and no index of it).
 :as_admin
