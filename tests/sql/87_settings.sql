@@ -10,7 +10,8 @@
 \set as_owner 'SET ROLE postgres; RESET search_path;'
 \set as_admin 'RESET ROLE; RESET search_path;'
 BEGIN;
-SELECT plan(28);
+SELECT plan(29);
+SET track_functions = 'all';
 
 -- A GoTrue sign-up (INSERT with role '', then the role UPDATE), unconfirmed.
 CREATE FUNCTION pg_temp.signup(p_id uuid, p_email text) RETURNS void LANGUAGE plpgsql AS $$
@@ -77,12 +78,15 @@ SELECT results_eq($$SELECT * FROM pg_temp.rows('00000000-0000-4000-8000-00000000
 UPDATE public.sendry_settings SET events = '{user.signed_up}', updated_at = now();
 SELECT results_eq('SELECT * FROM pg_temp.compiled()', $$VALUES ('signup', 'delete_contact', '{user.signed_up}'::text[])$$,
                   'an UPDATE of events compiles it');
+SELECT coalesce(pg_stat_get_xact_function_calls('public.sendry_outbox_notify_insert()'::regprocedure), 0) AS notify_before \gset
 :as_gotrue
 SELECT pg_temp.signup('00000000-0000-4000-8000-000000008702', 'settings.two@example.com');
 :as_admin
 SELECT results_eq($$SELECT * FROM pg_temp.rows('00000000-0000-4000-8000-000000008702')$$,
                   $$VALUES ('upsert', NULL::text), ('event', 'user.signed_up')$$,
                   'the next sign-up emits user.signed_up');
+SELECT is(pg_stat_get_xact_function_calls('public.sendry_outbox_notify_insert()'::regprocedure) - :notify_before,
+          1::bigint, 'its contact and event rows are written by ONE INSERT statement (the outbox''s CHECKs parsed once)');
 :as_owner
 UPDATE public.sendry_settings SET sync_on = 'confirmed', updated_at = now();
 SELECT is(public.sendry_settings_sync_on(), 'confirmed', 'an UPDATE of sync_on compiles it');
