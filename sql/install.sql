@@ -1956,32 +1956,23 @@ BEGIN
              WHERE c.backend_pid = v_pid AND c.soft_deleted AND s.user_id = c.user_id;
         END IF;
         -- One captured row per noted user synced now, with the previous address of an
-        -- email change.
-        INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email)
-        SELECT 'live', 'upsert', u.id, pg_catalog.lower(pg_catalog.btrim(u.email)),
-               CASE WHEN NOT c.old_anonymous
-                     AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
-                     AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
-                         IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
-                     AND (v_sync_on = 'signup' OR c.old_confirmed)
-                    THEN pg_catalog.lower(pg_catalog.btrim(c.old_email)) END
-          FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
-         WHERE c.backend_pid = v_pid AND NOT c.soft_deleted
-           AND public.sendry_user_is_synced(u, v_sync_on)
-         ORDER BY u.id;
-        -- The built-in events of the transitions, after the contact rows (each user's
-        -- event rows follow their contact row), for users whose address may be sent:
+        -- email change; then the built-in events of the transitions, after the contact
+        -- rows (each user's event rows follow their contact row), for users whose
+        -- address may be sent:
         --   user.signed_up         under sync_on = 'confirmed', the confirmation of a user
         --                          not synced before (not anonymous, unconfirmed)
         --   user.became_permanent  is_anonymous true -> false
         --   user.email_changed     the address moved (from one that was sent)
         --   user.email_confirmed   email_confirmed_at NULL -> set
-        -- Nothing at all unless one of them is named in sendry_settings.events.
+        -- Nothing more unless one of them is named in sendry_settings.events; then the
+        -- contact rows and the event rows in ONE statement (PostgreSQL parses and plans
+        -- the outbox's CHECK constraints again for every INSERT statement).
         IF v_events && ARRAY['user.signed_up', 'user.became_permanent', 'user.email_changed',
                              'user.email_confirmed'] THEN
-            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
-            SELECT 'live', 'event', t.id, t.email,
-                   pg_catalog.jsonb_build_object('name', e.name, 'payload', e.payload)
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload)
+            SELECT 'live', CASE WHEN e.n = 0 THEN 'upsert' ELSE 'event' END, t.id, t.email,
+                   CASE WHEN e.n = 0 THEN t.moved_from END,
+                   CASE WHEN e.n > 0 THEN pg_catalog.jsonb_build_object('name', e.name, 'payload', e.payload) END
               FROM (SELECT u.id, pg_catalog.lower(pg_catalog.btrim(u.email)) AS email,
                            u.raw_app_meta_data ->> 'provider' AS provider,
                            u.email_confirmed_at IS NOT NULL AS confirmed,
@@ -1996,6 +1987,7 @@ BEGIN
                      WHERE c.backend_pid = v_pid AND NOT c.soft_deleted
                        AND public.sendry_user_is_synced(u, v_sync_on)) t
              CROSS JOIN LATERAL (VALUES
+                 (0, NULL, true, NULL::jsonb),     -- the contact row
                  (1, 'user.signed_up', v_sync_on = 'confirmed' AND NOT t.old_confirmed AND NOT t.old_anonymous,
                   public.sendry_user_event_payload(t.id, t.provider)),
                  (2, 'user.became_permanent', t.old_anonymous, public.sendry_user_event_payload(t.id)),
@@ -2003,8 +1995,21 @@ BEGIN
                   public.sendry_user_event_payload(t.id, p_old_email => t.moved_from)),
                  (4, 'user.email_confirmed', NOT t.old_confirmed AND t.confirmed,
                   public.sendry_user_event_payload(t.id))) AS e (n, name, fires, payload)
-             WHERE e.fires AND e.name = ANY (v_events)
-             ORDER BY t.id, e.n;
+             WHERE e.n = 0 OR (e.fires AND e.name = ANY (v_events))
+             ORDER BY e.n > 0, t.id, e.n;
+        ELSE
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email)
+            SELECT 'live', 'upsert', u.id, pg_catalog.lower(pg_catalog.btrim(u.email)),
+                   CASE WHEN NOT c.old_anonymous
+                         AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
+                         AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
+                             IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
+                         AND (v_sync_on = 'signup' OR c.old_confirmed)
+                        THEN pg_catalog.lower(pg_catalog.btrim(c.old_email)) END
+              FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
+             WHERE c.backend_pid = v_pid AND NOT c.soft_deleted
+               AND public.sendry_user_is_synced(u, v_sync_on)
+             ORDER BY u.id;
         END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue updated users for Sendry: % (SQLSTATE %)',

@@ -101,8 +101,8 @@ SELECT (pg_stat_get_xact_numscans('public.sendry_changed_users'::regclass) + pg_
 UPDATE users SET email_confirmed_at = now(), confirmation_token = '', updated_at = now()
  WHERE id = '00000000-0000-4000-8000-000000001002';
 :as_admin
-SELECT cmp_ok(:scans_off::bigint, '<', (pg_stat_get_xact_numscans('public.sendry_changed_users'::regclass) + pg_stat_get_xact_numscans('public.sendry_changed_users_backend_pid_idx'::regclass)) - :scans_before,
-              'with no event named, a confirmation reads the noted users fewer times than with events on (no extra work)');
+SELECT cmp_ok(:scans_off::bigint, '=', (pg_stat_get_xact_numscans('public.sendry_changed_users'::regclass) + pg_stat_get_xact_numscans('public.sendry_changed_users_backend_pid_idx'::regclass)) - :scans_before,
+              'a confirmation reads the noted users as many times with events named as without: its contact and event rows are one INSERT statement (and none named is no extra work)');
 SELECT results_eq('SELECT * FROM pg_temp.rows()',
                   $$VALUES ('00000000-0000-4000-8000-000000001002'::uuid, 'upsert', 'ada@example.com', NULL::text),
                            ('00000000-0000-4000-8000-000000001002'::uuid, 'event', 'ada@example.com', 'user.email_confirmed')$$,
