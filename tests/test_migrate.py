@@ -384,8 +384,9 @@ def test_rerun_with_nothing_pending_takes_no_lock(pg):
     r = migrate(pg)
     assert r.returncode == 0, r.stderr
     before = pg.query("SELECT tgname, oid, xmin FROM pg_trigger WHERE tgname LIKE 'sendry%' ORDER BY 1", user=SU)
-    assert len(before) == 6
-    holder = LockHolder(pg, "auth.users, public.sendry_outbox", "ACCESS EXCLUSIVE", 60, user=SU)
+    assert len(before) == 7
+    holder = LockHolder(pg, "auth.users, public.sendry_outbox, public.sendry_settings", "ACCESS EXCLUSIVE", 60,
+                        user=SU)
     holder.start()
     try:
         assert holder.locked.wait(10)
@@ -395,7 +396,7 @@ def test_rerun_with_nothing_pending_takes_no_lock(pg):
         r2 = psql(pg, "-f", pgharness.INSTALL)
         took = time.monotonic() - t0
         assert r2.returncode == 0 and r2.stderr == "", r2.stderr
-        # Any lock on either table would wait for the holder (60 s): both finished.
+        # Any lock on one of the tables would wait for the holder (60 s): both finished.
         assert took < 20, f"{took:.1f} s"
     finally:
         holder.released.set()

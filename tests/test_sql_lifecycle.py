@@ -371,6 +371,76 @@ def test_notify_once_per_delete(pg, listener, gotrue):
          ["delete", "delete.notify@example.com", '{"delete_mode": "delete_contact"}']]
 
 
+def test_a_users_own_trigger_wakes_the_worker(pg, listener, gotrue, owner):
+    """An INSERT into the outbox from inside a trigger notifies like one at the top: the
+    application's own trigger calling sendry_track, and one filling the outbox directly
+    (README, "Without Supabase"). Guards against a NOTIFY trigger skipped inside triggers
+    (pg_trigger_depth), which only our own trigger functions could make up for."""
+    uid = gotrue_signup(gotrue, "own.trigger@example.com")
+    assert listener.until_marker(gotrue) == [""]
+    owner.execute("""
+        CREATE TABLE public.test_orders (id serial PRIMARY KEY, user_id uuid NOT NULL, email text);
+        CREATE FUNCTION public.test_orders_track() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.email IS NULL THEN
+                PERFORM public.sendry_track('order_placed', NEW.user_id, jsonb_build_object('order', NEW.id));
+            ELSE
+                INSERT INTO public.sendry_outbox (user_id, email, payload)
+                VALUES (NEW.user_id, NEW.email, jsonb_build_object('email', NEW.email));
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER test_orders_track AFTER INSERT ON public.test_orders
+            FOR EACH ROW EXECUTE FUNCTION public.test_orders_track()""")
+    try:
+        owner.execute("INSERT INTO public.test_orders (user_id) VALUES (%s)", (uid,))
+        assert listener.until_marker(owner) == [""], "sendry_track from a trigger must wake the worker"
+        owner.execute("INSERT INTO public.test_orders (user_id, email) VALUES (%s, 'own.trigger@example.com')",
+                      (uid,))
+        assert listener.until_marker(owner) == [""], "an INSERT into the outbox from a trigger must wake the worker"
+        assert pg.query(f"SELECT op, payload->>'name', status FROM sendry_outbox WHERE user_id = '{uid}'"
+                        " ORDER BY id") == [["upsert", "", "pending"], ["event", "order_placed", "pending"],
+                                            ["upsert", "", "pending"]]
+    finally:
+        owner.execute("DROP TABLE public.test_orders; DROP FUNCTION public.test_orders_track()")
+
+
+# --- the compiled settings, across sessions -------------------------------------------
+
+def outbox_ops(cluster, uid):
+    return [r[0] for r in cluster.query(f"SELECT op FROM sendry_outbox WHERE user_id = '{uid}' ORDER BY id")]
+
+
+def test_a_settings_change_reaches_the_next_signup_of_every_session(pg, gotrue, owner):
+    """The triggers read the settings as constants compiled into their plans
+    (functions/settings.sql). A change committed in another session is followed by the
+    very next sign-up of a session whose plans are warm; a change not committed yet, or
+    rolled back, is not."""
+    other = connect(pg, "postgres")
+    try:
+        warm = gotrue_signup(gotrue, "warm.settings@example.com")
+        assert outbox_ops(pg, warm) == ["upsert"]
+        with other.transaction():
+            other.execute("UPDATE sendry_settings SET events = '{user.signed_up}', updated_at = now()")
+            during = gotrue_signup(gotrue, "during.settings@example.com")
+        after = gotrue_signup(gotrue, "after.settings@example.com")
+        assert outbox_ops(pg, during) == ["upsert"], "a change not committed yet was followed"
+        assert outbox_ops(pg, after) == ["upsert", "event"], "a committed change was not followed"
+
+        with other.transaction() as tx:
+            other.execute("UPDATE sendry_settings SET sync_on = 'confirmed', events = '{}'")
+            raise psycopg.Rollback(tx)
+        rolled_back = gotrue_signup(gotrue, "rolled.back@example.com")
+        assert outbox_ops(pg, rolled_back) == ["upsert", "event"], "a change rolled back was followed"
+
+        other.execute("UPDATE sendry_settings SET sync_on = 'confirmed'")
+        unconfirmed = gotrue_signup(gotrue, "unconfirmed.settings@example.com")
+        assert outbox_ops(pg, unconfirmed) == [], "sync_on confirmed was not followed"
+    finally:
+        other.close()
+        owner.execute("UPDATE sendry_settings SET sync_on = 'signup', events = '{}'")
+
+
 # --- the inbox, across transactions ---------------------------------------------------
 
 def test_concurrent_redelivery_is_stored_once(pg, owner):

@@ -37,7 +37,7 @@ BEGIN
     ELSIF NULLIF(pg_catalog.btrim(v_email), '') IS NULL THEN
         v_problem := 'event: the user has no address';
     ELSIF NOT v_confirmed THEN
-        v_sync_on := COALESCE((SELECT s.sync_on FROM public.sendry_settings s LIMIT 1), 'signup');
+        v_sync_on := public.sendry_settings_sync_on();   -- compiled: functions/settings.sql
         IF v_sync_on = 'confirmed' THEN
             v_problem := 'event: the user''s address is not confirmed (sync_on = confirmed)';
         END IF;

@@ -36,27 +36,31 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = ''
 AS $$
-DECLARE
-    v_sync_on text;
-    v_events  text[];
 BEGIN
     BEGIN
-        SELECT s.sync_on, s.events INTO v_sync_on, v_events FROM public.sendry_settings s LIMIT 1;
-        v_sync_on := COALESCE(v_sync_on, 'signup');
-        -- One captured row per new synced user: the worker renders the contact at the claim.
-        INSERT INTO public.sendry_outbox (class, op, user_id, email)
-        SELECT 'live', 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email))
-          FROM new_rows n
-         WHERE public.sendry_user_is_synced(n, v_sync_on);
-        -- After the contacts: each user's event row follows their contact row.
-        IF 'user.signed_up' = ANY (v_events) THEN
+        -- The settings are constants in these statements' plans (functions/settings.sql):
+        -- no read of sendry_settings in a sign-up.
+        IF 'user.signed_up' = ANY (public.sendry_settings_events()) THEN
+            -- One captured row per new synced user (the worker renders the contact at the
+            -- claim), then each user's user.signed_up event row, after all the contacts:
+            -- in ONE statement. PostgreSQL parses and plans the outbox's CHECK constraints
+            -- again for every INSERT statement, about as much as the rest of the statement.
             INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
-            SELECT 'live', 'event', n.id, pg_catalog.lower(pg_catalog.btrim(n.email)),
-                   pg_catalog.jsonb_build_object('name', 'user.signed_up', 'payload',
-                       public.sendry_user_event_payload(n.id, n.raw_app_meta_data ->> 'provider'))
+            SELECT 'live', r.op, n.id, pg_catalog.lower(pg_catalog.btrim(n.email)), r.payload
               FROM new_rows n
-             WHERE public.sendry_user_is_synced(n, v_sync_on)
-             ORDER BY n.id;
+             CROSS JOIN LATERAL (VALUES
+                 (1, 'upsert', NULL::jsonb),
+                 (2, 'event', pg_catalog.jsonb_build_object('name', 'user.signed_up', 'payload',
+                                  public.sendry_user_event_payload(n.id, n.raw_app_meta_data ->> 'provider')))
+             ) AS r (k, op, payload)
+             WHERE public.sendry_user_is_synced(n, public.sendry_settings_sync_on())
+             ORDER BY r.k, n.id;
+        ELSE
+            -- One captured row per new synced user: the worker renders the contact at the claim.
+            INSERT INTO public.sendry_outbox (class, op, user_id, email)
+            SELECT 'live', 'upsert', n.id, pg_catalog.lower(pg_catalog.btrim(n.email))
+              FROM new_rows n
+             WHERE public.sendry_user_is_synced(n, public.sendry_settings_sync_on());
         END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue new users for Sendry: % (SQLSTATE %)',
@@ -126,11 +130,10 @@ BEGIN
         RETURN NULL;   -- every row's WHEN clause said "no change"
     END IF;
     BEGIN
-        SELECT s.sync_on, s.on_delete, s.events INTO v_sync_on, v_on_delete, v_events
-          FROM public.sendry_settings s LIMIT 1;
-        v_sync_on := COALESCE(v_sync_on, 'signup');
-        v_on_delete := COALESCE(v_on_delete, 'delete_contact');
-        v_events := COALESCE(v_events, '{}');
+        -- The settings, compiled (functions/settings.sql): no read of sendry_settings.
+        v_sync_on := public.sendry_settings_sync_on();
+        v_on_delete := public.sendry_settings_on_delete();
+        v_events := public.sendry_settings_events();
         IF EXISTS (SELECT 1 FROM public.sendry_changed_users c WHERE c.backend_pid = v_pid AND c.soft_deleted) THEN
             -- Soft deletes: the event user.deleted (to the previous address, which the
             -- contact had: the delete's conditions, whatever on_delete says), before the
@@ -161,32 +164,23 @@ BEGIN
              WHERE c.backend_pid = v_pid AND c.soft_deleted AND s.user_id = c.user_id;
         END IF;
         -- One captured row per noted user synced now, with the previous address of an
-        -- email change.
-        INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email)
-        SELECT 'live', 'upsert', u.id, pg_catalog.lower(pg_catalog.btrim(u.email)),
-               CASE WHEN NOT c.old_anonymous
-                     AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
-                     AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
-                         IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
-                     AND (v_sync_on = 'signup' OR c.old_confirmed)
-                    THEN pg_catalog.lower(pg_catalog.btrim(c.old_email)) END
-          FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
-         WHERE c.backend_pid = v_pid AND NOT c.soft_deleted
-           AND public.sendry_user_is_synced(u, v_sync_on)
-         ORDER BY u.id;
-        -- The built-in events of the transitions, after the contact rows (each user's
-        -- event rows follow their contact row), for users whose address may be sent:
+        -- email change; then the built-in events of the transitions, after the contact
+        -- rows (each user's event rows follow their contact row), for users whose
+        -- address may be sent:
         --   user.signed_up         under sync_on = 'confirmed', the confirmation of a user
         --                          not synced before (not anonymous, unconfirmed)
         --   user.became_permanent  is_anonymous true -> false
         --   user.email_changed     the address moved (from one that was sent)
         --   user.email_confirmed   email_confirmed_at NULL -> set
-        -- Nothing at all unless one of them is named in sendry_settings.events.
+        -- Nothing more unless one of them is named in sendry_settings.events; then the
+        -- contact rows and the event rows in ONE statement (PostgreSQL parses and plans
+        -- the outbox's CHECK constraints again for every INSERT statement).
         IF v_events && ARRAY['user.signed_up', 'user.became_permanent', 'user.email_changed',
                              'user.email_confirmed'] THEN
-            INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)
-            SELECT 'live', 'event', t.id, t.email,
-                   pg_catalog.jsonb_build_object('name', e.name, 'payload', e.payload)
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email, payload)
+            SELECT 'live', CASE WHEN e.n = 0 THEN 'upsert' ELSE 'event' END, t.id, t.email,
+                   CASE WHEN e.n = 0 THEN t.moved_from END,
+                   CASE WHEN e.n > 0 THEN pg_catalog.jsonb_build_object('name', e.name, 'payload', e.payload) END
               FROM (SELECT u.id, pg_catalog.lower(pg_catalog.btrim(u.email)) AS email,
                            u.raw_app_meta_data ->> 'provider' AS provider,
                            u.email_confirmed_at IS NOT NULL AS confirmed,
@@ -201,6 +195,7 @@ BEGIN
                      WHERE c.backend_pid = v_pid AND NOT c.soft_deleted
                        AND public.sendry_user_is_synced(u, v_sync_on)) t
              CROSS JOIN LATERAL (VALUES
+                 (0, NULL, true, NULL::jsonb),     -- the contact row
                  (1, 'user.signed_up', v_sync_on = 'confirmed' AND NOT t.old_confirmed AND NOT t.old_anonymous,
                   public.sendry_user_event_payload(t.id, t.provider)),
                  (2, 'user.became_permanent', t.old_anonymous, public.sendry_user_event_payload(t.id)),
@@ -208,8 +203,21 @@ BEGIN
                   public.sendry_user_event_payload(t.id, p_old_email => t.moved_from)),
                  (4, 'user.email_confirmed', NOT t.old_confirmed AND t.confirmed,
                   public.sendry_user_event_payload(t.id))) AS e (n, name, fires, payload)
-             WHERE e.fires AND e.name = ANY (v_events)
-             ORDER BY t.id, e.n;
+             WHERE e.n = 0 OR (e.fires AND e.name = ANY (v_events))
+             ORDER BY e.n > 0, t.id, e.n;
+        ELSE
+            INSERT INTO public.sendry_outbox (class, op, user_id, email, old_email)
+            SELECT 'live', 'upsert', u.id, pg_catalog.lower(pg_catalog.btrim(u.email)),
+                   CASE WHEN NOT c.old_anonymous
+                         AND NULLIF(pg_catalog.lower(pg_catalog.btrim(c.old_email)), '') IS NOT NULL
+                         AND pg_catalog.lower(pg_catalog.btrim(c.old_email))
+                             IS DISTINCT FROM pg_catalog.lower(pg_catalog.btrim(u.email))
+                         AND (v_sync_on = 'signup' OR c.old_confirmed)
+                        THEN pg_catalog.lower(pg_catalog.btrim(c.old_email)) END
+              FROM public.sendry_changed_users c JOIN auth.users u ON u.id = c.user_id
+             WHERE c.backend_pid = v_pid AND NOT c.soft_deleted
+               AND public.sendry_user_is_synced(u, v_sync_on)
+             ORDER BY u.id;
         END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'sendry-sync: could not enqueue updated users for Sendry: % (SQLSTATE %)',
@@ -244,10 +252,10 @@ DECLARE
     v_events    text[];
 BEGIN
     BEGIN
-        SELECT s.sync_on, s.on_delete, s.events INTO v_sync_on, v_on_delete, v_events
-          FROM public.sendry_settings s LIMIT 1;
-        v_sync_on := COALESCE(v_sync_on, 'signup');
-        v_on_delete := COALESCE(v_on_delete, 'delete_contact');
+        -- The settings, compiled (functions/settings.sql): no read of sendry_settings.
+        v_sync_on := public.sendry_settings_sync_on();
+        v_on_delete := public.sendry_settings_on_delete();
+        v_events := public.sendry_settings_events();
         -- The event user.deleted first (whatever on_delete says), then the deletion.
         IF 'user.deleted' = ANY (v_events) THEN
             INSERT INTO public.sendry_outbox (class, op, user_id, email, payload)

@@ -36,7 +36,7 @@ BEGIN
         END IF;
         v_ids := pg_catalog.array_remove(v_ids, NULL);
         IF pg_catalog.cardinality(v_ids) > 0 THEN
-            v_sync_on := COALESCE((SELECT sync_on FROM public.sendry_settings LIMIT 1), 'signup');
+            v_sync_on := public.sendry_settings_sync_on();   -- compiled: functions/settings.sql
             -- One captured row per synced user: the claim renders the contact, and
             -- completes it without a request when it did not change.
             INSERT INTO public.sendry_outbox (class, op, user_id, email)

@@ -242,15 +242,18 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                    AND COALESCE(NOT p.proconfig @> ARRAY['search_path=""'], true)
                  ORDER BY 1),
           ARRAY['sendry_changed_contacts', 'sendry_compared_contacts', 'sendry_contact_body', 'sendry_contact_payload',
-                'sendry_render_contacts', 'sendry_user_event_payload', 'sendry_user_is_synced']::text[],
-          'every sendry_* function pins an empty search_path, but the seven SQL ones written to be inlined');
+                'sendry_render_contacts', 'sendry_settings_events', 'sendry_settings_on_delete', 'sendry_settings_sync_on',
+                'sendry_user_event_payload', 'sendry_user_is_synced']::text[],
+          'every sendry_* function pins an empty search_path, but the ten SQL ones written to be inlined');
 -- Those have no SET clause so that they can be inlined; they must then resolve nothing
 -- through the caller's search_path: a hostile search_path changes nothing.
 SELECT ok(NOT EXISTS (SELECT 1 FROM pg_proc p
                        WHERE p.pronamespace = 'public'::regnamespace
                          AND p.proname IN ('sendry_changed_contacts', 'sendry_compared_contacts',
                                            'sendry_contact_body', 'sendry_contact_payload',
-                                           'sendry_render_contacts', 'sendry_user_is_synced')
+                                           'sendry_render_contacts', 'sendry_user_is_synced',
+                                           'sendry_settings_sync_on', 'sendry_settings_on_delete',
+                                           'sendry_settings_events')
                          AND (p.prosecdef OR p.proconfig IS NOT NULL OR p.provolatile = 'v'
                               OR p.prolang <> (SELECT oid FROM pg_language WHERE lanname = 'sql'))),
           'the inlinable ones stay inlinable: LANGUAGE sql, not volatile, no SET clause, not SECURITY DEFINER');
@@ -280,7 +283,8 @@ SELECT is(ARRAY(SELECT p.proname::text FROM pg_proc p
                 'sendry_migrate_fingerprint', 'sendry_migrate_lock_holders', 'sendry_migrate_lockdown', 'sendry_migrate_missing', 'sendry_migrate_step',
                 'sendry_migrate_trigger', 'sendry_outbox_notify_insert', 'sendry_outbox_notify_update', 'sendry_rate_pause',
                 'sendry_rate_take', 'sendry_reconcile_contacts',
-                'sendry_render_contacts', 'sendry_schema_version', 'sendry_track', 'sendry_track_email',
+                'sendry_render_contacts', 'sendry_schema_version', 'sendry_settings_changed', 'sendry_settings_compile',
+                'sendry_settings_events', 'sendry_settings_on_delete', 'sendry_settings_sync_on', 'sendry_track', 'sendry_track_email',
                 'sendry_unwatch', 'sendry_user_event_payload', 'sendry_user_is_synced',
                 'sendry_watch', 'sendry_watched_changed'],
           'exactly the expected sendry_* functions exist');
@@ -349,8 +353,9 @@ SELECT is(ARRAY(SELECT format('%s %s tgtype=%s enabled=%s old_table=%s new_table
                 'auth.users sendry_sync_users_update tgtype=17 enabled=O old_table=f new_table=f',
                 'auth.users sendry_sync_users_updated tgtype=16 enabled=O old_table=f new_table=f',
                 'sendry_outbox sendry_outbox_notify_insert tgtype=4 enabled=O old_table=f new_table=f',
-                'sendry_outbox sendry_outbox_notify_update tgtype=17 enabled=O old_table=f new_table=f'],
-          'the six triggers are AFTER and enabled; the outbox''s copy nothing per row');
+                'sendry_outbox sendry_outbox_notify_update tgtype=17 enabled=O old_table=f new_table=f',
+                'sendry_settings sendry_settings_compile tgtype=60 enabled=O old_table=f new_table=f'],
+          'the seven triggers are AFTER and enabled; the outbox''s and the settings'' copy nothing per row');
 SELECT ok((SELECT tgqual IS NOT NULL AND tgattr::int2[] <> '{}'
                   AND NOT (tgattr::int2[] && ARRAY(SELECT attnum FROM pg_attribute
                                                      WHERE attrelid = 'auth.users'::regclass

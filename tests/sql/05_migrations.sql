@@ -21,7 +21,7 @@ SELECT is(public.sendry_schema_version(),
 SELECT is(ARRAY(SELECT name FROM public.sendry_migrations WHERE kind = 'repeatable' ORDER BY 1),
           ARRAY['functions/budget.sql', 'functions/claim_render.sql', 'functions/contacts.sql', 'functions/events.sql',
                 'functions/events_users.sql', 'functions/inbox.sql',
-                'functions/inbox_apply.sql', 'functions/outbox.sql', 'functions/users.sql',
+                'functions/inbox_apply.sql', 'functions/outbox.sql', 'functions/settings.sql', 'functions/users.sql',
                 'functions/version.sql', 'functions/watch.sql'],
           'every file of sql/functions is recorded');
 SELECT is(ARRAY(SELECT m.table_name || ' ' || m.trigger_name
@@ -31,8 +31,8 @@ SELECT is(ARRAY(SELECT m.table_name || ' ' || m.trigger_name
           ARRAY['auth.users sendry_sync_users_delete', 'auth.users sendry_sync_users_insert',
                 'auth.users sendry_sync_users_update', 'auth.users sendry_sync_users_updated',
                 'public.sendry_outbox sendry_outbox_notify_insert',
-                'public.sendry_outbox sendry_outbox_notify_update'],
-          'the six triggers are recorded with their oids');
+                'public.sendry_outbox sendry_outbox_notify_update', 'public.sendry_settings sendry_settings_compile'],
+          'the seven triggers are recorded with their oids');
 
 -- One step, twice: applied once.
 SELECT is(public.sendry_migrate_step('versioned', 'migrations/9001_test.sql',

@@ -230,7 +230,7 @@ SELECT is(ARRAY(SELECT relname::text FROM pg_class WHERE relnamespace = 'public'
                 'sendry_watched_tables'],
           'the ACL check above saw the ten tables, the three views and the three sequences');
 SELECT is((SELECT count(*)::int FROM pg_proc WHERE pronamespace = 'public'::regnamespace AND proname LIKE 'sendry%'),
-          36, 'the ACL check above saw the thirty-six functions');
+          41, 'the ACL check above saw the forty-one functions');
 
 -- The application's events: PostgREST would serve sendry_track as /rest/v1/rpc/sendry_track
 -- to every visitor; only service_role (the server-side key) may call it.
