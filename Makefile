@@ -154,6 +154,7 @@ build/fastload: tests/bench/fastload.c
 bench: sendry-sync build/fastapi build/fastload
 	$(PYTHON) tests/bench_triggers.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(PYTHON) tests/bench_signup_instructions.py $(if $(BASELINE),--baseline $(BASELINE))
+	$(PYTHON) tests/bench_signup_instructions.py --signin $(if $(BASELINE),--baseline $(BASELINE))
 	$(PYTHON) tests/bench_upgrade.py
 	$(PYTHON) tests/bench_lease.py
 	$(PYTHON) tests/bench_wal.py $(if $(BASELINE),--baseline $(BASELINE))

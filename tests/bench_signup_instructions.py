@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """What one GoTrue sign-up transaction costs the database, in CPU instructions.
 
-    /usr/bin/python3 tests/bench_signup_instructions.py [--baseline REV|CHECKOUT] [--signups N] [--no-pieces]
+    /usr/bin/python3 tests/bench_signup_instructions.py [--baseline REV|CHECKOUT] [--signups N] [--no-pieces] [--signin]
 
 The wall-clock and CPU-time figures of bench_triggers.py move by tens of percent on a
 shared machine; an instruction count does not (within 0.1 % between runs). This counts
@@ -22,6 +22,8 @@ Variants, each a database cloned from the same Supabase-shaped fixture:
     -exception    the INSERT trigger without its EXCEPTION block (no subtransaction)
     empty         the INSERT trigger's function emptied (RETURN NULL): what calling a
                   statement-level trigger with a transition table costs
+--signin: GoTrue's sign-in / token refresh instead (UPDATE of last_sign_in_at and
+updated_at of one of three users, then COMMIT), bare, before and after only.
 Figures only (make bench prints them; nothing passes or fails on them). About 4 minutes.
 """
 
@@ -58,6 +60,27 @@ BEGIN
                 false, false, now(), now());
         INSERT INTO auth.identities (user_id, provider, identity_data) VALUES (v_id, 'email', '{}');
         UPDATE auth.users SET role = 'authenticated', updated_at = now() WHERE id = v_id;
+        COMMIT;
+    END LOOP;
+END $$;
+"""
+
+SIGNINS = """
+CREATE PROCEDURE public.bench_signups(p_n integer) LANGUAGE plpgsql AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM auth.users) THEN
+        INSERT INTO auth.users (instance_id, id, aud, role, email, raw_app_meta_data, raw_user_meta_data,
+                                is_sso_user, is_anonymous, created_at, updated_at)
+        SELECT '00000000-0000-0000-0000-000000000000', gen_random_uuid(), 'authenticated', 'authenticated',
+               'signin' || g || '@example.com', '{"provider": "email"}', '{}', false, false, now(), now()
+          FROM generate_series(1, 3) g;
+        COMMIT;
+    END IF;
+    FOR i IN 1 .. p_n LOOP
+        SELECT id INTO v_id FROM auth.users ORDER BY id OFFSET (i % 3) LIMIT 1;
+        UPDATE auth.users SET last_sign_in_at = now(), updated_at = now() WHERE id = v_id;
         COMMIT;
     END LOOP;
 END $$;
@@ -105,6 +128,7 @@ def main():
                     help="git revision or checkout whose sql/install.sql is `before`")
     ap.add_argument("--signups", type=int, default=int(os.environ.get("BENCH_SIGNUPS", "200")))
     ap.add_argument("--no-pieces", action="store_true", help="only bare, before and after")
+    ap.add_argument("--signin", action="store_true", help="the sign-in UPDATE instead (implies --no-pieces)")
     args = ap.parse_args()
     if not shutil.which("valgrind"):
         print("bench_signup_instructions: valgrind not found: no figures", file=sys.stderr)
@@ -124,7 +148,7 @@ def main():
         print(f"bench_signup_instructions: no sql/install.sql at {args.baseline}: no `before` figures", file=sys.stderr)
         before = ""
     variants = [("bare", None, None)] + ([("before", before, None)] if before else []) + [("after", pgharness.INSTALL, None)]
-    if not args.no_pieces:
+    if not (args.no_pieces or args.signin):
         variants += [("-checks", pgharness.INSTALL, NO_CHECKS), ("-notify", pgharness.INSTALL, NO_NOTIFY),
                      ("-indexes", pgharness.INSTALL, NO_INDEXES), ("-exception", pgharness.INSTALL, without_exception),
                      ("empty", pgharness.INSTALL, EMPTY)]
@@ -139,7 +163,7 @@ def main():
             with psycopg.connect(pg.dsn_for(pg.SUPERUSER, db), autocommit=True) as c:
                 if extra:
                     c.execute(extra(c) if callable(extra) else extra)
-                c.execute(SIGNUPS)
+                c.execute(SIGNINS if args.signin else SIGNUPS)
                 c.execute("CALL public.bench_signups(3)")     # the triggers work as installed
                 c.execute("CHECKPOINT")
         pg.pg_stop()
@@ -162,8 +186,9 @@ def main():
         finally:
             pg.pg_start()
     bare = per["bare"]
-    print(f"one GoTrue sign-up transaction, instructions executed by the server (callgrind, postgres --single,"
-          f" {args.signups} sign-ups; before = {args.baseline or '(none)'})")
+    what = "sign-in / token refresh UPDATE" if args.signin else "sign-up"
+    print(f"one GoTrue {what} transaction, instructions executed by the server (callgrind, postgres --single,"
+          f" {args.signups} of them; before = {args.baseline or '(none)'})")
     for name, n in per.items():
         extra = "" if name == "bare" else f"  {n / bare:5.3f}x bare (+{(n - bare) / 1000:6.1f} k)"
         if name not in ("bare", "before", "after"):
