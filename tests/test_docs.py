@@ -16,9 +16,10 @@ DOCS = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "
 CONFIG_DOC = os.path.join(ROOT, "docs", "configuration.md")
 # Flags of other programs the docs show: docker compose (--profile, --scale, --build), docker run
 # (--name), systemctl (--now), tests/bench/bench.py (--only, --keep, --baseline), tests/chaos.py (--only,
-# --seed), tests/bench_triggers.py (--baseline, --users, --runs).
+# --seed), tests/bench_triggers.py (--baseline, --users, --runs),
+# tests/bench_signup_instructions.py (--signin).
 OTHER_TOOLS_FLAGS = {"--profile", "--scale", "--build", "--name", "--now", "--only", "--keep", "--seed",
-                     "--baseline", "--users", "--runs"}
+                     "--baseline", "--users", "--runs", "--signin"}
 
 
 def text(path):
