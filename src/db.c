@@ -272,6 +272,7 @@ static bool resend_after(struct db *db, struct query *q, const PGresult *res)
             log_info("db: statement %s: its name is taken on the %s connection (a session "
                      "pooler that keeps what its last client prepared?): another name", q->name,
                      db->name);
+            db->nprepared = 0;   /* every statement under the new generation's name */
             db->generation++;
             return true;
         }
@@ -628,7 +629,7 @@ void db_replan(struct db *db)
     }
     if (db->nprepared) {
         db->nprepared = 0;
-        db->generation++;   /* queries queued before the DEALLOCATEs keep the old names */
+        db->generation++;   /* a query sent before the DEALLOCATEs prepares a name they keep */
     }
 }
 
