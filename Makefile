@@ -30,7 +30,7 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS)) -lev -lm
 SAN      = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
 SRCS     = src/xalloc.c src/config.c src/config_options.c src/config_keys.c src/config_validate.c \
-           src/log.c src/backoff.c src/sendry.c src/http.c src/db.c src/db_session.c src/dbfault.c \
+           src/log.c src/backoff.c src/sendry.c src/http.c src/db.c src/db_named.c src/db_session.c src/dbfault.c \
            src/gate.c src/budget.c src/job.c src/claim.c src/claim_rows.c src/deliver.c src/outcome.c src/complete.c \
            src/reconcile.c src/prune.c src/inbox.c src/audience.c src/events_scope.c src/health.c \
            src/relay.c src/relay_setup.c src/relay_faults.c src/webhook.c src/metrics.c src/httpd.c src/receiver.c \
@@ -68,7 +68,7 @@ sendry-sync-asan: $(SRCS) $(HDRS) $(GEN)
 	$(CC) $(CFLAGS) $(SAN) -O1 -Isrc -o $@ $(SRCS) $(GEN) $(LDFLAGS) $(LDLIBS)
 
 # Unit tests: pure modules linked into small test binaries, under the sanitizers.
-UNIT_SRCS = src/xalloc.c src/budget.c src/db.c src/db_session.c src/config.c src/config_options.c src/config_keys.c src/config_validate.c \
+UNIT_SRCS = src/xalloc.c src/budget.c src/db.c src/db_named.c src/db_session.c src/config.c src/config_options.c src/config_keys.c src/config_validate.c \
             src/log.c src/backoff.c src/sendry.c src/gate.c
 build/unit_test: tests/unit/unit_test.c tests/unit/check.h $(UNIT_SRCS) $(HDRS)
 	@mkdir -p build
@@ -78,7 +78,7 @@ build/webhook_test: tests/unit/webhook_test.c tests/unit/check.h src/webhook.c s
 	@mkdir -p build
 	$(CC) $(CFLAGS) $(SAN) -Isrc -Itests/unit -o $@ tests/unit/webhook_test.c src/webhook.c src/metrics.c src/log.c src/xalloc.c $(LDFLAGS) $(LDLIBS)
 
-DB_TEST_SRCS = src/db.c src/db_session.c src/dbfault.c src/log.c src/xalloc.c src/backoff.c
+DB_TEST_SRCS = src/db.c src/db_named.c src/db_session.c src/dbfault.c src/log.c src/xalloc.c src/backoff.c
 build/db_test: tests/unit/db_test.c tests/unit/check.h $(DB_TEST_SRCS) $(HDRS)
 	@mkdir -p build
 	$(CC) $(CFLAGS) $(SAN) -Isrc -Itests/unit -o $@ tests/unit/db_test.c $(DB_TEST_SRCS) $(LDFLAGS) $(LDLIBS)

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "backoff.h"
+#include "db_named.h"
 #include "db_session.h"
 #include "log.h"
 #include "xalloc.h"
@@ -19,16 +20,10 @@ enum db_state {
     DB_READY           /* idle, or running `running` */
 };
 
-/* What a query's last send asked of the server: the statement itself, or (a named
- * statement, db_query_named) its preparation, then its execution by name. */
-enum query_step { STEP_PLAIN, STEP_PREPARE, STEP_EXECUTE };
-
 struct query {
     char *sql;
     const char *name;        /* NULL, or a named statement's name (static storage) */
-    enum query_step step;
-    bool retried;            /* prepared again once already (see resend_after) */
-    int renamed;             /* names found taken when preparing it (42P05) */
+    struct named_try named;  /* its sends, if named */
     int nparams;
     char **params;
     db_result_cb cb;
@@ -62,14 +57,7 @@ struct db {
     PGresult *result;        /* the last result of `running` */
     char err[512];
     struct db_overdue overdue; /* db_overdue(): "" while queries are answered in time */
-    /* Named statements prepared on this connection (their names; forgotten with it), the
-     * generation their server-side names carry, and whether preparing is off for good (a
-     * transaction-mode pooler: statements prepared on one server connection are missing
-     * on the next). */
-    const char *prepared[DB_MAX_NAMED];
-    size_t nprepared;
-    unsigned generation;
-    bool unprepared;
+    struct db_named named;   /* the named statements prepared on the connection */
 };
 
 #define CONNECT_TIMEOUT 15.0
@@ -164,7 +152,7 @@ static void lost(struct db *db, const char *why)
     db->conn = NULL;
     db->state = DB_DISCONNECTED;
     db->flushing = false;
-    db->nprepared = 0;
+    db_named_forget(&db->named);
     PQclear(db->result);
     db->result = NULL;
     struct query *q = db->running;
@@ -202,31 +190,17 @@ static void sent(struct db *db)
     flush(db);
 }
 
-static bool is_prepared(const struct db *db, const char *name)
-{
-    for (size_t i = 0; i < db->nprepared; i++)
-        if (db->prepared[i] == name)
-            return true;
-    return false;
-}
-
-/* Sends q: as it is, or (a named statement) its preparation the first time on this
- * connection, then its execution by name. The server's name carries the generation. */
+/* Sends q as db_named_step says: as it is, or its preparation, or its execution by name. */
 static bool send_query(struct db *db, struct query *q)
 {
     const char *const *params = (const char *const *)q->params;
-    if (!q->name || db->unprepared) {
-        q->step = STEP_PLAIN;
-        return PQsendQueryParams(db->conn, q->sql, q->nparams, NULL, params, NULL, NULL, 0);
-    }
     char name[64];
-    snprintf(name, sizeof name, "%s_%u", q->name, db->generation);
-    if (!is_prepared(db, q->name)) {
-        q->step = STEP_PREPARE;
-        return PQsendPrepare(db->conn, name, q->sql, q->nparams, NULL);
+    switch (db_named_step(&db->named, q->name, &q->named, name, sizeof name)) {
+    case NAMED_PREPARE: return PQsendPrepare(db->conn, name, q->sql, q->nparams, NULL);
+    case NAMED_EXECUTE: return PQsendQueryPrepared(db->conn, name, q->nparams, params, NULL, NULL, 0);
+    case NAMED_PLAIN: break;
     }
-    q->step = STEP_EXECUTE;
-    return PQsendQueryPrepared(db->conn, name, q->nparams, params, NULL, NULL, 0);
+    return PQsendQueryParams(db->conn, q->sql, q->nparams, NULL, params, NULL, NULL, 0);
 }
 
 /* Sends the running query (again) and starts its deadline. */
@@ -253,48 +227,29 @@ static void pump(struct db *db)
     send_running(db);
 }
 
-/* Whether a named statement's answer asks for another send rather than its callback:
- * its preparation went through (now its execution); or its execution found the prepared
- * statement gone (26000: a pooler gave us another server connection, or DISCARD ALL) or
- * stale (0A000, "cached plan must not change result type": an upgrade changed a column
- * it returns). Such an execution did nothing: it is prepared again, under a new
- * generation's name, once; gone again, preparing stops on this worker. */
+/* Whether the answer asks for another send rather than the query's callback (a named
+ * statement's preparation, or a retry: db_named_answer), saying why when it is news. */
 static bool resend_after(struct db *db, struct query *q, const PGresult *res)
 {
-    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    if (q->step == STEP_PREPARE) {
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            /* 42P05: a session pooler that does not reset its server connections handed us
-             * one with statements of that name left by earlier clients: the next
-             * generation's name. Anything else is the statement's own error, the callback's. */
-            if (!state || strcmp(state, "42P05") || ++q->renamed > DB_MAX_NAMED)
-                return false;
-            log_info("db: statement %s: its name is taken on the %s connection (a session "
-                     "pooler that keeps what its last client prepared?): another name", q->name,
-                     db->name);
-            db->nprepared = 0;   /* every statement under the new generation's name */
-            db->generation++;
-            return true;
-        }
-        assert(db->nprepared < DB_MAX_NAMED);
-        db->prepared[db->nprepared++] = q->name;
-        return true;
-    }
-    if (q->step != STEP_EXECUTE || !state || (strcmp(state, "26000") && strcmp(state, "0A000")))
-        return false;
-    if (q->retried) {
-        if (strcmp(state, "26000"))
-            return false;
+    enum named_answer a = db_named_answer(&db->named, q->name, &q->named,
+                                          PQresultStatus(res) == PGRES_COMMAND_OK,
+                                          PQresultErrorField(res, PG_DIAG_SQLSTATE));
+    switch (a) {
+    case NAMED_DONE: return false;
+    case NAMED_SEND: break;
+    case NAMED_SEND_TAKEN:
+        log_info("db: statement %s: its name is taken on the %s connection (a session pooler that "
+                 "keeps what its last client prepared?): another name", q->name, db->name);
+        break;
+    case NAMED_SEND_STALE:
+        log_info("db: statement %s prepared again (%s)", q->name,
+                 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+        break;
+    case NAMED_SEND_OFF:
         log_warn("db: prepared statements do not last on the %s connection (a transaction-mode "
                  "pooler?); every statement is planned anew from now on", db->name);
-        db->unprepared = true;
-        return true;
+        break;
     }
-    log_info("db: statement %s prepared again (%s)", q->name,
-             PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
-    q->retried = true;
-    db->nprepared = 0;
-    db->generation++;
     return true;
 }
 
@@ -622,14 +577,13 @@ void db_query_named(struct db *db, const char *name, const char *sql, int nparam
 
 void db_replan(struct db *db)
 {
+    size_t old;
+    unsigned generation;
+    db_named_replan(&db->named, &old, &generation);
     char sql[96];
-    for (size_t i = 0; i < db->nprepared; i++) {
-        snprintf(sql, sizeof sql, "DEALLOCATE %s_%u", db->prepared[i], db->generation);
+    for (size_t i = 0; i < old; i++) {
+        snprintf(sql, sizeof sql, "DEALLOCATE %s_%u", db->named.prepared[i], generation);
         db_query(db, sql, 0, NULL, NULL, NULL);
-    }
-    if (db->nprepared) {
-        db->nprepared = 0;
-        db->generation++;   /* a query sent before the DEALLOCATEs prepares a name they keep */
     }
 }
 

@@ -72,14 +72,12 @@ void db_free(struct db *db);
 /* Queues a query (params are copied) and returns; cb (may be NULL) runs from the loop. */
 void db_query(struct db *db, const char *sql, int nparams, const char *const *params,
               db_result_cb cb, void *arg);
-/* At most this many named statements per connection. */
-#define DB_MAX_NAMED 8
 /* db_query for a statement run often: prepared on the connection the first time
  * (PQsendPrepare), then executed by name, so that it is not planned at every run (the
  * claim's planning took longer than its execution for a row or two). The server may run
  * it with a generic plan after a few runs: tests/test_hot_plans.py checks that plan too.
  * name identifies sql: a string in static storage, the same pointer for the same sql,
- * at most DB_MAX_NAMED of them. A prepared statement the server no longer has or whose
+ * at most DB_MAX_NAMED of them (db_named.h, which owns what is prepared). A prepared statement the server no longer has or whose
  * result type an upgrade changed is prepared again, once (the failed execution did
  * nothing); through a transaction-mode pooler preparing stops. */
 void db_query_named(struct db *db, const char *name, const char *sql, int nparams,

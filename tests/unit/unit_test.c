@@ -9,6 +9,7 @@
 
 #include "backoff.h"
 #include "config.h"
+#include "db_named.h"
 #include "budget.h"
 #include "gate.h"
 #include "log.h"
@@ -561,6 +562,60 @@ static void test_config_commands(void)
     CHECK(!config_check_api_key("", "X", err, sizeof err));
 }
 
+/* db_named: what each answer to a named statement's send asks for next. */
+static void test_named(void)
+{
+    static const char claim[] = "claim", done[] = "done";
+    struct db_named nm = {0};
+    struct named_try t = {0};
+    char name[32];
+    CHECK(db_named_step(&nm, NULL, &t, name, sizeof name) == NAMED_PLAIN);
+    /* First run: prepare, then execute; the second run executes at once. */
+    CHECK(db_named_step(&nm, claim, &t, name, sizeof name) == NAMED_PREPARE);
+    CHECK(strcmp(name, "claim_0") == 0);
+    CHECK(db_named_answer(&nm, claim, &t, true, NULL) == NAMED_SEND);
+    CHECK(db_named_step(&nm, claim, &t, name, sizeof name) == NAMED_EXECUTE);
+    CHECK(db_named_answer(&nm, claim, &t, false, "42501") == NAMED_DONE);   /* its own error */
+    struct named_try t2 = {0};
+    CHECK(db_named_step(&nm, claim, &t2, name, sizeof name) == NAMED_EXECUTE);
+    /* Stale (0A000): prepared again once, under the next name; stale again: its error. */
+    CHECK(db_named_answer(&nm, claim, &t2, false, "0A000") == NAMED_SEND_STALE);
+    CHECK(db_named_step(&nm, claim, &t2, name, sizeof name) == NAMED_PREPARE);
+    CHECK(strcmp(name, "claim_1") == 0);
+    CHECK(db_named_answer(&nm, claim, &t2, true, NULL) == NAMED_SEND);
+    CHECK(db_named_step(&nm, claim, &t2, name, sizeof name) == NAMED_EXECUTE);
+    CHECK(db_named_answer(&nm, claim, &t2, false, "0A000") == NAMED_DONE);
+    /* A name taken (42P05): every statement moves on, at most DB_MAX_NAMED times. */
+    struct named_try t3 = {0};
+    CHECK(db_named_step(&nm, done, &t3, name, sizeof name) == NAMED_PREPARE);
+    for (int i = 0; i < DB_MAX_NAMED; i++)
+        CHECK(db_named_answer(&nm, done, &t3, false, "42P05") == NAMED_SEND_TAKEN);
+    CHECK(db_named_answer(&nm, done, &t3, false, "42P05") == NAMED_DONE);
+    CHECK(nm.n == 0 && nm.generation == 1 + DB_MAX_NAMED);
+    /* Gone (26000) twice: preparing stops, and the query goes plain. */
+    struct named_try t4 = {0};
+    CHECK(db_named_step(&nm, claim, &t4, name, sizeof name) == NAMED_PREPARE);
+    CHECK(db_named_answer(&nm, claim, &t4, true, NULL) == NAMED_SEND);
+    CHECK(db_named_step(&nm, claim, &t4, name, sizeof name) == NAMED_EXECUTE);
+    CHECK(db_named_answer(&nm, claim, &t4, false, "26000") == NAMED_SEND_STALE);
+    CHECK(db_named_step(&nm, claim, &t4, name, sizeof name) == NAMED_PREPARE);
+    CHECK(db_named_answer(&nm, claim, &t4, true, NULL) == NAMED_SEND);
+    CHECK(db_named_step(&nm, claim, &t4, name, sizeof name) == NAMED_EXECUTE);
+    CHECK(db_named_answer(&nm, claim, &t4, false, "26000") == NAMED_SEND_OFF);
+    CHECK(db_named_step(&nm, claim, &t4, name, sizeof name) == NAMED_PLAIN);
+    /* Replan: the old names given back once, then nothing to deallocate. */
+    struct db_named r = {0};
+    struct named_try t5 = {0};
+    db_named_step(&r, claim, &t5, name, sizeof name);
+    db_named_answer(&r, claim, &t5, true, NULL);
+    size_t old;
+    unsigned gen;
+    db_named_replan(&r, &old, &gen);
+    CHECK(old == 1 && gen == 0 && r.prepared[0] == claim && r.generation == 1);
+    db_named_replan(&r, &old, &gen);
+    CHECK(old == 0 && r.generation == 1);
+}
+
 int main(void)
 {
     test_payload();
@@ -577,6 +632,7 @@ int main(void)
     test_mask();
     test_config();
     test_config_commands();
+    test_named();
     printf("unit: %d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
