@@ -154,9 +154,10 @@ static const char RELEASE_ORPHANS_SQL[] =
  * a slow answer) keep their lease: only the columns of the lease change. Returns the rows
  * no longer ours, each with whether another worker holds it now (else the claim is gone:
  * the database lost its commit, or someone changed the row).
- * By key whatever the statistics, as the completion (complete.c): one probe of the
- * primary key per held row, locked, the claim checked outside it, then the UPDATE by
- * the ctids found. */
+ * By key whatever the statistics: one probe of the primary key per held row, locked
+ * (FOR UPDATE: the lock returns the row's latest version, whose claim is checked outside
+ * the probe), then the UPDATE by the ctids found. Renewals are rare (rows held longer
+ * than a third of the lease), so their lock records cost little. */
 static const char RENEW_SQL[] =
     "WITH held AS MATERIALIZED ("
     "   SELECT h.id, t.tid"

@@ -20,13 +20,16 @@
  * holds and compares each with every outcome, running jsonb_to_recordset again for
  * each: 261 ms a call at a 10,000-row backlog right after install). The claim is checked
  * outside the probe, so that it cannot become a scan of the rows this worker holds
- * (sendry_outbox_processing_idx) for each outcome. FOR UPDATE locks the row's latest
- * version, whose claim is checked; the UPDATE goes to exactly those versions by ctid
- * (the array of them, or one TID probe per outcome: never a scan that could read the
- * table; tests/test_hot_plans.py, tests/test_backlog_after_install.py). A version
- * committed by someone else after this statement began is locked but not updated (the
- * UPDATE sees the statement's snapshot): that outcome is reported unrecorded, "changed
- * by someone else", and the row comes back after its lease, as before.
+ * (sendry_outbox_processing_idx) for each outcome. The UPDATE goes to exactly the
+ * versions found, by ctid (the array of them, or one TID probe per outcome: never a scan
+ * that could read the table; tests/test_hot_plans.py, tests/test_backlog_after_install.py),
+ * with the claim checked in its own WHERE (status by IS NOT DISTINCT FROM: a form the
+ * planner cannot match with that index's predicate). No row lock is taken first (one
+ * Heap/LOCK record and 56 B of WAL a row less, make bench's bench_lifecycle.py): a row
+ * changed by anyone after this statement began is waited for, then checked again on its
+ * latest version, whose ctid is no longer the one found, so the outcome is not written.
+ * Never over another claim (tests/test_complete_race.py): that outcome is reported
+ * unrecorded, "changed by someone else", and the row comes back after its lease.
  * A rendered contact settled sent (accepted by Sendry, or found unchanged at the claim)
  * records what Sendry now has in sendry_contact_state (by its primary key), in the same
  * statement and only under the claim that sent it: the state is what Sendry accepted. */
@@ -38,29 +41,31 @@ static const char COMPLETE_SQL[] =
     "             delay_ms bigint, uncount int, deduped boolean,"
     "             user_id uuid, state_email text, state_audiences text[], hash bigint)"
     "   CROSS JOIN LATERAL ("
-    "       SELECT e.ctid AS tid, e.claim_id, e.locked_by, e.status FROM public.sendry_outbox e"
-    "       WHERE e.id = h.id OFFSET 0 FOR UPDATE) t"
-    "   WHERE t.claim_id = h.claim_id AND t.locked_by = $2 AND t.status = 'processing'),"
+    "       SELECT e.ctid AS tid FROM public.sendry_outbox e WHERE e.id = h.id OFFSET 0) t),"
+    " done AS ("
+    "   UPDATE public.sendry_outbox o"
+    "   SET status = c.status,"
+    "       attempts = o.attempts - c.uncount,"
+    "       next_attempt_at = CASE WHEN c.status = 'pending'"
+    "                         THEN now() + c.delay_ms * interval '1 millisecond'"
+    "                         ELSE o.next_attempt_at END,"
+    "       sent_at = CASE WHEN c.status = 'sent' THEN now() ELSE o.sent_at END,"
+    "       last_http_status = COALESCE(c.http_status, o.last_http_status),"
+    "       last_error = CASE WHEN c.status = 'sent' THEN NULL ELSE COALESCE(c.error, o.last_error) END,"
+    "       deduped = CASE WHEN c.status = 'sent' THEN c.deduped ELSE o.deduped END,"
+    "       locked_by = NULL, locked_until = NULL, updated_at = now()"
+    "   FROM c WHERE o.ctid = ANY (ARRAY(SELECT tid FROM c)) AND o.ctid = c.tid"
+    "     AND o.claim_id = c.claim_id AND o.locked_by = $2"
+    "     AND o.status IS NOT DISTINCT FROM 'processing'"
+    "   RETURNING o.id, o.claim_id, c.status, c.user_id, c.state_email, c.state_audiences, c.hash),"
     " accepted AS ("
     "   INSERT INTO public.sendry_contact_state AS s (user_id, email, audiences, contact_hash)"
-    "   SELECT DISTINCT ON (c.user_id) c.user_id, c.state_email, c.state_audiences, c.hash FROM c"
-    "   WHERE c.status = 'sent' AND c.hash IS NOT NULL ORDER BY c.user_id, c.id DESC"
+    "   SELECT DISTINCT ON (d.user_id) d.user_id, d.state_email, d.state_audiences, d.hash FROM done d"
+    "   WHERE d.status = 'sent' AND d.hash IS NOT NULL ORDER BY d.user_id, d.id DESC"
     "   ON CONFLICT (user_id) DO UPDATE"
     "   SET email = EXCLUDED.email, audiences = EXCLUDED.audiences,"
     "       contact_hash = EXCLUDED.contact_hash, updated_at = now())"
-    " UPDATE public.sendry_outbox o"
-    " SET status = c.status,"
-    "     attempts = o.attempts - c.uncount,"
-    "     next_attempt_at = CASE WHEN c.status = 'pending'"
-    "                       THEN now() + c.delay_ms * interval '1 millisecond'"
-    "                       ELSE o.next_attempt_at END,"
-    "     sent_at = CASE WHEN c.status = 'sent' THEN now() ELSE o.sent_at END,"
-    "     last_http_status = COALESCE(c.http_status, o.last_http_status),"
-    "     last_error = CASE WHEN c.status = 'sent' THEN NULL ELSE COALESCE(c.error, o.last_error) END,"
-    "     deduped = CASE WHEN c.status = 'sent' THEN c.deduped ELSE o.deduped END,"
-    "     locked_by = NULL, locked_until = NULL, updated_at = now()"
-    " FROM c WHERE o.ctid = ANY (ARRAY(SELECT tid FROM c)) AND o.ctid = c.tid"
-    " RETURNING o.id, o.claim_id";
+    " SELECT d.id, d.claim_id FROM done d";
 
 /* Outcomes the completion could not record: what happened to those rows since. A claim
  * sets updated_at to its own time and counts an attempt, so a row last changed before our
