@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """make bench: the leanest outbox row, candidates side by side (issue 17 point 2). SQL only.
 
-    /usr/bin/python3 tests/bench_lifecycle.py [--rows N] [--runs N]
+    /usr/bin/python3 tests/bench_lifecycle.py [--rows N] [--runs N] [--fillfactor N]
 
 One throwaway Supabase-shaped cluster (tests/pgharness.py) with PostgreSQL's durable
 defaults (full_page_writes on; wal_level as the harness leaves it, printed, or
@@ -23,6 +23,19 @@ rounds; every figure is the median of the rounds:
   c         b with the sent records in daily partitions (retention: DROP of a day's partition)
   d         the narrow outbox; claim state in the worker's memory and one lease row per
             batch; completion: DELETE of the rows and of the lease, nothing kept
+  e         an in-row lease that the claim can write as a HOT update: today's columns (the
+            row as a-narrow's), its partial indexes keyed on finished_at (NULL until the
+            row is sent or failed) instead of status, and no index of the rows in flight;
+            claim: status, locked_by, locked_until, claim_id, attempts (no indexed column:
+            HOT where the page has room), the rows in flight skipped by their lease;
+            completion: an UPDATE that sets finished_at (the row leaves the partial
+            indexes: a new primary-key entry), as a's. The table at --fillfactor (45 by
+            default: the room on each page for every row's claim, so that each can be
+            HOT; at 70, a's, 38 % of them are). One batch is kept in flight (the
+            next claim runs before the last completion, as the worker's pipeline does), so
+            each claim steps over the rows in flight
+  f         e with the completion as d's and b's: DELETE of the sent rows and a compact
+            record of each (id, user_id, sent_at, hash)
 
 The rows carry the same users (md5 of the row's number), one in 20 with a previous address.
 Phases: insert (statements of 1000 rows, right after a CHECKPOINT), then a CHECKPOINT (the
@@ -58,7 +71,7 @@ import pgharness  # noqa: E402
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 ADMIN = pgharness.Cluster.SUPERUSER
 BATCH = 1000
-LIFECYCLES = ["a", "a-narrow", "b", "c", "d"]
+LIFECYCLES = ["a", "a-narrow", "b", "c", "d", "e", "f"]
 
 
 def c_sql(path, name):
@@ -112,6 +125,20 @@ CREATE TABLE lc.lease_d (lo bigint PRIMARY KEY, hi bigint NOT NULL, worker text 
 CREATE TABLE lc.sent_b (id bigint NOT NULL, user_id uuid, sent_at timestamptz NOT NULL, hash bigint NOT NULL);
 CREATE TABLE lc.sent_c (id bigint NOT NULL, user_id uuid, sent_at timestamptz NOT NULL, hash bigint NOT NULL)
     PARTITION BY RANGE (sent_at);
+CREATE TABLE lc.outbox_e (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, class text NOT NULL DEFAULT 'bulk',
+    op text NOT NULL DEFAULT 'upsert', user_id uuid, email text, old_email text, payload jsonb,
+    status text NOT NULL DEFAULT 'pending', attempts integer NOT NULL DEFAULT 0, max_attempts integer,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(), locked_by text, locked_until timestamptz,
+    claim_id bigint, last_http_status integer, last_error text, deduped boolean,
+    created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(),
+    sent_at timestamptz, finished_at timestamptz) WITH (fillfactor = {fillfactor});
+CREATE INDEX ON lc.outbox_e (class, next_attempt_at, id) WHERE finished_at IS NULL;
+CREATE INDEX ON lc.outbox_e (user_id, id) WHERE finished_at IS NULL AND user_id IS NOT NULL;
+CREATE INDEX ON lc.outbox_e (email, id) WHERE finished_at IS NULL AND email IS NOT NULL;
+CREATE INDEX ON lc.outbox_e (old_email, id) WHERE finished_at IS NULL AND old_email IS NOT NULL;
+CREATE TABLE lc.outbox_f (LIKE lc.outbox_e INCLUDING ALL) WITH (fillfactor = {fillfactor});
+CREATE TABLE lc.sent_f (id bigint NOT NULL, user_id uuid, sent_at timestamptz NOT NULL, hash bigint NOT NULL);
 """
 
 TABLES = {
@@ -119,7 +146,41 @@ TABLES = {
     "b": ["lc.outbox_b", "lc.claims_b", "lc.sent_b"],
     "c": ["lc.outbox_c", "lc.claims_c", "lc.sent_c_today"],
     "d": ["lc.outbox_d", "lc.lease_d"],
+    "e": ["lc.outbox_e"],
+    "f": ["lc.outbox_f", "lc.sent_f"],
 }
+
+INSERT_LEASED = f"""
+INSERT INTO lc.outbox_{{t}} (class, op, user_id, email, old_email)
+SELECT 'live', 'upsert', {ROW_USER}, 'user' || g || '@example.com', {ROW_OLD}
+FROM generate_series(%(lo)s::int, %(hi)s::int) g
+"""
+# The claim of e and f: due rows not leased, oldest first; the ordering probes of a's
+# claim (an older unfinished row of the same user or address) left out, as in b, c, d.
+CLAIM_IN_ROW = """
+WITH c AS MATERIALIZED (
+    SELECT ctid AS tid FROM lc.outbox_{t}
+    WHERE class = 'live' AND finished_at IS NULL AND next_attempt_at <= now()
+      AND (locked_until IS NULL OR locked_until <= now())
+    ORDER BY next_attempt_at, id LIMIT {n} FOR UPDATE SKIP LOCKED)
+UPDATE lc.outbox_{t} o
+SET status = 'processing', locked_by = 'bench', locked_until = now() + interval '30 s',
+    claim_id = %(claim)s, attempts = o.attempts + 1, updated_at = now()
+FROM c WHERE o.ctid = c.tid
+RETURNING o.id, o.user_id, o.email, o.old_email, o.claim_id
+"""
+COMPLETE_IN_ROW = """
+UPDATE lc.outbox_e o
+SET status = 'sent', finished_at = now(), sent_at = now(), locked_by = NULL, locked_until = NULL,
+    updated_at = now()
+WHERE o.id = ANY (%(ids)s) AND o.claim_id = %(claim)s AND o.locked_by = 'bench'
+"""
+COMPLETE_IN_ROW_DELETE = """
+WITH done AS (DELETE FROM lc.outbox_f o WHERE o.id = ANY (%(ids)s) AND o.claim_id = %(claim)s
+                                         AND o.locked_by = 'bench' RETURNING id, user_id)
+INSERT INTO lc.sent_f (id, user_id, sent_at, hash)
+SELECT id, user_id, now(), hashtextextended(user_id::text, 0) FROM done
+"""
 
 # The claim of b and c: the next batch after the worker's cursor, and its lease.
 CLAIM_LEASE = """
@@ -196,7 +257,8 @@ class Lifecycle:
                    for t in TABLES[self.name])
 
     def insert(self, m):
-        sql = {"a": INSERT_TODAY, "a-narrow": INSERT_TODAY_NARROW}.get(self.name) or insert_narrow(self.t)
+        sql = ({"a": INSERT_TODAY, "a-narrow": INSERT_TODAY_NARROW}.get(self.name)
+               or (INSERT_LEASED.replace("{t}", self.t) if self.t in "ef" else insert_narrow(self.t)))
         for lo in range(1, self.rows + 1, BATCH):
             m.run("insert", sql, {"lo": lo, "hi": min(lo + BATCH - 1, self.rows)})
 
@@ -215,6 +277,8 @@ class Lifecycle:
                 done = m.run("complete", COMPLETE_SQL, {"p1": json.dumps(outcomes), "p2": "bench"})
                 delivered += len(done)
                 continue
+            if self.t in "ef":
+                return self.deliver_in_row(m)
             claim = CLAIM_D if self.t == "d" else CLAIM_LEASE.replace("{t}", self.t)
             got = m.run("claim", claim.replace("{n}", str(BATCH)), {"cursor": cursor})
             if not got:
@@ -223,6 +287,21 @@ class Lifecycle:
             complete = COMPLETE_D if self.t == "d" else COMPLETE_RECORD.replace("{t}", self.t)
             m.run("complete", complete, {"ids": [r[0] for r in got], "claim": got[0][4]})
             delivered += len(got)
+
+    def deliver_in_row(self, m):
+        """e and f: one batch in flight while the next is claimed."""
+        claim = CLAIM_IN_ROW.replace("{t}", self.t).replace("{n}", str(BATCH))
+        complete = COMPLETE_IN_ROW if self.t == "e" else COMPLETE_IN_ROW_DELETE
+        delivered, claim_no, held = 0, 0, None
+        while True:
+            claim_no += 1
+            got = m.run("claim", claim, {"claim": claim_no})
+            if held:
+                m.run("complete", complete, {"ids": [r[0] for r in held], "claim": held[0][4]})
+                delivered += len(held)
+            if not got:
+                return delivered
+            held = got
 
     def vacuum(self, m):
         for t in TABLES[self.name]:
@@ -235,6 +314,10 @@ class Lifecycle:
             m.run("retention", "DELETE FROM lc.sent_b")
         elif self.t == "c":
             m.run("retention", "DROP TABLE lc.sent_c_today")
+        elif self.t == "e":
+            m.run("retention", "DELETE FROM lc.outbox_e WHERE status = 'sent'")
+        elif self.t == "f":
+            m.run("retention", "DELETE FROM lc.sent_f")
 
     def round(self):
         """One lifecycle of --rows rows: {figure: value per row}."""
@@ -271,6 +354,7 @@ class Lifecycle:
         f["heap_records"] = sum(t["n"] for k, t in list(ins.types.items()) + list(dlv.types.items())
                                 if k.startswith(("Heap/", "Heap2/"))) / n
         f["lock_records"] = dlv.count("Heap/LOCK") / n
+        f["hot_records"] = dlv.count("Heap/HOT_UPDATE") / n
         f["mb_after"] = size_after / 1e6
         f["mb_vacuumed"] = size_vacuumed / 1e6
         f["top"] = bench_wal.top_types(dlv, n, 4)
@@ -299,6 +383,7 @@ ROWS = [
     ("  B-tree index entries at claim + completion", "idx_delivery"),
     ("  heap records, insert to completion", "heap_records"),
     ("  lock records (Heap/LOCK) at claim + completion", "lock_records"),
+    ("  HOT updates (Heap/HOT_UPDATE) at claim + completion", "hot_records"),
     ("size of the tables and their indexes (MB)", None),
     ("  after the delivery", "mb_after"),
     ("  after the VACUUM", "mb_vacuumed"),
@@ -314,11 +399,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=20_000 if QUICK else 100_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--fillfactor", type=int, default=45, help="e's and f's outbox (10 to 100)")
     args = ap.parse_args()
     with pgharness.Cluster(supabase=True, install=True, durable=True, conf=bench_wal.WAL_CONF) as pg:
         with psycopg.connect(pg.dsn_for(ADMIN), autocommit=True) as conn:
             settings = bench_wal.wal_settings(conn)
-            conn.execute(SCHEMA)
+            conn.execute(SCHEMA.replace("{fillfactor}", str(args.fillfactor)))
             res = {name: [] for name in LIFECYCLES}
             for rnd in range(args.runs):
                 for name in LIFECYCLES:
@@ -333,7 +419,7 @@ def main():
                           f" {f['wal_total']:.0f} B/row, {f['cpu_total']:.1f} µs/row"
                           f" ({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
     print(f"\nbench_lifecycle: one outbox row's lifecycle, {args.rows:,} rows in batches of {BATCH},"
-          f" one worker; medians of {args.runs} rounds, the lifecycles in turn in each, one cluster;"
+          f" one worker (e and f: --fillfactor {args.fillfactor}); medians of {args.runs} rounds, the lifecycles in turn in each, one cluster;"
           f" {settings}; load average {os.getloadavg()[0]:.2f}")
     head = ["per delivered row"] + LIFECYCLES
     lines = []
@@ -345,7 +431,8 @@ def main():
         print("  " + "  ".join([row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]))
     print("  a: today's outbox and the worker's claim and completion; a-narrow: the same with the payload"
           " left '{}'; b: lease row per batch, DELETE + sent record; c: b with daily partitions of the"
-          " records; d: lease row per batch, DELETE only")
+          " records; d: lease row per batch, DELETE only; e: in-row lease, HOT claim, UPDATE to sent; f: e with"
+          " DELETE + sent record")
     print("\nthe delivery's record types that write most (first round; bytes per row, ×records per row):")
     for name in LIFECYCLES:
         print(f"  {name}: {res[name][0]['top']}")

@@ -19,7 +19,7 @@ CONFIG_DOC = os.path.join(ROOT, "docs", "configuration.md")
 # --seed), tests/bench_triggers.py (--baseline, --users, --runs),
 # tests/bench_signup_instructions.py (--signin).
 OTHER_TOOLS_FLAGS = {"--profile", "--scale", "--build", "--name", "--now", "--only", "--keep", "--seed",
-                     "--baseline", "--users", "--runs", "--signin"}
+                     "--baseline", "--users", "--runs", "--signin", "--fillfactor"}
 
 
 def text(path):
