@@ -97,7 +97,9 @@ void audience_check(struct ev_loop *loop, struct http *http, const struct config
 
 /* The audiences the mapping names, other than the configured one: a bounded look at the
  * rows waiting (their payload, or, for a captured row, its user rendered through the
- * mapping: sendry_claim_render, at most 1000 users) and at what Sendry accepted. */
+ * mapping: sendry_claim_render, at most 1000 users) and at what Sendry accepted (the
+ * first 100,000 states by user id: a scan of the primary key that stops there, never the
+ * whole table; tests/test_hot_plans.py). */
 static const char NAMED_SQL[] =
     "WITH waiting AS MATERIALIZED ("
     "   SELECT payload, user_id FROM public.sendry_outbox WHERE status IN ('pending', 'processing')"
@@ -110,8 +112,9 @@ static const char NAMED_SQL[] =
     "       SELECT DISTINCT w.user_id FROM waiting w WHERE w.payload IS NULL AND w.user_id IS NOT NULL"
     "       LIMIT 1000)) r"
     "   UNION"
-    "   SELECT unnest(s.audiences) FROM (SELECT audiences FROM public.sendry_contact_state"
-    "                                    WHERE audiences IS NOT NULL LIMIT 100000) s) x"
+    "   SELECT unnest(s.audiences) FROM (SELECT st.audiences FROM public.sendry_contact_state st"
+    "                                    ORDER BY st.user_id LIMIT 100000) s"
+    "   WHERE s.audiences IS NOT NULL) x"
     " WHERE a <> 'default' AND a <> $1 AND a ~ '^[A-Za-z0-9_-]+$' ORDER BY 1 LIMIT 50";
 
 enum named_state { NAMED_QUERY, NAMED_WAIT, NAMED_HTTP, NAMED_DONE };

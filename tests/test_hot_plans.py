@@ -103,6 +103,8 @@ def statements(pg):
          {"sendry_outbox_claim_idx", "sendry_outbox_failed_idx"}),
         ("status events sent sample", "status_events.c", "EVENTS_SENT_SQL", [2000], set()),
         ("inbox retry", "inbox.c", "RETRY_SQL", [], {"sendry_inbox_received_idx"}),
+        ("audiences named", "audience.c", "NAMED_SQL", ["aud-plan"],
+         {"sendry_outbox_claim_idx", "sendry_contact_state_pkey"}),
     ]
 
 
@@ -148,6 +150,8 @@ CAPPED = [
     ("status events", "status_events.c", "EVENTS_SQL", [CAP], BACKLOG_ROWS + CAP),
     ("status events sent sample", "status_events.c", "EVENTS_SENT_SQL", [CAP], 200 * CAP),
     ("inbox retry", "inbox.c", "RETRY_SQL", [], 100),
+    # at start-up: at most 10,000 rows waiting and 100,000 states looked at
+    ("audiences named", "audience.c", "NAMED_SQL", ["aud-plan"], 10_000 + 100_000),
 ]
 
 
@@ -381,7 +385,7 @@ def plans():
 PREPARED = ["claim", "lease renewal", "completion"]
 STATEMENTS = [f"{n} (generic plan)" for n in PREPARED] + ["claim", "next due", "orphan release", "lease renewal", "completion", "unrecorded outcomes",
               "prune", "backlog count", "enqueue errors", "status figures", "status sent sample",
-              "status workers", "status failures", "status oldest", "inbox retry"]
+              "status workers", "status failures", "status oldest", "inbox retry", "audiences named"]
 
 
 @pytest.mark.parametrize("state", STATES)
